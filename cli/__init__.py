@@ -1,0 +1,1 @@
+"""The ``tdc`` command line."""

@@ -1,0 +1,99 @@
+"""``tdc order show`` and ``tdc quarantine list``: what tdc knows, read straight from storage."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+
+from models.orders import FailedTask, OrderSnapshot, QuarantinedInput
+from models.storage import Storage, get_storage
+from pipeline.tasks_state import load_facts, order_tasks
+from pipeline.wide_rows import read_wide_rows, to_json
+
+
+def order_lineage(storage: Storage, order_id: str) -> dict[str, Any]:
+    """Metadata by source, tasks, snapshots, wide rows, quarantined input and failures of one order."""
+    shard = storage.shard_of(order_id)
+    with storage.read_engine_for_order(order_id).connect() as connection:
+        _, metadata = load_facts(connection, shard, order_id)
+        tasks = order_tasks(connection, shard, order_id)
+        order, items = read_wide_rows(connection, order_id)
+        snapshots = connection.execute(select(OrderSnapshot.__table__).where(OrderSnapshot.order_id == order_id))
+        quarantined = connection.execute(
+            select(QuarantinedInput.__table__).where(QuarantinedInput.order_id == order_id))
+        failures = connection.execute(select(FailedTask.__table__).where(FailedTask.order_id == order_id))
+        return {
+            "order_id": order_id,
+            "shard": shard,
+            "database": storage.database_of(order_id),
+            "metadata": [
+                {k: row._mapping[k] for k in ("operation_type", "source", "unique_key", "kind", "position",
+                                              "input_format", "updated_at")}
+                | {"content": json.loads(row.content)}
+                for row in sorted(metadata, key=lambda r: (r.source, r.unique_key, r.operation_type))
+            ],
+            "tasks": [
+                {k: row._mapping[k] for k in ("operation_type", "status", "version", "done_version", "attempts",
+                                              "next_run_at", "last_error")}
+                for row in tasks
+            ],
+            "snapshots": [
+                {"operation_type": s.operation_type, "task_version": s.task_version, "taken_at": s.taken_at,
+                 "order_row": json.loads(s.order_row)}
+                for s in snapshots
+            ],
+            "dwd_order": order,
+            "dwd_order_item": list(items.values()),
+            "quarantine": [dict(q._mapping) for q in quarantined],
+            "failed": [dict(f._mapping) for f in failures],
+        }
+
+
+def show_order(order_id: str, as_json: bool = False) -> int:
+    lineage = order_lineage(get_storage(), order_id)
+    if as_json:
+        print(to_json(lineage))
+        return 0
+    print(f"order {order_id}  (shard {lineage['shard']}, database {lineage['database']})")
+    print("\nmetadata:")
+    for m in lineage["metadata"]:
+        print(f"  {m['source']:<28} {m['unique_key']:<20} {m['operation_type']:<9} {m['kind']:<7} @{m['position']}")
+    print("\ntasks:")
+    for t in lineage["tasks"]:
+        error = f"  ({t['last_error']})" if t["last_error"] else ""
+        print(f"  {t['operation_type']:<9} {t['status']:<8} version {t['version']} done {t['done_version']} "
+              f"attempts {t['attempts']}{error}")
+    print("\nsnapshots:")
+    for s in lineage["snapshots"]:
+        print(f"  {s['operation_type']:<9} task version {s['task_version']} at {s['taken_at']}")
+    print("\ndwd_order:")
+    for key, value in (lineage["dwd_order"] or {}).items():
+        print(f"  {key:<16} {value}")
+    print(f"\ndwd_order_item: {len(lineage['dwd_order_item'])} rows")
+    for item in lineage["dwd_order_item"]:
+        print(f"  {item['item_id']}: sku {item['sku_id']} x{item['quantity']} = {item['amount']}"
+              f" (refunded {item['refund_quantity']} / {item['refund_amount']})")
+    for title in ("quarantine", "failed"):
+        if lineage[title]:
+            print(f"\n{title}:")
+            for entry in lineage[title]:
+                print(f"  {entry.get('reason')}")
+    return 0
+
+
+def list_quarantine(limit: int = 50) -> int:
+    storage = get_storage()
+    entries: list[dict[str, Any]] = []
+    for database in storage.distinct_databases():
+        with storage.read_engine(database).connect() as connection:
+            query = select(QuarantinedInput.__table__).order_by(QuarantinedInput.id.desc()).limit(limit)
+            entries += [dict(row._mapping) for row in connection.execute(query)]
+    entries.sort(key=lambda e: e["received_at"], reverse=True)
+    for entry in entries[:limit]:
+        print(f"{entry['received_at']:%Y-%m-%d %H:%M:%S} {entry['input_format']:<9} "
+              f"{entry['order_id'] or '-':<24} {entry['reason']}")
+        print(f"    {entry['raw'][:160]}")
+    print(f"{min(len(entries), limit)} shown")
+    return 0

@@ -1,0 +1,1 @@
+"""``tdc demo``: a generated order history through real workers, checked against expectations."""

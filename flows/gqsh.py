@@ -1,0 +1,106 @@
+"""The reference order flow of the retail document (source database ``gqsh``, DESIGN 2.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flows import BusinessSource, Flow, SourceTable
+from flows.state_machine import Operation as Op
+
+#: Order status codes of ``gqsh_order.status``.
+SUBMITTED, PAID, DELIVERED, COMPLETED, CANCELLED = 10, 20, 30, 40, 50
+#: After-sales status codes: only REFUNDED moves money.
+APPLIED, REFUNDED, REJECTED = 10, 20, 30
+
+
+def header_operations(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """A header at a status feeds SUBMIT and the operation that status records."""
+    status = row.get("status")
+    return {
+        SUBMITTED: (Op.SUBMIT,),
+        PAID: (Op.SUBMIT, Op.PAY),
+        DELIVERED: (Op.SUBMIT, Op.PAY, Op.DELIVER),
+        COMPLETED: (Op.SUBMIT, Op.PAY, Op.COMPLETE),
+        CANCELLED: (Op.SUBMIT, Op.CANCEL),
+    }.get(status, ())  # type: ignore[arg-type]
+
+
+def _always(*operations: str):  # type: ignore[no-untyped-def]
+    return lambda row: operations
+
+
+ORDER_FLOW = Flow(
+    name="gqsh_order",
+    tables={
+        table.name: table
+        for table in (
+            SourceTable(
+                "gqsh_order",
+                key="order_id",
+                columns={
+                    "order_id": "text", "store_id": "text", "member_id": "text", "channel": "text",
+                    "status": "int", "item_count": "int", "total_amount": "money",
+                    "discount_amount": "money", "pay_amount": "money", "created_at": "time",
+                    "paid_at": "time", "updated_at": "time",
+                },
+                operations=header_operations,
+            ),
+            SourceTable(
+                "gqsh_order_item",
+                key="item_id",
+                columns={"item_id": "int", "order_id": "text", "sku_id": "text", "quantity": "int",
+                         "unit_price": "money", "amount": "money"},
+                operations=_always(Op.SUBMIT),
+            ),
+            SourceTable(
+                "gqsh_order_ext",
+                key="order_id",
+                columns={"order_id": "text", "delivery_type": "text", "city": "text", "remark": "text"},
+                operations=_always(Op.SUBMIT),
+            ),
+            SourceTable(
+                "gqsh_order_after_sales",
+                key="after_sales_id",
+                columns={"after_sales_id": "text", "order_id": "text", "status": "int",
+                         "refund_amount": "money", "reason": "text", "created_at": "time",
+                         "updated_at": "time"},
+                operations=_always(Op.REFUND),
+            ),
+            SourceTable(
+                "gqsh_order_after_sales_dtl",
+                key="id",
+                columns={"id": "int", "after_sales_id": "text", "order_id": "text", "item_id": "int",
+                         "refund_quantity": "int", "refund_amount": "money"},
+                operations=_always(Op.REFUND),
+            ),
+            SourceTable(
+                "perf_record",
+                key="id",
+                columns={"id": "int", "order_id": "text", "staff_id": "text", "perf_amount": "money"},
+                operations=_always(Op.COMPLETE),
+            ),
+            SourceTable(
+                "dim_store_shop",
+                key="store_id",
+                columns={"store_id": "text", "store_name": "text", "city": "text", "region": "text"},
+                order_key=None,
+                dimension="store",
+            ),
+            SourceTable(
+                "dim_product_sku",
+                key="sku_id",
+                columns={"sku_id": "text", "sku_name": "text", "category": "text", "unit": "text"},
+                order_key=None,
+                dimension="sku",
+            ),
+        )
+    },
+    business={
+        "payment": BusinessSource(
+            "payment",
+            operations=(Op.PAY,),
+            payload={"pay_txn_id": "text", "pay_channel": "text", "paid_amount": "money", "paid_at": "time"},
+        )
+    },
+)

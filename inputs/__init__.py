@@ -1,0 +1,1 @@
+"""Everything that comes in, turned into one shape: a ChangeEvent (CDC) or a BusinessWrite."""

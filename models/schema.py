@@ -1,0 +1,89 @@
+"""``tdc init``: create every table, idempotently, reporting progress.
+
+The sharded tables are created from DDL compiled once per backend and renamed per shard
+(names come from the shard map only): compiling a CreateTable per shard took 8 ms a table on
+MariaDB, the renamed template about half that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, MetaData, inspect
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from models.orders import ShardBase
+from models.sharded import build_meta_table, build_task_table
+from models.shards import meta_table_name, shards_of_database, task_table_name
+from models.storage import Storage
+from models.warehouse import WarehouseBase
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class InitReport:
+    created: int = 0
+    existing: int = 0
+
+
+def _ddl_template(engine: Engine, build: Callable[[int, MetaData], object], shard: int) -> list[str]:
+    table = build(shard, MetaData())
+    statements = [str(CreateTable(table).compile(engine))]  # type: ignore[arg-type]
+    statements += [str(CreateIndex(index).compile(engine)) for index in table.indexes]  # type: ignore[attr-defined]
+    return statements
+
+
+def _create_sharded(engine: Engine, shards: range, existing: set[str], progress: Progress) -> InitReport:
+    report = InitReport()
+    templates = [
+        (task_table_name, _ddl_template(engine, build_task_table, 0), task_table_name(0)),
+        (meta_table_name, _ddl_template(engine, build_meta_table, 0), meta_table_name(0)),
+    ]
+    # Commit every 128 tables so a long init shows progress and an interrupted one keeps its work.
+    step = 128
+    for start in range(shards.start, shards.stop, step):
+        with engine.begin() as connection:
+            for shard in range(start, min(start + step, shards.stop)):
+                for name_of, statements, template_name in templates:
+                    name = name_of(shard)
+                    if name in existing:
+                        report.existing += 1
+                        continue
+                    for statement in statements:
+                        connection.exec_driver_sql(statement.replace(template_name, name))
+                    report.created += 1
+        progress(f"  {engine.url.render_as_string(hide_password=True)}: shards up to {min(start + step, shards.stop) - 1}")
+    return report
+
+
+def init_storage(storage: Storage, progress: Progress = lambda _: None) -> InitReport:
+    """Create the shard tables in every shard database and the ADS tables in the warehouse.
+
+    Safe to run again: only what is missing is created.
+    """
+    shards = storage.settings.shards
+    by_url: dict[str, list[int]] = {}
+    for database in range(len(storage.settings.db_urls)):
+        by_url.setdefault(storage.settings.db_urls[database], []).append(database)
+
+    def one_database(databases: list[int]) -> InitReport:
+        engine = storage.shard_engine(databases[0])
+        ShardBase.metadata.create_all(engine)
+        existing = set(inspect(engine).get_table_names())
+        total = InitReport()
+        for database in databases:
+            part = _create_sharded(engine, shards_of_database(database, shards), existing, progress)
+            total.created += part.created
+            total.existing += part.existing
+        return total
+
+    WarehouseBase.metadata.create_all(storage.dws_engine)
+    # Databases on separate servers (or files) are created in parallel.
+    with ThreadPoolExecutor(max_workers=len(by_url)) as pool:
+        reports = list(pool.map(one_database, by_url.values()))
+    return InitReport(
+        created=sum(r.created for r in reports), existing=sum(r.existing for r in reports)
+    )

@@ -1,0 +1,1 @@
+"""The plain functions that do tdc's work; Celery tasks only call them."""

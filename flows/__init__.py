@@ -105,10 +105,15 @@ def _route_change(flow: Flow, event: ChangeEvent, input_format: str, routed: Rou
     if table is None:
         raise BadInput(f"table {event.database}.{event.table} is not part of flow {flow.name!r}")
     what = f"{event.table}"
-    row = typed_row(table.columns, event.row, what)
+    raw_order_id = event.row.get(table.order_key) if table.order_key else None
+    try:
+        row = typed_row(table.columns, event.row, what)
+    except BadInput as error:
+        # Keep the order id with the reason so the line shows up in that order's lineage.
+        raise BadInput(error.reason, None if raw_order_id is None else str(raw_order_id)) from None
     key = row.get(table.key)
     if key is None:
-        raise BadInput(f"{what} row has no {table.key!r}")
+        raise BadInput(f"{what} row has no {table.key!r}", None if raw_order_id is None else str(raw_order_id))
     if table.dimension is not None:
         attributes = None if event.kind == "delete" else row
         routed.dimensions.append(DimensionChange(table.dimension, str(key), attributes))

@@ -1,0 +1,53 @@
+"""``tdc init`` on real servers: 4096 shards over four MariaDB databases, ADS tables in PostgreSQL."""
+
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from tests.conftest import fresh_mariadb_databases, fresh_postgres_database
+
+pytestmark = pytest.mark.integration
+
+
+def _tables(url: str) -> list[str]:
+    engine = create_engine(url)
+    try:
+        return inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_init_twice_leaves_exactly_1024_task_tables_in_each_of_four_databases(mariadb, postgres, tmp_path) -> None:
+    # Given four empty MariaDB databases and a PostgreSQL warehouse
+    urls = fresh_mariadb_databases("tdc_it_init_shard")
+    dws = fresh_postgres_database("tdc_it_init_dws")
+    env = {"TDC_DB_URLS": ",".join(urls), "TDC_DWS_URL": dws, "TDC_HOME": str(tmp_path),
+           "TDC_REDIS_URL": "redis://127.0.0.1:6379/9", "PATH": "/usr/bin:/bin"}
+    # When tdc init runs twice, as a user would run it
+    first = subprocess.run([sys.executable, "-m", "cli.main", "init"], env=env, capture_output=True, text=True)
+    second = subprocess.run([sys.executable, "-m", "cli.main", "init"], env=env, capture_output=True, text=True)
+    # Then the second run found everything and created nothing
+    assert first.returncode == 0, first.stderr
+    assert "8192 sharded tables created" in first.stdout
+    assert second.returncode == 0, second.stderr
+    assert "0 sharded tables created, 8192 already there" in second.stdout
+    # And each database holds exactly its quarter of the task and metadata tables
+    for database, url in enumerate(urls):
+        tables = _tables(url)
+        tasks = sorted(t for t in tables if t.startswith("task_"))
+        assert len(tasks) == 1024
+        assert tasks[0] == f"task_{database * 1024:04d}" and tasks[-1] == f"task_{database * 1024 + 1023:04d}"
+        assert len([t for t in tables if t.startswith("meta_")]) == 1024
+        assert {"dwd_order", "dwd_order_item", "dwd_order_snapshot", "failed_task", "quarantine"} <= set(tables)
+    assert {"ads_order_sales", "ads_order_item_sales", "ads_order_sales_sum"} <= set(_tables(dws))
+
+
+def test_task_table_has_the_due_index_rescans_rely_on(storage) -> None:
+    engine = storage.shard_engine(0)
+    with engine.connect() as connection:
+        indexes = connection.execute(text("SHOW INDEX FROM task_0000")).fetchall()
+    columns = [(row.Key_name, row.Column_name) for row in indexes]
+    assert ("ix_task_0000_due", "status") in columns and ("ix_task_0000_due", "next_run_at") in columns
+    assert ("uq_task_0000", "order_id") in columns

@@ -1,0 +1,132 @@
+"""Normalisation of Canal, Debezium and business lines into one change-event shape."""
+
+import datetime as dt
+import json
+
+import pytest
+
+from flows import route
+from flows.gqsh import ORDER_FLOW
+from inputs.events import BadInput, ChangeEvent, SchemaChange
+from inputs.formats import parse_line
+from tests.factories import OrderHeaderFactory, PaymentWriteFactory, business, canal, debezium
+
+
+def test_canal_insert_becomes_a_typed_change_event() -> None:
+    header = OrderHeaderFactory()
+    [event] = parse_line("canal", canal("gqsh_order", header, sequence=77))
+    assert isinstance(event, ChangeEvent)
+    assert (event.database, event.table, event.kind, event.before) == ("gqsh", "gqsh_order", "insert", None)
+    assert event.after is not None and event.after["total_amount"] == "25.00"  # Canal sends strings
+    assert event.position.startswith(f"{int(dt.datetime(2026, 11, 2, 9, 30, 0, 125000, dt.UTC).timestamp() * 1000):013d}.")
+
+
+def test_canal_update_rebuilds_the_before_image_from_old() -> None:
+    header = OrderHeaderFactory()
+    paid = {**header, "status": 20}
+    [event] = parse_line("canal", canal("gqsh_order", paid, kind="update", before=header))
+    assert event.kind == "update"
+    assert event.before["status"] == "10" and event.after["status"] == "20"
+    assert event.before["order_id"] == header["order_id"]
+
+
+def test_canal_message_with_several_rows_yields_one_event_each_in_order() -> None:
+    message = json.loads(canal("gqsh_order_item", {"item_id": 1, "order_id": "O1"}))
+    message["data"].append({"item_id": "2", "order_id": "O1"})
+    events = parse_line("canal", json.dumps(message))
+    assert [e.after["item_id"] for e in events] == ["1", "2"]
+    assert events[0].position < events[1].position
+
+
+def test_canal_ddl_is_a_schema_change_not_a_row() -> None:
+    line = json.dumps({"id": 5, "database": "gqsh", "table": "gqsh_order", "isDdl": True, "es": 1,
+                       "sql": "ALTER TABLE gqsh_order ADD COLUMN x INT", "type": "ALTER"})
+    [change] = parse_line("canal", line)
+    assert isinstance(change, SchemaChange) and "ADD COLUMN" in change.sql
+
+
+def test_debezium_with_and_without_schema_envelope_is_the_same_event() -> None:
+    header = OrderHeaderFactory()
+    bare = debezium("gqsh_order", header, sequence=3)
+    wrapped = json.dumps({"schema": {"type": "struct"}, "payload": json.loads(bare)})
+    assert parse_line("debezium", bare) == parse_line("debezium", wrapped)
+    [event] = parse_line("debezium", bare)
+    assert event.kind == "insert" and event.after["status"] == 10
+
+
+def test_debezium_tombstone_yields_nothing() -> None:
+    assert parse_line("debezium", "null") == []
+
+
+def test_same_row_through_canal_and_debezium_routes_to_identical_metadata_content() -> None:
+    header = OrderHeaderFactory(status=20, paid_at=dt.datetime(2026, 11, 2, 9, 40))
+    [from_canal] = parse_line("canal", canal("gqsh_order", header))
+    [from_debezium] = parse_line("debezium", debezium("gqsh_order", header))
+    canal_records = route(ORDER_FLOW, from_canal, "canal").records
+    debezium_records = route(ORDER_FLOW, from_debezium, "debezium").records
+    assert [r.operation_type for r in canal_records] == ["SUBMIT", "PAY"]
+    assert [r.content for r in canal_records] == [r.content for r in debezium_records]
+    assert canal_records[0].content["paid_at"] == "2026-11-02T09:40:00.000"
+    assert canal_records[0].content["pay_amount"] == "25.00"
+
+
+@pytest.mark.parametrize(
+    ("input_format", "line", "reason"),
+    [
+        ("canal", "{oops", "invalid JSON"),
+        ("canal", json.dumps({"database": "gqsh", "table": "t"}), "has no 'es'"),
+        ("canal", json.dumps({"id": 1, "es": 1, "database": "gqsh", "table": "gqsh_order", "type": "TRUNCATE",
+                              "data": [{}]}), "is not INSERT, UPDATE or DELETE"),
+        ("debezium", json.dumps({"op": "x", "source": {}}), "op 'x'"),
+        ("business", json.dumps({"source": "payment"}), "has no 'order_id'"),
+    ],
+)
+def test_malformed_lines_are_refused_with_a_precise_reason(input_format: str, line: str, reason: str) -> None:
+    with pytest.raises(BadInput, match=reason):
+        parse_line(input_format, line)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"total_amount": "-1.00"}, "column 'total_amount': '-1.00' is a negative amount"),
+        ({"pay_amount": "abc"}, "column 'pay_amount': 'abc' is not an amount"),
+        ({"created_at": "yesterday"}, "column 'created_at': 'yesterday' is not a time"),
+        ({"item_count": "two"}, "column 'item_count': 'two' is not an integer"),
+        ({"status": 99}, "feeds no operation"),
+    ],
+)
+def test_mistyped_values_are_refused_naming_the_column(changes: dict, reason: str) -> None:
+    header = OrderHeaderFactory()
+    [event] = parse_line("canal", canal("gqsh_order", {**header, **changes}))
+    with pytest.raises(BadInput, match=reason):
+        route(ORDER_FLOW, event, "canal")
+
+
+def test_unknown_table_is_refused() -> None:
+    [event] = parse_line("canal", canal("gqsh_coupon", {"id": 1, "order_id": "O"}))
+    with pytest.raises(BadInput, match="gqsh.gqsh_coupon is not part of flow"):
+        route(ORDER_FLOW, event, "canal")
+
+
+def test_payment_write_becomes_pay_metadata_keyed_by_transaction() -> None:
+    write = PaymentWriteFactory(order_id="O42")
+    [parsed] = parse_line("business", business(write))
+    [record] = route(ORDER_FLOW, parsed, "business").records
+    assert (record.order_id, record.operation_type, record.source, record.unique_key) == (
+        "O42", "PAY", "payment", write["unique_key"])
+    assert record.content["paid_amount"] == "25.00"
+
+
+def test_payment_cannot_feed_another_operation() -> None:
+    [parsed] = parse_line("business", business(PaymentWriteFactory(order_id="O1", operation_type="REFUND")))
+    with pytest.raises(BadInput, match="cannot feed REFUND"):
+        route(ORDER_FLOW, parsed, "business")
+
+
+def test_dimension_rows_go_to_the_dimension_not_to_tasks() -> None:
+    [event] = parse_line("canal", canal("dim_store_shop", {"store_id": "S001", "store_name": "A", "city": "X",
+                                                           "region": "E"}))
+    routed = route(ORDER_FLOW, event, "canal")
+    assert routed.records == []
+    assert [(d.dimension, d.key, d.attributes["store_name"]) for d in routed.dimensions] == [("store", "S001", "A")]

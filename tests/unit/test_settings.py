@@ -1,0 +1,45 @@
+from pathlib import Path
+
+import pytest
+
+from settings import SettingsError, load_settings
+
+
+def test_nothing_set_gives_the_embedded_default(tmp_path: Path) -> None:
+    settings = load_settings({"TDC_HOME": str(tmp_path)})
+    assert settings.db_urls == tuple(f"sqlite:///{tmp_path}/shard{i}.db" for i in range(4))
+    assert settings.dws_url == f"sqlite:///{tmp_path}/dws.db"
+    assert settings.embedded_redis
+    assert settings.redis_url == f"unix://{tmp_path}/redis.sock?db=0"
+    assert settings.broker_url == f"redis+socket://{tmp_path}/redis.sock?virtual_host=1"
+    assert settings.shards == 4096
+
+
+def test_one_database_url_serves_all_four_shard_groups() -> None:
+    settings = load_settings({"TDC_DB_URLS": "mysql+pymysql://h/db"})
+    assert settings.db_urls == ("mysql+pymysql://h/db",) * 4
+
+
+def test_four_urls_are_kept_in_order() -> None:
+    urls = [f"mysql+pymysql://h{i}/db" for i in range(4)]
+    assert load_settings({"TDC_DB_URLS": " , ".join(urls)}).db_urls == tuple(urls)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TDC_DB_URLS": "a://1,a://2,a://3"}, "holds 3 URLs"),
+        ({"TDC_SHARDS": "4094"}, "multiple of 4"),
+        ({"TDC_SHARDS": "many"}, "is not a int"),
+        ({"TDC_RETRY_BASE_SECONDS": "-1"}, "must be positive"),
+    ],
+)
+def test_unusable_values_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(env)
+
+
+def test_a_redis_url_is_also_the_default_broker() -> None:
+    settings = load_settings({"TDC_REDIS_URL": "redis://cache:6379/0"})
+    assert not settings.embedded_redis
+    assert settings.broker_url == "redis://cache:6379/0"

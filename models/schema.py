@@ -55,7 +55,8 @@ def _create_sharded(engine: Engine, shards: range, existing: set[str], progress:
                     for statement in statements:
                         connection.exec_driver_sql(statement.replace(template_name, name))
                     report.created += 1
-        progress(f"  {engine.url.render_as_string(hide_password=True)}: shards up to {min(start + step, shards.stop) - 1}")
+        where = engine.url.render_as_string(hide_password=True)
+        progress(f"  {where}: shards up to {min(start + step, shards.stop) - 1}")
     return report
 
 

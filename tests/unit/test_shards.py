@@ -24,8 +24,11 @@ def test_shard_outside_the_map_is_refused(shard: int) -> None:
         database_for_shard(shard, 4096)
 
 
-@pytest.mark.parametrize(("shard", "task", "meta"), [(0, "task_0000", "meta_0000"), (1023, "task_1023", "meta_1023"),
-                                                     (1024, "task_1024", "meta_1024"), (4095, "task_4095", "meta_4095")])
+@pytest.mark.parametrize(
+    ("shard", "task", "meta"),
+    [(0, "task_0000", "meta_0000"), (1023, "task_1023", "meta_1023"), (1024, "task_1024", "meta_1024"),
+     (4095, "task_4095", "meta_4095")],
+)
 def test_table_names_are_zero_padded(shard: int, task: str, meta: str) -> None:
     assert task_table_name(shard) == task
     assert meta_table_name(shard) == meta

@@ -65,6 +65,7 @@ class _OrderBuilder:
         self.ids = ids
         self.changes: list[SourceChange] = []
         self.payments: list[dict[str, Any]] = []
+        self.header: dict[str, Any] = {}
 
     def _tick(self, low: int = 1, high: int = 600) -> dt.datetime:
         self.now += dt.timedelta(seconds=self.rng.randint(low, high), milliseconds=self.rng.randint(0, 999))
@@ -82,7 +83,7 @@ class _OrderBuilder:
     def build(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         rng = self.rng
         store = rng.choice(STORES)
-        lines = []
+        lines: list[dict[str, Any]] = []
         for _ in range(rng.randint(1, 4)):
             sku = rng.choice(SKUS)
             quantity = rng.randint(1, 3)
@@ -105,7 +106,7 @@ class _OrderBuilder:
             self.changes.append(SourceChange("gqsh_order_item", "insert", dict(line), created))
         self.changes.append(SourceChange("gqsh_order_ext", "insert", ext, created))
 
-        expected = {
+        expected: dict[str, Any] = {
             "order_id": self.order_id, "store_id": store[0], "store_name": store[1], "city": store[2],
             "region": store[3], "member_id": self.header["member_id"], "channel": self.header["channel"],
             "item_count": len(lines), "total_amount": total, "discount_amount": discount,

@@ -43,7 +43,7 @@ class RedisDimensions:
             return {}
         name = dimension_key(dimension, key)
         if name not in self._cache:
-            self._cache[name] = {k: (v or None) for k, v in self.client.hgetall(name).items()}
+            self._cache[name] = {str(k): (v or None) for k, v in self.client.hgetall(name).items()}
         return self._cache[name]
 
     def store(self, store_id: str | None) -> dict[str, Any]:

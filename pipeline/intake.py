@@ -178,11 +178,12 @@ def accept_lines(storage: Storage, client: redis.Redis, flow: Flow, input_format
     now = utcnow()
     for database, entries in sorted(by_database.items()):
         with storage.shard_engine(database).begin() as connection:
-            for line, record in entries:
-                if record is None:
+            for line, entry in entries:
+                if entry is None:
                     assert line.error is not None
                     quarantine(connection, input_format, line.raw, line.error, now)
                     continue
+                record = entry
                 shard = storage.shard_of(record.order_id)
                 effect = store_record(connection, shard, record, now)
                 line.effects.append(effect)

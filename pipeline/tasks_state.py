@@ -7,7 +7,7 @@ import json
 import random
 from typing import Any
 
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, Row, insert, select, update
 
 from models.orders import FailedTask
 from models.sharded import TaskStatus, meta_table, task_table
@@ -102,7 +102,7 @@ def record_failure(connection: Connection, task: Row[Any], reason: str, attempts
                   sources=origin, failed_at=now, resolved_at=None)
     where = (FailedTask.order_id == task.order_id) & (FailedTask.operation_type == task.operation_type)
     if not connection.execute(update(FailedTask).where(where).values(**values)).rowcount:
-        connection.execute(FailedTask.__table__.insert().values(
+        connection.execute(insert(FailedTask).values(
             order_id=task.order_id, operation_type=task.operation_type, **values))
 
 

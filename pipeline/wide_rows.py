@@ -6,9 +6,9 @@ import copy
 import datetime as dt
 import json
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from flows.state_machine import STATUS_AFTER
@@ -17,6 +17,7 @@ from strategies import GENERATORS
 from strategies.facts import OrderFacts
 from strategies.generators import Dimensions, apply_operation
 
+ORDER_TABLE = cast(Table, DwdOrder.__table__)
 ORDER_COLUMNS = [c.name for c in DwdOrder.__table__.columns]
 ITEM_COLUMNS = [c.name for c in DwdOrderItem.__table__.columns]
 #: Columns that record the write, not the order: a merge changing only these is a no-op.
@@ -80,7 +81,7 @@ def _item_values(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_order(connection: Connection, order: dict[str, Any], current: dict[str, Any] | None) -> None:
-    table = DwdOrder.__table__
+    table = ORDER_TABLE
     if current is None:
         order["version"] = 1
         try:

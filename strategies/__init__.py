@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from flows.gqsh import CANCELLED, COMPLETED, DELIVERED
 from flows.state_machine import Operation
 from strategies.checkers import PayChecker, RefundChecker, StatusChecker, SubmitChecker
+from strategies.facts import OrderFacts
 from strategies.generators import (
     CompleteGenerator,
     NoFieldsGenerator,
@@ -13,8 +16,17 @@ from strategies.generators import (
     SubmitGenerator,
 )
 
+
+class Checker(Protocol):
+    def check(self, facts: OrderFacts) -> str | None: ...
+
+
+class Generator(Protocol):
+    def generate(self, order: dict[str, Any], items: dict[int, dict[str, Any]], facts: OrderFacts) -> None: ...
+
+
 #: Operation -> completeness check.
-CHECKERS = {
+CHECKERS: dict[str, Checker] = {
     Operation.SUBMIT: SubmitChecker(),
     Operation.PAY: PayChecker(),
     Operation.DELIVER: StatusChecker(DELIVERED, COMPLETED),
@@ -24,7 +36,7 @@ CHECKERS = {
 }
 
 #: Operation -> wide-row generator.
-GENERATORS = {
+GENERATORS: dict[str, Generator] = {
     Operation.SUBMIT: SubmitGenerator(),
     Operation.PAY: PayGenerator(),
     Operation.DELIVER: NoFieldsGenerator(),

@@ -16,8 +16,8 @@ class OrderFacts:
     rows: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
-    def from_metadata(cls, order_id: str, metadata: Iterable[Mapping[str, Any]]) -> OrderFacts:
-        newest: dict[tuple[str, str], Mapping[str, Any]] = {}
+    def from_metadata(cls, order_id: str, metadata: Iterable[Mapping[Any, Any]]) -> OrderFacts:
+        newest: dict[tuple[str, str], Mapping[Any, Any]] = {}
         for record in metadata:
             slot = (record["source"], record["unique_key"])
             if slot not in newest or record["position"] > newest[slot]["position"]:

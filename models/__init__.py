@@ -1,0 +1,1 @@
+"""Storage: tables, shard routing, engines, schema creation, the embedded Redis."""

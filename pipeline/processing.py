@@ -8,6 +8,7 @@ parks only the task that hit it; transient faults propagate so Celery retries th
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -17,9 +18,11 @@ from typing import Any
 from sqlalchemy import Connection
 
 from flows.state_machine import SUCCESSORS, Illegal, blocking_reason
+from inputs.events import BadInput
 from models.sharded import TaskStatus
 from models.storage import Storage
-from pipeline.intake import TaskKey, utcnow
+from pipeline.alarms import raise_alarm
+from pipeline.intake import TaskKey, quarantine, utcnow
 from pipeline.locks import TaskLocks
 from pipeline.tasks_state import (
     fail,
@@ -68,6 +71,15 @@ def _isolated(storage: Storage, settings: Settings, key: Key, step: Callable[[],
         return False
 
 
+def _operation_input(sources: list[Any], operation: str) -> str:
+    """The metadata that raised ``operation``, as JSON lines, to keep with a data error."""
+    return "\n".join(
+        json.dumps({"source": m.source, "unique_key": m.unique_key, "position": m.position,
+                    "content": json.loads(m.content)}, sort_keys=True)
+        for m in sources if m.operation_type == operation
+    )
+
+
 def _pending_after_release(storage: Storage, keys: list[Key]) -> list[TaskKey]:
     """Tasks among ``keys`` that became PENDING while we held their locks: data or a wake-up
     that arrived then could not submit (the lock was ours), so we must."""
@@ -109,8 +121,12 @@ def check_tasks(storage: Storage, locks: TaskLocks, settings: Settings,
                 try:
                     reason = blocking_reason(operation, done, ever_done) or CHECKERS[operation].check(facts)
                 except Illegal as illegal:
-                    log.error("data error on order %s: %s", order_id, illegal)
-                    fail(connection, shard, task, f"data error: {illegal}", now, sources)
+                    reason = f"data error: {illegal}"
+                    # The order stays as it is: the task fails, its input is kept in quarantine.
+                    fail(connection, shard, task, reason, now, sources)
+                    quarantine(connection, "task", _operation_input(sources, operation),
+                               BadInput(reason, order_id), now)
+                    raise_alarm(locks.client, "data_error", reason, order_id=order_id, operation=operation)
                     stopped.append(key)
                     return
                 if reason is not None:

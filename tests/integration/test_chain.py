@@ -10,6 +10,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
+from cli.lineage import order_lineage
 from demo.check import differences, read_rows
 from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW
@@ -19,6 +20,7 @@ from pipeline.locks import TaskLocks
 from pipeline.processing import merge_orders
 from pipeline.wide_rows import OptimisticLockConflict, _write_order, merge_order_rows, read_wide_rows
 from strategies.facts import OrderFacts
+from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
 from tests.integration.helpers import ingest, run_chains
 
 pytestmark = pytest.mark.integration
@@ -147,3 +149,36 @@ def test_concurrent_merges_of_one_order_are_retried_and_none_is_lost(storage, re
         want = history.expected_orders[order["order_id"]]
         assert (row["refund_amount"], row["pay_txn_id"], row["perf_amount"]) == (
             want["refund_amount"], want["pay_txn_id"], want["perf_amount"])
+
+
+def test_cancel_after_pay_is_quarantined_and_alarmed_and_the_order_untouched(storage, redis_client) -> None:
+    # Given an order that is submitted and paid
+    order_id = f"CX{uuid.uuid4().hex[:12]}"
+    header = OrderHeaderFactory(order_id=order_id)
+    item = OrderItemFactory(order_id=order_id)
+    paid = {**header, "status": 20, "paid_at": T0 + dt.timedelta(minutes=5)}
+    lines = [canal("gqsh_order", header, sequence=1), canal("gqsh_order_item", item, sequence=2),
+             canal("gqsh_order", paid, kind="update", before=header, at=paid["paid_at"], sequence=3)]
+    run_chains(storage, redis_client, ingest(storage, redis_client, ORDER_FLOW, "canal", lines).touched)
+    payment = PaymentWriteFactory(order_id=order_id)
+    run_chains(storage, redis_client,
+               ingest(storage, redis_client, ORDER_FLOW, "business", [business(payment)]).touched)
+    before, _ = read_rows(storage, [order_id])
+    assert before[order_id]["status"] == 20
+    alarms_before = int(redis_client.hget("tdc:alarms", "data_error") or 0)
+    # When the source says it was cancelled afterwards
+    cancelled = {**paid, "status": 50}
+    report = ingest(storage, redis_client, ORDER_FLOW, "canal", [canal(
+        "gqsh_order", cancelled, kind="update", before=paid, at=paid["paid_at"] + dt.timedelta(minutes=1),
+        sequence=4)])
+    run_chains(storage, redis_client, report.touched)
+    # Then the wide row keeps its paid state, the CANCEL task failed, the input is quarantined, an alarm counted
+    after, _ = read_rows(storage, [order_id])
+    assert after[order_id]["status"] == 20 and after[order_id]["pay_txn_id"] == payment["unique_key"]
+    lineage = order_lineage(storage, order_id)
+    cancel = next(t for t in lineage["tasks"] if t["operation_type"] == "CANCEL")
+    assert cancel["status"] == "FAILED"
+    assert [f["reason"] for f in lineage["failed"]] == ["data error: CANCEL after PAY is not allowed"]
+    assert [q["reason"] for q in lineage["quarantine"]] == ["data error: CANCEL after PAY is not allowed"]
+    assert '"status":50' in lineage["quarantine"][0]["raw"].replace(" ", "")
+    assert int(redis_client.hget("tdc:alarms", "data_error")) == alarms_before + 1

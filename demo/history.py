@@ -114,6 +114,8 @@ class _OrderBuilder:
             "delivery_type": ext["delivery_type"], "refund_amount": Decimal("0.00"), "refund_count": 0,
             "perf_staff_id": None, "perf_amount": None, "created_at": created,
         }
+        if rng.random() < 0.15:
+            self._correct(lines)
         refunds: dict[int, tuple[int, Decimal]] = {}
         fate = rng.random()
         if fate < 0.10:
@@ -122,6 +124,8 @@ class _OrderBuilder:
             self._pay(expected)
             self._after_pay(expected, lines, refunds)
         expected["status"] = self.header["status"]
+        for name in ("total_amount", "discount_amount", "pay_amount"):
+            expected[name] = self.header[name]
         moment = expected["paid_at"] or created
         expected["biz_date"] = moment.date()
         items = []
@@ -135,6 +139,17 @@ class _OrderBuilder:
                 "refund_quantity": refund_quantity, "refund_amount": refund_amount, "status": expected["status"],
             })
         return expected, items
+
+    def _correct(self, lines: list[dict[str, Any]]) -> None:
+        """The source corrects the order before payment: one line's quantity and the discount."""
+        line = self.rng.choice(lines)
+        before = dict(line)
+        line["quantity"] += 1
+        line["amount"] = line["unit_price"] * line["quantity"]
+        self.changes.append(SourceChange("gqsh_order_item", "update", dict(line), self._tick(), before))
+        total = sum((each["amount"] for each in lines), Decimal("0.00"))
+        discount = _money(total * Decimal(self.rng.choice([0, 2, 8])) / 100)
+        self._update_header(total_amount=total, discount_amount=discount, pay_amount=total - discount)
 
     def _pay(self, expected: dict[str, Any]) -> None:
         paid_at = self._tick()

@@ -37,6 +37,7 @@ def order_lineage(storage: Storage, order_id: str) -> dict[str, Any]:
             "tasks": [
                 {k: row._mapping[k] for k in ("operation_type", "status", "version", "done_version", "attempts",
                                               "next_run_at", "last_error")}
+                | {"history": json.loads(row.history or "[]")}
                 for row in tasks
             ],
             "snapshots": [
@@ -65,6 +66,8 @@ def show_order(order_id: str, as_json: bool = False) -> int:
         error = f"  ({t['last_error']})" if t["last_error"] else ""
         print(f"  {t['operation_type']:<9} {t['status']:<8} version {t['version']} done {t['done_version']} "
               f"attempts {t['attempts']}{error}")
+        for waited in t["history"]:
+            print(f"      {waited['at']} attempt {waited['attempt']}: {waited['reason']}")
     print("\nsnapshots:")
     for s in lineage["snapshots"]:
         print(f"  {s['operation_type']:<9} task version {s['task_version']} at {s['taken_at']}")

@@ -1,0 +1,58 @@
+"""``tdc order show`` and ``tdc quarantine list`` as a user runs them, on the real MariaDB shards."""
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from flows.gqsh import ORDER_FLOW
+from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
+from tests.integration.helpers import ingest, run_chains
+
+pytestmark = pytest.mark.integration
+
+
+def _tdc(service_env: dict[str, str], *arguments: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "cli.main", *arguments], env={**os.environ, **service_env},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_order_show_tells_an_order_that_waited_for_its_predecessor(service_env, storage, redis_client) -> None:
+    # Given a payment and the paid header that arrive before the order line SUBMIT needs
+    order_id = f"W{uuid.uuid4().hex[:12]}"
+    header = OrderHeaderFactory(order_id=order_id)
+    paid = {**header, "status": 20, "paid_at": T0 + dt.timedelta(minutes=3)}
+    early = ingest(storage, redis_client, ORDER_FLOW, "canal", [
+        canal("gqsh_order", header, sequence=1),
+        canal("gqsh_order", paid, kind="update", before=header, at=paid["paid_at"], sequence=3)])
+    early.touched |= ingest(storage, redis_client, ORDER_FLOW, "business",
+                            [business(PaymentWriteFactory(order_id=order_id))]).touched
+    run_chains(storage, redis_client, early.touched)
+    # When the line arrives
+    late = ingest(storage, redis_client, ORDER_FLOW, "canal",
+                  [canal("gqsh_order_item", OrderItemFactory(order_id=order_id), sequence=2)])
+    run_chains(storage, redis_client, late.touched)
+    # Then `tdc order show` shows both tasks done and what each waited for
+    shown = _tdc(service_env, "order", "show", order_id)
+    assert "SUBMIT    DONE" in shown and "PAY       DONE" in shown
+    assert "attempt 1: 0 of 1 item rows have arrived" in shown
+    assert "attempt 1: waiting for SUBMIT" in shown
+    as_json = json.loads(_tdc(service_env, "order", "show", order_id, "--json"))
+    assert as_json["dwd_order"]["status"] == 20
+    assert {m["source"] for m in as_json["metadata"]} == {"gqsh_order", "gqsh_order_item", "payment"}
+
+
+def test_quarantine_list_shows_each_bad_line_with_its_reason(service_env, storage, redis_client) -> None:
+    marker = uuid.uuid4().hex[:8]
+    bad_time = OrderHeaderFactory(order_id=f"Q{marker}", created_at="soon")
+    report = ingest(storage, redis_client, ORDER_FLOW, "canal", [f'{{"broken {marker}"', canal("gqsh_order", bad_time)])
+    assert report.quarantined == 2
+    listing = _tdc(service_env, "quarantine", "list", "--limit", "500")
+    assert f"Q{marker}" in listing and "gqsh_order column 'created_at': 'soon' is not a time" in listing
+    assert "invalid JSON" in listing and marker in listing

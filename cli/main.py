@@ -42,7 +42,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     import worker  # noqa: F401 - configures the Celery app the chains are sent with
-    from flows.gqsh import ORDER_FLOW
+    from flows.registry import ACCEPTED
     from models.redis_store import get_redis
     from models.storage import get_storage
     from pipeline.intake import IntakeReport, accept_lines
@@ -53,7 +53,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     with stream:
         for batch in _batches(stream, INGEST_BATCH):
-            report = accept_lines(get_storage(), get_redis(), ORDER_FLOW, args.format, batch)
+            report = accept_lines(get_storage(), get_redis(), ACCEPTED, args.format, batch)
             submitted += submit_tasks(report.touched)
             total.add(report)
             if args.progress:

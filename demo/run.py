@@ -19,7 +19,7 @@ FEED_BATCH = 200
 
 
 def _feed(history_lines: list[tuple[str, str]]) -> tuple[int, int]:
-    from flows.gqsh import ORDER_FLOW
+    from flows.registry import ACCEPTED
     from models.redis_store import get_redis
     from models.storage import get_storage
     from pipeline.intake import IntakeReport, accept_lines
@@ -29,7 +29,7 @@ def _feed(history_lines: list[tuple[str, str]]) -> tuple[int, int]:
     for start in range(0, len(history_lines), FEED_BATCH):
         batch = history_lines[start : start + FEED_BATCH]
         for input_format, group in groupby(batch, key=lambda entry: entry[0]):
-            report = accept_lines(get_storage(), get_redis(), ORDER_FLOW, input_format, [line for _, line in group])
+            report = accept_lines(get_storage(), get_redis(), ACCEPTED, input_format, [line for _, line in group])
             submit_tasks(report.touched)
             total.add(report)
     print(f"  fed {total.summary()}")

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import shared_task
 
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED
 from models.redis_store import get_redis
 from models.storage import get_storage
 from pipeline.intake import accept_lines
@@ -19,7 +19,7 @@ from tasks.submit import submit_tasks
 def receive(writes: list[dict[str, Any]]) -> dict[str, int]:
     """Accept business writes ``{source, order_id, operation_type, unique_key, payload,
     occurred_at}``; bad ones are quarantined.  Returns the counts."""
-    report = accept_lines(get_storage(), get_redis(), ORDER_FLOW, "business", [json.dumps(w) for w in writes])
+    report = accept_lines(get_storage(), get_redis(), ACCEPTED, "business", [json.dumps(w) for w in writes])
     submit_tasks(report.touched)
     return {"accepted": report.accepted, "duplicated": report.duplicated, "stale": report.stale,
             "quarantined": report.quarantined}

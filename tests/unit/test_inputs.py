@@ -131,3 +131,14 @@ def test_dimension_rows_go_to_the_dimension_not_to_tasks() -> None:
     routed = route(ORDER_FLOW, event, "canal")
     assert routed.records == []
     assert [(d.dimension, d.key, d.attributes["store_name"]) for d in routed.dimensions] == [("store", "S001", "A")]
+
+
+def test_flows_combine_into_one_routing_table_and_refuse_a_source_claimed_twice() -> None:
+    from flows import Flow
+    from flows.registry import ACCEPTED, combine
+
+    assert set(ACCEPTED.tables) == set(ORDER_FLOW.tables) and set(ACCEPTED.business) == {"payment"}
+    pos = Flow("pos", tables={"pos_order": ORDER_FLOW.tables["gqsh_order"]})
+    assert set(combine((ORDER_FLOW, pos)).tables) == set(ORDER_FLOW.tables) | {"pos_order"}
+    with pytest.raises(ValueError, match="redeclares gqsh_order"):
+        combine((ORDER_FLOW, Flow("copy", tables={"gqsh_order": ORDER_FLOW.tables["gqsh_order"]})))

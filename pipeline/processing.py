@@ -101,6 +101,7 @@ def check_tasks(storage: Storage, locks: TaskLocks, settings: Settings,
     Returns the ready keys and the tasks that need a new chain now."""
     ready: list[Key] = []
     stopped: list[Key] = []
+    data_errors: list[tuple[str, str, str]] = []
 
     for key in keys:
         order_id, operation = key["order_id"], key["operation_type"]
@@ -126,7 +127,7 @@ def check_tasks(storage: Storage, locks: TaskLocks, settings: Settings,
                     fail(connection, shard, task, reason, now, sources)
                     quarantine(connection, "task", _operation_input(sources, operation),
                                BadInput(reason, order_id), now)
-                    raise_alarm(locks.client, "data_error", reason, order_id=order_id, operation=operation)
+                    data_errors.append((reason, order_id, operation))
                     stopped.append(key)
                     return
                 if reason is not None:
@@ -140,6 +141,9 @@ def check_tasks(storage: Storage, locks: TaskLocks, settings: Settings,
 
         if not _isolated(storage, settings, key, check):
             stopped.append(key)
+    # Alarms only for what was committed.
+    for reason, order_id, operation in data_errors:
+        raise_alarm(locks.client, "data_error", reason, order_id=order_id, operation=operation)
     locks.release(_owned(key) for key in stopped)
     return ready, _pending_after_release(storage, stopped)
 

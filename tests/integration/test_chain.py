@@ -15,6 +15,7 @@ from demo.check import differences, read_rows
 from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW
 from models.orders import DwdOrder, OrderSnapshot
+from models.sharded import meta_table
 from pipeline.intake import IntakeReport
 from pipeline.locks import TaskLocks
 from pipeline.processing import merge_orders
@@ -182,3 +183,54 @@ def test_cancel_after_pay_is_quarantined_and_alarmed_and_the_order_untouched(sto
     assert [q["reason"] for q in lineage["quarantine"]] == ["data error: CANCEL after PAY is not allowed"]
     assert '"status":50' in lineage["quarantine"][0]["raw"].replace(" ", "")
     assert int(redis_client.hget("tdc:alarms", "data_error")) == alarms_before + 1
+
+
+class CommitsBehindOurBack:
+    """Dimensions whose first look-up, made between the merge's read and its write, lets another
+    session merge and commit the same order first."""
+
+    def __init__(self, storage, order_id: str, facts: OrderFacts) -> None:  # type: ignore[no-untyped-def]
+        self.storage, self.order_id, self.facts, self.calls = storage, order_id, facts, 0
+
+    def store(self, store_id):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.calls == 1:
+            with self.storage.engine_for_order(self.order_id).begin() as other_session:
+                merge_order_rows(other_session, self.facts, "DELIVER", 1, NoDimensions(), dt.datetime(2026, 11, 5))
+        return {}
+
+    def sku(self, sku_id):  # type: ignore[no-untyped-def]
+        return {}
+
+
+def test_a_conflicting_merge_is_retried_on_the_new_version_and_neither_update_is_lost(storage, redis_client) -> None:
+    # Given a submitted order and a COMPLETE about to be merged
+    order_id = f"RT{uuid.uuid4().hex[:12]}"
+    facts = OrderFacts(order_id, {
+        "gqsh_order": {order_id: {
+            "order_id": order_id, "store_id": "S001", "member_id": "M1", "channel": "app", "status": 40,
+            "item_count": 0, "total_amount": "10.00", "discount_amount": "0.00", "pay_amount": "10.00",
+            "created_at": "2026-11-02T10:00:00.000", "paid_at": None, "updated_at": None}},
+        "perf_record": {"1": {"id": 1, "order_id": order_id, "staff_id": "E7", "perf_amount": "0.20"}}})
+    with storage.engine_for_order(order_id).begin() as connection:
+        merge_order_rows(connection, facts, "SUBMIT", 1, NoDimensions(), dt.datetime(2026, 11, 2))
+    shard = storage.shard_of(order_id)
+    with storage.engine_for_order(order_id).begin() as connection:
+        connection.execute(meta_table(shard).insert().values(
+            order_id=order_id, operation_type="COMPLETE", source="perf_record", unique_key="1", kind="insert",
+            content=json.dumps(facts.rows["perf_record"]["1"]), content_hash="x", position="1",
+            input_format="canal", received_at=dt.datetime(2026, 11, 2), updated_at=dt.datetime(2026, 11, 2)))
+        connection.execute(meta_table(shard).insert().values(
+            order_id=order_id, operation_type="COMPLETE", source="gqsh_order", unique_key=order_id,
+            kind="update", content=json.dumps(facts.rows["gqsh_order"][order_id]), content_hash="y",
+            position="1", input_format="canal", received_at=dt.datetime(2026, 11, 2),
+            updated_at=dt.datetime(2026, 11, 2)))
+    # When another session commits a DELIVER between our read and our write
+    racing = CommitsBehindOurBack(storage, order_id, facts)
+    merged = merge_orders(storage, TaskLocks(redis_client, 60), storage.settings, racing,
+                          [{"order_id": order_id, "operation_type": "COMPLETE", "token": "", "version": 1}])
+    # Then our merge conflicted, was retried on the new version, and both contributions are in the row
+    assert merged and racing.calls >= 2
+    row, _ = read_rows(storage, [order_id])
+    assert (row[order_id]["version"], row[order_id]["status"], row[order_id]["perf_staff_id"]) == (3, 40, "E7")
+    assert row[order_id]["last_operation"] == "COMPLETE"

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
 from tests.integration.helpers import ingest, run_chains
@@ -56,3 +57,20 @@ def test_quarantine_list_shows_each_bad_line_with_its_reason(service_env, storag
     listing = _tdc(service_env, "quarantine", "list", "--limit", "500")
     assert f"Q{marker}" in listing and "gqsh_order column 'created_at': 'soon' is not a time" in listing
     assert "invalid JSON" in listing and marker in listing
+
+
+def test_order_show_tells_a_refunded_order(service_env, storage, redis_client) -> None:
+    # Given a processed history with refunds
+    history = generate_history(40, seed=8)
+    for fmt in ("canal", "business"):
+        batch = [line for f, line in history.lines if f == fmt]
+        run_chains(storage, redis_client, ingest(storage, redis_client, ORDER_FLOW, fmt, batch).touched)
+    run_chains(storage, redis_client, [])
+    order_id, expected = next((k, v) for k, v in history.expected_orders.items() if v["refund_count"] > 0)
+    # When a user asks about one refunded order
+    shown = _tdc(service_env, "order", "show", order_id)
+    # Then the refund task, its after-sales input and the refunded amounts are all there
+    assert "REFUND    DONE" in shown
+    assert "gqsh_order_after_sales " in shown and "gqsh_order_after_sales_dtl" in shown
+    assert f"refund_amount    {expected['refund_amount']}" in shown
+    assert f"refund_count     {expected['refund_count']}" in shown

@@ -30,3 +30,14 @@ def run_chains(storage, client, keys: set[TaskKey] | list[TaskKey], rounds: int 
 
 def ingest(storage, client, flow, input_format: str, lines: list[str]):  # type: ignore[no-untyped-def]
     return accept_lines(storage, client, flow, input_format, lines)
+
+
+def process_history(storage, client, history) -> None:  # type: ignore[no-untyped-def]
+    """Ingest a generated history (its change lines, then its payments) and run every chain to rest."""
+    from flows.gqsh import ORDER_FLOW
+
+    formats = dict.fromkeys(f for f, _ in history.lines)
+    for fmt in formats:
+        batch = [line for f, line in history.lines if f == fmt]
+        run_chains(storage, client, ingest(storage, client, ORDER_FLOW, fmt, batch).touched)
+    run_chains(storage, client, [])

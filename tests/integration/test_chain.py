@@ -22,7 +22,7 @@ from pipeline.processing import merge_orders
 from pipeline.wide_rows import OptimisticLockConflict, _write_order, merge_order_rows, read_wide_rows
 from strategies.facts import OrderFacts
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
-from tests.integration.helpers import ingest, run_chains
+from tests.integration.helpers import ingest, process_history, run_chains
 
 pytestmark = pytest.mark.integration
 
@@ -70,10 +70,7 @@ def test_replaying_everything_changes_nothing(storage, redis_client) -> None:
 
 def test_snapshot_per_operation_is_overwritten_by_a_rerun(storage, redis_client) -> None:
     history = generate_history(5, seed=3)
-    for fmt in ("canal", "business"):
-        batch = [line for f, line in history.lines if f == fmt]
-        run_chains(storage, redis_client, ingest(storage, redis_client, ORDER_FLOW, fmt, batch).touched)
-    run_chains(storage, redis_client, [])
+    process_history(storage, redis_client, history)
     order_id = history.order_ids[0]
     with storage.engine_for_order(order_id).connect() as connection:
         snapshots = connection.execute(select(OrderSnapshot.__table__).where(
@@ -117,10 +114,7 @@ def test_optimistic_lock_refuses_a_write_based_on_a_stale_version(storage) -> No
 def test_concurrent_merges_of_one_order_are_retried_and_none_is_lost(storage, redis_client) -> None:
     # Given paid orders whose DELIVER and REFUND contributions are merged at the same time
     history = generate_history(12, seed=5)
-    for fmt in ("canal", "business"):
-        batch = [line for f, line in history.lines if f == fmt]
-        run_chains(storage, redis_client, ingest(storage, redis_client, ORDER_FLOW, fmt, batch).touched)
-    run_chains(storage, redis_client, [])
+    process_history(storage, redis_client, history)
     orders, _ = read_rows(storage, history.order_ids)
     paid = [o for o in orders.values() if o["status"] >= 20 and o["status"] != 50]
     assert paid

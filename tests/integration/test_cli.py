@@ -12,7 +12,7 @@ import pytest
 from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
-from tests.integration.helpers import ingest, run_chains
+from tests.integration.helpers import ingest, process_history, run_chains
 
 pytestmark = pytest.mark.integration
 
@@ -62,10 +62,7 @@ def test_quarantine_list_shows_each_bad_line_with_its_reason(service_env, storag
 def test_order_show_tells_a_refunded_order(service_env, storage, redis_client) -> None:
     # Given a processed history with refunds
     history = generate_history(40, seed=8)
-    for fmt in ("canal", "business"):
-        batch = [line for f, line in history.lines if f == fmt]
-        run_chains(storage, redis_client, ingest(storage, redis_client, ORDER_FLOW, fmt, batch).touched)
-    run_chains(storage, redis_client, [])
+    process_history(storage, redis_client, history)
     order_id, expected = next((k, v) for k, v in history.expected_orders.items() if v["refund_count"] > 0)
     # When a user asks about one refunded order
     shown = _tdc(service_env, "order", "show", order_id)

@@ -106,14 +106,15 @@ def _route_change(flow: Flow, event: ChangeEvent, input_format: str, routed: Rou
         raise BadInput(f"table {event.database}.{event.table} is not part of flow {flow.name!r}")
     what = f"{event.table}"
     raw_order_id = event.row.get(table.order_key) if table.order_key else None
+    # Errors about this row keep its order id, so the line shows up in that order's lineage.
+    order_hint = None if raw_order_id is None else str(raw_order_id)
     try:
         row = typed_row(table.columns, event.row, what)
     except BadInput as error:
-        # Keep the order id with the reason so the line shows up in that order's lineage.
-        raise BadInput(error.reason, None if raw_order_id is None else str(raw_order_id)) from None
+        raise BadInput(error.reason, order_hint) from None
     key = row.get(table.key)
     if key is None:
-        raise BadInput(f"{what} row has no {table.key!r}", None if raw_order_id is None else str(raw_order_id))
+        raise BadInput(f"{what} row has no {table.key!r}", order_hint)
     if table.dimension is not None:
         attributes = None if event.kind == "delete" else row
         routed.dimensions.append(DimensionChange(table.dimension, str(key), attributes))

@@ -173,17 +173,16 @@ def accept_lines(storage: Storage, client: redis.Redis, flow: Flow, input_format
         if line.error is not None:
             order_id = line.error.order_id
             by_database[storage.database_of(order_id) if order_id else 0].append((line, None))
-        for record in line.records:
-            by_database[storage.database_of(record.order_id)].append((line, record))
+        for routed in line.records:
+            by_database[storage.database_of(routed.order_id)].append((line, routed))
     now = utcnow()
     for database, entries in sorted(by_database.items()):
         with storage.shard_engine(database).begin() as connection:
-            for line, entry in entries:
-                if entry is None:
+            for line, record in entries:
+                if record is None:
                     assert line.error is not None
                     quarantine(connection, input_format, line.raw, line.error, now)
                     continue
-                record = entry
                 shard = storage.shard_of(record.order_id)
                 effect = store_record(connection, shard, record, now)
                 line.effects.append(effect)

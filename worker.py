@@ -22,6 +22,7 @@ TASK_ROUTES = {
     "tdc.receive": {"queue": INGEST_QUEUE},
     "tdc.check": {"queue": PROCESS_QUEUE},
     "tdc.merge": {"queue": PROCESS_QUEUE},
+    "tdc.aggregate": {"queue": WAREHOUSE_QUEUE},
     "tdc.finish": {"queue": PROCESS_QUEUE},
     "tdc.rescan": {"queue": SCHEDULED_QUEUE},
     "tdc.rescan_slice": {"queue": SCHEDULED_QUEUE},

@@ -5,33 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
-
-from models.orders import DwdOrder, DwdOrderItem
-from models.storage import Storage
-
-#: Chunk of ids per IN (...) query.
-READ_CHUNK = 500
-
-
-def read_rows(storage: Storage, order_ids: list[str]) -> tuple[dict[str, dict[str, Any]], dict[int, dict[str, Any]]]:
-    """The ``dwd_order`` and ``dwd_order_item`` rows of ``order_ids``."""
-    by_database: dict[int, list[str]] = defaultdict(list)
-    for order_id in order_ids:
-        by_database[storage.database_of(order_id)].append(order_id)
-    orders: dict[str, dict[str, Any]] = {}
-    items: dict[int, dict[str, Any]] = {}
-    for database, ids in by_database.items():
-        with storage.read_engine(database).connect() as connection:
-            for start in range(0, len(ids), READ_CHUNK):
-                chunk = ids[start : start + READ_CHUNK]
-                for row in connection.execute(select(DwdOrder.__table__).where(DwdOrder.order_id.in_(chunk))):
-                    orders[row.order_id] = dict(row._mapping)
-                for row in connection.execute(
-                        select(DwdOrderItem.__table__).where(DwdOrderItem.order_id.in_(chunk))):
-                    items[row.item_id] = dict(row._mapping)
-    return orders, items
-
 
 def differences(expected: dict[Any, dict[str, Any]], actual: dict[Any, dict[str, Any]], what: str) -> list[str]:
     """One line per missing, unexpected or differing row (every expected column compared)."""
@@ -66,3 +39,30 @@ def matching_orders(expected_orders: dict[str, dict[str, Any]], expected_items: 
             if not differences(wanted, have, "i"):
                 count += 1
     return count
+
+
+def expected_aggregates(expected_orders: dict[str, dict[str, Any]],
+                        expected_items: dict[int, dict[str, Any]]) -> dict[tuple[str, tuple[Any, ...]], dict[str, Any]]:
+    """The three ADS tables a history must produce, summed straight from its expected rows:
+    paid, not cancelled orders on the day they were paid."""
+    counted = {order_id: order for order_id, order in expected_orders.items()
+               if order["paid_at"] is not None and order["status"] != 50}
+    tables: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
+
+    def add(table: str, key: tuple[Any, ...], **measures: Any) -> None:
+        row = tables.setdefault((table, key), dict.fromkeys(measures, 0))
+        for name, value in measures.items():
+            row[name] += value
+
+    for order in counted.values():
+        day = order["paid_at"].date()
+        sales = dict(order_count=1, pay_amount=order["pay_amount"], refund_amount=order["refund_amount"],
+                     net_amount=order["pay_amount"] - order["refund_amount"])
+        add("ads_order_sales", (day, order["store_id"]), **sales)
+        add("ads_order_sales_sum", (day,), **sales)
+    for item in expected_items.values():
+        owner = counted.get(item["order_id"])
+        if owner is not None:
+            add("ads_order_item_sales", (owner["paid_at"].date(), item["sku_id"]), quantity=item["quantity"],
+                amount=item["amount"], refund_quantity=item["refund_quantity"], refund_amount=item["refund_amount"])
+    return tables

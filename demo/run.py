@@ -7,9 +7,10 @@ import sys
 import time
 from itertools import groupby
 
-from demo.check import differences, matching_orders, read_rows
+from demo.check import differences, matching_orders
 from demo.history import generate_history
 from demo.processes import running, start_beat, start_worker
+from pipeline.wide_rows import read_orders
 from settings import get_settings
 
 #: Demo defaults: short back-off and frequent rescans so a 300-order run drains in seconds.
@@ -79,7 +80,7 @@ def _drain(history, timeout: float, processes) -> bool:  # type: ignore[no-untyp
         if any(p.poll() is not None for p in processes):
             print("\n  a worker or beat process exited; see the logs under TDC_HOME/logs", file=sys.stderr)
             return False
-        orders, items = read_rows(get_storage(), history.order_ids)
+        orders, items = read_orders(get_storage(), history.order_ids)
         matched = matching_orders(history.expected_orders, history.expected_items, orders, items)
         print(f"\r  processing: {matched}/{total} orders match", end="", flush=True)
         if matched == total:
@@ -93,7 +94,7 @@ def _drain(history, timeout: float, processes) -> bool:  # type: ignore[no-untyp
 def _report(history, quarantined: int, drained: bool) -> int:  # type: ignore[no-untyped-def]
     from models.storage import get_storage
 
-    orders, items = read_rows(get_storage(), history.order_ids)
+    orders, items = read_orders(get_storage(), history.order_ids)
     problems = differences(history.expected_orders, orders, "dwd_order")
     problems += differences(history.expected_items, items, "dwd_order_item")
     if quarantined != history.malformed:

@@ -76,6 +76,8 @@ class DimensionChange:
     key: str
     #: None deletes the dimension entry.
     attributes: dict[str, Any] | None
+    #: Where the change came from, in commit order: an older change never overwrites a newer one.
+    position: str
 
 
 @dataclass
@@ -117,7 +119,7 @@ def _route_change(flow: Flow, event: ChangeEvent, input_format: str, routed: Rou
         raise BadInput(f"{what} row has no {table.key!r}", order_hint)
     if table.dimension is not None:
         attributes = None if event.kind == "delete" else row
-        routed.dimensions.append(DimensionChange(table.dimension, str(key), attributes))
+        routed.dimensions.append(DimensionChange(table.dimension, str(key), attributes, event.position))
         return
     assert table.order_key is not None
     order_id = row.get(table.order_key)

@@ -20,6 +20,8 @@ def parse_time(value: Any) -> dt.datetime:
     """A naive datetime from text (``YYYY-MM-DD HH:MM:SS[.fff]``, ISO) or epoch milliseconds."""
     if isinstance(value, bool):
         raise BadInput(f"{value!r} is not a time")
+    if isinstance(value, dt.datetime):  # a database row read by a driver
+        return value if value.tzinfo is None else value.astimezone(dt.UTC).replace(tzinfo=None)
     if isinstance(value, int):
         return dt.datetime.fromtimestamp(value / 1000, dt.UTC).replace(tzinfo=None)
     if isinstance(value, str):

@@ -1,14 +1,19 @@
-"""Warehouse (DWS) tables: the de-duplicated daily ADS aggregates of DESIGN section 4."""
+"""Warehouse (DWS) tables: the de-duplicated daily ADS aggregates of DESIGN section 4, the
+ledger of what each order last contributed to them, and the offline copies of the flows'
+dimension tables that the T+1 reload reads."""
 
 from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
 
-from sqlalchemy import Date, Integer, String
+from sqlalchemy import BigInteger, Column, Date, Integer, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
 
-from models.types import Money
+from flows import SourceTable
+from flows.registry import FLOWS
+from models.types import Money, Timestamp
 
 
 class WarehouseBase(DeclarativeBase):
@@ -45,3 +50,41 @@ class AdsOrderSalesSum(WarehouseBase):
     pay_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
     refund_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
     net_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
+
+
+class AdsOrderLedger(WarehouseBase):
+    """What each order last added to the aggregates, and from which version of its wide row.
+
+    Updated in the same transaction as the aggregates, so (new - old) is applied exactly once.
+    """
+
+    __tablename__ = "ads_order_ledger"
+
+    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: ``dwd_order.version`` the contribution was computed from; 0 before the first.
+    wide_version: Mapped[int] = mapped_column(Integer, default=0)
+    #: The day the contribution is on (None: the order contributes nothing).
+    biz_date: Mapped[dt.date | None] = mapped_column(Date, index=True)
+    contribution: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+
+#: Source column kinds (flows.SourceTable.columns) as warehouse column types.
+_COLUMN_TYPES: dict[str, TypeEngine] = {
+    "text": String(128), "int": BigInteger(), "money": Money, "time": Timestamp,
+}
+
+
+def _offline_dimension_table(source: SourceTable) -> Table:
+    columns = [Column(name, _COLUMN_TYPES[kind], primary_key=name == source.key, nullable=name != source.key)
+               for name, kind in source.columns.items()]
+    # When the row last changed at the source: the reload never overwrites a newer CDC value.
+    columns.append(Column("updated_at", Timestamp, nullable=False))
+    return Table(source.name, WarehouseBase.metadata, *columns)
+
+
+#: Dimension name -> (its source table declaration, the warehouse table the T+1 reload reads).
+OFFLINE_DIMENSIONS: dict[str, tuple[SourceTable, Table]] = {
+    source.dimension: (source, _offline_dimension_table(source))
+    for flow in FLOWS for source in flow.tables.values() if source.dimension is not None
+}

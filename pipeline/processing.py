@@ -1,4 +1,4 @@
-"""The steps of a task's chain: check, merge, finish.
+"""The steps of a task's chain: check, merge, aggregate, finish.
 
 Each step takes a batch of task keys ``{"order_id", "operation_type", "token"}`` (a batch
 of one is the ordinary case), re-reads what it needs, and returns the keys that go on.
@@ -21,6 +21,7 @@ from flows.state_machine import SUCCESSORS, Illegal, blocking_reason
 from inputs.events import BadInput
 from models.sharded import TaskStatus
 from models.storage import Storage
+from pipeline.aggregates import apply_orders
 from pipeline.alarms import raise_alarm
 from pipeline.intake import TaskKey, quarantine, utcnow
 from pipeline.locks import TaskLocks
@@ -52,7 +53,7 @@ def _owned(key: Key) -> tuple[str, str, str]:
     return key["order_id"], key["operation_type"], key.get("token", "")
 
 
-def _isolated(storage: Storage, settings: Settings, key: Key, step: Callable[[], None]) -> bool:
+def _isolated(storage: Storage, settings: Settings, key: Key, step: Callable[[], object]) -> bool:
     """Run one key's part of a step; a non-transient error parks that task only."""
     try:
         step()
@@ -175,6 +176,31 @@ def _merge_one(storage: Storage, connection: Connection, dims: Dimensions, key: 
     shard = storage.shard_of(key["order_id"])
     facts, _ = load_facts(connection, shard, key["order_id"])
     merge_order_rows(connection, facts, key["operation_type"], key["version"], dims, utcnow())
+
+
+def aggregate_orders(storage: Storage, locks: TaskLocks, settings: Settings, keys: list[Key]) -> list[Key]:
+    """Bring the ADS aggregates up to date with the merged orders of ``keys``: one warehouse
+    transaction for the batch, or one per order when the batch hits a fault that is not
+    transient (so only the order that caused it is parked)."""
+    if not keys:
+        return keys
+    try:
+        apply_orders(storage, [key["order_id"] for key in keys])
+        return keys
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:  # noqa: BLE001 - find the order that causes it, spare the others
+        log.exception("aggregating %d orders failed; retrying them one by one", len(keys))
+    done: list[Key] = []
+    failed: list[Key] = []
+    for key in keys:
+
+        def alone(key: Key = key) -> None:
+            apply_orders(storage, [key["order_id"]])
+
+        (done if _isolated(storage, settings, key, alone) else failed).append(key)
+    locks.release(_owned(key) for key in failed)
+    return done
 
 
 def finish_tasks(storage: Storage, locks: TaskLocks, keys: list[Key]) -> list[TaskKey]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+from collections import defaultdict
 from decimal import Decimal
 from typing import Any, cast
 
@@ -13,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from flows.state_machine import STATUS_AFTER
 from models.orders import DwdOrder, DwdOrderItem, OrderSnapshot
+from models.storage import Storage
 from strategies import GENERATORS
 from strategies.facts import OrderFacts
 from strategies.generators import Dimensions, apply_operation
@@ -42,6 +44,29 @@ def read_wide_rows(connection: Connection, order_id: str) -> tuple[dict[str, Any
     row = connection.execute(select(DwdOrder.__table__).where(DwdOrder.order_id == order_id)).first()
     items = connection.execute(select(DwdOrderItem.__table__).where(DwdOrderItem.order_id == order_id))
     return (dict(row._mapping) if row else None), {i.item_id: dict(i._mapping) for i in items}
+
+
+#: Chunk of ids per IN (...) query.
+READ_CHUNK = 500
+
+
+def read_orders(storage: Storage, order_ids: list[str]) -> tuple[dict[str, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """The ``dwd_order`` and ``dwd_order_item`` rows of ``order_ids``."""
+    by_database: dict[int, list[str]] = defaultdict(list)
+    for order_id in order_ids:
+        by_database[storage.database_of(order_id)].append(order_id)
+    orders: dict[str, dict[str, Any]] = {}
+    items: dict[int, dict[str, Any]] = {}
+    for database, ids in by_database.items():
+        with storage.read_engine(database).connect() as connection:
+            for start in range(0, len(ids), READ_CHUNK):
+                chunk = ids[start : start + READ_CHUNK]
+                for row in connection.execute(select(DwdOrder.__table__).where(DwdOrder.order_id.in_(chunk))):
+                    orders[row.order_id] = dict(row._mapping)
+                for row in connection.execute(
+                        select(DwdOrderItem.__table__).where(DwdOrderItem.order_id.in_(chunk))):
+                    items[row.item_id] = dict(row._mapping)
+    return orders, items
 
 
 def _substance(order: dict[str, Any]) -> dict[str, Any]:

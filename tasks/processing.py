@@ -1,4 +1,4 @@
-"""The chain of one batch of tasks: check -> merge -> finish."""
+"""The chain of one batch of tasks: check -> merge -> aggregate -> finish."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from models.redis_store import get_redis
 from models.storage import get_storage
 from pipeline.dimensions import RedisDimensions
 from pipeline.locks import TaskLocks
-from pipeline.processing import check_tasks, finish_tasks, merge_orders
+from pipeline.processing import aggregate_orders, check_tasks, finish_tasks, merge_orders
 from settings import get_settings
 from tasks.policy import retrying
 from tasks.submit import submit_tasks
@@ -32,6 +32,11 @@ def check(keys: Keys) -> Keys:
 @shared_task(name="tdc.merge", **retrying())
 def merge(keys: Keys) -> Keys:
     return merge_orders(get_storage(), _locks(), get_settings(), RedisDimensions(get_redis()), keys)
+
+
+@shared_task(name="tdc.aggregate", **retrying())
+def aggregate(keys: Keys) -> Keys:
+    return aggregate_orders(get_storage(), _locks(), get_settings(), keys)
 
 
 @shared_task(name="tdc.finish", **retrying())

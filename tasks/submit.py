@@ -35,6 +35,7 @@ def submit_tasks(keys: Iterable[TaskKey]) -> int:
             chain(
                 app.signature("tdc.check", kwargs={"keys": batch}, immutable=True),
                 app.signature("tdc.merge"),
+                app.signature("tdc.aggregate"),
                 app.signature("tdc.finish"),
             ).apply_async()
             submitted += len(batch)

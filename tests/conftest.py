@@ -139,5 +139,47 @@ def storage(service_env):  # type: ignore[no-untyped-def]
     store.dispose()
 
 
+@pytest.fixture
+def fresh_storage(mariadb, postgres, redis_client):  # type: ignore[no-untyped-def]
+    """A factory of initialised storage on four fresh MariaDB shard databases and a fresh
+    warehouse on ``"postgresql"`` or ``"mariadb"``: for tests that compare whole tables."""
+    from models.schema import init_storage
+    from models.storage import Storage
+    from settings import load_settings
+
+    made: list[tuple[Storage, str]] = []
+
+    def make(warehouse: str = "postgresql") -> Storage:
+        tag = uuid.uuid4().hex[:6]
+        urls = fresh_mariadb_databases(f"tdc_it_{tag}_shard")
+        if warehouse == "mariadb":
+            dws = fresh_mariadb_databases(f"tdc_it_{tag}_dws", 1)[0]
+        else:
+            dws = fresh_postgres_database(f"tdc_it_{tag}_dws")
+        store = Storage(load_settings({
+            "TDC_DB_URLS": ",".join(urls), "TDC_DWS_URL": dws, "TDC_REDIS_URL": REDIS,
+            "TDC_SHARDS": str(TEST_SHARDS), "TDC_RETRY_BASE_SECONDS": "0.2", "TDC_HOME": f"/tmp/tdc-it-{tag}",
+        }))
+        init_storage(store)
+        made.append((store, tag))
+        return store
+
+    yield make
+    from sqlalchemy import create_engine, text
+
+    engine = _mariadb_admin()
+    for store, tag in made:
+        store.dispose()
+        with engine.connect() as connection:
+            for name in [f"tdc_it_{tag}_shard{i}" for i in range(4)] + [f"tdc_it_{tag}_dws0"]:
+                connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        if store.settings.dws_url.startswith("postgresql"):
+            pg = create_engine(POSTGRES + "/postgres", isolation_level="AUTOCOMMIT")
+            with pg.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "tdc_it_{tag}_dws" WITH (FORCE)'))
+            pg.dispose()
+    engine.dispose()
+
+
 def new_order_id(prefix: str = "T") -> str:
     return f"{prefix}{uuid.uuid4().hex[:16]}"

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Queue
 
-from demo.check import differences, read_rows
+from demo.check import differences
 from demo.history import generate_history
 from demo.processes import running, start_beat, start_worker
 from models.storage import Storage
+from pipeline.wide_rows import read_orders
 from settings import load_settings
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +29,7 @@ def _tdc(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[st
 def _wait_for_rows(storage: Storage, history, seconds: float) -> list[str]:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + seconds
     while True:
-        orders, items = read_rows(storage, history.order_ids)
+        orders, items = read_orders(storage, history.order_ids)
         problems = differences(history.expected_orders, orders, "dwd_order")
         problems += differences(history.expected_items, items, "dwd_order_item")
         if not problems or time.monotonic() > deadline:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pipeline.dimensions import RedisDimensions
 from pipeline.intake import TaskKey, accept_lines, utcnow
 from pipeline.locks import TaskLocks
-from pipeline.processing import check_tasks, finish_tasks, merge_orders
+from pipeline.processing import aggregate_orders, check_tasks, finish_tasks, merge_orders
 from pipeline.rescan import due_tasks
 
 
 def run_chains(storage, client, keys: set[TaskKey] | list[TaskKey], rounds: int = 50) -> None:  # type: ignore[no-untyped-def]
-    """Run check -> merge -> finish for ``keys`` and everything they wake, then rescan until idle."""
+    """Run check -> merge -> aggregate -> finish for ``keys`` and everything they wake, then rescan until idle."""
     settings = storage.settings
     locks = TaskLocks(client, settings.lock_seconds)
     queue = list(keys)
@@ -24,7 +24,8 @@ def run_chains(storage, client, keys: set[TaskKey] | list[TaskKey], rounds: int 
         batch = [{"order_id": o, "operation_type": op, "token": t} for (o, op), t in owned.items()]
         ready, again = check_tasks(storage, locks, settings, batch)
         merged = merge_orders(storage, locks, settings, RedisDimensions(client), ready)
-        queue = again + finish_tasks(storage, locks, merged)
+        aggregated = aggregate_orders(storage, locks, settings, merged)
+        queue = again + finish_tasks(storage, locks, aggregated)
     raise AssertionError("chains did not settle")
 
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from cli.lineage import order_lineage
-from demo.check import differences, read_rows
+from demo.check import differences
 from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW
 from models.orders import DwdOrder, OrderSnapshot
@@ -19,7 +19,7 @@ from models.sharded import meta_table
 from pipeline.intake import IntakeReport
 from pipeline.locks import TaskLocks
 from pipeline.processing import merge_orders
-from pipeline.wide_rows import OptimisticLockConflict, _write_order, merge_order_rows, read_wide_rows
+from pipeline.wide_rows import OptimisticLockConflict, _write_order, merge_order_rows, read_orders, read_wide_rows
 from strategies.facts import OrderFacts
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
 from tests.integration.helpers import ingest, process_history, run_chains
@@ -47,7 +47,7 @@ def test_generated_history_produces_the_expected_wide_rows(storage, redis_client
             run_chains(storage, redis_client, part.touched)
     run_chains(storage, redis_client, [])
     assert report.quarantined == history.malformed
-    orders, items = read_rows(storage, history.order_ids)
+    orders, items = read_orders(storage, history.order_ids)
     assert differences(history.expected_orders, orders, "dwd_order") == []
     assert differences(history.expected_items, items, "dwd_order_item") == []
 
@@ -58,13 +58,13 @@ def test_replaying_everything_changes_nothing(storage, redis_client) -> None:
     for fmt, batch in lines.items():
         run_chains(storage, redis_client, ingest(storage, redis_client, ORDER_FLOW, fmt, batch).touched)
     run_chains(storage, redis_client, [])
-    before, _ = read_rows(storage, history.order_ids)
+    before, _ = read_orders(storage, history.order_ids)
     replay = IntakeReport()
     for fmt, batch in lines.items():
         replay.add(ingest(storage, redis_client, ORDER_FLOW, fmt, batch))
     assert replay.touched == set()
     assert replay.quarantined == history.malformed
-    after, _ = read_rows(storage, history.order_ids)
+    after, _ = read_orders(storage, history.order_ids)
     assert {k: v["version"] for k, v in after.items()} == {k: v["version"] for k, v in before.items()}
 
 
@@ -115,7 +115,7 @@ def test_concurrent_merges_of_one_order_are_retried_and_none_is_lost(storage, re
     # Given paid orders whose DELIVER and REFUND contributions are merged at the same time
     history = generate_history(12, seed=5)
     process_history(storage, redis_client, history)
-    orders, _ = read_rows(storage, history.order_ids)
+    orders, _ = read_orders(storage, history.order_ids)
     paid = [o for o in orders.values() if o["status"] >= 20 and o["status"] != 50]
     assert paid
     settings = storage.settings
@@ -138,7 +138,7 @@ def test_concurrent_merges_of_one_order_are_retried_and_none_is_lost(storage, re
         thread.join(120)
     assert errors == []
     # Then every order still holds every contribution (none overwritten by a concurrent writer)
-    after, _ = read_rows(storage, [o["order_id"] for o in paid])
+    after, _ = read_orders(storage, [o["order_id"] for o in paid])
     for order in paid:
         row = after[order["order_id"]]
         want = history.expected_orders[order["order_id"]]
@@ -158,7 +158,7 @@ def test_cancel_after_pay_is_quarantined_and_alarmed_and_the_order_untouched(sto
     payment = PaymentWriteFactory(order_id=order_id)
     run_chains(storage, redis_client,
                ingest(storage, redis_client, ORDER_FLOW, "business", [business(payment)]).touched)
-    before, _ = read_rows(storage, [order_id])
+    before, _ = read_orders(storage, [order_id])
     assert before[order_id]["status"] == 20
     alarms_before = int(redis_client.hget("tdc:alarms", "data_error") or 0)
     # When the source says it was cancelled afterwards
@@ -168,7 +168,7 @@ def test_cancel_after_pay_is_quarantined_and_alarmed_and_the_order_untouched(sto
         sequence=4)])
     run_chains(storage, redis_client, report.touched)
     # Then the wide row keeps its paid state, the CANCEL task failed, the input is quarantined, an alarm counted
-    after, _ = read_rows(storage, [order_id])
+    after, _ = read_orders(storage, [order_id])
     assert after[order_id]["status"] == 20 and after[order_id]["pay_txn_id"] == payment["unique_key"]
     lineage = order_lineage(storage, order_id)
     cancel = next(t for t in lineage["tasks"] if t["operation_type"] == "CANCEL")
@@ -225,6 +225,6 @@ def test_a_conflicting_merge_is_retried_on_the_new_version_and_neither_update_is
                           [{"order_id": order_id, "operation_type": "COMPLETE", "token": "", "version": 1}])
     # Then our merge conflicted, was retried on the new version, and both contributions are in the row
     assert merged and racing.calls >= 2
-    row, _ = read_rows(storage, [order_id])
+    row, _ = read_orders(storage, [order_id])
     assert (row[order_id]["version"], row[order_id]["status"], row[order_id]["perf_staff_id"]) == (3, 40, "E7")
     assert row[order_id]["last_operation"] == "COMPLETE"

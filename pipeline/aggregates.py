@@ -1,0 +1,256 @@
+"""The ADS aggregates in the warehouse, retract-correct and exactly-once in effect.
+
+For a batch of orders: read their wide rows from the shard databases, then in one warehouse
+transaction lock their ledger rows (in key order), take back what each order contributed
+last and add what it contributes now (only when its wide row is newer than what the ledger
+applied), write the ledger, and drop aggregate rows left holding nothing.  Duplicates,
+replays and re-runs find the ledger at the same version and change nothing; concurrent
+writers on the same order serialise on its ledger row, and every aggregate row is only ever
+incremented in place, so writers on the same store and day never lose each other's update.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import Connection, Table, and_, bindparam, delete, func, select, tuple_, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+
+from models.orders import DwdOrder
+from models.storage import Storage
+from models.warehouse import AdsOrderLedger, WarehouseBase
+from pipeline.contributions import AGGREGATES, Cells, Contribution, contribution_of, delta
+from pipeline.wide_rows import READ_CHUNK, read_orders
+
+log = logging.getLogger(__name__)
+
+LEDGER = cast(Table, AdsOrderLedger.__table__)
+#: Whole-transaction retries when the database picks this writer as a deadlock victim.
+DEADLOCK_ATTEMPTS = 6
+#: |amount| below half a cent is zero (SQLite keeps decimals as floating point).
+HALF_CENT = 0.005
+
+#: order_id -> (dwd_order.version, its contribution now); version 0 when there is no wide row.
+WideState = dict[str, tuple[int, Contribution | None]]
+T = TypeVar("T")
+
+
+@dataclass
+class AggregateReport:
+    #: Orders whose ledger moved to a newer wide row.
+    applied: int = 0
+    #: Orders the ledger already held at this version or a newer one.
+    current: int = 0
+    #: Aggregate rows incremented.
+    cells: int = 0
+
+    def add(self, other: AggregateReport) -> None:
+        self.applied += other.applied
+        self.current += other.current
+        self.cells += other.cells
+
+
+def wide_state(storage: Storage, order_ids: Iterable[str]) -> WideState:
+    """Each order's wide-row version and contribution, read from its shard database."""
+    ids = list(dict.fromkeys(order_ids))
+    orders, items = read_orders(storage, ids)
+    lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in items.values():
+        lines[item["order_id"]].append(item)
+    return {o: (orders[o]["version"] if o in orders else 0, contribution_of(orders.get(o), lines[o])) for o in ids}
+
+
+def _insert(connection: Connection, table: Table) -> Any:
+    dialect = connection.dialect.name
+    if dialect in ("mysql", "mariadb"):
+        return mysql.insert(table)
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"the warehouse on {dialect} is not supported (PostgreSQL, MySQL/MariaDB, SQLite)")
+
+
+def _upsert(connection: Connection, table: Table, keys: tuple[str, ...], rows: list[dict[str, Any]],
+            on_conflict: Callable[[Any], dict[str, Any]]) -> None:
+    """Insert ``rows``; where a key exists, set what ``on_conflict(inserted_values)`` gives."""
+    statement = _insert(connection, table)
+    if connection.dialect.name in ("mysql", "mariadb"):
+        statement = statement.on_duplicate_key_update(on_conflict(statement.inserted))
+    else:
+        statement = statement.on_conflict_do_update(index_elements=list(keys), set_=on_conflict(statement.excluded))
+    connection.execute(statement, rows)
+
+
+def _write_cells(connection: Connection, cells: Cells) -> None:
+    """Increment every cell in place (in key order, so writers lock rows in the same order),
+    then delete the touched rows that hold nothing any more."""
+    by_table: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]] = defaultdict(list)
+    for (name, key), values in cells.items():
+        by_table[name].append((key, values))
+    for name in AGGREGATES:  # tables in a fixed order too
+        if name not in by_table:
+            continue
+        keys, measures = AGGREGATES[name]
+        table = WarehouseBase.metadata.tables[name]
+        entries = sorted(by_table[name], key=lambda entry: entry[0])
+        rows = [dict(zip(keys, key, strict=True)) | {m: values.get(m, 0) for m in measures} for key, values in entries]
+
+        def increment(new: Any, table: Table = table, measures: tuple[str, ...] = measures) -> dict[str, Any]:
+            return {m: table.c[m] + new[m] for m in measures}
+        _upsert(connection, table, keys, rows, increment)
+        empty = and_(*(func.abs(table.c[m]) < HALF_CENT for m in measures))
+        touched = [key for key, _ in entries]
+        for start in range(0, len(touched), READ_CHUNK):
+            chunk = touched[start : start + READ_CHUNK]
+            connection.execute(delete(table).where(tuple_(*(table.c[k] for k in keys)).in_(chunk)).where(empty))
+
+
+def _claim_ledger(connection: Connection, order_ids: list[str], now: dt.datetime) -> None:
+    """Make sure each order has a ledger row and lock it (insert, or a no-op update that takes
+    the row lock), in key order."""
+    rows = [dict(order_id=o, wide_version=0, biz_date=None, contribution=None, updated_at=now) for o in order_ids]
+    _upsert(connection, LEDGER, ("order_id",), rows, lambda new: {"wide_version": LEDGER.c.wide_version})
+
+
+def apply_contributions(connection: Connection, wide: WideState, now: dt.datetime,
+                        rebuilt_day: dt.date | None = None) -> AggregateReport:
+    """Apply (new - old) for every order in ``wide`` in the caller's warehouse transaction.
+
+    ``rebuilt_day``: the aggregates of that day were just emptied, so ledger entries on it
+    count as nothing applied and are added again.
+    """
+    report = AggregateReport()
+    ids = sorted(wide)
+    if rebuilt_day is None:
+        # Without locks first: replays and re-runs, the common repeat, end here.
+        applied = {row.order_id: row.wide_version for row in connection.execute(
+            select(LEDGER.c.order_id, LEDGER.c.wide_version).where(LEDGER.c.order_id.in_(ids)))}
+        report.current = sum(1 for o in ids if applied.get(o, 0) >= wide[o][0])
+        ids = [o for o in ids if applied.get(o, 0) < wide[o][0]]
+    if not ids:
+        return report
+    _claim_ledger(connection, ids, now)
+    ledger = {row.order_id: row for row in connection.execute(select(LEDGER).where(LEDGER.c.order_id.in_(ids)))}
+    changes: list[tuple[Contribution | None, Contribution | None]] = []
+    writes: list[dict[str, Any]] = []
+    for order_id in ids:
+        version, new = wide[order_id]
+        row = ledger[order_id]
+        old = Contribution.from_json(row.contribution) if row.contribution else None
+        forgotten = rebuilt_day is not None and row.biz_date == rebuilt_day
+        if row.wide_version > version or (row.wide_version == version and not forgotten):
+            # Another writer applied this version or a newer one while we read; keep theirs.
+            report.current += 1
+            if not forgotten:
+                continue
+            version, new = row.wide_version, old
+        changes.append((None if forgotten else old, new))
+        writes.append(dict(key=order_id, to_version=version, to_day=new.biz_date if new else None,
+                           to_contribution=new.to_json() if new else None, at=now))
+    cells = delta(changes)
+    _write_cells(connection, cells)
+    if writes:
+        connection.execute(update(LEDGER).where(LEDGER.c.order_id == bindparam("key")).values(
+            wide_version=bindparam("to_version"), biz_date=bindparam("to_day"),
+            contribution=bindparam("to_contribution"), updated_at=bindparam("at")), writes)
+    report.applied += len(writes)
+    report.cells += len(cells)
+    return report
+
+
+def retry_deadlocks(work: Callable[[], T]) -> T:
+    """Run ``work`` (one whole transaction) again when it was chosen as a deadlock victim."""
+    for attempt in range(DEADLOCK_ATTEMPTS):
+        try:
+            return work()
+        except OperationalError as error:
+            if attempt == DEADLOCK_ATTEMPTS - 1 or not _is_deadlock(error):
+                raise
+            log.info("warehouse deadlock; running the transaction again")
+            time.sleep(random.uniform(0, 0.05 * (attempt + 1)))
+    raise AssertionError("unreachable")
+
+
+def _is_deadlock(error: OperationalError) -> bool:
+    original = error.orig
+    code = getattr(original, "args", [None])[0] if original is not None else None
+    return code in (1213, 1205) or getattr(original, "sqlstate", None) in ("40P01", "40001")
+
+
+def apply_orders(storage: Storage, order_ids: Iterable[str]) -> AggregateReport:
+    """Bring the aggregates up to date with the wide rows of ``order_ids``."""
+    wide = wide_state(storage, order_ids)
+
+    def work() -> AggregateReport:
+        with storage.dws_engine.begin() as connection:
+            return apply_contributions(connection, wide, _now())
+    return retry_deadlocks(work)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _paid_orders_on(storage: Storage, day: dt.date) -> list[str]:
+    found: list[str] = []
+    for database in storage.distinct_databases():
+        with storage.read_engine(database).connect() as connection:
+            found += connection.execute(select(DwdOrder.order_id).where(
+                (DwdOrder.biz_date == day) & DwdOrder.paid_at.is_not(None))).scalars().all()
+    return found
+
+
+def rebuild_day(storage: Storage, day: dt.date) -> AggregateReport:
+    """Recompute one day of every aggregate from the wide rows, replacing what is there.
+
+    Runs as one warehouse transaction; incremental writers for the day wait on it and then
+    apply on top of the rebuilt rows."""
+    wide = wide_state(storage, _paid_orders_on(storage, day))
+
+    def work() -> AggregateReport:
+        with storage.dws_engine.begin() as connection:
+            on_day = connection.execute(select(LEDGER.c.order_id).where(LEDGER.c.biz_date == day)).scalars().all()
+            # Orders the ledger has on this day whose wide row moved elsewhere (or went away).
+            state = dict(wide)
+            state.update(wide_state(storage, [o for o in on_day if o not in wide]))
+            for name in AGGREGATES:
+                table = WarehouseBase.metadata.tables[name]
+                connection.execute(delete(table).where(table.c.biz_date == day))
+            return apply_contributions(connection, state, _now(), rebuilt_day=day)
+    return retry_deadlocks(work)
+
+
+def days_to_rebuild(storage: Storage) -> list[dt.date]:
+    """Every day some aggregate, ledger entry or paid wide row is on."""
+    days: set[dt.date] = set()
+    with storage.dws_engine.connect() as connection:
+        for name in (*AGGREGATES, LEDGER.name):
+            table = WarehouseBase.metadata.tables[name]
+            days.update(d for d in connection.execute(select(table.c.biz_date).distinct()).scalars() if d)
+    for database in storage.distinct_databases():
+        with storage.read_engine(database).connect() as connection:
+            days.update(d for d in connection.execute(select(DwdOrder.biz_date).where(
+                DwdOrder.paid_at.is_not(None)).distinct()).scalars() if d)
+    return sorted(days)
+
+
+def read_aggregates(connection: Connection, days: Iterable[dt.date] | None = None) -> Cells:
+    """The aggregate rows as cells (optionally only on ``days``), for comparisons."""
+    cells: Cells = {}
+    for name, (keys, measures) in AGGREGATES.items():
+        table = WarehouseBase.metadata.tables[name]
+        query = select(table)
+        if days is not None:
+            query = query.where(table.c.biz_date.in_(list(days)))
+        for row in connection.execute(query):
+            cells[(name, tuple(row._mapping[k] for k in keys))] = {m: row._mapping[m] for m in measures}
+    return cells

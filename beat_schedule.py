@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from celery.schedules import crontab
+
 from settings import get_settings
 
 _settings = get_settings()
@@ -12,5 +14,11 @@ BEAT_SCHEDULE = {
     "rescan-due-tasks": {
         "task": "tdc.rescan",
         "schedule": _settings.rescan_interval_seconds,
+    },
+    # The T+1 path: offline dimension tables in the warehouse are refreshed nightly; reload them
+    # into Redis afterwards (only entries newer than Redis's are replaced).
+    "reload-offline-dimensions": {
+        "task": "tdc.reload_dimensions",
+        "schedule": crontab(hour=_settings.dims_reload_at[0], minute=_settings.dims_reload_at[1]),
     },
 }

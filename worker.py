@@ -26,6 +26,7 @@ TASK_ROUTES = {
     "tdc.finish": {"queue": PROCESS_QUEUE},
     "tdc.rescan": {"queue": SCHEDULED_QUEUE},
     "tdc.rescan_slice": {"queue": SCHEDULED_QUEUE},
+    "tdc.reload_dimensions": {"queue": SCHEDULED_QUEUE},
 }
 
 settings = get_settings()

@@ -1,4 +1,4 @@
-"""``tdc``: init, ingest, demo, order show, quarantine list."""
+"""``tdc``: init, ingest, demo, order show, quarantine list, dims load, ads rebuild."""
 
 from __future__ import annotations
 
@@ -82,6 +82,18 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
     return list_quarantine(limit=args.limit)
 
 
+def cmd_dims_load(args: argparse.Namespace) -> int:
+    from cli.warehouse import load_dimensions
+
+    return load_dimensions(args.dimension)
+
+
+def cmd_ads_rebuild(args: argparse.Namespace) -> int:
+    from cli.warehouse import rebuild_aggregates
+
+    return rebuild_aggregates(args.date)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tdc", description="transaction data center")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing = quarantined.add_parser("list", help="quarantined input, newest first")
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(run=cmd_quarantine_list)
+
+    dims = commands.add_parser("dims", help="dimensions in Redis").add_subparsers(dest="dims_command", required=True)
+    load = dims.add_parser("load", help="reload offline dimension tables from the warehouse (T+1)")
+    load.add_argument("--dimension", help="only this dimension (store, sku, ...)")
+    load.set_defaults(run=cmd_dims_load)
+
+    ads = commands.add_parser("ads", help="the ADS aggregates").add_subparsers(dest="ads_command", required=True)
+    rebuild = ads.add_parser("rebuild", help="recompute aggregates from the wide rows")
+    rebuild.add_argument("--date", help="only this business date (YYYY-MM-DD); default every day")
+    rebuild.set_defaults(run=cmd_ads_rebuild)
     return parser
 
 

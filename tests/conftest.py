@@ -181,5 +181,12 @@ def fresh_storage(mariadb, postgres, redis_client):  # type: ignore[no-untyped-d
     engine.dispose()
 
 
+def env_of(storage) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The TDC_* environment that gives a command-line process the same storage."""
+    settings = storage.settings
+    return {"TDC_DB_URLS": ",".join(settings.db_urls), "TDC_DWS_URL": settings.dws_url,
+            "TDC_REDIS_URL": settings.redis_url, "TDC_SHARDS": str(settings.shards), "TDC_HOME": str(settings.home)}
+
+
 def new_order_id(prefix: str = "T") -> str:
     return f"{prefix}{uuid.uuid4().hex[:16]}"

@@ -1,4 +1,5 @@
-"""``tdc order show`` and ``tdc quarantine list`` as a user runs them, on the real MariaDB shards."""
+"""``tdc order show``, ``quarantine list``, ``ads rebuild`` and ``dims load`` as a user runs them, on the
+real MariaDB shards and PostgreSQL warehouse."""
 
 import datetime as dt
 import json
@@ -8,18 +9,27 @@ import sys
 import uuid
 
 import pytest
+from sqlalchemy import insert, text
 
 from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW
+from models.warehouse import OFFLINE_DIMENSIONS
+from pipeline.aggregates import read_aggregates
+from pipeline.dimensions import dimension_key
+from tests.conftest import env_of
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
 from tests.integration.helpers import ingest, process_history, run_chains
 
 pytestmark = pytest.mark.integration
 
 
+def _run(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli.main", *arguments], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=300)
+
+
 def _tdc(service_env: dict[str, str], *arguments: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "cli.main", *arguments], env={**os.environ, **service_env},
-                            capture_output=True, text=True, timeout=120)
+    result = _run(service_env, *arguments)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -71,3 +81,42 @@ def test_order_show_tells_a_refunded_order(service_env, storage, redis_client) -
     assert "gqsh_order_after_sales " in shown and "gqsh_order_after_sales_dtl" in shown
     assert f"refund_amount    {expected['refund_amount']}" in shown
     assert f"refund_count     {expected['refund_count']}" in shown
+
+
+def test_ads_rebuild_restores_a_lost_day_exactly(fresh_storage, redis_client) -> None:
+    # Given aggregates built incrementally, then one day's rows lost from the warehouse
+    storage = fresh_storage("postgresql")
+    history = generate_history(40, seed=12)
+    process_history(storage, redis_client, history)
+    with storage.dws_engine.connect() as connection:
+        before = read_aggregates(connection)
+    day = max({key[0] for _, key in before}, key=lambda d: sum(1 for _, k in before if k[0] == d))
+    with storage.dws_engine.begin() as connection:
+        for table in ("ads_order_sales", "ads_order_item_sales", "ads_order_sales_sum"):
+            connection.execute(text(f"DELETE FROM {table} WHERE biz_date = :day"), {"day": day})
+    # When a user rebuilds that day, then every day
+    one = _tdc(env_of(storage), "ads", "rebuild", "--date", day.isoformat())
+    every = _tdc(env_of(storage), "ads", "rebuild")
+    # Then the tables are exactly what the incremental path had produced
+    with storage.dws_engine.connect() as connection:
+        assert read_aggregates(connection) == before
+    assert "rebuilt 1 days" in one
+    assert f"rebuilt {len({key[0] for _, key in before})} days" in every
+    refused = _run(env_of(storage), "ads", "rebuild", "--date", "yesterday")
+    assert refused.returncode == 2 and "not a date" in refused.stderr
+
+
+def test_dims_load_reports_what_it_loaded_and_refuses_an_unknown_dimension(fresh_storage, redis_client) -> None:
+    storage = fresh_storage("postgresql")
+    table = OFFLINE_DIMENSIONS["sku"][1]
+    tag = uuid.uuid4().hex[:8]
+    with storage.dws_engine.begin() as connection:
+        connection.execute(insert(table), [{"sku_id": f"K{tag}{n}", "sku_name": f"sku {n}", "category": "tea",
+                                            "unit": "box", "updated_at": dt.datetime(2026, 11, 20)}
+                                           for n in range(3)])
+    out = _tdc(env_of(storage), "dims", "load")
+    assert "sku: 3 rows in dim_product_sku, 3 newer than Redis and loaded" in out
+    assert "store: 0 rows in dim_store_shop" in out
+    assert redis_client.hget(dimension_key("sku", f"K{tag}1"), "sku_name") == "sku 1"
+    refused = _run(env_of(storage), "dims", "load", "--dimension", "colour")
+    assert refused.returncode == 2 and "no offline dimension 'colour'" in refused.stderr

@@ -13,6 +13,7 @@ def test_nothing_set_gives_the_embedded_default(tmp_path: Path) -> None:
     assert settings.redis_url == f"unix://{tmp_path}/redis.sock?db=0"
     assert settings.broker_url == f"redis+socket://{tmp_path}/redis.sock?virtual_host=1"
     assert settings.shards == 4096
+    assert settings.dims_reload_at == (3, 30)
 
 
 def test_one_database_url_serves_all_four_shard_groups() -> None:
@@ -32,6 +33,8 @@ def test_four_urls_are_kept_in_order() -> None:
         ({"TDC_SHARDS": "4094"}, "multiple of 4"),
         ({"TDC_SHARDS": "many"}, "is not a int"),
         ({"TDC_RETRY_BASE_SECONDS": "-1"}, "must be positive"),
+        ({"TDC_DIMS_RELOAD_AT": "25:00"}, "time of day"),
+        ({"TDC_DIMS_RELOAD_AT": "3 am"}, "time of day"),
     ],
 )
 def test_unusable_values_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:

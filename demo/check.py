@@ -66,3 +66,17 @@ def expected_aggregates(expected_orders: dict[str, dict[str, Any]],
             add("ads_order_item_sales", (owner["paid_at"].date(), item["sku_id"]), quantity=item["quantity"],
                 amount=item["amount"], refund_quantity=item["refund_quantity"], refund_amount=item["refund_amount"])
     return tables
+
+
+def aggregate_differences(expected: dict[tuple[str, tuple[Any, ...]], dict[str, Any]],
+                          before: dict[tuple[str, tuple[Any, ...]], dict[str, Any]],
+                          after: dict[tuple[str, tuple[Any, ...]], dict[str, Any]]) -> list[str]:
+    """Differences between what a run added to the ADS tables (``after - before``, so earlier
+    runs in the same warehouse do not matter) and what it should have added."""
+    added: dict[str, dict[str, Any]] = {}
+    for cell in before.keys() | after.keys():
+        was, now = before.get(cell, {}), after.get(cell, {})
+        change = {m: now.get(m, 0) - was.get(m, 0) for m in now.keys() | was.keys()}
+        if any(change.values()):
+            added[f"{cell[0]} {cell[1]}"] = change
+    return differences({f"{cell[0]} {cell[1]}": row for cell, row in expected.items()}, added, "ads")

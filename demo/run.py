@@ -7,7 +7,7 @@ import sys
 import time
 from itertools import groupby
 
-from demo.check import differences, matching_orders
+from demo.check import aggregate_differences, differences, expected_aggregates, matching_orders
 from demo.history import generate_history
 from demo.processes import running, start_beat, start_worker
 from pipeline.wide_rows import read_orders
@@ -62,19 +62,29 @@ def run_demo(orders: int = 300, seed: int | None = None, workers: int = 2, timeo
         env = dict(os.environ)
         with running([start_worker(env, logs / "worker.log", workers),
                       start_beat(env, logs / "beat.log", settings.home / "demo-beat-schedule")]) as processes:
+            before = _aggregates()
             quarantined, _ = _feed(history.lines)
-            ok = _drain(history, timeout, processes)
-        return _report(history, quarantined, ok)
+            ok = _drain(history, timeout, processes, before)
+        return _report(history, quarantined, ok, before)
     finally:
         if started_redis:
             stop_embedded_redis(settings)
 
 
-def _drain(history, timeout: float, processes) -> bool:  # type: ignore[no-untyped-def]
+def _aggregates():  # type: ignore[no-untyped-def]
+    from models.storage import get_storage
+    from pipeline.aggregates import read_aggregates
+
+    with get_storage().dws_engine.connect() as connection:
+        return read_aggregates(connection)
+
+
+def _drain(history, timeout: float, processes, before) -> bool:  # type: ignore[no-untyped-def]
     from models.storage import get_storage
 
     deadline = time.monotonic() + timeout
     total = len(history.expected_orders)
+    expected = expected_aggregates(history.expected_orders, history.expected_items)
     matched = -1
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in processes):
@@ -82,8 +92,9 @@ def _drain(history, timeout: float, processes) -> bool:  # type: ignore[no-untyp
             return False
         orders, items = read_orders(get_storage(), history.order_ids)
         matched = matching_orders(history.expected_orders, history.expected_items, orders, items)
-        print(f"\r  processing: {matched}/{total} orders match", end="", flush=True)
-        if matched == total:
+        ads = len(aggregate_differences(expected, before, _aggregates()))
+        print(f"\r  processing: {matched}/{total} orders match, {ads} ADS rows to go   ", end="", flush=True)
+        if matched == total and ads == 0:
             print()
             return True
         time.sleep(1)
@@ -91,21 +102,24 @@ def _drain(history, timeout: float, processes) -> bool:  # type: ignore[no-untyp
     return False
 
 
-def _report(history, quarantined: int, drained: bool) -> int:  # type: ignore[no-untyped-def]
+def _report(history, quarantined: int, drained: bool, before) -> int:  # type: ignore[no-untyped-def]
     from models.storage import get_storage
 
     orders, items = read_orders(get_storage(), history.order_ids)
     problems = differences(history.expected_orders, orders, "dwd_order")
     problems += differences(history.expected_items, items, "dwd_order_item")
+    expected = expected_aggregates(history.expected_orders, history.expected_items)
+    problems += aggregate_differences(expected, before, _aggregates())
     if quarantined != history.malformed:
         problems.append(f"quarantined {quarantined} lines, the generator mixed in {history.malformed}")
     print(f"summary: {len(history.expected_orders)} orders expected, {len(orders)} in dwd_order; "
           f"{len(history.expected_items)} lines expected, {len(items)} in dwd_order_item; "
-          f"{quarantined} quarantined of {history.malformed} malformed")
+          f"{quarantined} quarantined of {history.malformed} malformed; "
+          f"{len(expected)} ADS rows checked in ads_order_sales, ads_order_item_sales, ads_order_sales_sum")
     for problem in problems[:30]:
         print(f"  DIFFERENCE {problem}")
     if problems or not drained:
         print(f"FAILED: {len(problems)} differences")
         return 1
-    print("OK: every order matches")
+    print("OK: every order and every ADS row matches")
     return 0

@@ -21,4 +21,14 @@ BEAT_SCHEDULE = {
         "task": "tdc.reload_dimensions",
         "schedule": crontab(hour=_settings.dims_reload_at[0], minute=_settings.dims_reload_at[1]),
     },
+    # Snapshots are kept 90 days (TDC_SNAPSHOT_DAYS); purging daily keeps each delete small.
+    "purge-old-snapshots": {
+        "task": "tdc.purge_snapshots",
+        "schedule": crontab(hour=2, minute=15),
+    },
+    # Failed tasks need a person; one alarm a day lists what is still unresolved.
+    "failed-task-digest": {
+        "task": "tdc.failed_digest",
+        "schedule": crontab(hour=7, minute=0),
+    },
 }

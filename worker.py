@@ -27,6 +27,8 @@ TASK_ROUTES = {
     "tdc.rescan": {"queue": SCHEDULED_QUEUE},
     "tdc.rescan_slice": {"queue": SCHEDULED_QUEUE},
     "tdc.reload_dimensions": {"queue": SCHEDULED_QUEUE},
+    "tdc.purge_snapshots": {"queue": SCHEDULED_QUEUE},
+    "tdc.failed_digest": {"queue": SCHEDULED_QUEUE},
 }
 
 settings = get_settings()

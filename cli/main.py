@@ -1,4 +1,4 @@
-"""``tdc``: init, ingest, demo, order show, quarantine list, dims load, ads rebuild."""
+"""``tdc``: init, ingest, demo, order show, quarantine list, failed, bench, dims load, ads rebuild."""
 
 from __future__ import annotations
 
@@ -94,6 +94,30 @@ def cmd_ads_rebuild(args: argparse.Namespace) -> int:
     return rebuild_aggregates(args.date)
 
 
+def cmd_failed_list(args: argparse.Namespace) -> int:
+    from cli.failed import list_failed
+
+    return list_failed(args.limit)
+
+
+def cmd_failed_show(args: argparse.Namespace) -> int:
+    from cli.failed import show_failed
+
+    return show_failed(args.failure, args.json)
+
+
+def cmd_failed_retry(args: argparse.Namespace) -> int:
+    from cli.failed import retry_failed
+
+    return retry_failed(args.failures, args.all)
+
+
+def cmd_bench_rescan(args: argparse.Namespace) -> int:
+    from cli.bench import bench_rescan
+
+    return bench_rescan()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tdc", description="transaction data center")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +150,25 @@ def build_parser() -> argparse.ArgumentParser:
     listing = quarantined.add_parser("list", help="quarantined input, newest first")
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(run=cmd_quarantine_list)
+
+    failed = commands.add_parser("failed", help="tasks that ran out of attempts").add_subparsers(
+        dest="failed_command", required=True)
+    failed_list = failed.add_parser("list", help="unresolved failed tasks, newest first")
+    failed_list.add_argument("--limit", type=int, default=50)
+    failed_list.set_defaults(run=cmd_failed_list)
+    failed_show = failed.add_parser("show", help="one failed task: reason, attempts, where its data came from")
+    failed_show.add_argument("failure", help="ORDER_ID/OPERATION, as `tdc failed list` shows")
+    failed_show.add_argument("--json", action="store_true")
+    failed_show.set_defaults(run=cmd_failed_show)
+    failed_retry = failed.add_parser("retry", help="run failed tasks again with fresh attempts")
+    failed_retry.add_argument("failures", nargs="*", help="ORDER_ID/OPERATION ...")
+    failed_retry.add_argument("--all", action="store_true", help="every unresolved failed task")
+    failed_retry.set_defaults(run=cmd_failed_retry)
+
+    bench = commands.add_parser("bench", help="measure against the DESIGN targets").add_subparsers(
+        dest="bench_command", required=True)
+    bench.add_parser("rescan", help="an idle rescan pass vs as many indexed selects").set_defaults(
+        run=cmd_bench_rescan)
 
     dims = commands.add_parser("dims", help="dimensions in Redis").add_subparsers(dest="dims_command", required=True)
     load = dims.add_parser("load", help="reload offline dimension tables from the warehouse (T+1)")

@@ -80,9 +80,9 @@ class _OrderBuilder:
         self.header.update(changes, updated_at=self._tick())
         self.changes.append(SourceChange("gqsh_order", "update", dict(self.header), self.now, before))
 
-    def build(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def build(self, stores: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         rng = self.rng
-        store = rng.choice(STORES)
+        store = rng.choice(STORES[:stores])
         lines: list[dict[str, Any]] = []
         for _ in range(rng.randint(1, 4)):
             sku = rng.choice(SKUS)
@@ -286,9 +286,12 @@ MALFORMED = [
 
 def generate_history(orders: int, seed: int | None = None, input_format: str = "canal",
                      displacement: int = 40, duplicate_rate: float = 0.03, malformed: int = 6,
-                     run_id: str | None = None) -> History:
+                     run_id: str | None = None, stores: int = len(STORES), span_minutes: int = 7 * 24 * 60,
+                     ) -> History:
     """A history of ``orders`` orders as ``input_format`` ('canal' or 'debezium') lines plus
-    payment writes, with the rows it must produce."""
+    payment writes, with the rows it must produce.
+
+    Orders start within ``span_minutes`` of 1 November 2026 08:00, in the first ``stores`` stores."""
     rng = random.Random(seed)
     run_id = run_id or uuid.uuid4().hex[:8]
     history = History(run_id=run_id)
@@ -298,8 +301,9 @@ def generate_history(orders: int, seed: int | None = None, input_format: str = "
     changes: list[SourceChange] = []
     payments: list[tuple[dt.datetime, dict[str, Any]]] = []
     for n in range(orders):
-        builder = _OrderBuilder(rng, f"D{run_id}{n:05d}", base + dt.timedelta(minutes=rng.randint(0, 7 * 24 * 60)), ids)
-        expected, items = builder.build()
+        start = base + dt.timedelta(minutes=rng.randint(0, span_minutes))
+        builder = _OrderBuilder(rng, f"D{run_id}{n:05d}", start, ids)
+        expected, items = builder.build(stores)
         history.expected_orders[builder.order_id] = expected
         history.expected_items.update((item["item_id"], item) for item in items)
         changes += builder.changes

@@ -44,6 +44,11 @@ SUCCESSORS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: How every wait for a predecessor is worded (a failed task with this reason is revived when
+#: its predecessor finishes).
+WAITING_FOR = "waiting for "
+
+
 class Illegal(Exception):
     """The operation can never run on this order (e.g. CANCEL after PAY)."""
 
@@ -58,5 +63,5 @@ def blocking_reason(operation: str, done: Collection[str], ever_done: Collection
         raise Illegal(f"{operation} after {forbidden} is not allowed")
     predecessor = PREDECESSOR[operation]
     if predecessor is not None and predecessor not in done:
-        return f"waiting for {predecessor}"
+        return f"{WAITING_FOR}{predecessor}"
     return None

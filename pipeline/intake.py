@@ -24,6 +24,7 @@ from inputs.formats import parse_line
 from models.orders import QuarantinedInput
 from models.sharded import TaskStatus, meta_table, task_table
 from models.storage import Storage
+from pipeline.alarms import raise_alarm
 from pipeline.dimensions import apply_dimension_changes
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,10 @@ def accept_lines(storage: Storage, client: redis.Redis, flow: Flow, input_format
                     report.touched.add((record.order_id, record.operation_type))
     for line in parsed:
         _count(report, line)
+    if report.quarantined >= storage.settings.quarantine_alarm_lines:
+        top = sorted(report.reasons.items(), key=lambda kv: -kv[1])[:3]
+        raise_alarm(client, "quarantine_burst", f"{report.quarantined} of {report.lines} {input_format} lines "
+                    f"quarantined in one batch", reasons=dict(top))
     return report
 
 

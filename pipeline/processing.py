@@ -53,7 +53,22 @@ def _owned(key: Key) -> tuple[str, str, str]:
     return key["order_id"], key["operation_type"], key.get("token", "")
 
 
-def _isolated(storage: Storage, settings: Settings, key: Key, step: Callable[[], object]) -> bool:
+def park_key(storage: Storage, locks: TaskLocks, settings: Settings, key: Key, reason: str) -> None:
+    """Count one failed attempt for the task of ``key`` (unless it finished or moved on since);
+    when that was its last attempt it goes to the failed-task table and an alarm is raised."""
+    order_id, operation = key["order_id"], key["operation_type"]
+    shard = storage.shard_of(order_id)
+    with storage.order_transaction(order_id) as connection:
+        task = load_task(connection, shard, order_id, operation)
+        if task is None or task.status in (TaskStatus.DONE, TaskStatus.FAILED):
+            return
+        _, sources = load_facts(connection, shard, order_id)
+        failed = park(connection, shard, task, reason, settings, utcnow(), sources)
+    if failed:
+        raise_alarm(locks.client, "task_failed", reason, order_id=order_id, operation=operation)
+
+
+def _isolated(storage: Storage, locks: TaskLocks, settings: Settings, key: Key, step: Callable[[], object]) -> bool:
     """Run one key's part of a step; a non-transient error parks that task only."""
     try:
         step()
@@ -62,14 +77,31 @@ def _isolated(storage: Storage, settings: Settings, key: Key, step: Callable[[],
         raise
     except Exception as error:  # noqa: BLE001 - one bad order must not block the batch
         log.exception("task %s/%s failed", key["order_id"], key["operation_type"])
-        reason = f"{type(error).__name__}: {error}"
-        shard = storage.shard_of(key["order_id"])
-        with storage.order_transaction(key["order_id"]) as connection:
-            task = load_task(connection, shard, key["order_id"], key["operation_type"])
-            if task is not None:
-                _, sources = load_facts(connection, shard, key["order_id"])
-                park(connection, shard, task, reason, settings, utcnow(), sources)
+        park_key(storage, locks, settings, key, f"{type(error).__name__}: {error}")
         return False
+
+
+def valid_keys(keys: Any) -> list[Key]:
+    """The well-formed task keys of a message; anything else is logged and alarmed, not run
+    (a poison message must not keep failing, nor stop the keys next to it)."""
+    good: list[Key] = []
+    for key in keys if isinstance(keys, list) else [keys]:
+        if (isinstance(key, dict) and isinstance(key.get("order_id"), str)
+                and isinstance(key.get("operation_type"), str) and key["operation_type"] in SUCCESSORS):
+            good.append(key)
+        else:
+            raise_alarm(None, "poison_message", f"malformed task key dropped from a chain message: {key!r:.200}")
+    return good
+
+
+def give_up(storage: Storage, locks: TaskLocks, settings: Settings, keys: list[Key], reason: str) -> None:
+    """A chain step ran out of Celery retries: count one attempt for each of its tasks (the
+    failed-task table when it was their last) and release their locks so new data or the
+    rescan can run them again."""
+    keys = valid_keys(keys)
+    for key in keys:
+        park_key(storage, locks, settings, key, reason)
+    locks.release(_owned(key) for key in keys)
 
 
 def _operation_input(sources: list[Any], operation: str) -> str:
@@ -103,6 +135,7 @@ def check_tasks(storage: Storage, locks: TaskLocks, settings: Settings,
     ready: list[Key] = []
     stopped: list[Key] = []
     data_errors: list[tuple[str, str, str]] = []
+    failures: list[tuple[str, str, str]] = []
 
     for key in keys:
         order_id, operation = key["order_id"], key["operation_type"]
@@ -132,7 +165,8 @@ def check_tasks(storage: Storage, locks: TaskLocks, settings: Settings,
                     stopped.append(key)
                     return
                 if reason is not None:
-                    park(connection, shard, task, reason, settings, now, sources)
+                    if park(connection, shard, task, reason, settings, now, sources):
+                        failures.append((reason, order_id, operation))
                     stopped.append(key)
                     return
                 if mark_running(connection, shard, task, settings, now):
@@ -140,11 +174,13 @@ def check_tasks(storage: Storage, locks: TaskLocks, settings: Settings,
                 else:
                     stopped.append(key)
 
-        if not _isolated(storage, settings, key, check):
+        if not _isolated(storage, locks, settings, key, check):
             stopped.append(key)
     # Alarms only for what was committed.
     for reason, order_id, operation in data_errors:
         raise_alarm(locks.client, "data_error", reason, order_id=order_id, operation=operation)
+    for reason, order_id, operation in failures:
+        raise_alarm(locks.client, "task_failed", f"out of attempts: {reason}", order_id=order_id, operation=operation)
     locks.release(_owned(key) for key in stopped)
     return ready, _pending_after_release(storage, stopped)
 
@@ -167,7 +203,7 @@ def merge_orders(storage: Storage, locks: TaskLocks, settings: Settings, dims: D
                     time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
             raise OptimisticLockConflict(f"{key['order_id']}: {MERGE_ATTEMPTS} conflicting merges in a row")
 
-        (merged if _isolated(storage, settings, key, merge) else failed).append(key)
+        (merged if _isolated(storage, locks, settings, key, merge) else failed).append(key)
     locks.release(_owned(key) for key in failed)
     return merged
 
@@ -198,7 +234,7 @@ def aggregate_orders(storage: Storage, locks: TaskLocks, settings: Settings, key
         def alone(key: Key = key) -> None:
             apply_orders(storage, [key["order_id"]])
 
-        (done if _isolated(storage, settings, key, alone) else failed).append(key)
+        (done if _isolated(storage, locks, settings, key, alone) else failed).append(key)
     locks.release(_owned(key) for key in failed)
     return done
 

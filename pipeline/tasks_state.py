@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select, update
 
+from flows.state_machine import WAITING_FOR
 from models.orders import FailedTask
 from models.sharded import TaskStatus, meta_table, task_table
 from settings import Settings
@@ -63,26 +64,26 @@ def mark_running(connection: Connection, shard: int, task: Row[Any], settings: S
 
 
 def park(connection: Connection, shard: int, task: Row[Any], reason: str, settings: Settings,
-         now: dt.datetime, sources: list[Row[Any]]) -> None:
+         now: dt.datetime, sources: list[Row[Any]]) -> bool:
     """Count one more attempt and park the task with back-off, or send it to the failed-task
-    table when that was its last attempt.  A task that changed since it was read is left as it
-    is (its new version is due)."""
+    table when that was its last attempt (then True).  A task that changed since it was read
+    is left as it is (its new version is due)."""
     attempts = task.attempts + 1
     if attempts >= settings.max_attempts:
-        fail(connection, shard, task, reason, now, sources)
-        return
+        return fail(connection, shard, task, reason, now, sources)
     table = task_table(shard)
     history = _history(task, {"at": now.isoformat(timespec="seconds"), "attempt": attempts, "reason": reason})
     connection.execute(update(table).where(_unchanged(table, task)).values(
         status=TaskStatus.WAITING, attempts=attempts, last_error=reason, history=history,
         next_run_at=now + dt.timedelta(seconds=backoff_seconds(settings, attempts)), updated_at=now,
     ))
+    return False
 
 
 def fail(connection: Connection, shard: int, task: Row[Any], reason: str, now: dt.datetime,
-         sources: list[Row[Any]]) -> None:
-    """Fail the task: a data error waiting cannot fix, or its last attempt ran out.  A task
-    that changed since it was read is left as it is."""
+         sources: list[Row[Any]]) -> bool:
+    """Fail the task: a data error waiting cannot fix, or its last attempt ran out; True when
+    it was failed.  A task that changed since it was read is left as it is."""
     table = task_table(shard)
     history = _history(task, {"at": now.isoformat(timespec="seconds"), "attempt": task.attempts + 1,
                               "reason": reason})
@@ -90,8 +91,9 @@ def fail(connection: Connection, shard: int, task: Row[Any], reason: str, now: d
         status=TaskStatus.FAILED, attempts=task.attempts + 1, last_error=reason, history=history,
         updated_at=now,
     )).rowcount:
-        return
+        return False
     record_failure(connection, task, reason, task.attempts + 1, history, sources, now)
+    return True
 
 
 def record_failure(connection: Connection, task: Row[Any], reason: str, attempts: int, history: str,
@@ -124,17 +126,19 @@ def mark_done(connection: Connection, shard: int, order_id: str, operation: str,
 
 def wake(connection: Connection, shard: int, order_id: str, operations: tuple[str, ...],
          now: dt.datetime) -> list[str]:
-    """Make the order's waiting tasks among ``operations`` due now; returns those woken.
+    """Make the order's tasks among ``operations`` that wait for a predecessor due now, with
+    fresh attempts, including those that failed for waiting too long; returns those woken.
 
     Waking bumps the version like new data does, so a checker that read the task before the
     wake-up cannot park it over the wake-up (its conditional update finds a newer version)."""
     if not operations:
         return []
     table = task_table(shard)
-    where = ((table.c.order_id == order_id) & table.c.operation_type.in_(operations)
-             & table.c.status.in_((TaskStatus.WAITING, TaskStatus.PENDING)))
+    waiting = table.c.status.in_((TaskStatus.WAITING, TaskStatus.PENDING)) | (
+        (table.c.status == TaskStatus.FAILED) & table.c.last_error.like(f"{WAITING_FOR}%"))
+    where = (table.c.order_id == order_id) & table.c.operation_type.in_(operations) & waiting
     woken = [row.operation_type for row in connection.execute(select(table.c.operation_type).where(where))]
     if woken:
         connection.execute(update(table).where(where).values(
-            version=table.c.version + 1, status=TaskStatus.PENDING, next_run_at=now, updated_at=now))
+            version=table.c.version + 1, status=TaskStatus.PENDING, attempts=0, next_run_at=now, updated_at=now))
     return woken

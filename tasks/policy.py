@@ -1,13 +1,18 @@
-"""The retry policy every tdc task declares: named transient faults only, exponential back-off."""
+"""The retry policy every tdc task declares, and what a chain step does when it runs out."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from celery import Task
 
 from pipeline.transient import TRANSIENT_ERRORS
 from settings import get_settings
 
-#: Celery-side retries of one step before the task's lease and the rescan take over.
+log = logging.getLogger(__name__)
+
+#: Celery-side retries of one step before its tasks count a failed attempt.
 STEP_RETRIES = 8
 
 
@@ -21,3 +26,27 @@ def retrying() -> dict[str, Any]:
         retry_jitter=True,
         max_retries=STEP_RETRIES,
     )
+
+
+class ChainStep(Task):
+    """A step of the per-order chain.  When it fails for good (retries exhausted, or an error
+    that is not retried), each of its tasks counts one failed attempt, ending in the
+    failed-task table after the last, and its locks are released at once instead of holding
+    the orders for the lock's hour.  If even that cannot reach the database, the tasks' lease
+    runs out and the rescan takes them."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        from models.redis_store import get_redis
+        from models.storage import get_storage
+        from pipeline.locks import TaskLocks
+        from pipeline.processing import give_up
+
+        keys = kwargs.get("keys") if isinstance(kwargs, dict) else None
+        if keys is None and args:
+            keys = args[0]
+        settings = get_settings()
+        reason = f"{self.name} gave up: {type(exc).__name__}: {exc}"
+        try:
+            give_up(get_storage(), TaskLocks(get_redis(), settings.lock_seconds), settings, keys or [], reason)
+        except Exception:  # noqa: BLE001 - the lease and the rescan are the fallback
+            log.exception("could not record the failure of %s; the rescan will retry its tasks", self.name)

@@ -10,9 +10,9 @@ from models.redis_store import get_redis
 from models.storage import get_storage
 from pipeline.dimensions import RedisDimensions
 from pipeline.locks import TaskLocks
-from pipeline.processing import aggregate_orders, check_tasks, finish_tasks, merge_orders
+from pipeline.processing import aggregate_orders, check_tasks, finish_tasks, merge_orders, valid_keys
 from settings import get_settings
-from tasks.policy import retrying
+from tasks.policy import ChainStep, retrying
 from tasks.submit import submit_tasks
 
 Keys = list[dict[str, Any]]
@@ -22,23 +22,23 @@ def _locks() -> TaskLocks:
     return TaskLocks(get_redis(), get_settings().lock_seconds)
 
 
-@shared_task(name="tdc.check", **retrying())
+@shared_task(name="tdc.check", base=ChainStep, **retrying())
 def check(keys: Keys) -> Keys:
-    ready, again = check_tasks(get_storage(), _locks(), get_settings(), keys)
+    ready, again = check_tasks(get_storage(), _locks(), get_settings(), valid_keys(keys))
     submit_tasks(again)
     return ready
 
 
-@shared_task(name="tdc.merge", **retrying())
+@shared_task(name="tdc.merge", base=ChainStep, **retrying())
 def merge(keys: Keys) -> Keys:
-    return merge_orders(get_storage(), _locks(), get_settings(), RedisDimensions(get_redis()), keys)
+    return merge_orders(get_storage(), _locks(), get_settings(), RedisDimensions(get_redis()), valid_keys(keys))
 
 
-@shared_task(name="tdc.aggregate", **retrying())
+@shared_task(name="tdc.aggregate", base=ChainStep, **retrying())
 def aggregate(keys: Keys) -> Keys:
-    return aggregate_orders(get_storage(), _locks(), get_settings(), keys)
+    return aggregate_orders(get_storage(), _locks(), get_settings(), valid_keys(keys))
 
 
-@shared_task(name="tdc.finish", **retrying())
+@shared_task(name="tdc.finish", base=ChainStep, **retrying())
 def finish(keys: Keys) -> int:
-    return submit_tasks(finish_tasks(get_storage(), _locks(), keys))
+    return submit_tasks(finish_tasks(get_storage(), _locks(), valid_keys(keys)))

@@ -6,6 +6,7 @@ from celery import group, shared_task
 
 from models.redis_store import get_redis
 from models.storage import get_storage
+from pipeline.housekeeping import failed_digest, once_per_period, purge_snapshots
 from pipeline.intake import utcnow
 from pipeline.offline_dimensions import load_offline_dimensions
 from pipeline.rescan import due_tasks
@@ -34,3 +35,22 @@ def reload_dimensions() -> dict[str, int]:
     """Reload the offline dimension tables from the warehouse into Redis (T+1)."""
     loads = load_offline_dimensions(get_storage().dws_engine, get_redis())
     return {load.dimension: load.written for load in loads}
+
+
+#: A daily job's guard lives a little over a day.
+DAY_SECONDS = 26 * 3600
+
+
+@shared_task(name="tdc.purge_snapshots", **retrying())
+def purge_old_snapshots() -> int:
+    """Delete snapshots older than TDC_SNAPSHOT_DAYS (idempotent: a second run finds none)."""
+    return purge_snapshots(get_storage(), utcnow(), get_settings().snapshot_days)
+
+
+@shared_task(name="tdc.failed_digest", **retrying())
+def daily_failed_digest() -> int:
+    """One digest alarm a day about unresolved failed tasks, even with two beats running."""
+    now = utcnow()
+    if not once_per_period(get_redis(), "failed_digest", now.date().isoformat(), DAY_SECONDS):
+        return 0
+    return int(failed_digest(get_storage(), get_redis(), now)["unresolved"])  # type: ignore[call-overload]

@@ -11,7 +11,7 @@ from sqlalchemy import update
 from demo.check import differences, expected_aggregates
 from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW
-from models.sharded import TaskStatus
+from models.sharded import TaskStatus, task_table
 from models.warehouse import AdsOrderLedger
 from pipeline.aggregates import apply_orders, days_to_rebuild, read_aggregates, rebuild_day, wide_state
 from pipeline.contributions import aggregate
@@ -109,6 +109,11 @@ def test_an_order_that_cannot_be_counted_is_parked_alone(fresh_storage, redis_cl
     with storage.dws_engine.begin() as connection:
         connection.execute(update(AdsOrderLedger).where(AdsOrderLedger.order_id == bad).values(
             contribution="{damaged", wide_version=0))
+    for order_id in ids:  # their chains are running, as when the aggregate step is reached
+        tasks = task_table(storage.shard_of(order_id))
+        with storage.order_transaction(order_id) as connection:
+            connection.execute(update(tasks).where((tasks.c.order_id == order_id)
+                                                   & (tasks.c.operation_type == "SUBMIT")).values(status="RUNNING"))
     # When the aggregate step runs for the batch
     keys = [{"order_id": o, "operation_type": "SUBMIT", "token": "t"} for o in ids]
     done = aggregate_orders(storage, TaskLocks(redis_client, 60), storage.settings, keys)

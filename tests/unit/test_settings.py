@@ -35,6 +35,7 @@ def test_four_urls_are_kept_in_order() -> None:
         ({"TDC_RETRY_BASE_SECONDS": "-1"}, "must be positive"),
         ({"TDC_DIMS_RELOAD_AT": "25:00"}, "time of day"),
         ({"TDC_DIMS_RELOAD_AT": "3 am"}, "time of day"),
+        ({"TDC_ALARM_WEBHOOK": "file:///etc/passwd"}, "http:// or https://"),
     ],
 )
 def test_unusable_values_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:

@@ -1,0 +1,59 @@
+"""Daily housekeeping: purge old snapshots, a digest of failed tasks, and the guard that keeps
+a job from running twice in one period when two beat processes run by mistake."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+import redis
+from sqlalchemy import delete, select
+
+from models.orders import OrderSnapshot
+from models.storage import Storage
+from pipeline.alarms import raise_alarm
+from pipeline.failures import list_failures
+
+#: Snapshot rows deleted per statement: short transactions on a busy shard database.
+PURGE_CHUNK = 5000
+
+
+def once_per_period(client: redis.Redis, job: str, period: str, seconds: int) -> bool:
+    """True for the first caller of ``job`` in ``period`` (say a UTC date), False for any other:
+    a second beat, or a redelivered message, does not run the job twice."""
+    return bool(client.set(f"tdc:once:{job}:{period}", "1", nx=True, ex=seconds))
+
+
+def purge_snapshots(storage: Storage, now: dt.datetime, keep_days: int) -> int:
+    """Delete snapshots taken more than ``keep_days`` ago, in chunks; returns how many."""
+    cutoff = now - dt.timedelta(days=keep_days)
+    purged = 0
+    for database in storage.distinct_databases():
+        while True:
+            with storage.shard_engine(database).begin() as connection:
+                ids = connection.execute(select(OrderSnapshot.id).where(OrderSnapshot.taken_at < cutoff)
+                                         .limit(PURGE_CHUNK)).scalars().all()
+                if ids:
+                    connection.execute(delete(OrderSnapshot).where(OrderSnapshot.id.in_(ids)))
+            purged += len(ids)
+            if len(ids) < PURGE_CHUNK:
+                break
+    return purged
+
+
+def failed_digest(storage: Storage, client: redis.Redis, now: dt.datetime) -> dict[str, object]:
+    """Count unresolved failed tasks by operation and reason, and raise one ``failed_digest``
+    alarm when there are any; returns the digest."""
+    failures = list_failures(storage)
+    recent = [f for f in failures if f["failed_at"] >= now - dt.timedelta(days=1)]
+    digest: dict[str, object] = {
+        "unresolved": len(failures),
+        "failed_last_24h": len(recent),
+        "by_operation": dict(Counter(f["operation_type"] for f in failures)),
+        "top_reasons": dict(Counter(f["reason"] for f in failures).most_common(5)),
+        "oldest": min((f["failed_at"] for f in failures), default=None),
+    }
+    if failures:
+        raise_alarm(client, "failed_digest", f"{len(failures)} unresolved failed tasks "
+                    f"({len(recent)} in the last 24 hours); `tdc failed list` shows them", **digest)
+    return digest

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from sqlalchemy import Connection
 
 from flows.state_machine import SUCCESSORS, Illegal, blocking_reason
@@ -81,7 +82,7 @@ def _isolated(storage: Storage, locks: TaskLocks, settings: Settings, key: Key, 
         return False
 
 
-def valid_keys(keys: Any) -> list[Key]:
+def valid_keys(keys: Any, client: redis.Redis | None = None) -> list[Key]:
     """The well-formed task keys of a message; anything else is logged and alarmed, not run
     (a poison message must not keep failing, nor stop the keys next to it)."""
     good: list[Key] = []
@@ -90,7 +91,7 @@ def valid_keys(keys: Any) -> list[Key]:
                 and isinstance(key.get("operation_type"), str) and key["operation_type"] in SUCCESSORS):
             good.append(key)
         else:
-            raise_alarm(None, "poison_message", f"malformed task key dropped from a chain message: {key!r:.200}")
+            raise_alarm(client, "poison_message", f"malformed task key dropped from a chain message: {key!r:.200}")
     return good
 
 
@@ -98,7 +99,7 @@ def give_up(storage: Storage, locks: TaskLocks, settings: Settings, keys: list[K
     """A chain step ran out of Celery retries: count one attempt for each of its tasks (the
     failed-task table when it was their last) and release their locks so new data or the
     rescan can run them again."""
-    keys = valid_keys(keys)
+    keys = valid_keys(keys, locks.client)
     for key in keys:
         park_key(storage, locks, settings, key, reason)
     locks.release(_owned(key) for key in keys)

@@ -24,21 +24,22 @@ def _locks() -> TaskLocks:
 
 @shared_task(name="tdc.check", base=ChainStep, **retrying())
 def check(keys: Keys) -> Keys:
-    ready, again = check_tasks(get_storage(), _locks(), get_settings(), valid_keys(keys))
+    ready, again = check_tasks(get_storage(), _locks(), get_settings(), valid_keys(keys, get_redis()))
     submit_tasks(again)
     return ready
 
 
 @shared_task(name="tdc.merge", base=ChainStep, **retrying())
 def merge(keys: Keys) -> Keys:
-    return merge_orders(get_storage(), _locks(), get_settings(), RedisDimensions(get_redis()), valid_keys(keys))
+    client = get_redis()
+    return merge_orders(get_storage(), _locks(), get_settings(), RedisDimensions(client), valid_keys(keys, client))
 
 
 @shared_task(name="tdc.aggregate", base=ChainStep, **retrying())
 def aggregate(keys: Keys) -> Keys:
-    return aggregate_orders(get_storage(), _locks(), get_settings(), valid_keys(keys))
+    return aggregate_orders(get_storage(), _locks(), get_settings(), valid_keys(keys, get_redis()))
 
 
 @shared_task(name="tdc.finish", base=ChainStep, **retrying())
 def finish(keys: Keys) -> int:
-    return submit_tasks(finish_tasks(get_storage(), _locks(), valid_keys(keys)))
+    return submit_tasks(finish_tasks(get_storage(), _locks(), valid_keys(keys, get_redis())))

@@ -1,6 +1,7 @@
 """Faults with real processes on MariaDB, PostgreSQL, Redis and RabbitMQ: a worker killed with
-SIGKILL in the middle of chains, chain messages delivered three times, poison messages.  After
-each, every order's wide row and the ADS tables equal the history's, exactly."""
+SIGKILL in the middle of chains, chain messages delivered three times, poison messages, two
+beats at once.  After each, every order's wide row and the ADS tables equal the history's,
+exactly."""
 
 import os
 import signal
@@ -56,9 +57,9 @@ def test_a_worker_killed_mid_chain_loses_and_doubles_nothing(fresh_storage, rabb
     assert problems == [], (tmp_path / "worker-2.log").read_text()[-3000:]
 
 
-def test_triple_delivery_and_poison_messages_change_nothing_and_block_nothing(
+def test_triple_delivery_and_poison_messages_under_two_beats_change_nothing_and_block_nothing(
         fresh_storage, rabbitmq, tmp_path: Path) -> None:
-    # Given a processed history and a worker running
+    # Given a processed history, a worker running, and two beat processes by mistake
     storage = fresh_storage("mariadb")
     env = worker_env(storage, rabbitmq, tmp_path)
     purge_queues(rabbitmq)
@@ -68,7 +69,8 @@ def test_triple_delivery_and_poison_messages_change_nothing_and_block_nothing(
     app = Celery("sender", broker=rabbitmq)
     app.conf.update(task_serializer="json", accept_content=["json"])
     with running([start_worker(env, tmp_path / "worker.log", concurrency=2),
-                  start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")]):
+                  start_beat(env, tmp_path / "beat-1.log", tmp_path / "beat-schedule-1"),
+                  start_beat(env, tmp_path / "beat-2.log", tmp_path / "beat-schedule-2")]):
         _ingest(env, tmp_path, first, "first")
         assert wait_until_matching(storage, first, 300) == []
         # When every task's merge -> aggregate -> finish is delivered three more times, and

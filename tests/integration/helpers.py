@@ -3,6 +3,10 @@ functions the Celery tasks call, so storage behaviour is tested without worker t
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from pipeline.dimensions import RedisDimensions
 from pipeline.intake import TaskKey, accept_lines, utcnow
 from pipeline.locks import TaskLocks
@@ -42,3 +46,16 @@ def process_history(storage, client, history) -> None:  # type: ignore[no-untype
         batch = [line for f, line in history.lines if f == fmt]
         run_chains(storage, client, ingest(storage, client, ORDER_FLOW, fmt, batch).touched)
     run_chains(storage, client, [])
+
+
+def run_tdc(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    """``tdc ARGUMENTS`` in its own process with ``env`` over this one's environment."""
+    return subprocess.run([sys.executable, "-m", "cli.main", *arguments], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+def tdc_output(env: dict[str, str], *arguments: str) -> str:
+    """The output of a ``tdc`` command that must succeed."""
+    result = run_tdc(env, *arguments)
+    assert result.returncode == 0, result.stderr
+    return result.stdout

@@ -3,9 +3,6 @@ real MariaDB shards and PostgreSQL warehouse."""
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -18,20 +15,11 @@ from pipeline.aggregates import read_aggregates
 from pipeline.dimensions import dimension_key
 from tests.conftest import env_of
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
-from tests.integration.helpers import ingest, process_history, run_chains
+from tests.integration.helpers import ingest, process_history, run_chains, run_tdc, tdc_output
 
 pytestmark = pytest.mark.integration
 
 
-def _run(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli.main", *arguments], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=300)
-
-
-def _tdc(service_env: dict[str, str], *arguments: str) -> str:
-    result = _run(service_env, *arguments)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def test_order_show_tells_an_order_that_waited_for_its_predecessor(service_env, storage, redis_client) -> None:
@@ -50,11 +38,11 @@ def test_order_show_tells_an_order_that_waited_for_its_predecessor(service_env, 
                   [canal("gqsh_order_item", OrderItemFactory(order_id=order_id), sequence=2)])
     run_chains(storage, redis_client, late.touched)
     # Then `tdc order show` shows both tasks done and what each waited for
-    shown = _tdc(service_env, "order", "show", order_id)
+    shown = tdc_output(service_env, "order", "show", order_id)
     assert "SUBMIT    DONE" in shown and "PAY       DONE" in shown
     assert "attempt 1: 0 of 1 item rows have arrived" in shown
     assert "attempt 1: waiting for SUBMIT" in shown
-    as_json = json.loads(_tdc(service_env, "order", "show", order_id, "--json"))
+    as_json = json.loads(tdc_output(service_env, "order", "show", order_id, "--json"))
     assert as_json["dwd_order"]["status"] == 20
     assert {m["source"] for m in as_json["metadata"]} == {"gqsh_order", "gqsh_order_item", "payment"}
 
@@ -64,7 +52,7 @@ def test_quarantine_list_shows_each_bad_line_with_its_reason(service_env, storag
     bad_time = OrderHeaderFactory(order_id=f"Q{marker}", created_at="soon")
     report = ingest(storage, redis_client, ORDER_FLOW, "canal", [f'{{"broken {marker}"', canal("gqsh_order", bad_time)])
     assert report.quarantined == 2
-    listing = _tdc(service_env, "quarantine", "list", "--limit", "500")
+    listing = tdc_output(service_env, "quarantine", "list", "--limit", "500")
     assert f"Q{marker}" in listing and "gqsh_order column 'created_at': 'soon' is not a time" in listing
     assert "invalid JSON" in listing and marker in listing
 
@@ -75,7 +63,7 @@ def test_order_show_tells_a_refunded_order(service_env, storage, redis_client) -
     process_history(storage, redis_client, history)
     order_id, expected = next((k, v) for k, v in history.expected_orders.items() if v["refund_count"] > 0)
     # When a user asks about one refunded order
-    shown = _tdc(service_env, "order", "show", order_id)
+    shown = tdc_output(service_env, "order", "show", order_id)
     # Then the refund task, its after-sales input and the refunded amounts are all there
     assert "REFUND    DONE" in shown
     assert "gqsh_order_after_sales " in shown and "gqsh_order_after_sales_dtl" in shown
@@ -95,14 +83,14 @@ def test_ads_rebuild_restores_a_lost_day_exactly(fresh_storage, redis_client) ->
         for table in ("ads_order_sales", "ads_order_item_sales", "ads_order_sales_sum"):
             connection.execute(text(f"DELETE FROM {table} WHERE biz_date = :day"), {"day": day})
     # When a user rebuilds that day, then every day
-    one = _tdc(env_of(storage), "ads", "rebuild", "--date", day.isoformat())
-    every = _tdc(env_of(storage), "ads", "rebuild")
+    one = tdc_output(env_of(storage), "ads", "rebuild", "--date", day.isoformat())
+    every = tdc_output(env_of(storage), "ads", "rebuild")
     # Then the tables are exactly what the incremental path had produced
     with storage.dws_engine.connect() as connection:
         assert read_aggregates(connection) == before
     assert "rebuilt 1 days" in one
     assert f"rebuilt {len({key[0] for _, key in before})} days" in every
-    refused = _run(env_of(storage), "ads", "rebuild", "--date", "yesterday")
+    refused = run_tdc(env_of(storage), "ads", "rebuild", "--date", "yesterday")
     assert refused.returncode == 2 and "not a date" in refused.stderr
 
 
@@ -114,9 +102,9 @@ def test_dims_load_reports_what_it_loaded_and_refuses_an_unknown_dimension(fresh
         connection.execute(insert(table), [{"sku_id": f"K{tag}{n}", "sku_name": f"sku {n}", "category": "tea",
                                             "unit": "box", "updated_at": dt.datetime(2026, 11, 20)}
                                            for n in range(3)])
-    out = _tdc(env_of(storage), "dims", "load")
+    out = tdc_output(env_of(storage), "dims", "load")
     assert "sku: 3 rows in dim_product_sku, 3 newer than Redis and loaded" in out
     assert "store: 0 rows in dim_store_shop" in out
     assert redis_client.hget(dimension_key("sku", f"K{tag}1"), "sku_name") == "sku 1"
-    refused = _run(env_of(storage), "dims", "load", "--dimension", "colour")
+    refused = run_tdc(env_of(storage), "dims", "load", "--dimension", "colour")
     assert refused.returncode == 2 and "no offline dimension 'colour'" in refused.stderr

@@ -5,9 +5,6 @@ releases its locks."""
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -26,7 +23,7 @@ from pipeline.wide_rows import read_orders
 from settings import get_settings, load_settings
 from tests.conftest import new_order_id
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
-from tests.integration.helpers import ingest, run_chains
+from tests.integration.helpers import ingest, run_chains, run_tdc, tdc_output
 
 pytestmark = pytest.mark.integration
 
@@ -143,25 +140,16 @@ def test_tdc_failed_lists_shows_and_retries_a_failure(service_env, impatient, re
                ingest(impatient, redis_client, ORDER_FLOW, "canal", [canal("gqsh_order", header)]).touched)
     _until_failed(impatient, redis_client, order_id, "SUBMIT")
     # When a user lists, shows and retries it
-    listing = _tdc(service_env, "failed", "list", "--limit", "1000")
-    shown = _tdc(service_env, "failed", "show", f"{order_id}/SUBMIT")
-    retried = _tdc(service_env, "failed", "retry", f"{order_id}/submit", "NOPE/PAY")
+    listing = tdc_output(service_env, "failed", "list", "--limit", "1000")
+    shown = tdc_output(service_env, "failed", "show", f"{order_id}/SUBMIT")
+    retried = tdc_output(service_env, "failed", "retry", f"{order_id}/submit", "NOPE/PAY")
     # Then each says what a user needs, and the task is due again with fresh attempts
     assert f"{order_id}/SUBMIT" in listing and "0 of 1 item rows have arrived" in listing
     assert "attempt 4: 0 of 1 item rows have arrived" in shown and "canal:gqsh_order:" in shown
     assert "1 failed tasks revived, 1 submitted" in retried and "NOPE/PAY: not failed" in retried
     task = _task(impatient, order_id, "SUBMIT")
     assert (task.status, task.attempts) == (TaskStatus.PENDING, 0)
-    assert _run(service_env, "failed", "show", "no-slash").returncode == 2
-    assert _run(service_env, "failed", "retry").returncode == 2
+    assert run_tdc(service_env, "failed", "show", "no-slash").returncode == 2
+    assert run_tdc(service_env, "failed", "retry").returncode == 2
 
 
-def _run(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli.main", *arguments], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=120)
-
-
-def _tdc(env: dict[str, str], *arguments: str) -> str:
-    result = _run(env, *arguments)
-    assert result.returncode == 0, result.stderr
-    return result.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from cli.lineage import attempt_line
 from models.storage import get_storage
 from pipeline.failures import get_failure, list_failures, parse_failure_id, revive
 from pipeline.wide_rows import to_json
@@ -37,7 +38,7 @@ def show_failed(failure: str, as_json: bool) -> int:
     print(f"last error: {entry['last_error']}")
     print("attempts:")
     for attempt in entry["history"]:
-        print(f"  {attempt['at']} attempt {attempt['attempt']}: {attempt['reason']}")
+        print(f"  {attempt_line(attempt)}")
     print("data came from:")
     for source in entry["sources"]:
         print(f"  {source}")

@@ -52,6 +52,11 @@ def order_lineage(storage: Storage, order_id: str) -> dict[str, Any]:
         }
 
 
+def attempt_line(attempt: dict[str, Any]) -> str:
+    """One entry of a task's attempt history, as `order show` and `failed show` print it."""
+    return f"{attempt['at']} attempt {attempt['attempt']}: {attempt['reason']}"
+
+
 def show_order(order_id: str, as_json: bool = False) -> int:
     lineage = order_lineage(get_storage(), order_id)
     if as_json:
@@ -67,7 +72,7 @@ def show_order(order_id: str, as_json: bool = False) -> int:
         print(f"  {t['operation_type']:<9} {t['status']:<8} version {t['version']} done {t['done_version']} "
               f"attempts {t['attempts']}{error}")
         for waited in t["history"]:
-            print(f"      {waited['at']} attempt {waited['attempt']}: {waited['reason']}")
+            print(f"      {attempt_line(waited)}")
     print("\nsnapshots:")
     for s in lineage["snapshots"]:
         print(f"  {s['operation_type']:<9} task version {s['task_version']} at {s['taken_at']}")

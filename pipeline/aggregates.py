@@ -148,9 +148,10 @@ def apply_contributions(connection: Connection, wide: WideState, now: dt.datetim
         old = Contribution.from_json(row.contribution) if row.contribution else None
         forgotten = rebuilt_day is not None and row.biz_date == rebuilt_day
         if row.wide_version > version or (row.wide_version == version and not forgotten):
-            # Another writer applied this version or a newer one while we read; keep theirs.
-            report.current += 1
+            # Another writer applied this version or a newer one while we read; keep theirs
+            # (on a rebuilt day, add theirs again).
             if not forgotten:
+                report.current += 1
                 continue
             version, new = row.wide_version, old
         changes.append((None if forgotten else old, new))

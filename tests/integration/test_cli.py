@@ -108,3 +108,20 @@ def test_dims_load_reports_what_it_loaded_and_refuses_an_unknown_dimension(fresh
     assert redis_client.hget(dimension_key("sku", f"K{tag}1"), "sku_name") == "sku 1"
     refused = run_tdc(env_of(storage), "dims", "load", "--dimension", "colour")
     assert refused.returncode == 2 and "no offline dimension 'colour'" in refused.stderr
+
+
+def test_ingest_with_redis_down_keeps_its_input_for_the_rescan(service_env, storage, tmp_path) -> None:
+    from pipeline.intake import utcnow
+    from pipeline.rescan import due_tasks
+
+    # Given a payment, and a Redis nobody answers at
+    order_id = f"R{uuid.uuid4().hex[:12]}"
+    path = tmp_path / "pay.jsonl"
+    path.write_text(business(PaymentWriteFactory(order_id=order_id)) + "\n")
+    # When it is ingested
+    result = run_tdc({**service_env, "TDC_REDIS_URL": "redis://127.0.0.1:1/0"}, "ingest", "--format", "business",
+                     str(path))
+    # Then the input is committed and acknowledged, nothing was submitted, and the task is due for the rescan
+    assert result.returncode == 0, result.stderr
+    assert "1 accepted" in result.stdout and "0 tasks submitted" in result.stdout
+    assert (order_id, "PAY") in due_tasks(storage, 0, 1, utcnow(), 1000)

@@ -166,7 +166,9 @@ def route(flow: Flow, parsed: Parsed, input_format: str) -> Routed:
     """
     routed = Routed()
     if isinstance(parsed, SchemaChange):
-        routed.schema_changes.append(parsed)
+        # DDL on a table the flow does not follow is none of its business.
+        if parsed.table in flow.tables:
+            routed.schema_changes.append(parsed)
     elif isinstance(parsed, ChangeEvent):
         _route_change(flow, parsed, input_format, routed)
     else:

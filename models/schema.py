@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, MetaData, inspect
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+import models.cdc  # noqa: F401 - declares the CDC tables on ShardBase
 from models.orders import ShardBase
 from models.sharded import build_meta_table, build_task_table
 from models.shards import meta_table_name, shards_of_database, task_table_name

@@ -19,8 +19,9 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from flows import Flow, MetadataRecord, route
-from inputs.events import BadInput
+from inputs.events import BadInput, SchemaChange
 from inputs.formats import parse_line
+from models.cdc import SchemaChangeRecord
 from models.orders import QuarantinedInput
 from models.sharded import TaskStatus, meta_table, task_table
 from models.storage import Storage
@@ -46,21 +47,26 @@ class IntakeReport:
     duplicated: int = 0
     stale: int = 0
     quarantined: int = 0
-    #: Tombstones and DDL: valid, but nothing to store as order data.
+    #: Tombstones, and DDL on tables no flow follows: valid, but nothing to store.
     ignored: int = 0
+    #: DDL on followed tables: recorded and alarmed.
+    schema_changes: int = 0
     touched: set[TaskKey] = field(default_factory=set)
     reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, other: IntakeReport) -> None:
-        for name in ("lines", "accepted", "duplicated", "stale", "quarantined", "ignored"):
+        for name in ("lines", "accepted", "duplicated", "stale", "quarantined", "ignored", "schema_changes"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.touched |= other.touched
         for reason, count in other.reasons.items():
             self.reasons[reason] += count
 
     def summary(self) -> str:
-        return (f"{self.lines} lines: {self.accepted} accepted, {self.duplicated} duplicated, "
+        text = (f"{self.lines} lines: {self.accepted} accepted, {self.duplicated} duplicated, "
                 f"{self.stale} older than stored, {self.quarantined} quarantined, {self.ignored} ignored")
+        if self.schema_changes:
+            text += f", {self.schema_changes} schema changes recorded"
+        return text
 
 
 def utcnow() -> dt.datetime:
@@ -138,6 +144,7 @@ class _Line:
     records: list[MetadataRecord] = field(default_factory=list)
     error: BadInput | None = None
     effects: list[Effect] = field(default_factory=list)
+    schema_changes: list[SchemaChange] = field(default_factory=list)
     ignored: bool = False
 
 
@@ -151,13 +158,11 @@ def _parse(flow: Flow, input_format: str, raw: str, client: redis.Redis) -> _Lin
         return line
     for part in routed:
         line.records += part.records
-        for change in part.schema_changes:
-            log.warning("schema change on %s.%s at %s: %s", change.database, change.table,
-                        change.position, change.sql)
+        line.schema_changes += part.schema_changes
         if part.dimensions:
             apply_dimension_changes(client, part.dimensions)
             line.effects.append(Effect.NEW)
-    line.ignored = not line.records and not line.effects
+    line.ignored = not line.records and not line.effects and not line.schema_changes
     return line
 
 
@@ -190,6 +195,9 @@ def accept_lines(storage: Storage, client: redis.Redis, flow: Flow, input_format
                 if effect in (Effect.NEW, Effect.CORRECTED):
                     bump_task(connection, shard, record.order_id, record.operation_type, now)
                     report.touched.add((record.order_id, record.operation_type))
+    changes = [change for line in parsed for change in line.schema_changes]
+    if changes:
+        record_schema_changes(storage, client, input_format, changes, now)
     for line in parsed:
         _count(report, line)
     if report.quarantined >= storage.settings.quarantine_alarm_lines:
@@ -199,13 +207,27 @@ def accept_lines(storage: Storage, client: redis.Redis, flow: Flow, input_format
     return report
 
 
+def record_schema_changes(storage: Storage, client: redis.Redis, input_format: str,
+                          changes: list[SchemaChange], now: dt.datetime) -> None:
+    """Keep each DDL on a followed table (shard database 0) and alarm it: a column added,
+    dropped or retyped at the source may need the flow's declaration changed."""
+    with storage.shard_engine(0).begin() as connection:
+        connection.execute(insert(SchemaChangeRecord), [
+            dict(received_at=now, input_format=input_format, source_database=change.database,
+                 source_table=change.table, position=change.position, sql=change.sql) for change in changes])
+    for change in changes:
+        raise_alarm(client, "schema_change", f"DDL on followed table {change.database}.{change.table}: "
+                    f"{change.sql[:200]}", position=change.position, input_format=input_format)
+
+
 def _count(report: IntakeReport, line: _Line) -> None:
     report.lines += 1
+    report.schema_changes += len(line.schema_changes)
     if line.error is not None:
         report.quarantined += 1
         report.reasons[line.error.reason] += 1
-    elif line.ignored:
-        report.ignored += 1
+    elif line.ignored or (line.schema_changes and not line.records and not line.effects):
+        report.ignored += int(line.ignored)
     elif {Effect.NEW, Effect.CORRECTED} & set(line.effects):
         report.accepted += 1
     elif Effect.STALE in line.effects:

@@ -1,12 +1,15 @@
 """Normalisation of Canal, Debezium and business lines into one change-event shape."""
 
+import base64
 import datetime as dt
 import json
+from decimal import Decimal
 
 import pytest
 
 from flows import route
 from flows.gqsh import ORDER_FLOW
+from inputs.ddl import ddl_tables
 from inputs.events import BadInput, ChangeEvent, SchemaChange
 from inputs.formats import parse_line
 from tests.factories import OrderHeaderFactory, PaymentWriteFactory, business, canal, debezium
@@ -142,3 +145,72 @@ def test_flows_combine_into_one_routing_table_and_refuse_a_source_claimed_twice(
     assert set(combine((ORDER_FLOW, pos)).tables) == set(ORDER_FLOW.tables) | {"pos_order"}
     with pytest.raises(ValueError, match="redeclares gqsh_order"):
         combine((ORDER_FLOW, Flow("copy", tables={"gqsh_order": ORDER_FLOW.tables["gqsh_order"]})))
+
+
+@pytest.mark.parametrize(
+    ("sql", "tables"),
+    [
+        ("ALTER TABLE gqsh_order ADD COLUMN coupon_id INT", [("gqsh", "gqsh_order")]),
+        ("/* gh-ost */ alter online table `gqsh`.`gqsh_order` drop column x", [("gqsh", "gqsh_order")]),
+        ("CREATE TABLE IF NOT EXISTS other.t (id INT)", [("other", "t")]),
+        ("DROP TABLE IF EXISTS a, `gqsh`.b", [("gqsh", "a"), ("gqsh", "b")]),
+        ("TRUNCATE gqsh_order_item", [("gqsh", "gqsh_order_item")]),
+        ("RENAME TABLE gqsh_order TO gqsh_order_old, x TO gqsh_order",
+         [("gqsh", "gqsh_order"), ("gqsh", "gqsh_order_old"), ("gqsh", "x"), ("gqsh", "gqsh_order")]),
+        ("CREATE INDEX i ON gqsh_order (store_id)", []),
+        ("BEGIN", []),
+    ],
+)
+def test_ddl_names_every_table_it_changes(sql: str, tables: list[tuple[str, str]]) -> None:
+    assert ddl_tables(sql, "gqsh") == tables
+
+
+def _connect_schema(fields: list[dict]) -> dict:
+    return {"type": "struct", "fields": [{"field": "before", "type": "struct", "fields": fields},
+                                         {"field": "after", "type": "struct", "fields": fields}]}
+
+
+def test_debezium_with_schema_decodes_precise_decimals_and_micro_timestamps() -> None:
+    # Given an event as Debezium sends it by default: DECIMAL(12,2) 1234.50 as base64 of the
+    # unscaled 123450, DATETIME(6) as microseconds since the epoch
+    paid = dt.datetime(2026, 11, 2, 9, 40, 0, 123000)
+    micros = int(paid.replace(tzinfo=dt.UTC).timestamp()) * 1_000_000 + 123000
+    schema = _connect_schema([
+        {"field": "order_id", "type": "string"},
+        {"field": "pay_amount", "type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
+         "parameters": {"scale": "2", "connect.decimal.precision": "12"}},
+        {"field": "paid_at", "type": "int64", "name": "io.debezium.time.MicroTimestamp"},
+    ])
+    after = {"order_id": "O1", "pay_amount": base64.b64encode((123450).to_bytes(3, "big", signed=True)).decode(),
+             "paid_at": micros}
+    line = json.dumps({"schema": schema, "payload": {"op": "r", "before": None, "after": after, "ts_ms": 5,
+                                                     "source": {"db": "gqsh", "table": "gqsh_order", "ts_ms": 5}}})
+    # When it is parsed
+    [event] = parse_line("debezium", line)
+    # Then the values are the source's
+    assert event.kind == "insert"
+    assert event.after == {"order_id": "O1", "pay_amount": Decimal("1234.50"), "paid_at": paid}
+
+
+def test_debezium_negative_precise_decimal_is_decoded_with_its_sign() -> None:
+    schema = _connect_schema([{"field": "x", "type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
+                               "parameters": {"scale": "2"}}])
+    encoded = base64.b64encode((-5).to_bytes(1, "big", signed=True)).decode()
+    line = json.dumps({"schema": schema, "payload": {"op": "c", "after": {"x": encoded},
+                                                     "source": {"db": "d", "table": "t", "ts_ms": 1}}})
+    assert parse_line("debezium", line)[0].after == {"x": Decimal("-0.05")}
+
+
+def test_debezium_schema_change_event_names_its_tables_and_routes_only_followed_ones() -> None:
+    line = json.dumps({"source": {"db": "gqsh", "file": "mysql-bin.000003", "pos": 900, "ts_ms": 10},
+                       "databaseName": "gqsh", "ddl": "ALTER TABLE gqsh_order ADD COLUMN coupon_id INT",
+                       "tableChanges": []})
+    [change] = parse_line("debezium", line)
+    assert (change.database, change.table) == ("gqsh", "gqsh_order")
+    assert route(ORDER_FLOW, change, "debezium").schema_changes == [change]
+    other = parse_line("debezium", line.replace("gqsh_order ADD", "audit_log ADD"))[0]
+    assert route(ORDER_FLOW, other, "debezium").schema_changes == []
+
+
+def test_debezium_kafka_tombstone_in_an_envelope_yields_nothing() -> None:
+    assert parse_line("debezium", json.dumps({"schema": None, "payload": None})) == []

@@ -1,4 +1,4 @@
-"""``tdc``: init, ingest, demo, order show, quarantine list, failed, bench, dims load, ads rebuild."""
+"""``tdc``: init, ingest, cdc, demo, order show, quarantine list, failed, bench, dims load, ads rebuild."""
 
 from __future__ import annotations
 
@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     load = dims.add_parser("load", help="reload offline dimension tables from the warehouse (T+1)")
     load.add_argument("--dimension", help="only this dimension (store, sku, ...)")
     load.set_defaults(run=cmd_dims_load)
+
+    from cli.cdc import add_commands as add_cdc_commands
+
+    add_cdc_commands(commands)
 
     ads = commands.add_parser("ads", help="the ADS aggregates").add_subparsers(dest="ads_command", required=True)
     rebuild = ads.add_parser("rebuild", help="recompute aggregates from the wide rows")

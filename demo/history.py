@@ -41,6 +41,8 @@ class History:
     run_id: str
     #: (input format, JSON line), in arrival order; dimension lines come first.
     lines: list[tuple[str, str]] = field(default_factory=list)
+    #: The source changes the non-business lines render, in commit order (dimensions first).
+    changes: list[SourceChange] = field(default_factory=list)
     expected_orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     expected_items: dict[int, dict[str, Any]] = field(default_factory=dict)
     malformed: int = 0
@@ -313,6 +315,7 @@ def generate_history(orders: int, seed: int | None = None, input_format: str = "
     history.lines += [(input_format, render(change, n)) for n, change in enumerate(_dimension_changes(base))]
     timeline: list[tuple[dt.datetime, int, str, str]] = []
     changes.sort(key=lambda c: c.at)
+    history.changes = _dimension_changes(base) + changes
     for sequence, change in enumerate(changes, start=1000):
         timeline.append((change.at, sequence, input_format, render(change, sequence)))
     for at, payment in payments:

@@ -181,6 +181,35 @@ def fresh_storage(mariadb, postgres, redis_client):  # type: ignore[no-untyped-d
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def binlog_server():  # type: ignore[no-untyped-def]
+    """A MariaDB server of the tests' own with ROW/FULL/FULL binlog, for the binlog tail."""
+    from tests.binlog_server import BinlogServer
+
+    server = BinlogServer()
+    require("a throwaway MariaDB with binlog (mariadb-install-db, mariadbd)", server.start)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def source_database(binlog_server):  # type: ignore[no-untyped-def]
+    """A fresh source database on the binlog server with the reference order tables; its URL."""
+    from sqlalchemy import create_engine
+
+    from demo.source import source_metadata
+    from flows.gqsh import ORDER_FLOW
+
+    name = f"gqsh_{uuid.uuid4().hex[:8]}"
+    with binlog_server.connect() as connection, connection.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    url = f"{binlog_server.url}/{name}"
+    engine = create_engine(url)
+    source_metadata(ORDER_FLOW).create_all(engine)
+    engine.dispose()
+    return url
+
+
 def env_of(storage) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """The TDC_* environment that gives a command-line process the same storage."""
     settings = storage.settings

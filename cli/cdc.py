@@ -1,0 +1,112 @@
+"""``tdc cdc binlog`` and ``tdc cdc snapshot``: reading the source database itself."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from types import FrameType
+
+from pipeline.cdc_source import Source, SourceError, default_server_id, source_of
+
+
+def _source(args: argparse.Namespace) -> Source:
+    from settings import get_settings
+
+    url = args.source_url or get_settings().cdc_source_url
+    if not url:
+        raise SourceError("give the source with --source-url or TDC_CDC_SOURCE_URL "
+                          "(mysql+pymysql://user:password@host:3306/database; prefer the variable for passwords)")
+    return source_of(url)
+
+
+def _progress(line: str) -> None:
+    print(f"  {line}", file=sys.stderr)
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def tail_binlog(args: argparse.Namespace) -> int:
+    import worker  # noqa: F401 - configures the Celery app the chains are sent with
+    from flows.registry import ACCEPTED
+    from models.redis_store import get_redis
+    from models.storage import get_storage
+    from pipeline.binlog import BinlogTail, start_position
+    from tasks.submit import submit_tasks
+
+    try:
+        source = _source(args)
+        name = args.name or source.default_name
+        position = start_position(get_storage(), source, name, args.start)
+    except SourceError as error:
+        print(f"tdc: {error}", file=sys.stderr)
+        return 2
+    print(f"tailing {source.host}:{source.port}/{source.database} as {name} from "
+          f"{position.log_file}:{position.log_pos}" + (" until caught up" if args.stop_when_idle else ""),
+          file=sys.stderr)
+    tail = BinlogTail(get_storage(), get_redis(), ACCEPTED, source, name,
+                      args.server_id or default_server_id(name), submit_tasks)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    started = time.monotonic()
+    try:
+        report = tail.run(position, stop_when_idle=args.stop_when_idle, progress=_progress if args.progress else None)
+    except KeyboardInterrupt:
+        report = tail.report  # everything up to the stored position is safely ingested
+    at = report.position or position
+    print(f"{report.transactions} transactions, {report.changes} row changes in {time.monotonic() - started:.1f}s; "
+          f"{report.intake.summary()}; {report.submitted} tasks submitted; position {at.log_file}:{at.log_pos}"
+          + (f" (GTID {at.gtid})" if at.gtid else ""))
+    return 0
+
+
+def snapshot(args: argparse.Namespace) -> int:
+    import worker  # noqa: F401 - configures the Celery app the chains are sent with
+    from flows.registry import ACCEPTED
+    from models.redis_store import get_redis
+    from models.storage import get_storage
+    from pipeline.snapshot import take_snapshot
+    from tasks.submit import submit_tasks
+
+    try:
+        source = _source(args)
+        name = args.name or source.default_name
+        report = take_snapshot(get_storage(), get_redis(), ACCEPTED, source, name, submit_tasks,
+                               tables=args.table or None, where=args.where, reset_position=args.reset_position,
+                               progress=_progress)
+    except (SourceError, ValueError) as error:
+        print(f"tdc: {error}", file=sys.stderr)
+        return 2
+    for table, rows in report.rows.items():
+        print(f"{table}: {rows} rows")
+    at = report.position
+    print(f"{report.intake.summary()}; {report.submitted} tasks submitted; snapshot at {at.log_file}:{at.log_pos}")
+    if report.handed_over:
+        print(f"the tail {name} starts from the snapshot's position: `tdc cdc binlog`")
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cdc = commands.add_parser("cdc", help="read the source database itself").add_subparsers(
+        dest="cdc_command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--source-url", help="mysql+pymysql://user:password@host:port/database "
+                        "(default TDC_CDC_SOURCE_URL)")
+    common.add_argument("--name", help="name the position is stored under (default binlog:HOST:PORT/DATABASE)")
+
+    binlog = cdc.add_parser("binlog", parents=[common], help="tail the binlog from the stored position")
+    binlog.add_argument("--from", dest="start", choices=["now", "oldest"],
+                        help="where to start when no position is stored (default: refuse; take a snapshot)")
+    binlog.add_argument("--server-id", type=int, help="replica id to register with (default: derived from --name)")
+    binlog.add_argument("--stop-when-idle", action="store_true", help="exit once caught up instead of waiting")
+    binlog.add_argument("--progress", action="store_true", help="print the position after each batch")
+    binlog.set_defaults(run=tail_binlog)
+
+    snap = cdc.add_parser("snapshot", parents=[common], help="ingest current source rows consistently")
+    snap.add_argument("--table", action="append", help="only this followed table (repeatable)")
+    snap.add_argument("--where", help="SQL condition limiting the rows, e.g. \"updated_at >= '2026-11-20'\"")
+    snap.add_argument("--reset-position", action="store_true",
+                      help="restart the tail from the snapshot's position (after purged binlogs)")
+    snap.set_defaults(run=snapshot)

@@ -1,0 +1,232 @@
+"""The binlog tail and snapshots against a real MariaDB with its binlog on: SQL statements on the
+reference source tables become the expected wide rows, exactly as the same history fed as Canal
+messages does; a killed tail resumes; an ALTER TABLE mid-stream is recorded and survived; a
+server without the needed settings, and a purged position, are refused plainly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+from sqlalchemy import create_engine, select
+
+from demo.check import differences
+from demo.history import History, generate_history
+from demo.source import play_changes, source_metadata
+from flows.gqsh import ORDER_FLOW
+from models.cdc import CdcPosition, SchemaChangeRecord
+from pipeline.alarms import ALARM_COUNTERS
+from pipeline.binlog import BinlogTail, start_position
+from pipeline.cdc_source import Checkpoint, SourceError, load_checkpoint, source_of, store_checkpoint
+from pipeline.snapshot import take_snapshot
+from pipeline.wide_rows import read_orders
+from tests.conftest import REDIS, env_of
+from tests.integration.helpers import ingest, process_history, run_chains, run_tdc
+
+pytestmark = pytest.mark.integration
+
+NAME = "test-tail"
+
+
+def _play(url: str, changes, per_transaction: int = 7) -> None:  # type: ignore[no-untyped-def]
+    """The changes as SQL, a few per transaction (so transactions hold several row events)."""
+    engine = create_engine(url)
+    metadata = source_metadata(ORDER_FLOW)
+    for start in range(0, len(changes), per_transaction):
+        with engine.begin() as connection:
+            play_changes(connection, metadata, changes[start : start + per_transaction])
+    engine.dispose()
+
+
+def _tail(storage, client, url: str, start: str | None = None):  # type: ignore[no-untyped-def]
+    """Tail until caught up, in this process; returns the report and the task keys it touched."""
+    source = source_of(url)
+    touched: set = set()
+
+    def submit(keys) -> int:  # type: ignore[no-untyped-def]
+        touched.update(keys)
+        return 0
+
+    tail = BinlogTail(storage, client, ORDER_FLOW, source, NAME, 4242, submit)
+    report = tail.run(start_position(storage, source, NAME, start), stop_when_idle=True)
+    return report, touched
+
+
+def _payments(storage, client, history: History) -> set:  # type: ignore[no-untyped-def]
+    lines = [line for fmt, line in history.lines if fmt == "business"]
+    return ingest(storage, client, ORDER_FLOW, "business", lines).touched
+
+
+def _problems(storage, history: History) -> list[str]:  # type: ignore[no-untyped-def]
+    orders, items = read_orders(storage, history.order_ids)
+    return (differences(history.expected_orders, orders, "dwd_order")
+            + differences(history.expected_items, items, "dwd_order_item"))
+
+
+def test_a_history_run_as_sql_and_tailed_gives_the_rows_its_canal_messages_give(
+        fresh_storage, redis_client, source_database) -> None:
+    # Given one history, fed once as Canal messages and once as SQL statements on a source database
+    history = generate_history(80, seed=71, displacement=0, duplicate_rate=0)
+    by_canal, by_binlog = fresh_storage(), fresh_storage()
+    process_history(by_canal, redis_client, history)
+    _tail(by_binlog, redis_client, source_database, start="now")
+    _play(source_database, history.changes)
+    # When the tail reads the binlog and the payments arrive as usual
+    report, touched = _tail(by_binlog, redis_client, source_database)
+    run_chains(by_binlog, redis_client, touched | _payments(by_binlog, redis_client, history))
+    # Then both give the expected rows, and the same dwd_order rows
+    assert report.changes == len(history.changes) and report.intake.quarantined == 0
+    assert _problems(by_canal, history) == []
+    assert _problems(by_binlog, history) == []
+    columns = list(next(iter(history.expected_orders.values())))
+    canal_rows, binlog_rows = read_orders(by_canal, history.order_ids)[0], read_orders(by_binlog, history.order_ids)[0]
+    assert {o: {c: r[c] for c in columns} for o, r in canal_rows.items()} == \
+           {o: {c: r[c] for c in columns} for o, r in binlog_rows.items()}
+
+
+def test_a_tail_killed_mid_stream_resumes_from_its_position_losing_and_doubling_nothing(
+        fresh_storage, redis_client, source_database, tmp_path) -> None:
+    # Given a source with a history in its binlog after a tail's stored position, and the tail started
+    storage = fresh_storage()
+    history = generate_history(150, seed=72, displacement=0, duplicate_rate=0)
+    # A broker of its own: the chains it submits are not for the e2e tests' workers.
+    env = {**env_of(storage), "TDC_BROKER_URL": REDIS.rsplit("/", 1)[0] + "/12", "TDC_CDC_SOURCE_URL": source_database}
+    start = source_of(source_database)
+    with start.connect() as connection, connection.cursor() as cursor:
+        cursor.execute("SHOW MASTER STATUS")
+        log_file, log_pos = cursor.fetchone()[:2]
+    store_checkpoint(storage, NAME, Checkpoint(log_file, log_pos, None, 0), "tail")
+    _play(source_database, history.changes, per_transaction=3)
+    tail = subprocess.Popen([sys.executable, "-m", "cli.main", "cdc", "binlog", "--name", NAME],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # When it is killed with SIGKILL once it has stored a position part of the way through
+    deadline = time.monotonic() + 60
+    while True:
+        stored = load_checkpoint(storage, NAME)
+        if stored is not None and stored[0].log_pos != log_pos:
+            break
+        assert time.monotonic() < deadline and tail.poll() is None, tail.communicate()[1].decode()[-2000:]
+        time.sleep(0.02)
+    os.kill(tail.pid, signal.SIGKILL)
+    tail.wait()
+    killed_at = load_checkpoint(storage, NAME)[0]  # type: ignore[index]
+    # And started again until it has caught up
+    result = run_tdc(env, "cdc", "binlog", "--name", NAME, "--stop-when-idle")
+    assert result.returncode == 0, result.stderr
+    # (its chains went to a broker no worker reads: free their locks, as their expiry would,
+    # and let the rescan take the tasks)
+    for key in redis_client.scan_iter(f"tdc:lock:*:D{history.run_id}*"):
+        redis_client.delete(key)
+    redis.Redis.from_url(env["TDC_BROKER_URL"]).flushdb()
+    run_chains(storage, redis_client, _payments(storage, redis_client, history))
+    run_chains(storage, redis_client, [])
+    # Then it resumed where it had stored, and every row is exact
+    assert (killed_at.log_file, killed_at.log_pos) > (log_file, log_pos)
+    assert "0 quarantined" in result.stdout
+    assert _problems(storage, history) == []
+    final = load_checkpoint(storage, NAME)[0]  # type: ignore[index]
+    assert (final.log_file, final.log_pos) > (killed_at.log_file, killed_at.log_pos)
+
+
+def test_an_added_column_mid_stream_is_recorded_alarmed_and_assigns_nothing_wrongly(
+        fresh_storage, redis_client, source_database) -> None:
+    # Given a tail, and half a history played
+    storage = fresh_storage()
+    history = generate_history(60, seed=73, displacement=0, duplicate_rate=0)
+    _tail(storage, redis_client, source_database, start="now")
+    half = len(history.changes) // 2
+    _play(source_database, history.changes[:half])
+    alarms_before = int(redis_client.hget(ALARM_COUNTERS, "schema_change") or 0)
+    # When a column is added in the middle of the header table, and the rest is played
+    alter = "ALTER TABLE gqsh_order ADD COLUMN coupon_id VARCHAR(32) NULL AFTER store_id"
+    with source_of(source_database).connect() as connection, connection.cursor() as cursor:
+        cursor.execute(alter)
+    _play(source_database, history.changes[half:])
+    report, touched = _tail(storage, redis_client, source_database)
+    run_chains(storage, redis_client, touched | _payments(storage, redis_client, history))
+    # Then every row is exact, the DDL is recorded with its statement, and alarmed
+    assert _problems(storage, history) == []
+    assert report.intake.schema_changes == 1
+    with storage.shard_engine(0).connect() as connection:
+        recorded = connection.execute(select(SchemaChangeRecord.source_table, SchemaChangeRecord.sql).where(
+            SchemaChangeRecord.source_database == source_of(source_database).database)).all()
+    assert [tuple(r) for r in recorded] == [("gqsh_order", alter)]
+    assert int(redis_client.hget(ALARM_COUNTERS, "schema_change") or 0) == alarms_before + 1
+
+
+def test_a_server_without_full_row_metadata_is_refused_with_what_to_set(
+        storage, service_env, binlog_server, source_database) -> None:
+    with binlog_server.connect() as connection, connection.cursor() as cursor:
+        cursor.execute("SET GLOBAL binlog_row_metadata = 'MINIMAL'")
+        try:
+            result = run_tdc({**service_env, "TDC_CDC_SOURCE_URL": source_database}, "cdc", "binlog", "--from", "now")
+        finally:
+            cursor.execute("SET GLOBAL binlog_row_metadata = 'FULL'")
+    assert result.returncode == 2
+    assert "binlog_row_metadata is MINIMAL, needs FULL" in result.stderr
+    assert "binlog_row_metadata = FULL" in result.stderr
+
+
+def test_a_first_snapshot_hands_over_to_the_tail_without_a_gap(fresh_storage, redis_client, source_database) -> None:
+    # Given a source that already holds half a history when tdc first sees it
+    storage = fresh_storage()
+    history = generate_history(60, seed=74, displacement=0, duplicate_rate=0)
+    half = len(history.changes) // 2
+    _play(source_database, history.changes[:half])
+    # When a snapshot loads it, more changes are made, and the tail starts from the stored position
+    touched: set = set()
+    report = take_snapshot(storage, redis_client, ORDER_FLOW, source_of(source_database), NAME,
+                           lambda keys: len(touched.update(keys) or ()))
+    _play(source_database, history.changes[half:])
+    tail_report, tail_touched = _tail(storage, redis_client, source_database)
+    run_chains(storage, redis_client, touched | tail_touched | _payments(storage, redis_client, history))
+    # Then the snapshot handed over its position, and every row is exact
+    assert report.handed_over and sum(report.rows.values()) > 0
+    assert tail_report.changes == len(history.changes) - half
+    assert _problems(storage, history) == []
+
+
+def test_a_purged_position_is_refused_plainly_and_a_snapshot_recovers(
+        fresh_storage, redis_client, service_env, binlog_server, source_database) -> None:
+    # Given a tail that stored its position, then stopped while the server purged its binlogs
+    storage = fresh_storage()
+    history = generate_history(40, seed=75, displacement=0, duplicate_rate=0)
+    _tail(storage, redis_client, source_database, start="now")
+    half = len(history.changes) // 2
+    _play(source_database, history.changes[:half])
+    with binlog_server.connect() as connection, connection.cursor() as cursor:
+        cursor.execute("FLUSH BINARY LOGS")
+        cursor.execute("SHOW MASTER STATUS")
+        newest = cursor.fetchone()[0]
+        # The previous file is kept for crash recovery until the server checkpoints it.
+        deadline = time.monotonic() + 30
+        while True:
+            cursor.execute("PURGE BINARY LOGS TO %s", (newest,))
+            cursor.execute("SHOW BINARY LOGS")
+            if [row[0] for row in cursor.fetchall()] == [newest]:
+                break
+            assert time.monotonic() < deadline, "the server kept its old binlog"
+            time.sleep(0.1)
+    _play(source_database, history.changes[half:])
+    # When the tail starts again
+    env = {**env_of(storage), "TDC_BROKER_URL": service_env["TDC_BROKER_URL"], "TDC_CDC_SOURCE_URL": source_database}
+    refused = run_tdc(env, "cdc", "binlog", "--name", NAME, "--stop-when-idle")
+    # Then it refuses, says why and how to recover, and skipped nothing
+    assert refused.returncode == 2
+    assert "is no longer on the server" in refused.stderr and "tdc cdc snapshot --reset-position" in refused.stderr
+    with pytest.raises(SourceError):
+        start_position(storage, source_of(source_database), NAME, None)
+    # And a snapshot with --reset-position, then the tail, bring every row back exactly
+    touched: set = set()
+    take_snapshot(storage, redis_client, ORDER_FLOW, source_of(source_database), NAME,
+                  lambda keys: len(touched.update(keys) or ()), reset_position=True)
+    _, tail_touched = _tail(storage, redis_client, source_database)
+    run_chains(storage, redis_client, touched | tail_touched | _payments(storage, redis_client, history))
+    assert _problems(storage, history) == []
+    with storage.shard_engine(0).connect() as connection:
+        assert connection.execute(select(CdcPosition.log_file).where(CdcPosition.name == NAME)).scalar() >= newest

@@ -118,6 +118,13 @@ def cmd_bench_rescan(args: argparse.Namespace) -> int:
     return bench_rescan()
 
 
+def cmd_bench_cdc(args: argparse.Namespace) -> int:
+    from cli.bench_cdc import bench_cdc
+    from settings import get_settings
+
+    return bench_cdc(args.source_url or get_settings().cdc_source_url, args.orders)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tdc", description="transaction data center")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="bench_command", required=True)
     bench.add_parser("rescan", help="an idle rescan pass vs as many indexed selects").set_defaults(
         run=cmd_bench_rescan)
+    bench_cdc = bench.add_parser("cdc", help="the binlog tail's rate vs a bare python-mysql-replication loop")
+    bench_cdc.add_argument("--source-url", help="a server with its binlog on (default TDC_CDC_SOURCE_URL, "
+                           "else a throwaway MariaDB); a fresh database is created on it")
+    bench_cdc.add_argument("--orders", type=int, default=500)
+    bench_cdc.set_defaults(run=cmd_bench_cdc)
 
     dims = commands.add_parser("dims", help="dimensions in Redis").add_subparsers(dest="dims_command", required=True)
     load = dims.add_parser("load", help="reload offline dimension tables from the warehouse (T+1)")

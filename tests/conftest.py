@@ -184,7 +184,7 @@ def fresh_storage(mariadb, postgres, redis_client):  # type: ignore[no-untyped-d
 @pytest.fixture(scope="session")
 def binlog_server():  # type: ignore[no-untyped-def]
     """A MariaDB server of the tests' own with ROW/FULL/FULL binlog, for the binlog tail."""
-    from tests.binlog_server import BinlogServer
+    from demo.binlog_server import BinlogServer
 
     server = BinlogServer()
     require("a throwaway MariaDB with binlog (mariadb-install-db, mariadbd)", server.start)

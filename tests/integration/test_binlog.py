@@ -230,3 +230,32 @@ def test_a_purged_position_is_refused_plainly_and_a_snapshot_recovers(
     assert _problems(storage, history) == []
     with storage.shard_engine(0).connect() as connection:
         assert connection.execute(select(CdcPosition.log_file).where(CdcPosition.name == NAME)).scalar() >= newest
+
+
+def test_bench_cdc_prints_both_rates_and_their_ratio(service_env, binlog_server) -> None:
+    result = run_tdc({**service_env, "TDC_CDC_SOURCE_URL": binlog_server.url}, "bench", "cdc", "--orders", "20")
+    assert result.returncode == 0, result.stderr
+    [played] = [int(line.split(": ")[1].split()[0]) for line in result.stdout.splitlines() if "played as SQL" in line]
+    loop = next(line for line in result.stdout.splitlines() if "python-mysql-replication loop" in line)
+    tail = next(line for line in result.stdout.splitlines() if "tdc cdc binlog" in line)
+    assert f"{played} rows" in loop and f"{played} rows" in tail
+    assert "ratio tail/loop: " in result.stdout
+
+
+def test_a_canal_ddl_message_on_a_followed_table_is_recorded_and_alarmed(storage, redis_client) -> None:
+    import json
+
+    table = "gqsh_order"
+    database = f"gqsh_ddl_{time.time_ns()}"
+    before = int(redis_client.hget(ALARM_COUNTERS, "schema_change") or 0)
+    lines = [json.dumps({"id": 9, "database": database, "table": table, "isDdl": True, "es": 1_700_000_000_000,
+                         "type": "ALTER", "sql": "ALTER TABLE gqsh_order ADD COLUMN coupon_id INT"}),
+             json.dumps({"id": 10, "database": database, "table": "audit_log", "isDdl": True, "es": 1_700_000_000_001,
+                         "type": "ALTER", "sql": "ALTER TABLE audit_log ADD COLUMN x INT"})]
+    report = ingest(storage, redis_client, ORDER_FLOW, "canal", lines)
+    assert (report.schema_changes, report.ignored, report.quarantined) == (1, 1, 0)
+    with storage.shard_engine(0).connect() as connection:
+        recorded = connection.execute(select(SchemaChangeRecord.source_table, SchemaChangeRecord.input_format).where(
+            SchemaChangeRecord.source_database == database)).all()
+    assert [tuple(r) for r in recorded] == [("gqsh_order", "canal")]
+    assert int(redis_client.hget(ALARM_COUNTERS, "schema_change") or 0) == before + 1

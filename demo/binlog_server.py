@@ -1,4 +1,4 @@
-"""A throwaway MariaDB server with its binlog on, started by the tests on a free port: the
+"""A throwaway MariaDB server with its binlog on, on a free port, for the tests and `tdc bench cdc`: the
 source database a binlog tail reads, whatever the machine's own server is configured with."""
 
 from __future__ import annotations

@@ -1,0 +1,100 @@
+"""``tdc bench cdc``: the binlog tail's rate against a bare python-mysql-replication loop over the
+same binlog, in one run.
+
+A generated history is played as SQL into a fresh database on the source (the one given, or a
+throwaway MariaDB started for the run).  The bare loop only decodes the rows; the tail also
+turns them into lines, routes and stores them idempotently in the configured storage and
+stores its position.  Chains are not submitted (no broker is needed), so the figure is the
+tail's own cost.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+from sqlalchemy import create_engine
+
+from demo.binlog_server import BinlogServer
+from demo.history import generate_history
+from demo.source import play_changes, source_metadata
+from flows.gqsh import ORDER_FLOW
+from models.redis_store import get_redis
+from models.storage import get_storage
+from pipeline.binlog import BinlogTail
+from pipeline.cdc_source import Checkpoint, Source, current_coordinates, source_of
+
+#: Changes per source transaction, about one order's worth.
+CHANGES_PER_TRANSACTION = 8
+
+
+def _prepare(server_url: str, orders: int) -> tuple[Source, Checkpoint, int]:
+    """A fresh source database holding ``orders`` orders played as SQL; where they start and how many rows."""
+    name = f"tdc_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server_url + "/")
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    admin.dispose()
+    engine = create_engine(f"{server_url}/{name}")
+    metadata = source_metadata(ORDER_FLOW)
+    metadata.create_all(engine)
+    source = source_of(f"{server_url}/{name}")
+    with source.connect() as connection:
+        start = Checkpoint(*current_coordinates(connection), None, 0)
+    changes = generate_history(orders, seed=1).changes
+    for first in range(0, len(changes), CHANGES_PER_TRANSACTION):
+        with engine.begin() as connection:
+            play_changes(connection, metadata, changes[first : first + CHANGES_PER_TRANSACTION])
+    engine.dispose()
+    return source, start, len(changes)
+
+
+def _bare_loop(source: Source, start: Checkpoint) -> tuple[float, int]:
+    began = time.perf_counter()
+    stream = BinLogStreamReader(
+        connection_settings=source.connection_settings(), server_id=990_001, resume_stream=True,
+        log_file=start.log_file, log_pos=start.log_pos, blocking=False, only_schemas=[source.database],
+        only_tables=list(ORDER_FLOW.tables), only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent],
+        enable_logging=False)
+    rows = 0
+    for event in stream:
+        rows += len(event.rows)
+    stream.close()
+    return time.perf_counter() - began, rows
+
+
+def _tail(source: Source, start: Checkpoint) -> tuple[float, int]:
+    tail = BinlogTail(get_storage(), get_redis(), ORDER_FLOW, source, f"bench:{source.database}", 990_002,
+                      submit=lambda keys: 0)
+    began = time.perf_counter()
+    report = tail.run(start, stop_when_idle=True)
+    return time.perf_counter() - began, report.changes
+
+
+def bench_cdc(source_url: str | None, orders: int) -> int:
+    import worker  # noqa: F401 - starts the embedded Redis in the default setup
+    from models.schema import init_storage
+
+    init_storage(get_storage())  # safe to run again; the tail stores into these tables
+    server = None
+    if source_url is None:
+        print("starting a throwaway MariaDB with its binlog on (give --source-url to use another server) ...")
+        server = BinlogServer()
+        server.start()
+        source_url = server.url
+    try:
+        base = source_url.rsplit("/", 1)[0] if source_url.count("/") > 2 else source_url
+        source, start, played = _prepare(base, orders)
+        print(f"{orders} orders played as SQL: {played} row changes in {source.database}")
+        bare_seconds, bare_rows = _bare_loop(source, start)
+        tail_seconds, tail_rows = _tail(source, start)
+    finally:
+        if server is not None:
+            server.stop()
+    bare_rate, tail_rate = bare_rows / bare_seconds, tail_rows / tail_seconds
+    print(f"  python-mysql-replication loop: {bare_rows:7d} rows in {bare_seconds:6.2f}s = {bare_rate:9.0f} rows/s")
+    print(f"  tdc cdc binlog (to metadata):  {tail_rows:7d} rows in {tail_seconds:6.2f}s = {tail_rate:9.0f} rows/s")
+    print(f"  ratio tail/loop: {tail_rate / bare_rate:.2f}")
+    return 0

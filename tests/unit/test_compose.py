@@ -12,11 +12,11 @@ COMPOSE = yaml.safe_load((ROOT / "compose" / "docker-compose.yml").read_text())
 
 def test_the_stack_has_every_part_of_a_deployment() -> None:
     assert set(COMPOSE["services"]) == {"mysql", "postgres", "redis", "rabbitmq", "elasticsearch", "init", "worker",
-                                        "beat", "flower"}
+                                        "beat", "flower", "cdc"}
 
 
 def test_tdc_services_share_settings_and_take_every_secret_from_the_environment() -> None:
-    for name in ("init", "worker", "beat", "flower"):
+    for name in ("init", "worker", "beat", "flower", "cdc"):
         service = COMPOSE["services"][name]
         assert service["build"]["dockerfile"] == "compose/Dockerfile"
         env = service["environment"]
@@ -29,6 +29,12 @@ def test_tdc_services_share_settings_and_take_every_secret_from_the_environment(
                 assert str(value).startswith("${"), (key, value)
             for password in re.findall(r"://[^:/@]*:([^@]*)@", str(value)):
                 assert password.startswith("${"), (key, value)
+
+
+def test_the_binlog_tail_reads_its_source_from_the_environment() -> None:
+    cdc = COMPOSE["services"]["cdc"]
+    assert cdc["command"] == ["tdc", "cdc", "binlog"]
+    assert cdc["environment"]["TDC_CDC_SOURCE_URL"].startswith("${TDC_CDC_SOURCE_URL:?")
 
 
 def test_flower_requires_authentication_and_listens_on_localhost_only() -> None:

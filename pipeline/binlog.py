@@ -140,8 +140,7 @@ class BinlogTail:
                     if query.upper() != "COMMIT":  # DDL commits by itself
                         clock = max(clock, event.timestamp * 1000)
                         pending += self._ddl_lines(event, query, stream.log_file, stream.log_pos, clock)
-                if isinstance(event, (XidEvent, QueryEvent, RotateEvent)) and (
-                        not isinstance(event, QueryEvent) or event.query.strip().upper() != "BEGIN"):
+                if isinstance(event, (XidEvent, QueryEvent, RotateEvent)):  # between transactions
                     if pending:
                         self.report.transactions += 1
                     committed += pending

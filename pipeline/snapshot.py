@@ -107,7 +107,8 @@ def take_snapshot(storage: Storage, client: redis.Redis, flow: Flow, source: Sou
         log_file, log_pos = _begin_consistent(connection)
         report = SnapshotReport(Checkpoint(log_file, log_pos, None, clock))
         for table in chosen:
-            # The table name comes from the flow's declaration, never from input.
+            # The table name comes from the flow's declaration, never from input.  ``where`` is the
+            # operator's own SQL condition: it runs as given, in a read-only transaction, one statement.
             sql = f"SELECT * FROM `{source.database}`.`{table}`" + (f" WHERE {where}" if where else "")
             report.rows[table] = 0
             with connection.cursor(pymysql.cursors.SSDictCursor) as cursor:

@@ -226,8 +226,10 @@ def _count(report: IntakeReport, line: _Line) -> None:
     if line.error is not None:
         report.quarantined += 1
         report.reasons[line.error.reason] += 1
-    elif line.ignored or (line.schema_changes and not line.records and not line.effects):
-        report.ignored += int(line.ignored)
+    elif line.ignored:
+        report.ignored += 1
+    elif line.schema_changes and not line.effects:
+        return  # a DDL line: counted as a schema change above
     elif {Effect.NEW, Effect.CORRECTED} & set(line.effects):
         report.accepted += 1
     elif Effect.STALE in line.effects:

@@ -43,15 +43,21 @@ def _play(url: str, changes, per_transaction: int = 7) -> None:  # type: ignore[
     engine.dispose()
 
 
-def _tail(storage, client, url: str, start: str | None = None):  # type: ignore[no-untyped-def]
-    """Tail until caught up, in this process; returns the report and the task keys it touched."""
-    source = source_of(url)
+def _collector():  # type: ignore[no-untyped-def]
+    """A submit that only collects the task keys, for run_chains to process in this process."""
     touched: set = set()
 
     def submit(keys) -> int:  # type: ignore[no-untyped-def]
         touched.update(keys)
         return 0
 
+    return touched, submit
+
+
+def _tail(storage, client, url: str, start: str | None = None):  # type: ignore[no-untyped-def]
+    """Tail until caught up, in this process; returns the report and the task keys it touched."""
+    source = source_of(url)
+    touched, submit = _collector()
     tail = BinlogTail(storage, client, ORDER_FLOW, source, NAME, 4242, submit)
     report = tail.run(start_position(storage, source, NAME, start), stop_when_idle=True)
     return report, touched
@@ -179,9 +185,8 @@ def test_a_first_snapshot_hands_over_to_the_tail_without_a_gap(fresh_storage, re
     half = len(history.changes) // 2
     _play(source_database, history.changes[:half])
     # When a snapshot loads it, more changes are made, and the tail starts from the stored position
-    touched: set = set()
-    report = take_snapshot(storage, redis_client, ORDER_FLOW, source_of(source_database), NAME,
-                           lambda keys: len(touched.update(keys) or ()))
+    touched, submit = _collector()
+    report = take_snapshot(storage, redis_client, ORDER_FLOW, source_of(source_database), NAME, submit)
     _play(source_database, history.changes[half:])
     tail_report, tail_touched = _tail(storage, redis_client, source_database)
     run_chains(storage, redis_client, touched | tail_touched | _payments(storage, redis_client, history))
@@ -222,9 +227,8 @@ def test_a_purged_position_is_refused_plainly_and_a_snapshot_recovers(
     with pytest.raises(SourceError):
         start_position(storage, source_of(source_database), NAME, None)
     # And a snapshot with --reset-position, then the tail, bring every row back exactly
-    touched: set = set()
-    take_snapshot(storage, redis_client, ORDER_FLOW, source_of(source_database), NAME,
-                  lambda keys: len(touched.update(keys) or ()), reset_position=True)
+    touched, submit = _collector()
+    take_snapshot(storage, redis_client, ORDER_FLOW, source_of(source_database), NAME, submit, reset_position=True)
     _, tail_touched = _tail(storage, redis_client, source_database)
     run_chains(storage, redis_client, touched | tail_touched | _payments(storage, redis_client, history))
     assert _problems(storage, history) == []

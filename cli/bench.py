@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
+from intake.receiver import utcnow
 from models.shards import database_for_shard, task_table_name
 from models.storage import get_storage
-from pipeline.intake import utcnow
-from pipeline.rescan import due_tasks
+from reliability.rescan import due_tasks
 
 #: Passes of each measurement; the best is reported (the others absorb cache warm-up).
 ROUNDS = 3

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
+from chain.wide_rows import to_json
 from cli.lineage import attempt_line
 from models.storage import get_storage
-from pipeline.failures import get_failure, list_failures, parse_failure_id, revive
-from pipeline.wide_rows import to_json
+from reliability.failures import get_failure, list_failures, parse_failure_id, revive
 
 
 def list_failed(limit: int) -> int:

@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy import select
 
+from chain.task_state import load_facts, order_tasks
+from chain.wide_rows import read_wide_rows, to_json
 from models.orders import FailedTask, OrderSnapshot, QuarantinedInput
 from models.storage import Storage, get_storage
-from pipeline.tasks_state import load_facts, order_tasks
-from pipeline.wide_rows import read_wide_rows, to_json
 
 
 def order_lineage(storage: Storage, order_id: str) -> dict[str, Any]:

@@ -43,9 +43,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     import worker  # noqa: F401 - configures the Celery app the chains are sent with
     from flows.registry import ACCEPTED
+    from intake.receiver import IntakeReport, accept_lines
     from models.redis_store import get_redis
     from models.storage import get_storage
-    from pipeline.intake import IntakeReport, accept_lines
     from tasks.submit import submit_tasks
 
     total = IntakeReport()

@@ -9,8 +9,8 @@ import time
 from models.redis_store import get_redis
 from models.storage import get_storage
 from models.warehouse import OFFLINE_DIMENSIONS
-from pipeline.aggregates import AggregateReport, days_to_rebuild, rebuild_day
 from pipeline.offline_dimensions import load_offline_dimensions
+from warehouse.aggregates import AggregateReport, days_to_rebuild, rebuild_day
 
 
 def load_dimensions(only: str | None) -> int:

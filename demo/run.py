@@ -7,10 +7,10 @@ import sys
 import time
 from itertools import groupby
 
+from chain.wide_rows import read_orders
 from demo.check import aggregate_differences, differences, expected_aggregates, matching_orders
 from demo.history import generate_history
 from demo.processes import running, start_beat, start_worker
-from pipeline.wide_rows import read_orders
 from settings import get_settings
 
 #: Demo defaults: short back-off and frequent rescans so a 300-order run drains in seconds.
@@ -21,9 +21,9 @@ FEED_BATCH = 200
 
 def _feed(history_lines: list[tuple[str, str]]) -> tuple[int, int]:
     from flows.registry import ACCEPTED
+    from intake.receiver import IntakeReport, accept_lines
     from models.redis_store import get_redis
     from models.storage import get_storage
-    from pipeline.intake import IntakeReport, accept_lines
     from tasks.submit import submit_tasks
 
     total = IntakeReport()
@@ -73,7 +73,7 @@ def run_demo(orders: int = 300, seed: int | None = None, workers: int = 2, timeo
 
 def _aggregates():  # type: ignore[no-untyped-def]
     from models.storage import get_storage
-    from pipeline.aggregates import read_aggregates
+    from warehouse.aggregates import read_aggregates
 
     with get_storage().dws_engine.connect() as connection:
         return read_aggregates(connection)

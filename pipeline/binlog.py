@@ -32,6 +32,7 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 
 from flows import Flow
 from inputs.ddl import ddl_tables
+from intake.receiver import IntakeReport, TaskKey, accept_lines
 from models.storage import Storage
 from pipeline.cdc_source import (
     Checkpoint,
@@ -45,7 +46,6 @@ from pipeline.cdc_source import (
     row_line,
     store_checkpoint,
 )
-from pipeline.intake import IntakeReport, TaskKey, accept_lines
 
 log = logging.getLogger(__name__)
 

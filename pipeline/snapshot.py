@@ -23,6 +23,7 @@ import pymysql.cursors
 import redis
 
 from flows import Flow
+from intake.receiver import IntakeReport, accept_lines
 from models.storage import Storage
 from pipeline.binlog import TAIL_BATCH, Submit
 from pipeline.cdc_source import (
@@ -34,7 +35,6 @@ from pipeline.cdc_source import (
     row_line,
     store_checkpoint,
 )
-from pipeline.intake import IntakeReport, accept_lines
 
 log = logging.getLogger(__name__)
 

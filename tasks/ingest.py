@@ -8,9 +8,9 @@ from typing import Any
 from celery import shared_task
 
 from flows.registry import ACCEPTED
+from intake.receiver import accept_lines
 from models.redis_store import get_redis
 from models.storage import get_storage
-from pipeline.intake import accept_lines
 from tasks.policy import retrying
 from tasks.submit import submit_tasks
 

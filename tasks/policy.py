@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Task
 
-from pipeline.transient import TRANSIENT_ERRORS
+from reliability.transient import TRANSIENT_ERRORS
 from settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,10 @@ class ChainStep(Task):
     runs out and the rescan takes them."""
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        from chain.steps import give_up
         from models.redis_store import get_redis
         from models.storage import get_storage
-        from pipeline.locks import TaskLocks
-        from pipeline.processing import give_up
+        from reliability.leases import TaskLocks
 
         keys = kwargs.get("keys") if isinstance(kwargs, dict) else None
         if keys is None and args:

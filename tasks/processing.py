@@ -6,11 +6,11 @@ from typing import Any
 
 from celery import shared_task
 
+from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders, valid_keys
 from models.redis_store import get_redis
 from models.storage import get_storage
 from pipeline.dimensions import RedisDimensions
-from pipeline.locks import TaskLocks
-from pipeline.processing import aggregate_orders, check_tasks, finish_tasks, merge_orders, valid_keys
+from reliability.leases import TaskLocks
 from settings import get_settings
 from tasks.policy import ChainStep, retrying
 from tasks.submit import submit_tasks

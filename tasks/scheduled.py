@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from celery import group, shared_task
 
+from intake.receiver import utcnow
 from models.redis_store import get_redis
 from models.storage import get_storage
-from pipeline.housekeeping import failed_digest, once_per_period, purge_snapshots
-from pipeline.intake import utcnow
 from pipeline.offline_dimensions import load_offline_dimensions
-from pipeline.rescan import due_tasks
+from reliability.housekeeping import failed_digest, once_per_period, purge_snapshots
+from reliability.rescan import due_tasks
 from settings import get_settings
 from tasks.policy import retrying
 from tasks.submit import submit_tasks

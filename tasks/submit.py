@@ -7,10 +7,10 @@ from collections.abc import Iterable
 
 from celery import chain, current_app
 
+from intake.receiver import TaskKey
 from models.redis_store import get_redis
-from pipeline.intake import TaskKey
-from pipeline.locks import TaskLocks
-from pipeline.transient import TRANSIENT_ERRORS
+from reliability.leases import TaskLocks
+from reliability.transient import TRANSIENT_ERRORS
 from settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -14,11 +14,11 @@ from pathlib import Path
 import redis
 from kombu import Connection, Queue
 
+from chain.wide_rows import read_orders
 from demo.check import aggregate_differences, differences, expected_aggregates
 from models.storage import Storage
-from pipeline.aggregates import read_aggregates
-from pipeline.wide_rows import read_orders
 from tests.conftest import env_of
+from warehouse.aggregates import read_aggregates
 
 QUEUES = ("tdc.ingest", "tdc.process", "tdc.warehouse", "tdc.scheduled")
 

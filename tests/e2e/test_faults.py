@@ -14,13 +14,13 @@ import redis
 from celery import Celery, chain
 from sqlalchemy import insert
 
+from chain.wide_rows import read_orders
 from demo.history import History, generate_history
 from demo.processes import running, start_beat, start_worker
 from models.orders import FailedTask
 from models.sharded import task_table
 from models.storage import Storage
-from pipeline.alarms import ALARM_COUNTERS
-from pipeline.wide_rows import read_orders
+from reliability.alarms import ALARM_COUNTERS
 from tests.conftest import new_order_id
 from tests.e2e.helpers import PrivateRedis, purge_queues, restart_rabbitmq, run_tdc, wait_until_matching, worker_env
 

@@ -7,11 +7,11 @@ import os
 import subprocess
 import sys
 
+from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders
+from intake.receiver import TaskKey, accept_lines, utcnow
 from pipeline.dimensions import RedisDimensions
-from pipeline.intake import TaskKey, accept_lines, utcnow
-from pipeline.locks import TaskLocks
-from pipeline.processing import aggregate_orders, check_tasks, finish_tasks, merge_orders
-from pipeline.rescan import due_tasks
+from reliability.leases import TaskLocks
+from reliability.rescan import due_tasks
 
 
 def run_chains(storage, client, keys: set[TaskKey] | list[TaskKey], rounds: int = 50) -> None:  # type: ignore[no-untyped-def]

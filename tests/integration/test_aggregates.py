@@ -8,17 +8,17 @@ import json
 import pytest
 from sqlalchemy import update
 
+from chain.steps import aggregate_orders
+from chain.task_state import load_task
 from demo.check import differences, expected_aggregates
 from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW
 from models.sharded import TaskStatus, task_table
 from models.warehouse import AdsOrderLedger
-from pipeline.aggregates import apply_orders, days_to_rebuild, read_aggregates, rebuild_day, wide_state
-from pipeline.contributions import aggregate
-from pipeline.locks import TaskLocks
-from pipeline.processing import aggregate_orders
-from pipeline.tasks_state import load_task
+from reliability.leases import TaskLocks
 from tests.integration.helpers import ingest, process_history, run_chains
+from warehouse.aggregates import apply_orders, days_to_rebuild, read_aggregates, rebuild_day, wide_state
+from warehouse.contributions import aggregate
 
 pytestmark = pytest.mark.integration
 

@@ -15,16 +15,16 @@ import pytest
 import redis
 from sqlalchemy import create_engine, select
 
+from chain.wide_rows import read_orders
 from demo.check import differences
 from demo.history import History, generate_history
 from demo.source import play_changes, source_metadata
 from flows.gqsh import ORDER_FLOW
 from models.cdc import CdcPosition, SchemaChangeRecord
-from pipeline.alarms import ALARM_COUNTERS
 from pipeline.binlog import BinlogTail, start_position
 from pipeline.cdc_source import Checkpoint, SourceError, load_checkpoint, source_of, store_checkpoint
 from pipeline.snapshot import take_snapshot
-from pipeline.wide_rows import read_orders
+from reliability.alarms import ALARM_COUNTERS
 from tests.conftest import REDIS, env_of
 from tests.integration.helpers import ingest, process_history, run_chains, run_tdc
 

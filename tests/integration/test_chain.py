@@ -10,16 +10,16 @@ import uuid
 import pytest
 from sqlalchemy import select
 
+from chain.steps import merge_orders
+from chain.wide_rows import OptimisticLockConflict, _write_order, merge_order_rows, read_orders, read_wide_rows
 from cli.lineage import order_lineage
 from demo.check import differences
 from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW
+from intake.receiver import IntakeReport
 from models.orders import DwdOrder, OrderSnapshot
 from models.sharded import meta_table
-from pipeline.intake import IntakeReport
-from pipeline.locks import TaskLocks
-from pipeline.processing import merge_orders
-from pipeline.wide_rows import OptimisticLockConflict, _write_order, merge_order_rows, read_orders, read_wide_rows
+from reliability.leases import TaskLocks
 from strategies.facts import OrderFacts
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
 from tests.integration.helpers import ingest, process_history, run_chains

@@ -11,11 +11,11 @@ from sqlalchemy import insert, text
 from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW
 from models.warehouse import OFFLINE_DIMENSIONS
-from pipeline.aggregates import read_aggregates
 from pipeline.dimensions import dimension_key
 from tests.conftest import env_of
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
 from tests.integration.helpers import ingest, process_history, run_chains, run_tdc, tdc_output
+from warehouse.aggregates import read_aggregates
 
 pytestmark = pytest.mark.integration
 
@@ -111,8 +111,8 @@ def test_dims_load_reports_what_it_loaded_and_refuses_an_unknown_dimension(fresh
 
 
 def test_ingest_with_redis_down_keeps_its_input_for_the_rescan(service_env, storage, tmp_path) -> None:
-    from pipeline.intake import utcnow
-    from pipeline.rescan import due_tasks
+    from intake.receiver import utcnow
+    from reliability.rescan import due_tasks
 
     # Given a payment, and a Redis nobody answers at
     order_id = f"R{uuid.uuid4().hex[:12]}"

@@ -9,11 +9,11 @@ import uuid
 import pytest
 from sqlalchemy import insert
 
+from chain.wide_rows import read_orders
 from flows.gqsh import ORDER_FLOW
 from models.warehouse import OFFLINE_DIMENSIONS
 from pipeline.dimensions import RedisDimensions, dimension_key
 from pipeline.offline_dimensions import load_offline_dimensions
-from pipeline.wide_rows import read_orders
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
 from tests.integration.helpers import ingest, run_chains
 

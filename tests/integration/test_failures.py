@@ -11,15 +11,15 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
+from chain.steps import give_up, valid_keys
+from chain.task_state import load_task
+from chain.wide_rows import read_orders
 from flows.gqsh import ORDER_FLOW
 from models.sharded import TaskStatus
 from models.storage import Storage
-from pipeline.alarms import ALARM_COUNTERS
-from pipeline.failures import get_failure, list_failures
-from pipeline.locks import TaskLocks, lock_name
-from pipeline.processing import give_up, valid_keys
-from pipeline.tasks_state import load_task
-from pipeline.wide_rows import read_orders
+from reliability.alarms import ALARM_COUNTERS
+from reliability.failures import get_failure, list_failures
+from reliability.leases import TaskLocks, lock_name
 from settings import get_settings, load_settings
 from tests.conftest import new_order_id
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal

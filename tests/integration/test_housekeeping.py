@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import insert, select
 
 from models.orders import OrderSnapshot
-from pipeline.alarms import ALARM_COUNTERS
-from pipeline.housekeeping import failed_digest, once_per_period, purge_snapshots
+from reliability.alarms import ALARM_COUNTERS
+from reliability.housekeeping import failed_digest, once_per_period, purge_snapshots
 from tests.conftest import new_order_id
 
 pytestmark = pytest.mark.integration

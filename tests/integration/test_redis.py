@@ -4,7 +4,7 @@ import pytest
 
 from flows import DimensionChange
 from pipeline.dimensions import RedisDimensions, apply_dimension_changes
-from pipeline.locks import TaskLocks, lock_name
+from reliability.leases import TaskLocks, lock_name
 from tests.conftest import new_order_id
 
 pytestmark = pytest.mark.integration

@@ -6,9 +6,9 @@ import datetime as dt
 import pytest
 from sqlalchemy import update
 
+from intake.receiver import bump_task
 from models.sharded import TaskStatus, task_table
-from pipeline.intake import bump_task
-from pipeline.rescan import due_in_table, due_tasks
+from reliability.rescan import due_in_table, due_tasks
 from tests.conftest import new_order_id
 
 pytestmark = pytest.mark.integration

@@ -25,8 +25,8 @@ from models.cdc import SchemaChangeRecord
 from models.orders import QuarantinedInput
 from models.sharded import TaskStatus, meta_table, task_table
 from models.storage import Storage
-from pipeline.alarms import raise_alarm
 from pipeline.dimensions import apply_dimension_changes
+from reliability.alarms import raise_alarm
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from sqlalchemy import delete, select
 
 from models.orders import OrderSnapshot
 from models.storage import Storage
-from pipeline.alarms import raise_alarm
-from pipeline.failures import list_failures
+from reliability.alarms import raise_alarm
+from reliability.failures import list_failures
 
 #: Snapshot rows deleted per statement: short transactions on a busy shard database.
 PURGE_CHUNK = 5000

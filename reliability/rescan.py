@@ -19,10 +19,10 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from intake.receiver import TaskKey
 from models.sharded import TaskStatus
 from models.shards import database_for_shard, task_table_name
 from models.storage import Storage
-from pipeline.intake import TaskKey
 
 #: The driver's placeholder per DB-API paramstyle.
 _PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}

@@ -18,15 +18,7 @@ from typing import Any
 import redis
 from sqlalchemy import Connection
 
-from flows.state_machine import SUCCESSORS, Illegal, blocking_reason
-from inputs.events import BadInput
-from models.sharded import TaskStatus
-from models.storage import Storage
-from pipeline.aggregates import apply_orders
-from pipeline.alarms import raise_alarm
-from pipeline.intake import TaskKey, quarantine, utcnow
-from pipeline.locks import TaskLocks
-from pipeline.tasks_state import (
+from chain.task_state import (
     fail,
     load_facts,
     load_task,
@@ -36,11 +28,19 @@ from pipeline.tasks_state import (
     park,
     wake,
 )
-from pipeline.transient import TRANSIENT_ERRORS
-from pipeline.wide_rows import OptimisticLockConflict, merge_order_rows
+from chain.wide_rows import OptimisticLockConflict, merge_order_rows
+from flows.state_machine import SUCCESSORS, Illegal, blocking_reason
+from inputs.events import BadInput
+from intake.receiver import TaskKey, quarantine, utcnow
+from models.sharded import TaskStatus
+from models.storage import Storage
+from reliability.alarms import raise_alarm
+from reliability.leases import TaskLocks
+from reliability.transient import TRANSIENT_ERRORS
 from settings import Settings
 from strategies import CHECKERS
 from strategies.generators import Dimensions
+from warehouse.aggregates import apply_orders
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from typing import Any
 
 from sqlalchemy import select
 
+from chain.task_state import load_task
+from intake.receiver import TaskKey, bump_task, utcnow
 from models.orders import FailedTask
 from models.sharded import TaskStatus
 from models.storage import Storage
-from pipeline.intake import TaskKey, bump_task, utcnow
-from pipeline.tasks_state import load_task
 
 
 def failure_id(order_id: str, operation: str) -> str:

@@ -24,11 +24,11 @@ from sqlalchemy import Connection, Table, and_, bindparam, delete, func, select,
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
+from chain.wide_rows import READ_CHUNK, read_orders
 from models.orders import DwdOrder
 from models.storage import Storage
 from models.warehouse import AdsOrderLedger, WarehouseBase
-from pipeline.contributions import AGGREGATES, Cells, Contribution, contribution_of, delta
-from pipeline.wide_rows import READ_CHUNK, read_orders
+from warehouse.contributions import AGGREGATES, Cells, Contribution, contribution_of, delta
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The per-order chain: steps, task state, wide rows."""

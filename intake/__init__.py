@@ -1,0 +1,1 @@
+"""Lines in: verdicts stored idempotently, tasks created or bumped."""

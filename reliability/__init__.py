@@ -1,0 +1,1 @@
+"""Leases and fencing, transient-fault retry, rescans, failures, alarms, housekeeping."""

@@ -1,0 +1,1 @@
+"""ADS contributions and aggregates in the warehouse, rebuilds."""

@@ -10,16 +10,17 @@ from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from flows.state_machine import STATUS_AFTER
 from models.orders import DwdOrder, DwdOrderItem, OrderSnapshot
 from models.storage import Storage
+from models.writes import insert_if_absent
 from strategies import GENERATORS
 from strategies.facts import OrderFacts
 from strategies.generators import Dimensions, apply_operation
 
 ORDER_TABLE = cast(Table, DwdOrder.__table__)
+SNAPSHOT_TABLE = cast(Table, OrderSnapshot.__table__)
 ORDER_COLUMNS = [c.name for c in DwdOrder.__table__.columns]
 ITEM_COLUMNS = [c.name for c in DwdOrderItem.__table__.columns]
 #: Columns that record the write, not the order: a merge changing only these is a no-op.
@@ -109,11 +110,8 @@ def _write_order(connection: Connection, order: dict[str, Any], current: dict[st
     table = ORDER_TABLE
     if current is None:
         order["version"] = 1
-        try:
-            with connection.begin_nested():
-                connection.execute(insert(table).values({c: order.get(c) for c in ORDER_COLUMNS}))
-        except IntegrityError:
-            raise OptimisticLockConflict(order["order_id"]) from None
+        if not insert_if_absent(connection, table, {c: order.get(c) for c in ORDER_COLUMNS}):
+            raise OptimisticLockConflict(order["order_id"])
         return
     order["version"] = current["version"] + 1
     result = connection.execute(
@@ -132,9 +130,6 @@ def _write_snapshot(connection: Connection, order: dict[str, Any], items: dict[i
     where = (OrderSnapshot.order_id == order["order_id"]) & (OrderSnapshot.operation_type == operation)
     if connection.execute(update(OrderSnapshot).where(where).values(**values)).rowcount:
         return
-    try:
-        with connection.begin_nested():
-            connection.execute(insert(OrderSnapshot).values(
-                order_id=order["order_id"], operation_type=operation, **values))
-    except IntegrityError:
+    if not insert_if_absent(connection, SNAPSHOT_TABLE, dict(order_id=order["order_id"], operation_type=operation,
+                                                             **values)):
         connection.execute(update(OrderSnapshot).where(where).values(**values))

@@ -8,15 +8,17 @@ acknowledged before it is committed; the caller submits chains for ``report.touc
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import cast
 
 import redis
-from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Table, select, update
+from sqlalchemy.exc import DBAPIError
 
 from flows import Flow, MetadataRecord, route
 from inputs.events import BadInput, SchemaChange
@@ -25,12 +27,17 @@ from models.cdc import SchemaChangeRecord
 from models.orders import QuarantinedInput
 from models.sharded import TaskStatus, meta_table, task_table
 from models.storage import Storage
+from models.writes import insert_if_absent
 from pipeline.dimensions import apply_dimension_changes
 from reliability.alarms import raise_alarm
+from reliability.transient import CONTENTION_ATTEMPTS, RetryCount, is_contention, retry_on_contention
 
 log = logging.getLogger(__name__)
 
 TaskKey = tuple[str, str]  # (order_id, operation_type)
+
+
+QUARANTINE = cast(Table, QuarantinedInput.__table__)
 
 
 class Effect(Enum):
@@ -51,11 +58,13 @@ class IntakeReport:
     ignored: int = 0
     #: DDL on followed tables: recorded and alarmed.
     schema_changes: int = 0
+    #: Transactions run again because the database rolled them back for lock contention.
+    retries: int = 0
     touched: set[TaskKey] = field(default_factory=set)
     reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, other: IntakeReport) -> None:
-        for name in ("lines", "accepted", "duplicated", "stale", "quarantined", "ignored", "schema_changes"):
+        for name in ("lines", "accepted", "duplicated", "stale", "quarantined", "ignored", "schema_changes", "retries"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.touched |= other.touched
         for reason, count in other.reasons.items():
@@ -66,15 +75,24 @@ class IntakeReport:
                 f"{self.stale} older than stored, {self.quarantined} quarantined, {self.ignored} ignored")
         if self.schema_changes:
             text += f", {self.schema_changes} schema changes recorded"
-        return text
+        return text + f"; {self.retries} transactions retried after lock contention"
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+#: Read-compare-write rounds of one metadata key before concurrent writers are reported.
+STORE_ROUNDS = 8
+
+
 def store_record(connection: Connection, shard: int, record: MetadataRecord, now: dt.datetime) -> Effect:
-    """Store one metadata record idempotently and say what it changed."""
+    """Store one metadata record idempotently and say what it changed.
+
+    Every write is conditional on what was read (compare-and-set), so a concurrent writer of the
+    same key (the receive worker, the binlog tail, a snapshot) can never have an older record
+    overwrite the newer one it stored between our read and our write: we read again and decide
+    against theirs."""
     meta = meta_table(shard)
     where = (
         (meta.c.order_id == record.order_id)
@@ -82,34 +100,37 @@ def store_record(connection: Connection, shard: int, record: MetadataRecord, now
         & (meta.c.source == record.source)
         & (meta.c.unique_key == record.unique_key)
     )
-    for _ in range(2):
+    for _ in range(STORE_ROUNDS):
         stored = connection.execute(select(meta.c.id, meta.c.content_hash, meta.c.position).where(where)).first()
         if stored is None:
-            try:
-                with connection.begin_nested():
-                    connection.execute(insert(meta).values(
-                        order_id=record.order_id, operation_type=record.operation_type,
-                        source=record.source, unique_key=record.unique_key, kind=record.kind,
-                        content=record.content_json, content_hash=record.content_hash,
-                        position=record.position, input_format=record.input_format,
-                        received_at=now, updated_at=now,
-                    ))
+            if insert_if_absent(connection, meta, dict(
+                order_id=record.order_id, operation_type=record.operation_type,
+                source=record.source, unique_key=record.unique_key, kind=record.kind,
+                content=record.content_json, content_hash=record.content_hash,
+                position=record.position, input_format=record.input_format,
+                received_at=now, updated_at=now,
+            )):
                 return Effect.NEW
-            except IntegrityError:
-                continue  # another writer stored the same key first: compare with theirs
+            continue  # another writer stored the same key first: compare with theirs
         if record.position < stored.position:
             return Effect.STALE
         if record.content_hash == stored.content_hash:
-            if record.position > stored.position:
-                # Same content seen later: remember the newer position so an older,
-                # different version arriving now is recognised as stale.
-                connection.execute(update(meta).where(meta.c.id == stored.id).values(position=record.position))
-            return Effect.DUPLICATE
-        connection.execute(update(meta).where(meta.c.id == stored.id).values(
+            if record.position == stored.position:
+                return Effect.DUPLICATE
+            # Same content seen later: remember the newer position so an older, different
+            # version arriving now is recognised as stale.
+            if connection.execute(update(meta).where((meta.c.id == stored.id) & (meta.c.position < record.position))
+                                  .values(position=record.position)).rowcount:
+                return Effect.DUPLICATE
+            continue
+        if connection.execute(update(meta).where(
+            (meta.c.id == stored.id) & (meta.c.position == stored.position)
+            & (meta.c.content_hash == stored.content_hash)
+        ).values(
             kind=record.kind, content=record.content_json, content_hash=record.content_hash,
             position=record.position, input_format=record.input_format, updated_at=now,
-        ))
-        return Effect.CORRECTED
+        )).rowcount:
+            return Effect.CORRECTED
     raise RuntimeError(f"metadata key of {record.order_id} kept changing under concurrent writers")
 
 
@@ -121,21 +142,25 @@ def bump_task(connection: Connection, shard: int, order_id: str, operation: str,
                    next_run_at=now, updated_at=now)
     if connection.execute(update(task).where(where).values(**changes)).rowcount:
         return
-    try:
-        with connection.begin_nested():
-            connection.execute(insert(task).values(
-                order_id=order_id, operation_type=operation, status=TaskStatus.PENDING, version=1,
-                done_version=0, attempts=0, next_run_at=now, created_at=now, updated_at=now,
-            ))
-    except IntegrityError:
+    if not insert_if_absent(connection, task, dict(
+        order_id=order_id, operation_type=operation, status=TaskStatus.PENDING, version=1,
+        done_version=0, attempts=0, next_run_at=now, created_at=now, updated_at=now,
+    )):
         connection.execute(update(task).where(where).values(**changes))
 
 
-def quarantine(connection: Connection, input_format: str, raw: str, error: BadInput, now: dt.datetime) -> None:
-    connection.execute(insert(QuarantinedInput).values(
+def quarantine(connection: Connection, input_format: str, raw: str, error: BadInput, now: dt.datetime) -> bool:
+    """Keep ``raw`` with the reason it was refused; True when it was not kept already (a replay of
+    the same input, say a retried receive or a re-read file, keeps one row)."""
+    return insert_if_absent(connection, QUARANTINE, dict(
         received_at=now, input_format=input_format, order_id=error.order_id,
-        reason=error.reason[:512], raw=raw,
+        reason=error.reason[:512], raw=raw, raw_hash=quarantine_key(input_format, raw),
     ))
+
+
+def quarantine_key(input_format: str, raw: str) -> str:
+    """The natural key of a quarantined input: its format and its exact text."""
+    return hashlib.sha1(f"{input_format}\n{raw}".encode()).hexdigest()
 
 
 @dataclass
@@ -170,11 +195,14 @@ def accept_lines(storage: Storage, client: redis.Redis, flow: Flow, input_format
                  lines: Iterable[str]) -> IntakeReport:
     """Parse, route and store a batch of lines, one transaction per shard database.
 
-    Raises only for infrastructure faults (database, Redis); bad lines are quarantined.
+    Lock contention never fails the batch: a transaction the database rolled back is run again
+    whole; if it still cannot commit, each line gets a transaction of its own, and a line that
+    still cannot be stored is quarantined with that reason.  Raises only for infrastructure
+    faults (database, Redis unreachable); bad lines are quarantined.
     """
     report = IntakeReport()
     parsed = [_parse(flow, input_format, raw, client) for raw in lines if raw.strip()]
-    by_database: dict[int, list[tuple[_Line, MetadataRecord | None]]] = defaultdict(list)
+    by_database: dict[int, list[_Entry]] = defaultdict(list)
     for line in parsed:
         if line.error is not None:
             order_id = line.error.order_id
@@ -183,18 +211,7 @@ def accept_lines(storage: Storage, client: redis.Redis, flow: Flow, input_format
             by_database[storage.database_of(routed.order_id)].append((line, routed))
     now = utcnow()
     for database, entries in sorted(by_database.items()):
-        with storage.shard_engine(database).begin() as connection:
-            for line, record in entries:
-                if record is None:
-                    assert line.error is not None
-                    quarantine(connection, input_format, line.raw, line.error, now)
-                    continue
-                shard = storage.shard_of(record.order_id)
-                effect = store_record(connection, shard, record, now)
-                line.effects.append(effect)
-                if effect in (Effect.NEW, Effect.CORRECTED):
-                    bump_task(connection, shard, record.order_id, record.operation_type, now)
-                    report.touched.add((record.order_id, record.operation_type))
+        _store_database(storage, database, input_format, entries, now, report)
     changes = [change for line in parsed for change in line.schema_changes]
     if changes:
         record_schema_changes(storage, client, input_format, changes, now)
@@ -207,15 +224,101 @@ def accept_lines(storage: Storage, client: redis.Redis, flow: Flow, input_format
     return report
 
 
+SCHEMA_CHANGES = cast(Table, SchemaChangeRecord.__table__)
+_Entry = tuple["_Line", MetadataRecord | None]
+_Stored = tuple["_Line", MetadataRecord, Effect]
+
+
+def _lock_order(storage: Storage, record: MetadataRecord) -> tuple[int, str, str, str, str]:
+    """Every writer takes metadata row locks, then task row locks, in this order (shard, order,
+    operation, source, key), so two intake transactions never wait on each other in a cycle."""
+    return (storage.shard_of(record.order_id), record.order_id, record.operation_type, record.source,
+            record.unique_key)
+
+
+def _write_entries(storage: Storage, database: int, input_format: str, entries: list[_Entry],
+                   now: dt.datetime) -> list[_Stored]:
+    """One transaction: the records in lock order, then the tasks they bump, then quarantine."""
+    records = sorted(((line, record) for line, record in entries if record is not None),
+                     key=lambda entry: _lock_order(storage, entry[1]))
+    records_in_order: list[tuple[_Line, MetadataRecord]] = records
+    effects: list[_Stored] = []
+    touched: set[tuple[int, str, str]] = set()
+    with storage.shard_engine(database).begin() as connection:
+        for line, stored in records_in_order:
+            shard = storage.shard_of(stored.order_id)
+            effect = store_record(connection, shard, stored, now)
+            effects.append((line, stored, effect))
+            if effect in (Effect.NEW, Effect.CORRECTED):
+                touched.add((shard, stored.order_id, stored.operation_type))
+        for shard, order_id, operation in sorted(touched):
+            bump_task(connection, shard, order_id, operation, now)
+        for line, record in entries:
+            if record is None:
+                assert line.error is not None
+                quarantine(connection, input_format, line.raw, line.error, now)
+    return effects
+
+
+def _store_database(storage: Storage, database: int, input_format: str, entries: list[_Entry],
+                    now: dt.datetime, report: IntakeReport) -> None:
+    count = RetryCount()
+    try:
+        effects = retry_on_contention(lambda: _write_entries(storage, database, input_format, entries, now), count)
+    except DBAPIError as error:
+        if not is_contention(error):
+            raise
+        log.warning("a batch for shard database %d met lock contention %d times; storing its lines one by one",
+                    database, count.retries + 1)
+        effects = _store_one_by_one(storage, database, input_format, entries, now, count)
+    report.retries += count.retries
+    for line, record, effect in effects:
+        line.effects.append(effect)
+        if effect in (Effect.NEW, Effect.CORRECTED):
+            report.touched.add((record.order_id, record.operation_type))
+
+
+def _store_one_by_one(storage: Storage, database: int, input_format: str, entries: list[_Entry],
+                      now: dt.datetime, count: RetryCount) -> list[_Stored]:
+    """Each line's part in a transaction of its own; a line that still meets contention after its
+    retries is quarantined with that reason and the others go on."""
+    by_line: dict[int, list[_Entry]] = defaultdict(list)
+    for entry in entries:
+        by_line[id(entry[0])].append(entry)
+    effects: list[_Stored] = []
+    for part in by_line.values():
+        line = part[0][0]
+
+        def alone(part: list[_Entry] = part) -> list[_Stored]:
+            return _write_entries(storage, database, input_format, part, now)
+
+        def kept(line: _Line = line) -> list[_Stored]:
+            return _write_entries(storage, database, input_format, [(line, None)], now)
+
+        try:
+            effects += retry_on_contention(alone, count)
+        except DBAPIError as error:
+            if not is_contention(error):
+                raise
+            order_id = next((record.order_id for _, record in part if record is not None), None)
+            line.error = BadInput(f"could not be stored: lock contention after {CONTENTION_ATTEMPTS} attempts "
+                                  f"({type(error.orig).__name__}: {error.orig})", order_id)
+            retry_on_contention(kept, count)
+    return effects
+
+
 def record_schema_changes(storage: Storage, client: redis.Redis, input_format: str,
                           changes: list[SchemaChange], now: dt.datetime) -> None:
     """Keep each DDL on a followed table (shard database 0) and alarm it: a column added,
-    dropped or retyped at the source may need the flow's declaration changed."""
-    with storage.shard_engine(0).begin() as connection:
-        connection.execute(insert(SchemaChangeRecord), [
-            dict(received_at=now, input_format=input_format, source_database=change.database,
-                 source_table=change.table, position=change.position, sql=change.sql) for change in changes])
-    for change in changes:
+    dropped or retyped at the source may need the flow's declaration changed.  A replay (a
+    binlog re-read after a crash, a re-ingested file) finds the change kept already, by its
+    table and source position, and neither keeps nor alarms it twice."""
+    def work() -> list[SchemaChange]:
+        with storage.shard_engine(0).begin() as connection:
+            return [change for change in changes if insert_if_absent(connection, SCHEMA_CHANGES, dict(
+                received_at=now, input_format=input_format, source_database=change.database,
+                source_table=change.table, position=change.position, sql=change.sql))]
+    for change in retry_on_contention(work):
         raise_alarm(client, "schema_change", f"DDL on followed table {change.database}.{change.table}: "
                     f"{change.sql[:200]}", position=change.position, input_format=input_format)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, String, Text
+from sqlalchemy import BigInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.orders import ShardBase
@@ -30,9 +30,11 @@ class CdcPosition(ShardBase):
 
 
 class SchemaChangeRecord(ShardBase):
-    """A DDL statement on a followed source table, as it arrived."""
+    """A DDL statement on a followed source table, as it arrived; one row per table and source
+    position, however often it is replayed."""
 
     __tablename__ = "schema_change"
+    __table_args__ = (UniqueConstraint("source_database", "source_table", "position", name="uq_schema_change_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     received_at: Mapped[dt.datetime] = mapped_column(Timestamp, index=True)

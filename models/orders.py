@@ -101,9 +101,11 @@ class FailedTask(ShardBase):
 
 
 class QuarantinedInput(ShardBase):
-    """Input tdc could not accept, kept verbatim with the precise reason."""
+    """Input tdc could not accept, kept verbatim with the precise reason; one row per input
+    (``raw_hash``: its format and exact text), however often it is replayed."""
 
     __tablename__ = "quarantine"
+    __table_args__ = (UniqueConstraint("raw_hash", name="uq_quarantine_raw"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     received_at: Mapped[dt.datetime] = mapped_column(Timestamp, index=True)
@@ -111,3 +113,5 @@ class QuarantinedInput(ShardBase):
     order_id: Mapped[str | None] = mapped_column(String(64), index=True)
     reason: Mapped[str] = mapped_column(String(512))
     raw: Mapped[str] = mapped_column(Text)
+    #: sha1 of the format and the raw text (NULL on rows kept before it existed).
+    raw_hash: Mapped[str | None] = mapped_column(String(40))

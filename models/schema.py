@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, MetaData, inspect
+from sqlalchemy import Engine, MetaData, UniqueConstraint, inspect
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 import models.cdc  # noqa: F401 - declares the CDC tables on ShardBase
@@ -61,6 +61,35 @@ def _create_sharded(engine: Engine, shards: range, existing: set[str], progress:
     return report
 
 
+def upgrade_tables(engine: Engine, metadata: MetaData) -> list[str]:
+    """Bring tables an older tdc created up to what this one declares: add missing columns (as
+    NULL-able: rows kept before read as "unknown") and missing unique constraints.  Returns what
+    was done.  Fixed tables only; the sharded tables have not changed shape."""
+    inspector = inspect(engine)
+    quote = engine.dialect.identifier_preparer.quote
+    done: list[str] = []
+    with engine.begin() as connection:
+        for table in metadata.sorted_tables:
+            if not inspector.has_table(table.name):
+                continue
+            have = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    connection.exec_driver_sql(
+                        f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
+                    done.append(f"{table.name}.{column.name} added")
+            named = {u["name"] for u in inspector.get_unique_constraints(table.name)}
+            named |= {i["name"] for i in inspector.get_indexes(table.name)}
+            for constraint in table.constraints:
+                if isinstance(constraint, UniqueConstraint) and constraint.name and constraint.name not in named:
+                    columns = ", ".join(quote(c.name) for c in constraint.columns)
+                    connection.exec_driver_sql(
+                        f"CREATE UNIQUE INDEX {quote(str(constraint.name))} ON {quote(table.name)} ({columns})")
+                    done.append(f"{table.name}: unique {constraint.name} added")
+    return done
+
+
 def init_storage(storage: Storage, progress: Progress = lambda _: None) -> InitReport:
     """Create the shard tables in every shard database and the ADS tables in the warehouse.
 
@@ -73,6 +102,8 @@ def init_storage(storage: Storage, progress: Progress = lambda _: None) -> InitR
 
     def one_database(databases: list[int]) -> InitReport:
         engine = storage.shard_engine(databases[0])
+        for change in upgrade_tables(engine, ShardBase.metadata):
+            progress(f"  {engine.url.render_as_string(hide_password=True)}: {change}")
         ShardBase.metadata.create_all(engine)
         existing = set(inspect(engine).get_table_names())
         total = InitReport()
@@ -82,6 +113,8 @@ def init_storage(storage: Storage, progress: Progress = lambda _: None) -> InitR
             total.existing += part.existing
         return total
 
+    for change in upgrade_tables(storage.dws_engine, WarehouseBase.metadata):
+        progress(f"  warehouse: {change}")
     WarehouseBase.metadata.create_all(storage.dws_engine)
     # Databases on separate servers (or files) are created in parallel.
     with ThreadPoolExecutor(max_workers=len(by_url)) as pool:

@@ -13,28 +13,24 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import random
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Table, and_, bindparam, delete, func, select, tuple_, update
-from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.exc import OperationalError
 
 from chain.wide_rows import READ_CHUNK, read_orders
 from models.orders import DwdOrder
 from models.storage import Storage
 from models.warehouse import AdsOrderLedger, WarehouseBase
+from models.writes import upsert
+from reliability.transient import retry_on_contention
 from warehouse.contributions import AGGREGATES, Cells, Contribution, contribution_of, delta
 
 log = logging.getLogger(__name__)
 
 LEDGER = cast(Table, AdsOrderLedger.__table__)
-#: Whole-transaction retries when the database picks this writer as a deadlock victim.
-DEADLOCK_ATTEMPTS = 6
 #: |amount| below half a cent is zero (SQLite keeps decimals as floating point).
 HALF_CENT = 0.005
 
@@ -68,28 +64,6 @@ def wide_state(storage: Storage, order_ids: Iterable[str]) -> WideState:
     return {o: (orders[o]["version"] if o in orders else 0, contribution_of(orders.get(o), lines[o])) for o in ids}
 
 
-def _insert(connection: Connection, table: Table) -> Any:
-    dialect = connection.dialect.name
-    if dialect in ("mysql", "mariadb"):
-        return mysql.insert(table)
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"the warehouse on {dialect} is not supported (PostgreSQL, MySQL/MariaDB, SQLite)")
-
-
-def _upsert(connection: Connection, table: Table, keys: tuple[str, ...], rows: list[dict[str, Any]],
-            on_conflict: Callable[[Any], dict[str, Any]]) -> None:
-    """Insert ``rows``; where a key exists, set what ``on_conflict(inserted_values)`` gives."""
-    statement = _insert(connection, table)
-    if connection.dialect.name in ("mysql", "mariadb"):
-        statement = statement.on_duplicate_key_update(on_conflict(statement.inserted))
-    else:
-        statement = statement.on_conflict_do_update(index_elements=list(keys), set_=on_conflict(statement.excluded))
-    connection.execute(statement, rows)
-
-
 def _write_cells(connection: Connection, cells: Cells) -> None:
     """Increment every cell in place (in key order, so writers lock rows in the same order),
     then delete the touched rows that hold nothing any more."""
@@ -106,7 +80,7 @@ def _write_cells(connection: Connection, cells: Cells) -> None:
 
         def increment(new: Any, table: Table = table, measures: tuple[str, ...] = measures) -> dict[str, Any]:
             return {m: table.c[m] + new[m] for m in measures}
-        _upsert(connection, table, keys, rows, increment)
+        upsert(connection, table, keys, rows, increment)
         empty = and_(*(func.abs(table.c[m]) < HALF_CENT for m in measures))
         touched = [key for key, _ in entries]
         for start in range(0, len(touched), READ_CHUNK):
@@ -118,7 +92,7 @@ def _claim_ledger(connection: Connection, order_ids: list[str], now: dt.datetime
     """Make sure each order has a ledger row and lock it (insert, or a no-op update that takes
     the row lock), in key order."""
     rows = [dict(order_id=o, wide_version=0, biz_date=None, contribution=None, updated_at=now) for o in order_ids]
-    _upsert(connection, LEDGER, ("order_id",), rows, lambda new: {"wide_version": LEDGER.c.wide_version})
+    upsert(connection, LEDGER, ("order_id",), rows, lambda new: {"wide_version": LEDGER.c.wide_version})
 
 
 def apply_contributions(connection: Connection, wide: WideState, now: dt.datetime,
@@ -168,25 +142,6 @@ def apply_contributions(connection: Connection, wide: WideState, now: dt.datetim
     return report
 
 
-def retry_deadlocks(work: Callable[[], T]) -> T:
-    """Run ``work`` (one whole transaction) again when it was chosen as a deadlock victim."""
-    for attempt in range(DEADLOCK_ATTEMPTS):
-        try:
-            return work()
-        except OperationalError as error:
-            if attempt == DEADLOCK_ATTEMPTS - 1 or not _is_deadlock(error):
-                raise
-            log.info("warehouse deadlock; running the transaction again")
-            time.sleep(random.uniform(0, 0.05 * (attempt + 1)))
-    raise AssertionError("unreachable")
-
-
-def _is_deadlock(error: OperationalError) -> bool:
-    original = error.orig
-    code = getattr(original, "args", [None])[0] if original is not None else None
-    return code in (1213, 1205) or getattr(original, "sqlstate", None) in ("40P01", "40001")
-
-
 def apply_orders(storage: Storage, order_ids: Iterable[str]) -> AggregateReport:
     """Bring the aggregates up to date with the wide rows of ``order_ids``."""
     wide = wide_state(storage, order_ids)
@@ -194,7 +149,7 @@ def apply_orders(storage: Storage, order_ids: Iterable[str]) -> AggregateReport:
     def work() -> AggregateReport:
         with storage.dws_engine.begin() as connection:
             return apply_contributions(connection, wide, _now())
-    return retry_deadlocks(work)
+    return retry_on_contention(work)
 
 
 def _now() -> dt.datetime:
@@ -227,7 +182,7 @@ def rebuild_day(storage: Storage, day: dt.date) -> AggregateReport:
                 table = WarehouseBase.metadata.tables[name]
                 connection.execute(delete(table).where(table.c.biz_date == day))
             return apply_contributions(connection, state, _now(), rebuilt_day=day)
-    return retry_deadlocks(work)
+    return retry_on_contention(work)
 
 
 def days_to_rebuild(storage: Storage) -> list[dt.date]:

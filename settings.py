@@ -41,10 +41,20 @@ class Settings:
     max_attempts: int
     #: Task keys per chain; a batch of one is the ordinary case, ingest sends up to this many.
     chain_batch: int
-    #: A RUNNING task whose chain has not finished after this long is due for a rescan.
+    #: A running step's lease on its orders, renewed every third of it while the step runs: a
+    #: holder that died is taken over by the rescan this long after its last renewal.
     lease_seconds: int
-    #: Expiry of the per-(operation, order) lock taken before a chain is submitted.
+    #: The lease while a chain's next step waits in the broker: a crash of a worker holding
+    #: prefetched messages costs this long on a Redis broker.  Raise it if queues routinely hold
+    #: more work than this (a lapsed queued chain is taken over: harmless, but duplicate work).
+    queued_lease_seconds: int
+    #: The ceiling: the most one holder may keep an order, however often it renews.
     lock_seconds: int
+    #: Hard time limit of one chain step (Celery kills it and the lease lapses); soft = 30 s less.
+    step_time_limit: int
+    #: Seconds a Redis-broker message may stay unacknowledged before it is delivered again: above
+    #: a prefetched message's wait plus its own run, i.e. twice the step limit (default, plus 60 s).
+    visibility_timeout: int
     #: Shard jobs beat fans out per rescan pass.
     rescan_shards: int
     #: Seconds between rescan passes.
@@ -117,6 +127,22 @@ def _db_urls(env: Mapping[str, str], home: Path) -> tuple[str, ...]:
     return urls
 
 
+def _lease_times(env: Mapping[str, str]) -> tuple[int, int, int]:
+    """The running lease, the step time limit and the broker's visibility timeout, checked
+    against each other: a step must not outlive the message that carries it."""
+    lease = int(_number(env, "TDC_LEASE_SECONDS", 60, int))
+    # A batch of 50 keys takes well under a second; minutes cover a database under heavy contention.
+    step_limit = int(_number(env, "TDC_STEP_TIME_LIMIT", 180, int))
+    if step_limit <= 30:
+        raise SettingsError(f"TDC_STEP_TIME_LIMIT={step_limit} must exceed 30 (the soft limit is 30 s less)")
+    visibility = int(_number(env, "TDC_VISIBILITY_TIMEOUT", 2 * step_limit + 60, int))
+    if visibility <= 2 * step_limit:
+        raise SettingsError(
+            f"TDC_VISIBILITY_TIMEOUT={visibility} must exceed twice TDC_STEP_TIME_LIMIT ({2 * step_limit}): "
+            "a prefetched message waits up to one step limit and then runs up to another before it is acknowledged")
+    return lease, step_limit, visibility
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read settings from ``env`` (default: the process environment).
 
@@ -132,6 +158,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if embedded_redis:
         redis_url = f"unix://{home / 'redis.sock'}?db=0"
     broker_url = env.get("TDC_BROKER_URL", "").strip() or _broker_from_redis(redis_url)
+    lease, step_limit, visibility = _lease_times(env)
     return Settings(
         home=home,
         db_urls=_db_urls(env, home),
@@ -145,8 +172,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_attempts=int(_number(env, "TDC_MAX_ATTEMPTS", 10, int)),
         # 50 keys keep one chain's transactions short on SQLite and still cut per-message cost 50x.
         chain_batch=int(_number(env, "TDC_CHAIN_BATCH", 50, int)),
-        lease_seconds=int(_number(env, "TDC_LEASE_SECONDS", 600, int)),
+        lease_seconds=lease,
+        queued_lease_seconds=int(_number(env, "TDC_QUEUED_LEASE_SECONDS", 120, int)),
         lock_seconds=int(_number(env, "TDC_LOCK_SECONDS", 3600, int)),
+        step_time_limit=step_limit,
+        visibility_timeout=visibility,
         rescan_shards=int(_number(env, "TDC_RESCAN_SHARDS", 16, int)),
         rescan_interval_seconds=_number(env, "TDC_RESCAN_INTERVAL_SECONDS", 30.0),
         rescan_batch=int(_number(env, "TDC_RESCAN_BATCH", 100, int)),

@@ -53,12 +53,14 @@ app.conf.update(
     # One message in hand per process: chains are short and a prefetched batch would sit idle
     # (and be redelivered late) behind a slow one.
     worker_prefetch_multiplier=1,
-    # Redis redelivers an unacknowledged message after this long; it must exceed the longest step
-    # and match the task lock, so a live chain is never run twice.
-    broker_transport_options={"visibility_timeout": settings.lock_seconds},
-    # A step over its limit is killed and redelivered; a batch of 50 takes well under a second.
-    task_soft_time_limit=240,
-    task_time_limit=300,
+    # Redis redelivers an unacknowledged message after this long (RabbitMQ when the consumer's
+    # connection drops, or after its consumer_timeout, 30 minutes by default).  It is decoupled from
+    # the order leases: a crashed holder is taken over when its lease lapses, and the late copy of
+    # its message is fenced off.  It only has to exceed a message's longest legitimate hold.
+    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+    # A step over its limit is killed and redelivered; its lease lapses meanwhile.
+    task_soft_time_limit=settings.step_time_limit - 30,
+    task_time_limit=settings.step_time_limit,
     task_queues=[Queue(name) for name in (INGEST_QUEUE, PROCESS_QUEUE, WAREHOUSE_QUEUE, SCHEDULED_QUEUE)],
     task_default_queue=PROCESS_QUEUE,
     task_routes=TASK_ROUTES,

@@ -32,9 +32,19 @@ def load_task(connection: Connection, shard: int, order_id: str, operation: str)
     ).first()
 
 
-def order_tasks(connection: Connection, shard: int, order_id: str) -> list[Row[Any]]:
+def order_tasks(connection: Connection, shard: int, order_id: str, lock: bool = False) -> list[Row[Any]]:
+    """The order's task rows; ``lock``: with row locks to the end of the transaction, taken in
+    index order (order, operation) as every writer of task rows takes them."""
     task = task_table(shard)
-    return list(connection.execute(select(task).where(task.c.order_id == order_id)))
+    query = select(task).where(task.c.order_id == order_id).order_by(task.c.operation_type)
+    return list(connection.execute(query.with_for_update() if lock else query))
+
+
+def pending_operations(connection: Connection, shard: int, order_id: str) -> list[str]:
+    """The order's operations waiting to be submitted (new data or a wake-up arrived)."""
+    task = task_table(shard)
+    return list(connection.execute(select(task.c.operation_type).where(
+        (task.c.order_id == order_id) & (task.c.status == TaskStatus.PENDING))).scalars())
 
 
 def load_facts(connection: Connection, shard: int, order_id: str) -> tuple[OrderFacts, list[Row[Any]]]:
@@ -47,6 +57,11 @@ def _history(task: Row[Any], entry: dict[str, Any]) -> str:
     history = json.loads(task.history or "[]")
     history.append(entry)
     return json.dumps(history[-HISTORY_LIMIT:])
+
+
+def _parked_by(task: Row[Any]) -> int | None:
+    history = json.loads(task.history or "[]")
+    return history[-1].get("token") if history else None
 
 
 def _unchanged(table: Any, task: Row[Any]) -> Any:
@@ -64,15 +79,22 @@ def mark_running(connection: Connection, shard: int, task: Row[Any], settings: S
 
 
 def park(connection: Connection, shard: int, task: Row[Any], reason: str, settings: Settings,
-         now: dt.datetime, sources: list[Row[Any]]) -> bool:
+         now: dt.datetime, sources: list[Row[Any]], token: int | None = None) -> bool:
     """Count one more attempt and park the task with back-off, or send it to the failed-task
     table when that was its last attempt (then True).  A task that changed since it was read
-    is left as it is (its new version is due)."""
+    is left as it is (its new version is due).
+
+    ``token``: the chain's fencing token.  A chain counts one attempt per task however often its
+    step is retried: a task this chain already parked (its last history entry has the token)
+    is left as it is."""
+    if token is not None and task.status == TaskStatus.WAITING and _parked_by(task) == token:
+        return False
     attempts = task.attempts + 1
     if attempts >= settings.max_attempts:
         return fail(connection, shard, task, reason, now, sources)
     table = task_table(shard)
-    history = _history(task, {"at": now.isoformat(timespec="seconds"), "attempt": attempts, "reason": reason})
+    history = _history(task, {"at": now.isoformat(timespec="seconds"), "attempt": attempts, "reason": reason,
+                              "token": token})
     connection.execute(update(table).where(_unchanged(table, task)).values(
         status=TaskStatus.WAITING, attempts=attempts, last_error=reason, history=history,
         next_run_at=now + dt.timedelta(seconds=backoff_seconds(settings, attempts)), updated_at=now,

@@ -82,6 +82,17 @@ class OrderSnapshot(ShardBase):
     taken_at: Mapped[dt.datetime] = mapped_column(Timestamp, index=True)
 
 
+class OrderFence(ShardBase):
+    """The largest fencing token a chain has claimed the order with (``reliability.fencing``):
+    a step whose token is not this one writes nothing."""
+
+    __tablename__ = "order_fence"
+
+    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token: Mapped[int] = mapped_column(BigInteger)
+    claimed_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+
+
 class FailedTask(ShardBase):
     """A task that ran out of attempts: why, what it last saw, and where its data came from."""
 

@@ -65,10 +65,10 @@ def upgrade_tables(engine: Engine, metadata: MetaData) -> list[str]:
     """Bring tables an older tdc created up to what this one declares: add missing columns (as
     NULL-able: rows kept before read as "unknown") and missing unique constraints.  Returns what
     was done.  Fixed tables only; the sharded tables have not changed shape."""
-    inspector = inspect(engine)
     quote = engine.dialect.identifier_preparer.quote
     done: list[str] = []
     with engine.begin() as connection:
+        inspector = inspect(connection)  # on the transaction's connection: SQLite has one writer
         for table in metadata.sorted_tables:
             if not inspector.has_table(table.name):
                 continue

@@ -66,6 +66,8 @@ class AdsOrderLedger(WarehouseBase):
     #: The day the contribution is on (None: the order contributes nothing).
     biz_date: Mapped[dt.date | None] = mapped_column(Date, index=True)
     contribution: Mapped[str | None] = mapped_column(Text)
+    #: The largest fencing token of a chain that wrote this order's contribution (NULL: none yet).
+    fence: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
 

@@ -1,49 +1,143 @@
-"""The per-(operation, order) lock taken before a chain is submitted and released, only by
-its owner, when the chain ends or the submit fails."""
+"""Per-order leases with fencing tokens (DESIGN section 6).
+
+One chain at a time works on an order: it holds the order's lease in Redis, a short expiry it
+renews while its steps run (``TDC_LEASE_SECONDS``), and a longer one while its next step waits
+in the broker (``TDC_QUEUED_LEASE_SECONDS``), never past ``TDC_LOCK_SECONDS`` in all.  A holder
+that died stops renewing; once its lease expires the rescan takes the order over.
+
+Taking a lease hands out a fencing token that only ever grows: the larger of the last token
+plus one and Redis's clock in microseconds, so tokens keep growing even if Redis loses its data.
+Every chain message carries its token, and every step that writes checks it against the one the
+order's storage last saw (``reliability.fencing``) in the transaction that writes: a late
+message from a dead or slow holder changes nothing.
+
+Serialising per order, not per (operation, order), is what keeps a PAY and a CANCEL of one
+order from passing their checks side by side.
+"""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import redis
 
-#: Compare-and-delete: only the token's owner may release.
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: The one counter every token is drawn from (tokens grow per order because they grow overall).
+FENCE_KEY = "tdc:fence"
+
+# KEYS: lease, fence counter.  ARGV: expiry ms.  Returns the new token, or 0 when the lease is held.
+_ACQUIRE = """
+if redis.call('exists', KEYS[1]) == 1 then return 0 end
+local clock = redis.call('time')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local token = math.max(tonumber(redis.call('get', KEYS[2]) or '0') + 1, now)
+redis.call('set', KEYS[2], string.format('%d', token))
+redis.call('hset', KEYS[1], 'token', string.format('%d', token), 'since', clock[1])
+redis.call('pexpire', KEYS[1], ARGV[1])
+return token
+"""
+
+# KEYS: lease.  ARGV: token, expiry ms, ceiling s.  Returns 1 renewed, 0 lost to another holder,
+# -1 past the ceiling (left to expire).  A lease that expired with nobody taking it over is taken
+# back under the same token: if anyone had claimed the order since, our writes are fenced anyway.
+_RENEW = """
+local token = redis.call('hget', KEYS[1], 'token')
+local clock = redis.call('time')
+if not token then
+    redis.call('hset', KEYS[1], 'token', ARGV[1], 'since', clock[1])
+    redis.call('pexpire', KEYS[1], ARGV[2])
+    return 1
+end
+if token ~= ARGV[1] then return 0 end
+if tonumber(clock[1]) - tonumber(redis.call('hget', KEYS[1], 'since')) >= tonumber(ARGV[3]) then return -1 end
+redis.call('pexpire', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: lease.  ARGV: token.  Only the holder releases.
 _RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
+if redis.call('hget', KEYS[1], 'token') == ARGV[1] then
     return redis.call('del', KEYS[1])
 end
 return 0
 """
 
 
-def lock_name(operation_type: str, order_id: str) -> str:
-    return f"tdc:lock:{operation_type}:{order_id}"
+def lease_name(order_id: str) -> str:
+    return f"tdc:lease:{order_id}"
 
 
-class TaskLocks:
-    def __init__(self, client: redis.Redis, seconds: int):
+class OrderLeases:
+    """Take, renew and release per-order leases; each call is one pipelined round trip."""
+
+    def __init__(self, client: redis.Redis, settings: Settings):
         self.client = client
-        self.seconds = seconds
+        self.lease_ms = settings.lease_seconds * 1000
+        self.queued_ms = settings.queued_lease_seconds * 1000
+        self.ceiling_seconds = settings.lock_seconds
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
 
-    def acquire(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
-        """Take the free locks among ``keys`` (order_id, operation_type) in one round trip;
-        returns the token of each taken."""
-        keys = list(dict.fromkeys(keys))
-        tokens = [uuid.uuid4().hex for _ in keys]
+    def acquire(self, order_ids: Iterable[str]) -> dict[str, int]:
+        """Take the free leases among ``order_ids`` for a chain about to be queued; returns the
+        token of each taken."""
+        orders = list(dict.fromkeys(order_ids))
         pipe = self.client.pipeline(transaction=False)
-        for (order_id, operation), token in zip(keys, tokens, strict=True):
-            pipe.set(lock_name(operation, order_id), token, nx=True, ex=self.seconds)
-        taken = pipe.execute()
-        return {key: token for key, token, ok in zip(keys, tokens, taken, strict=True) if ok}
+        for order_id in orders:
+            self._acquire(keys=[lease_name(order_id), FENCE_KEY], args=[self.queued_ms], client=pipe)
+        return {order_id: int(token) for order_id, token in zip(orders, pipe.execute(), strict=True) if token}
 
-    def release(self, owned: Iterable[tuple[str, str, str]]) -> None:
-        """Release locks given as (order_id, operation_type, token); others' locks stay."""
+    def renew(self, owned: dict[str, int], queued: bool = False) -> set[str]:
+        """Extend the leases ``owned`` (order -> token) by the running lease, or the queued one;
+        returns the orders whose lease another holder has taken."""
+        if not owned:
+            return set()
         pipe = self.client.pipeline(transaction=False)
-        count = 0
-        for order_id, operation, token in owned:
-            self._release(keys=[lock_name(operation, order_id)], args=[token], client=pipe)
-            count += 1
-        if count:
-            pipe.execute()
+        for order_id, token in owned.items():
+            self._renew(keys=[lease_name(order_id)], client=pipe,
+                        args=[str(token), self.queued_ms if queued else self.lease_ms, self.ceiling_seconds])
+        lost = {order_id for order_id, held in zip(owned, pipe.execute(), strict=True) if held == 0}
+        if lost:
+            log.info("%d orders were taken over by another holder: %s", len(lost), sorted(lost)[:5])
+        return lost
+
+    def release(self, owned: dict[str, int]) -> None:
+        """Release the leases ``owned`` (order -> token); a lease another holder took stays."""
+        if not owned:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for order_id, token in owned.items():
+            self._release(keys=[lease_name(order_id)], args=[str(token)], client=pipe)
+        pipe.execute()
+
+    @contextmanager
+    def kept(self, owned: dict[str, int]) -> Iterator[set[str]]:
+        """Renew ``owned`` now and every third of the lease while the block runs; yields the
+        orders already lost to another holder (the block should leave them alone)."""
+        lost = self.renew(owned)
+        stop = threading.Event()
+        live = {order_id: token for order_id, token in owned.items() if order_id not in lost}
+
+        def keep() -> None:
+            while not stop.wait(self.lease_ms / 3000):
+                try:
+                    self.renew(live)
+                except redis.RedisError:
+                    log.warning("could not renew %d leases; retrying in a third of the lease", len(live))
+
+        keeper = threading.Thread(target=keep, name="tdc-lease-keeper", daemon=True)
+        if live:
+            keeper.start()
+        try:
+            yield lost
+        finally:
+            stop.set()
+            if keeper.is_alive():
+                keeper.join()

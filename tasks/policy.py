@@ -31,15 +31,14 @@ def retrying() -> dict[str, Any]:
 class ChainStep(Task):
     """A step of the per-order chain.  When it fails for good (retries exhausted, or an error
     that is not retried), each of its tasks counts one failed attempt, ending in the
-    failed-task table after the last, and its locks are released at once instead of holding
-    the orders for the lock's hour.  If even that cannot reach the database, the tasks' lease
-    runs out and the rescan takes them."""
+    failed-task table after the last, and its orders' leases are released at once.  If even
+    that cannot reach the database, the leases lapse and the rescan takes the tasks over."""
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         from chain.steps import give_up
         from models.redis_store import get_redis
         from models.storage import get_storage
-        from reliability.leases import TaskLocks
+        from reliability.leases import OrderLeases
 
         keys = kwargs.get("keys") if isinstance(kwargs, dict) else None
         if keys is None and args:
@@ -47,6 +46,6 @@ class ChainStep(Task):
         settings = get_settings()
         reason = f"{self.name} gave up: {type(exc).__name__}: {exc}"
         try:
-            give_up(get_storage(), TaskLocks(get_redis(), settings.lock_seconds), settings, keys or [], reason)
+            give_up(get_storage(), OrderLeases(get_redis(), settings), settings, keys or [], reason)
         except Exception:  # noqa: BLE001 - the lease and the rescan are the fallback
             log.exception("could not record the failure of %s; the rescan will retry its tasks", self.name)

@@ -10,7 +10,7 @@ from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_order
 from models.redis_store import get_redis
 from models.storage import get_storage
 from pipeline.dimensions import RedisDimensions
-from reliability.leases import TaskLocks
+from reliability.leases import OrderLeases
 from settings import get_settings
 from tasks.policy import ChainStep, retrying
 from tasks.submit import submit_tasks
@@ -18,13 +18,13 @@ from tasks.submit import submit_tasks
 Keys = list[dict[str, Any]]
 
 
-def _locks() -> TaskLocks:
-    return TaskLocks(get_redis(), get_settings().lock_seconds)
+def _leases() -> OrderLeases:
+    return OrderLeases(get_redis(), get_settings())
 
 
 @shared_task(name="tdc.check", base=ChainStep, **retrying())
 def check(keys: Keys) -> Keys:
-    ready, again = check_tasks(get_storage(), _locks(), get_settings(), valid_keys(keys, get_redis()))
+    ready, again = check_tasks(get_storage(), _leases(), get_settings(), valid_keys(keys, get_redis()))
     submit_tasks(again)
     return ready
 
@@ -32,14 +32,14 @@ def check(keys: Keys) -> Keys:
 @shared_task(name="tdc.merge", base=ChainStep, **retrying())
 def merge(keys: Keys) -> Keys:
     client = get_redis()
-    return merge_orders(get_storage(), _locks(), get_settings(), RedisDimensions(client), valid_keys(keys, client))
+    return merge_orders(get_storage(), _leases(), get_settings(), RedisDimensions(client), valid_keys(keys, client))
 
 
 @shared_task(name="tdc.aggregate", base=ChainStep, **retrying())
 def aggregate(keys: Keys) -> Keys:
-    return aggregate_orders(get_storage(), _locks(), get_settings(), valid_keys(keys, get_redis()))
+    return aggregate_orders(get_storage(), _leases(), get_settings(), valid_keys(keys, get_redis()))
 
 
 @shared_task(name="tdc.finish", base=ChainStep, **retrying())
 def finish(keys: Keys) -> int:
-    return submit_tasks(finish_tasks(get_storage(), _locks(), valid_keys(keys, get_redis())))
+    return submit_tasks(finish_tasks(get_storage(), _leases(), valid_keys(keys, get_redis())))

@@ -9,10 +9,10 @@ from models.redis_store import get_redis
 from models.storage import get_storage
 from pipeline.offline_dimensions import load_offline_dimensions
 from reliability.housekeeping import failed_digest, once_per_period, purge_snapshots
-from reliability.rescan import due_tasks
+from reliability.rescan import due_tasks, postpone
 from settings import get_settings
 from tasks.policy import retrying
-from tasks.submit import submit_tasks
+from tasks.submit import submit_keys
 
 
 @shared_task(name="tdc.rescan")
@@ -25,9 +25,11 @@ def rescan() -> int:
 
 @shared_task(name="tdc.rescan_slice", **retrying())
 def rescan_slice(job: int, jobs: int) -> int:
-    """Submit the due tasks of tables ``t % jobs == job``."""
-    settings = get_settings()
-    return submit_tasks(due_tasks(get_storage(), job, jobs, utcnow(), settings.rescan_batch))
+    """Submit the due tasks of tables ``t % jobs == job``; postpone those whose order is held."""
+    settings, now = get_settings(), utcnow()
+    submitted, held = submit_keys(due_tasks(get_storage(), job, jobs, now, settings.rescan_batch))
+    postpone(get_storage(), held, now, settings.lease_seconds)
+    return submitted
 
 
 @shared_task(name="tdc.reload_dimensions", **retrying())

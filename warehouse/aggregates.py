@@ -14,8 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Table, and_, bindparam, delete, func, select, tuple_, update
@@ -47,11 +47,14 @@ class AggregateReport:
     current: int = 0
     #: Aggregate rows incremented.
     cells: int = 0
+    #: Orders left alone: the ledger has seen a newer chain's token for them.
+    fenced: set[str] = field(default_factory=set)
 
     def add(self, other: AggregateReport) -> None:
         self.applied += other.applied
         self.current += other.current
         self.cells += other.cells
+        self.fenced |= other.fenced
 
 
 def wide_state(storage: Storage, order_ids: Iterable[str]) -> WideState:
@@ -96,11 +99,14 @@ def _claim_ledger(connection: Connection, order_ids: list[str], now: dt.datetime
 
 
 def apply_contributions(connection: Connection, wide: WideState, now: dt.datetime,
-                        rebuilt_day: dt.date | None = None) -> AggregateReport:
+                        rebuilt_day: dt.date | None = None,
+                        tokens: Mapping[str, int] | None = None) -> AggregateReport:
     """Apply (new - old) for every order in ``wide`` in the caller's warehouse transaction.
 
     ``rebuilt_day``: the aggregates of that day were just emptied, so ledger entries on it
     count as nothing applied and are added again.
+    ``tokens``: the fencing token each order's chain holds; an order whose ledger has seen a
+    larger one is left alone (``report.fenced``), the others record theirs.
     """
     report = AggregateReport()
     ids = sorted(wide)
@@ -119,6 +125,12 @@ def apply_contributions(connection: Connection, wide: WideState, now: dt.datetim
     for order_id in ids:
         version, new = wide[order_id]
         row = ledger[order_id]
+        fence = row.fence or 0
+        if tokens is not None:
+            if fence > tokens[order_id]:
+                report.fenced.add(order_id)
+                continue
+            fence = tokens[order_id]
         old = Contribution.from_json(row.contribution) if row.contribution else None
         forgotten = rebuilt_day is not None and row.biz_date == rebuilt_day
         if row.wide_version > version or (row.wide_version == version and not forgotten):
@@ -130,25 +142,28 @@ def apply_contributions(connection: Connection, wide: WideState, now: dt.datetim
             version, new = row.wide_version, old
         changes.append((None if forgotten else old, new))
         writes.append(dict(key=order_id, to_version=version, to_day=new.biz_date if new else None,
-                           to_contribution=new.to_json() if new else None, at=now))
+                           to_contribution=new.to_json() if new else None, to_fence=fence, at=now))
     cells = delta(changes)
     _write_cells(connection, cells)
     if writes:
         connection.execute(update(LEDGER).where(LEDGER.c.order_id == bindparam("key")).values(
             wide_version=bindparam("to_version"), biz_date=bindparam("to_day"),
-            contribution=bindparam("to_contribution"), updated_at=bindparam("at")), writes)
+            contribution=bindparam("to_contribution"), fence=bindparam("to_fence"), updated_at=bindparam("at")),
+            writes)
     report.applied += len(writes)
     report.cells += len(cells)
     return report
 
 
-def apply_orders(storage: Storage, order_ids: Iterable[str]) -> AggregateReport:
-    """Bring the aggregates up to date with the wide rows of ``order_ids``."""
-    wide = wide_state(storage, order_ids)
+def apply_orders(storage: Storage, orders: Iterable[str] | Mapping[str, int]) -> AggregateReport:
+    """Bring the aggregates up to date with the wide rows of ``orders``: order ids, or order id
+    -> the fencing token of the chain doing it (see ``apply_contributions``)."""
+    tokens = orders if isinstance(orders, Mapping) else None
+    wide = wide_state(storage, orders)
 
     def work() -> AggregateReport:
         with storage.dws_engine.begin() as connection:
-            return apply_contributions(connection, wide, _now())
+            return apply_contributions(connection, wide, _now(), tokens=tokens)
     return retry_on_contention(work)
 
 

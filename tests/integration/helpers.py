@@ -10,27 +10,44 @@ import sys
 from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders
 from intake.receiver import TaskKey, accept_lines, utcnow
 from pipeline.dimensions import RedisDimensions
-from reliability.leases import TaskLocks
+from reliability.leases import OrderLeases
 from reliability.rescan import due_tasks
 
 
 def run_chains(storage, client, keys: set[TaskKey] | list[TaskKey], rounds: int = 50) -> None:  # type: ignore[no-untyped-def]
     """Run check -> merge -> aggregate -> finish for ``keys`` and everything they wake, then rescan until idle."""
     settings = storage.settings
-    locks = TaskLocks(client, settings.lock_seconds)
+    leases = OrderLeases(client, settings)
     queue = list(keys)
     for _ in range(rounds):
         if not queue:
             queue = due_tasks(storage, 0, 1, utcnow(), 1000)
             if not queue:
                 return
-        owned = locks.acquire(queue)
-        batch = [{"order_id": o, "operation_type": op, "token": t} for (o, op), t in owned.items()]
-        ready, again = check_tasks(storage, locks, settings, batch)
-        merged = merge_orders(storage, locks, settings, RedisDimensions(client), ready)
-        aggregated = aggregate_orders(storage, locks, settings, merged)
-        queue = again + finish_tasks(storage, locks, aggregated)
+        batch = leased_keys(leases, queue)
+        ready, again = check_tasks(storage, leases, settings, batch)
+        merged = merge_orders(storage, leases, settings, RedisDimensions(client), ready)
+        aggregated = aggregate_orders(storage, leases, settings, merged)
+        queue = again + finish_tasks(storage, leases, aggregated)
     raise AssertionError("chains did not settle")
+
+
+def leased_keys(leases: OrderLeases, keys) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Chain keys for ``keys`` whose order's lease could be taken, as ``tasks.submit`` makes them."""
+    keys = list(dict.fromkeys(keys))
+    tokens = leases.acquire(order_id for order_id, _ in keys)
+    return [{"order_id": o, "operation_type": op, "token": tokens[o]} for o, op in keys if o in tokens]
+
+
+def claimed_keys(storage, leases: OrderLeases, keys, **extra) -> list[dict]:  # type: ignore[no-untyped-def]
+    """``leased_keys`` whose orders are also claimed in storage, as a chain's check step leaves them."""
+    from reliability.fencing import claim_order
+
+    chain_keys = leased_keys(leases, keys)
+    for key in chain_keys:
+        with storage.order_transaction(key["order_id"]) as connection:
+            assert claim_order(connection, key["order_id"], key["token"], utcnow())
+    return [{**key, **extra} for key in chain_keys]
 
 
 def ingest(storage, client, flow, input_format: str, lines: list[str]):  # type: ignore[no-untyped-def]

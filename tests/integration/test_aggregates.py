@@ -15,8 +15,8 @@ from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW
 from models.sharded import TaskStatus, task_table
 from models.warehouse import AdsOrderLedger
-from reliability.leases import TaskLocks
-from tests.integration.helpers import ingest, process_history, run_chains
+from reliability.leases import OrderLeases
+from tests.integration.helpers import ingest, leased_keys, process_history, run_chains
 from warehouse.aggregates import apply_orders, days_to_rebuild, read_aggregates, rebuild_day, wide_state
 from warehouse.contributions import aggregate
 
@@ -115,8 +115,9 @@ def test_an_order_that_cannot_be_counted_is_parked_alone(fresh_storage, redis_cl
             connection.execute(update(tasks).where((tasks.c.order_id == order_id)
                                                    & (tasks.c.operation_type == "SUBMIT")).values(status="RUNNING"))
     # When the aggregate step runs for the batch
-    keys = [{"order_id": o, "operation_type": "SUBMIT", "token": "t"} for o in ids]
-    done = aggregate_orders(storage, TaskLocks(redis_client, 60), storage.settings, keys)
+    leases = OrderLeases(redis_client, storage.settings)
+    keys = leased_keys(leases, [(o, "SUBMIT") for o in ids])
+    done = aggregate_orders(storage, leases, storage.settings, keys)
     # Then the others went on and the bad one waits with the reason
     assert [k["order_id"] for k in done] == ids[1:]
     with storage.engine_for_order(bad).connect() as connection:

@@ -124,9 +124,9 @@ def test_a_tail_killed_mid_stream_resumes_from_its_position_losing_and_doubling_
     # And started again until it has caught up
     result = run_tdc(env, "cdc", "binlog", "--name", NAME, "--stop-when-idle")
     assert result.returncode == 0, result.stderr
-    # (its chains went to a broker no worker reads: free their locks, as their expiry would,
+    # (its chains went to a broker no worker reads: free their leases, as their expiry would,
     # and let the rescan take the tasks)
-    for key in redis_client.scan_iter(f"tdc:lock:*:D{history.run_id}*"):
+    for key in redis_client.scan_iter(f"tdc:lease:D{history.run_id}*"):
         redis_client.delete(key)
     redis.Redis.from_url(env["TDC_BROKER_URL"]).flushdb()
     run_chains(storage, redis_client, _payments(storage, redis_client, history))

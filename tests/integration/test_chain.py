@@ -19,10 +19,10 @@ from flows.gqsh import ORDER_FLOW
 from intake.receiver import IntakeReport
 from models.orders import DwdOrder, OrderSnapshot
 from models.sharded import meta_table
-from reliability.leases import TaskLocks
+from reliability.leases import OrderLeases
 from strategies.facts import OrderFacts
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
-from tests.integration.helpers import ingest, process_history, run_chains
+from tests.integration.helpers import claimed_keys, ingest, process_history, run_chains
 
 pytestmark = pytest.mark.integration
 
@@ -119,15 +119,17 @@ def test_concurrent_merges_of_one_order_are_retried_and_none_is_lost(storage, re
     paid = [o for o in orders.values() if o["status"] >= 20 and o["status"] != 50]
     assert paid
     settings = storage.settings
-    locks = TaskLocks(redis_client, settings.lock_seconds)
+    leases = OrderLeases(redis_client, settings)
+    # (One chain's merge delivered to three workers at once: the same token in each.)
+    tokens = {k["order_id"]: k["token"] for k in claimed_keys(storage, leases, [(o["order_id"], "PAY") for o in paid])}
     errors: list[BaseException] = []
 
     def merge_many(operation: str) -> None:
         try:
             for _ in range(5):
-                keys = [{"order_id": o["order_id"], "operation_type": operation, "token": "", "version": 1}
-                        for o in paid]
-                merge_orders(storage, locks, settings, NoDimensions(), keys)
+                keys = [{"order_id": o["order_id"], "operation_type": operation, "token": tokens[o["order_id"]],
+                         "version": 1} for o in paid]
+                merge_orders(storage, leases, settings, NoDimensions(), keys)
         except BaseException as error:  # noqa: BLE001
             errors.append(error)
 
@@ -221,8 +223,9 @@ def test_a_conflicting_merge_is_retried_on_the_new_version_and_neither_update_is
             updated_at=dt.datetime(2026, 11, 2)))
     # When another session commits a DELIVER between our read and our write
     racing = CommitsBehindOurBack(storage, order_id, facts)
-    merged = merge_orders(storage, TaskLocks(redis_client, 60), storage.settings, racing,
-                          [{"order_id": order_id, "operation_type": "COMPLETE", "token": "", "version": 1}])
+    leases = OrderLeases(redis_client, storage.settings)
+    merged = merge_orders(storage, leases, storage.settings, racing,
+                          claimed_keys(storage, leases, [(order_id, "COMPLETE")], version=1))
     # Then our merge conflicted, was retried on the new version, and both contributions are in the row
     assert merged and racing.calls >= 2
     row, _ = read_orders(storage, [order_id])

@@ -19,11 +19,11 @@ from models.sharded import TaskStatus
 from models.storage import Storage
 from reliability.alarms import ALARM_COUNTERS
 from reliability.failures import get_failure, list_failures
-from reliability.leases import TaskLocks, lock_name
+from reliability.leases import OrderLeases, lease_name
 from settings import get_settings, load_settings
 from tests.conftest import new_order_id
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
-from tests.integration.helpers import ingest, run_chains, run_tdc, tdc_output
+from tests.integration.helpers import claimed_keys, ingest, run_chains, run_tdc, tdc_output
 
 pytestmark = pytest.mark.integration
 
@@ -110,15 +110,13 @@ def test_a_step_that_gives_up_counts_an_attempt_and_releases_its_locks(impatient
     header = OrderHeaderFactory()
     order_id = header["order_id"]
     ingest(impatient, redis_client, ORDER_FLOW, "canal", [canal("gqsh_order", header)])
-    locks = TaskLocks(redis_client, 3600)
-    token = locks.acquire([(order_id, "SUBMIT")])[(order_id, "SUBMIT")]
-    keys = [{"order_id": order_id, "operation_type": "SUBMIT", "token": token}]
+    leases = OrderLeases(redis_client, impatient.settings)
+    keys = claimed_keys(impatient, leases, [(order_id, "SUBMIT")])
     # When its step gives up (retries exhausted) four times, with a poison key beside it
     for _ in range(4):
-        give_up(impatient, locks, impatient.settings, keys + [{"order_id": 7}, "junk"], "tdc.merge gave up: boom")
-        assert not redis_client.exists(lock_name("SUBMIT", order_id))
-        token = locks.acquire([(order_id, "SUBMIT")])[(order_id, "SUBMIT")]
-        keys[0]["token"] = token
+        give_up(impatient, leases, impatient.settings, keys + [{"order_id": 7}, "junk"], "tdc.merge gave up: boom")
+        assert not redis_client.exists(lease_name(order_id))
+        keys = claimed_keys(impatient, leases, [(order_id, "SUBMIT")])
     # Then it waited three times and failed on the fourth, with the step's error as the reason
     task = _task(impatient, order_id, "SUBMIT")
     assert (task.status, task.attempts) == (TaskStatus.FAILED, 4)
@@ -126,9 +124,10 @@ def test_a_step_that_gives_up_counts_an_attempt_and_releases_its_locks(impatient
 
 
 def test_valid_keys_drops_malformed_keys_and_keeps_the_rest() -> None:
-    good = {"order_id": new_order_id(), "operation_type": "PAY", "token": "t"}
+    good = {"order_id": new_order_id(), "operation_type": "PAY", "token": 17}
+    untokened = {"order_id": new_order_id(), "operation_type": "PAY", "token": "t"}
     assert valid_keys([good, {"order_id": 1, "operation_type": "PAY"}, {"order_id": "x", "operation_type": "EAT"},
-                       None]) == [good]
+                       None, untokened]) == [good]
     assert valid_keys("not a list") == []
 
 

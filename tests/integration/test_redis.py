@@ -1,28 +1,12 @@
-"""Locks and dimensions on the real Redis."""
+"""Dimensions on the real Redis."""
 
 import pytest
 
 from flows import DimensionChange
 from pipeline.dimensions import RedisDimensions, apply_dimension_changes
-from reliability.leases import TaskLocks, lock_name
 from tests.conftest import new_order_id
 
 pytestmark = pytest.mark.integration
-
-
-def test_a_lock_is_taken_once_expires_and_is_released_only_by_its_owner(redis_client) -> None:
-    locks = TaskLocks(redis_client, seconds=3600)
-    order_id = new_order_id()
-    first = locks.acquire([(order_id, "PAY"), (order_id, "SUBMIT")])
-    second = locks.acquire([(order_id, "PAY")])
-    assert set(first) == {(order_id, "PAY"), (order_id, "SUBMIT")}
-    assert second == {}
-    assert 3500 < redis_client.ttl(lock_name("PAY", order_id)) <= 3600
-    locks.release([(order_id, "PAY", "someone-else")])
-    assert redis_client.exists(lock_name("PAY", order_id))
-    locks.release([(order_id, "PAY", first[(order_id, "PAY")])])
-    assert not redis_client.exists(lock_name("PAY", order_id))
-    assert locks.acquire([(order_id, "PAY")]) != {}
 
 
 def test_dimension_writes_keep_the_newest_position_and_a_delete_is_not_undone(redis_client) -> None:

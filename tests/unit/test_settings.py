@@ -48,3 +48,13 @@ def test_a_redis_url_is_also_the_default_broker() -> None:
     settings = load_settings({"TDC_REDIS_URL": "redis://cache:6379/0"})
     assert not settings.embedded_redis
     assert settings.broker_url == "redis://cache:6379/0"
+
+
+def test_lease_times_default_to_minutes_and_are_checked_against_each_other() -> None:
+    settings = load_settings({})
+    assert (settings.lease_seconds, settings.queued_lease_seconds, settings.lock_seconds) == (60, 120, 3600)
+    assert settings.visibility_timeout == 2 * settings.step_time_limit + 60
+    with pytest.raises(SettingsError, match="twice TDC_STEP_TIME_LIMIT"):
+        load_settings({"TDC_STEP_TIME_LIMIT": "300", "TDC_VISIBILITY_TIMEOUT": "600"})
+    with pytest.raises(SettingsError, match="must exceed 30"):
+        load_settings({"TDC_STEP_TIME_LIMIT": "30"})

@@ -17,6 +17,8 @@ print(json.dumps({
     "serializer": conf.task_serializer, "accept": list(conf.accept_content),
     "acks_late": conf.task_acks_late, "reject_on_lost": conf.task_reject_on_worker_lost,
     "prefetch": conf.worker_prefetch_multiplier, "beat": sorted(v["task"] for v in conf.beat_schedule.values()),
+    "soft": conf.task_soft_time_limit, "hard": conf.task_time_limit,
+    "visibility": conf.broker_transport_options["visibility_timeout"],
 }))
 """
 
@@ -36,3 +38,12 @@ def test_every_task_is_routed_to_a_declared_queue_and_json_only(tmp_path) -> Non
     assert (config["serializer"], config["accept"]) == ("json", ["json"])
     assert (config["acks_late"], config["reject_on_lost"], config["prefetch"]) == (True, True, 1)
     assert set(config["beat"]) <= set(config["tasks"])
+
+
+def test_a_message_is_never_redelivered_while_legitimately_held_and_never_waits_an_hour(tmp_path) -> None:
+    # A prefetched message waits up to one step and runs up to another before it is acknowledged:
+    # the Redis visibility timeout must exceed both, and stay well under RabbitMQ's default
+    # consumer_timeout (30 min) and the hour-long lock ceiling it used to equal.
+    config = _config(tmp_path)
+    assert config["soft"] < config["hard"]
+    assert 2 * config["hard"] < config["visibility"] <= 600

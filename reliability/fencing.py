@@ -1,0 +1,45 @@
+"""The storage side of fencing: each order's largest claimed token, checked where steps write.
+
+A chain's first step claims the order with its token (only a larger token may claim over a
+smaller one); every later write of the chain first checks, with a row lock held to the end of
+its transaction, that the order's token is still its own.  A holder whose lease expired and
+was taken over finds a larger token there and writes nothing.  The warehouse keeps its own
+copy per order in the ADS ledger (``warehouse.aggregates``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import cast
+
+from sqlalchemy import Connection, Table, select, update
+
+from models.orders import OrderFence
+from models.writes import insert_if_absent
+
+FENCE = cast(Table, OrderFence.__table__)
+
+
+def claim_order(connection: Connection, order_id: str, token: int, now: dt.datetime) -> bool:
+    """Make ``token`` the order's current token unless a larger one has claimed it; True when
+    the order is ours.  The fence row stays locked until the caller's transaction ends."""
+    for _ in range(2):
+        claimed = connection.execute(update(FENCE).where(
+            (FENCE.c.order_id == order_id) & (FENCE.c.token <= token)).values(token=token, claimed_at=now)).rowcount
+        if claimed:
+            return True
+        if insert_if_absent(connection, FENCE, dict(order_id=order_id, token=token, claimed_at=now)):
+            return True
+        # The row exists: it holds a larger token, unless another chain inserted it just now.
+        current = connection.execute(select(FENCE.c.token).where(FENCE.c.order_id == order_id)).scalar()
+        if current is not None and current > token:
+            return False
+    return False
+
+
+def holds_order(connection: Connection, order_id: str, token: int) -> bool:
+    """True when ``token`` is still the order's current token; locks the fence row until the
+    caller's transaction ends, so no newer holder can claim the order under our write."""
+    current = connection.execute(
+        select(FENCE.c.token).where(FENCE.c.order_id == order_id).with_for_update()).scalar()
+    return current == token

@@ -1,0 +1,134 @@
+"""Races in the chain found in review, each pinned by a test: a PAY and a CANCEL of one order
+never pass side by side, a retried step counts no healthy task's attempt twice, and a backlog
+of held rows never hides an orphaned task from the rescan."""
+
+import datetime as dt
+import uuid
+
+import pytest
+from sqlalchemy import event, update
+from sqlalchemy.exc import OperationalError
+
+from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders
+from chain.task_state import load_task
+from chain.wide_rows import read_orders
+from cli.lineage import order_lineage
+from flows.gqsh import ORDER_FLOW
+from intake.receiver import bump_task, utcnow
+from models.sharded import TaskStatus, task_table
+from pipeline.dimensions import RedisDimensions
+from reliability.leases import OrderLeases
+from reliability.rescan import due_tasks, postpone
+from tests.conftest import new_order_id
+from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
+from tests.integration.helpers import ingest, leased_keys, run_chains
+
+pytestmark = pytest.mark.integration
+
+
+def _task(storage, order_id: str, operation: str):  # type: ignore[no-untyped-def]
+    with storage.engine_for_order(order_id).connect() as connection:
+        return load_task(connection, storage.shard_of(order_id), order_id, operation)
+
+
+def test_a_cancel_cannot_pass_while_the_orders_pay_is_running(storage, redis_client) -> None:
+    # Given a submitted order whose PAY chain has passed its check and is running
+    order_id = f"PC{uuid.uuid4().hex[:12]}"
+    header = OrderHeaderFactory(order_id=order_id)
+    paid = {**header, "status": 20, "paid_at": T0 + dt.timedelta(minutes=5)}
+    run_chains(storage, redis_client, ingest(storage, redis_client, ORDER_FLOW, "canal", [
+        canal("gqsh_order", header, sequence=1), canal("gqsh_order_item", OrderItemFactory(order_id=order_id),
+                                                       sequence=2)]).touched)
+    run_chains(storage, redis_client, ingest(storage, redis_client, ORDER_FLOW, "canal", [
+        canal("gqsh_order", paid, kind="update", before=header, at=paid["paid_at"], sequence=3)]).touched)
+    touched = ingest(storage, redis_client, ORDER_FLOW, "business",
+                     [business(PaymentWriteFactory(order_id=order_id))]).touched
+    leases, settings = OrderLeases(redis_client, storage.settings), storage.settings
+    ready, _ = check_tasks(storage, leases, settings, leased_keys(leases, touched))
+    assert [k["operation_type"] for k in ready] == ["PAY"]
+    # When the source says it was cancelled while that chain runs
+    cancelled = ingest(storage, redis_client, ORDER_FLOW, "canal", [canal(
+        "gqsh_order", {**paid, "status": 50}, kind="update", before=paid, at=paid["paid_at"] + dt.timedelta(minutes=1),
+        sequence=4)]).touched
+    # Then the CANCEL cannot start (the order is held), and runs only once PAY has finished
+    assert leased_keys(leases, cancelled) == []
+    merged = merge_orders(storage, leases, settings, RedisDimensions(redis_client), ready)
+    again = finish_tasks(storage, leases, aggregate_orders(storage, leases, settings, merged))
+    assert (order_id, "CANCEL") in again
+    run_chains(storage, redis_client, again)
+    # And then it is the data error it is: the paid order stays paid
+    after, _ = read_orders(storage, [order_id])
+    assert after[order_id]["status"] == 20
+    cancel = next(t for t in order_lineage(storage, order_id)["tasks"] if t["operation_type"] == "CANCEL")
+    assert (cancel["status"], cancel["last_error"]) == ("FAILED", "data error: CANCEL after PAY is not allowed")
+
+
+def test_a_retried_check_step_counts_each_waiting_task_once(storage, redis_client) -> None:
+    # Given a batch with a PAY that must wait for its SUBMIT, and an order whose database
+    # connection is lost in the middle of the step
+    waiting, unlucky = f"W{uuid.uuid4().hex[:12]}", f"U{uuid.uuid4().hex[:12]}"
+    ingest(storage, redis_client, ORDER_FLOW, "business", [business(PaymentWriteFactory(order_id=waiting))])
+    ingest(storage, redis_client, ORDER_FLOW, "canal", [canal("gqsh_order", OrderHeaderFactory(order_id=unlucky))])
+    leases, settings = OrderLeases(redis_client, storage.settings), storage.settings
+    keys = sorted(leased_keys(leases, [(waiting, "PAY"), (unlucky, "SUBMIT")]), key=lambda k: k["order_id"] != waiting)
+    engines = {storage.engine_for_order(o) for o in (waiting, unlucky)}
+    lost = {"left": 1}
+
+    def lose_connection(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if lost["left"] and unlucky in str(parameters):
+            lost["left"] -= 1
+            raise OperationalError(statement, parameters, ConnectionError("Lost connection to server"))
+
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", lose_connection)
+    try:
+        # When the step fails with that transient error and Celery runs it again
+        with pytest.raises(OperationalError):
+            check_tasks(storage, leases, settings, keys)
+        check_tasks(storage, leases, settings, keys)
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", lose_connection)
+    # Then the waiting PAY counted one attempt, not one per run of the step
+    pay = _task(storage, waiting, "PAY")
+    assert (pay.status, pay.attempts) == (TaskStatus.WAITING, 1)
+
+
+def _ids_in_one_shard(storage, count: int) -> list[str]:  # type: ignore[no-untyped-def]
+    shard = storage.shard_of(first := new_order_id("Q"))
+    ids = [first]
+    while len(ids) < count:
+        candidate = new_order_id("Q")
+        if storage.shard_of(candidate) == shard:
+            ids.append(candidate)
+    return ids
+
+
+def test_a_backlog_of_held_tasks_never_hides_an_orphan_from_the_rescan(fresh_storage, redis_client) -> None:
+    # Given one task table with five due tasks whose chains are alive (their orders are held),
+    # due longest, and one orphaned task due more recently
+    storage = fresh_storage()
+    *held, orphan = _ids_in_one_shard(storage, 6)
+    now = utcnow()
+    for age, order_id in enumerate([*held, orphan]):
+        shard = storage.shard_of(order_id)
+        with storage.order_transaction(order_id) as connection:
+            bump_task(connection, shard, order_id, "SUBMIT", now - dt.timedelta(minutes=10 - age))
+    leases = OrderLeases(redis_client, storage.settings)
+    assert set(leases.acquire(held)) == set(held)
+    jobs, job = storage.settings.rescan_shards, storage.shard_of(orphan) % storage.settings.rescan_shards
+    # When the rescan, taking five per table, passes twice, postponing what it finds held
+    seen: list[str] = []
+    for _ in range(2):
+        due = due_tasks(storage, job, jobs, utcnow(), 5)
+        seen += [o for o, _ in due]
+        postpone(storage, [(o, op) for o, op in due if o in held], utcnow(), storage.settings.lease_seconds)
+    # Then the first pass found the held ones (longest due first) and the second the orphan
+    assert seen[:5] == held and orphan in seen[5:]
+    shard = storage.shard_of(held[0])
+    with storage.engine_for_shard(shard).connect() as connection:
+        table = task_table(shard)
+        later = connection.execute(table.select().where(table.c.order_id == held[0])).one().next_run_at
+    assert later > utcnow()
+    with storage.engine_for_shard(shard).begin() as connection:  # (leave nothing due behind)
+        connection.execute(update(table).where(table.c.order_id.in_([*held, orphan])).values(status="DONE"))

@@ -1,0 +1,147 @@
+"""Per-order leases on the real Redis and fencing on real MariaDB: a lease is held once, its
+token only grows, it is renewed and released only by its holder, a dead holder is taken over
+once its lease lapses, and a chain message carrying an old token writes nothing."""
+
+import time
+
+import pytest
+from sqlalchemy import select
+
+from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders
+from demo.history import generate_history
+from flows.gqsh import ORDER_FLOW
+from models.orders import DwdOrder, OrderSnapshot
+from models.sharded import TaskStatus, task_table
+from models.warehouse import AdsOrderLedger
+from pipeline.dimensions import RedisDimensions
+from reliability.counters import COUNTERS, FENCED
+from reliability.leases import FENCE_KEY, OrderLeases, lease_name
+from settings import load_settings
+from tests.conftest import new_order_id
+from tests.factories import OrderHeaderFactory, OrderItemFactory, canal
+from tests.integration.helpers import ingest, leased_keys
+
+pytestmark = pytest.mark.integration
+
+
+def _leases(redis_client, **env: str) -> OrderLeases:  # type: ignore[no-untyped-def]
+    return OrderLeases(redis_client, load_settings({"TDC_HOME": "/tmp/tdc-leases", **env}))
+
+
+def test_a_lease_is_held_once_renewed_and_released_only_by_its_holder(redis_client) -> None:
+    leases = _leases(redis_client)
+    order_id, other = new_order_id(), new_order_id()
+    first = leases.acquire([order_id, other])
+    assert set(first) == {order_id, other}
+    assert leases.acquire([order_id]) == {}
+    # The queued lease while the chain waits in the broker, the running lease once renewed
+    assert 100_000 < redis_client.pttl(lease_name(order_id)) <= 120_000
+    assert leases.renew({order_id: first[order_id]}) == set()
+    assert 50_000 < redis_client.pttl(lease_name(order_id)) <= 60_000
+    assert leases.renew({order_id: first[order_id] - 1}) == {order_id}
+    leases.release({order_id: first[order_id] - 1})
+    assert redis_client.exists(lease_name(order_id))
+    leases.release({order_id: first[order_id]})
+    assert not redis_client.exists(lease_name(order_id))
+    again = leases.acquire([order_id])
+    assert again[order_id] > max(first.values())
+
+
+def test_tokens_keep_growing_when_redis_loses_the_counter(redis_client) -> None:
+    leases = _leases(redis_client)
+    order_id = new_order_id()
+    before = leases.acquire([order_id])[order_id]
+    leases.release({order_id: before})
+    # (as after a restart of a Redis that keeps nothing on disk)
+    redis_client.delete(FENCE_KEY)
+    assert leases.acquire([order_id])[order_id] > before
+
+
+def test_a_holder_that_stops_renewing_is_taken_over_and_a_lapsed_lease_is_taken_back(redis_client) -> None:
+    leases = _leases(redis_client, TDC_LEASE_SECONDS="1", TDC_QUEUED_LEASE_SECONDS="1")
+    order_id = new_order_id()
+    dead = leases.acquire([order_id])[order_id]
+    time.sleep(1.2)
+    # Nobody took it: the holder may take it back under its token
+    assert leases.renew({order_id: dead}) == set()
+    time.sleep(1.2)
+    newer = leases.acquire([order_id])[order_id]
+    assert newer > dead
+    assert leases.renew({order_id: dead}) == {order_id}
+
+
+def test_a_lease_is_not_renewed_past_the_ceiling(redis_client) -> None:
+    leases = _leases(redis_client, TDC_LOCK_SECONDS="1")
+    order_id = new_order_id()
+    token = leases.acquire([order_id])[order_id]
+    ttl = redis_client.pttl(lease_name(order_id))
+    time.sleep(2.1)
+    # Renewing is refused (not lost, not extended): the lease runs out and the rescan takes over
+    assert leases.renew({order_id: token}) == set()
+    assert redis_client.pttl(lease_name(order_id)) <= ttl - 2000
+
+
+def _order_lines(order_id: str) -> list[str]:
+    header = OrderHeaderFactory(order_id=order_id)
+    return [canal("gqsh_order", header), canal("gqsh_order_item", OrderItemFactory(order_id=order_id))]
+
+
+def test_a_chain_message_with_an_old_token_writes_nothing(storage, redis_client) -> None:
+    # Given an order whose first chain checked it and then died, and whose lease was taken over
+    order_id = new_order_id()
+    ingest(storage, redis_client, ORDER_FLOW, "canal", _order_lines(order_id))
+    leases = OrderLeases(redis_client, storage.settings)
+    settings = storage.settings
+    [dead] = leased_keys(leases, [(order_id, "SUBMIT")])
+    dead_ready, _ = check_tasks(storage, leases, settings, [dead])
+    assert [k["order_id"] for k in dead_ready] == [order_id]
+    redis_client.delete(lease_name(order_id))  # its lease lapsed
+    [newer] = leased_keys(leases, [(order_id, "SUBMIT")])
+    assert newer["token"] > dead["token"]
+    newer_ready, _ = check_tasks(storage, leases, settings, [newer])
+    fenced_before = int(redis_client.hget(COUNTERS, FENCED) or 0)
+    # When the dead holder's late merge, aggregate and finish arrive (its lease is gone, so it
+    # would take it back: only storage's fence stands in its way)
+    redis_client.delete(lease_name(order_id))
+    dims = RedisDimensions(redis_client)
+    assert merge_orders(storage, leases, settings, dims, dead_ready) == []
+    assert aggregate_orders(storage, leases, settings, dead_ready) == dead_ready  # nothing to aggregate yet
+    assert finish_tasks(storage, leases, dead_ready) == []
+    # Then it wrote no wide row, no snapshot, and did not finish the task; and it was counted
+    shard = storage.shard_of(order_id)
+    with storage.engine_for_order(order_id).connect() as connection:
+        assert connection.execute(select(DwdOrder.order_id).where(DwdOrder.order_id == order_id)).first() is None
+        assert connection.execute(select(OrderSnapshot.id).where(OrderSnapshot.order_id == order_id)).first() is None
+        task = connection.execute(select(task_table(shard)).where(task_table(shard).c.order_id == order_id)).one()
+    assert task.status == TaskStatus.RUNNING
+    assert int(redis_client.hget(COUNTERS, FENCED) or 0) - fenced_before == 2
+    # And the newer holder's chain writes and finishes as usual
+    redis_client.delete(lease_name(order_id))
+    merged = merge_orders(storage, leases, settings, dims, newer_ready)
+    finish_tasks(storage, leases, aggregate_orders(storage, leases, settings, merged))
+    with storage.engine_for_order(order_id).connect() as connection:
+        assert connection.execute(select(DwdOrder.version).where(DwdOrder.order_id == order_id)).scalar() == 1
+
+
+def test_the_warehouse_ignores_an_aggregate_step_with_an_older_token(storage, redis_client) -> None:
+    # Given a paid order whose contribution a chain with a newer token has applied
+    history = generate_history(4, seed=71, malformed=0)
+    from tests.integration.helpers import process_history
+    process_history(storage, redis_client, history)
+    paid = [o for o, row in history.expected_orders.items() if row["paid_at"] is not None and row["status"] != 50]
+    order_id = paid[0]
+    leases = OrderLeases(redis_client, storage.settings)
+    with storage.dws_engine.connect() as connection:
+        applied = connection.execute(select(AdsOrderLedger).where(AdsOrderLedger.order_id == order_id)).one()
+    assert applied.fence is not None
+    # When a step with an older token, and a wide row version the ledger has not seen, arrives
+    with storage.dws_engine.begin() as connection:
+        connection.execute(AdsOrderLedger.__table__.update().where(AdsOrderLedger.order_id == order_id).values(
+            wide_version=0))
+    stale = [{"order_id": order_id, "operation_type": "PAY", "token": applied.fence - 1}]
+    redis_client.delete(lease_name(order_id))
+    assert aggregate_orders(storage, leases, storage.settings, stale) == []
+    # Then the ledger is untouched
+    with storage.dws_engine.connect() as connection:
+        after = connection.execute(select(AdsOrderLedger).where(AdsOrderLedger.order_id == order_id)).one()
+    assert (after.wide_version, after.fence, after.contribution) == (0, applied.fence, applied.contribution)

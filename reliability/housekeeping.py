@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 from sqlalchemy import delete, select
@@ -18,10 +20,29 @@ from reliability.failures import list_failures
 PURGE_CHUNK = 5000
 
 
-def once_per_period(client: redis.Redis, job: str, period: str, seconds: int) -> bool:
-    """True for the first caller of ``job`` in ``period`` (say a UTC date), False for any other:
-    a second beat, or a redelivered message, does not run the job twice."""
-    return bool(client.set(f"tdc:once:{job}:{period}", "1", nx=True, ex=seconds))
+#: How long a run of a once-a-period job may hold its claim before another caller may try.
+RUNNING_CLAIM_SECONDS = 600
+
+T = TypeVar("T")
+
+
+def once_per_period(client: redis.Redis, job: str, period: str, seconds: int, work: Callable[[], T]) -> T | None:
+    """Run ``work`` unless ``job`` already succeeded in ``period`` (say a UTC date) or is running
+    now; returns its result, or None when it did not run.  A second beat, or a redelivered
+    message, does not run the job twice; a run that fails leaves the period open, so the retry
+    (or the next caller) runs it.  The period is marked done only after ``work`` succeeded."""
+    done = f"tdc:once:{job}:{period}"
+    running = f"{done}:running"
+    if client.exists(done) or not client.set(running, "1", nx=True, ex=RUNNING_CLAIM_SECONDS):
+        return None
+    try:
+        if client.exists(done):  # finished by another caller between our two looks
+            return None
+        result = work()
+        client.set(done, "1", ex=seconds)
+        return result
+    finally:
+        client.delete(running)
 
 
 def purge_snapshots(storage: Storage, now: dt.datetime, keep_days: int) -> int:

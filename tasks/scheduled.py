@@ -53,6 +53,6 @@ def purge_old_snapshots() -> int:
 def daily_failed_digest() -> int:
     """One digest alarm a day about unresolved failed tasks, even with two beats running."""
     now = utcnow()
-    if not once_per_period(get_redis(), "failed_digest", now.date().isoformat(), DAY_SECONDS):
-        return 0
-    return int(failed_digest(get_storage(), get_redis(), now)["unresolved"])  # type: ignore[call-overload]
+    digest = once_per_period(get_redis(), "failed_digest", now.date().isoformat(), DAY_SECONDS,
+                             lambda: failed_digest(get_storage(), get_redis(), now))
+    return 0 if digest is None else int(digest["unresolved"])  # type: ignore[call-overload]

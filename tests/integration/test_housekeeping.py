@@ -37,9 +37,29 @@ def test_snapshots_older_than_the_retention_are_purged_and_newer_ones_kept(stora
 
 def test_a_daily_job_runs_once_per_period_whoever_asks(redis_client) -> None:
     job = f"test-{uuid.uuid4().hex[:8]}"
-    assert once_per_period(redis_client, job, "2026-11-21", 60)
-    assert not once_per_period(redis_client, job, "2026-11-21", 60)
-    assert once_per_period(redis_client, job, "2026-11-22", 60)
+    runs: list[str] = []
+    assert once_per_period(redis_client, job, "2026-11-21", 60, lambda: runs.append("a") or 1) == 1
+    assert once_per_period(redis_client, job, "2026-11-21", 60, lambda: runs.append("b") or 2) is None
+    assert once_per_period(redis_client, job, "2026-11-22", 60, lambda: runs.append("c") or 3) == 3
+    assert runs == ["a", "c"]
+
+
+def test_a_daily_job_that_fails_runs_again_on_its_retry(redis_client) -> None:
+    # Given a daily job whose first try meets a transient fault
+    job = f"test-{uuid.uuid4().hex[:8]}"
+    tries: list[int] = []
+
+    def work() -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            raise ConnectionError("database briefly unreachable")
+        return "sent"
+    with pytest.raises(ConnectionError):
+        once_per_period(redis_client, job, "2026-11-21", 60, work)
+    # When it is retried the same day, Then it runs and succeeds; after that, it is done for the day
+    assert once_per_period(redis_client, job, "2026-11-21", 60, work) == "sent"
+    assert once_per_period(redis_client, job, "2026-11-21", 60, work) is None
+    assert len(tries) == 2
 
 
 def test_the_failed_digest_counts_unresolved_failures_and_alarms(storage, redis_client) -> None:

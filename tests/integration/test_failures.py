@@ -17,7 +17,7 @@ from chain.wide_rows import read_orders
 from flows.gqsh import ORDER_FLOW
 from models.sharded import TaskStatus
 from models.storage import Storage
-from reliability.alarms import ALARM_COUNTERS
+from reliability.alarms import ALARM_COUNTERS, flush_alarms
 from reliability.failures import get_failure, list_failures
 from reliability.leases import OrderLeases, lease_name
 from settings import get_settings, load_settings
@@ -92,6 +92,7 @@ def test_a_task_whose_predecessor_never_comes_fails_alarms_and_completes_when_it
     assert any(source.startswith("business:payment:") for source in pay["sources"])
     assert get_failure(impatient, order_id, "SUBMIT")["reason"] == "0 of 1 item rows have arrived"
     assert int(redis_client.hget(ALARM_COUNTERS, "task_failed")) >= alarms_before + 2
+    assert flush_alarms(10)
     posted = [a for a in webhook if a.get("order_id") == order_id]
     assert {(a["alarm"], a["operation"]) for a in posted} == {("task_failed", "PAY"), ("task_failed", "SUBMIT")}
     assert f"{order_id}/PAY" in [f["id"] for f in list_failures(impatient)]

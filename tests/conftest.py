@@ -4,8 +4,10 @@ RabbitMQ.  A missing service skips locally and fails when CI is set."""
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -100,6 +102,26 @@ def rabbitmq() -> str:
 
     require("RabbitMQ", probe)
     return RABBITMQ
+
+
+def _rabbitmqctl(*arguments: str) -> None:
+    result = subprocess.run(["rabbitmqctl", "-q", *arguments], capture_output=True, text=True, timeout=120)
+    if result.returncode:
+        raise RuntimeError(f"rabbitmqctl {' '.join(arguments)}: {result.stderr.strip() or result.stdout.strip()}")
+
+
+@pytest.fixture
+def rabbitmq_vhost(rabbitmq: str) -> Iterator[str]:
+    """The amqp URL of a RabbitMQ virtual host of this test's own, deleted afterwards: tests
+    running at once (here or in another checkout) never consume each other's messages, and
+    nothing left by an earlier run is delivered.  Needs rabbitmqctl on the broker's machine."""
+    vhost = f"tdc-e2e-{uuid.uuid4().hex[:10]}"
+    require("rabbitmqctl (to add a virtual host)", lambda: _rabbitmqctl("add_vhost", vhost))
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, urlsplit(rabbitmq).username or "guest", ".*", ".*", ".*")
+        yield urlunsplit(urlsplit(rabbitmq)._replace(path=f"/{vhost}"))
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="session")

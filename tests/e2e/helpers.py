@@ -1,6 +1,6 @@
-"""Helpers of the end-to-end tests: the environment of worker processes, an empty broker, a
-private Redis server that can be restarted, restarting RabbitMQ, and waiting until storage
-matches a history."""
+"""Helpers of the end-to-end tests: the environment of worker processes, a private Redis
+server that can be restarted, restarting RabbitMQ, and waiting until storage matches a history.
+Each test's broker is a RabbitMQ virtual host of its own (conftest's ``rabbitmq_vhost``)."""
 
 import os
 import shutil
@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from kombu import Connection, Queue
 
 from chain.wide_rows import read_orders
 from demo.check import aggregate_differences, differences, expected_aggregates
@@ -20,25 +19,16 @@ from models.storage import Storage
 from tests.conftest import env_of
 from warehouse.aggregates import read_aggregates
 
-QUEUES = ("tdc.ingest", "tdc.process", "tdc.warehouse", "tdc.scheduled")
 
-
-def worker_env(storage: Storage, rabbitmq: str, home: Path, **extra: str) -> dict[str, str]:
-    """The environment of worker, beat and CLI processes on ``storage`` and RabbitMQ."""
-    return {**os.environ, **env_of(storage), "TDC_BROKER_URL": rabbitmq, "TDC_RETRY_BASE_SECONDS": "0.2",
+def worker_env(storage: Storage, broker: str, home: Path, **extra: str) -> dict[str, str]:
+    """The environment of worker, beat and CLI processes on ``storage`` and ``broker``."""
+    return {**os.environ, **env_of(storage), "TDC_BROKER_URL": broker, "TDC_RETRY_BASE_SECONDS": "0.2",
             "TDC_RESCAN_INTERVAL_SECONDS": "2", "TDC_HOME": str(home), **extra}
 
 
 def run_tdc(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cli.main", *arguments], env=env, capture_output=True,
                           text=True, timeout=300)
-
-
-def purge_queues(rabbitmq: str) -> None:
-    with Connection(rabbitmq) as connection:
-        for name in QUEUES:
-            Queue(name)(connection.default_channel).declare()
-            Queue(name)(connection.default_channel).purge()
 
 
 def wait_until_matching(storage: Storage, history, seconds: float) -> list[str]:  # type: ignore[no-untyped-def]

@@ -22,7 +22,7 @@ from models.sharded import task_table
 from models.storage import Storage
 from reliability.alarms import ALARM_COUNTERS
 from tests.conftest import new_order_id
-from tests.e2e.helpers import PrivateRedis, purge_queues, restart_rabbitmq, run_tdc, wait_until_matching, worker_env
+from tests.e2e.helpers import PrivateRedis, restart_rabbitmq, run_tdc, wait_until_matching, worker_env
 
 pytestmark = pytest.mark.e2e
 
@@ -53,11 +53,10 @@ def _wait_for_progress(storage: Storage, history: History, orders: int) -> None:
         time.sleep(0.2)
 
 
-def test_a_worker_killed_mid_chain_loses_and_doubles_nothing(fresh_storage, rabbitmq, tmp_path: Path) -> None:
+def test_a_worker_killed_mid_chain_loses_and_doubles_nothing(fresh_storage, rabbitmq_vhost, tmp_path: Path) -> None:
     # Given a worker draining 300 orders, with a short lease so the rescan retakes orphans quickly
     storage = fresh_storage("postgresql")
-    env = worker_env(storage, rabbitmq, tmp_path, TDC_LEASE_SECONDS="5")
-    purge_queues(rabbitmq)
+    env = worker_env(storage, rabbitmq_vhost, tmp_path, TDC_LEASE_SECONDS="5")
     history = generate_history(300, seed=31)
     with running([start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")]):
         victim = start_worker(env, tmp_path / "worker-1.log", concurrency=2)
@@ -79,7 +78,7 @@ def _next_minute(ahead_seconds: int) -> dt.datetime:
 
 
 def test_triple_delivery_and_poison_messages_under_two_beats_change_nothing_and_block_nothing(
-        fresh_storage, rabbitmq, tmp_path: Path) -> None:
+        fresh_storage, rabbitmq_vhost, tmp_path: Path) -> None:
     # Given a processed history, a worker running, two beat processes by mistake, an unresolved
     # failed task, and the daily digest due a minute or so from now (in a Redis of the test's own,
     # so no earlier run has used today's digest)
@@ -93,11 +92,10 @@ def test_triple_delivery_and_poison_messages_under_two_beats_change_nothing_and_
     digest_at = _next_minute(20)
     server = PrivateRedis(tmp_path / "redis")
     server.start()
-    env = worker_env(storage, rabbitmq, tmp_path, TDC_REDIS_URL=server.url, TDC_DIGEST_AT=f"{digest_at:%H:%M}")
-    purge_queues(rabbitmq)
+    env = worker_env(storage, rabbitmq_vhost, tmp_path, TDC_REDIS_URL=server.url, TDC_DIGEST_AT=f"{digest_at:%H:%M}")
     first, second = generate_history(60, seed=41), generate_history(40, seed=42)
     client = redis.Redis.from_url(server.url)
-    app = Celery("sender", broker=rabbitmq)
+    app = Celery("sender", broker=rabbitmq_vhost)
     app.conf.update(task_serializer="json", accept_content=["json"])
     with server, running([start_worker(env, tmp_path / "worker.log", concurrency=2),
                           start_beat(env, tmp_path / "beat-1.log", tmp_path / "beat-schedule-1"),
@@ -144,12 +142,11 @@ def _digest_runs(worker_log: Path) -> int:
                if "tdc.failed_digest[" in line and "succeeded" in line)
 
 
-def test_a_redis_restart_under_load_loses_and_doubles_nothing(fresh_storage, rabbitmq, tmp_path: Path) -> None:
+def test_a_redis_restart_under_load_loses_and_doubles_nothing(fresh_storage, rabbitmq_vhost, tmp_path: Path) -> None:
     # Given workers draining 300 orders, with locks and dimensions in a Redis of the test's own
     storage = fresh_storage("postgresql")
     with PrivateRedis(tmp_path / "redis") as server:
-        env = worker_env(storage, rabbitmq, tmp_path, TDC_REDIS_URL=server.url, TDC_LEASE_SECONDS="5")
-        purge_queues(rabbitmq)
+        env = worker_env(storage, rabbitmq_vhost, tmp_path, TDC_REDIS_URL=server.url, TDC_LEASE_SECONDS="5")
         history = generate_history(300, seed=51)
         with running([start_worker(env, tmp_path / "worker.log", concurrency=2),
                       start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")]):
@@ -166,11 +163,10 @@ def test_a_redis_restart_under_load_loses_and_doubles_nothing(fresh_storage, rab
     assert "ConnectionError" in log, "no step met the outage; the test did not test it"
 
 
-def test_a_broker_restart_under_load_loses_and_doubles_nothing(fresh_storage, rabbitmq, tmp_path: Path) -> None:
+def test_a_broker_restart_under_load_loses_and_doubles_nothing(fresh_storage, rabbitmq_vhost, tmp_path: Path) -> None:
     # Given workers draining 300 orders over RabbitMQ
     storage = fresh_storage("mariadb")
-    env = worker_env(storage, rabbitmq, tmp_path, TDC_LEASE_SECONDS="5")
-    purge_queues(rabbitmq)
+    env = worker_env(storage, rabbitmq_vhost, tmp_path, TDC_LEASE_SECONDS="5")
     history, late = generate_history(300, seed=61), generate_history(40, seed=62)
     with running([start_worker(env, tmp_path / "worker.log", concurrency=2),
                   start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")]):

@@ -11,16 +11,15 @@ import pytest
 from demo.history import generate_history
 from demo.processes import running, start_beat, start_worker
 from models.storage import Storage
-from tests.e2e.helpers import purge_queues, run_tdc, wait_until_matching, worker_env
+from tests.e2e.helpers import run_tdc, wait_until_matching, worker_env
 
 pytestmark = pytest.mark.e2e
 
 
-def _run_history(storage: Storage, rabbitmq: str, tmp_path: Path, history, input_format: str,  # type: ignore[no-untyped-def]
+def _run_history(storage: Storage, broker: str, tmp_path: Path, history, input_format: str,  # type: ignore[no-untyped-def]
                  concurrency: int) -> list[str]:
     """Ingest ``history`` with `tdc ingest` while a worker and beat run; the differences left."""
-    env = worker_env(storage, rabbitmq, tmp_path)
-    purge_queues(rabbitmq)
+    env = worker_env(storage, broker, tmp_path)
     files = {}
     for fmt in (input_format, "business"):
         files[fmt] = tmp_path / f"{fmt}.jsonl"
@@ -42,19 +41,19 @@ def _run_history(storage: Storage, rabbitmq: str, tmp_path: Path, history, input
 @pytest.mark.parametrize(("input_format", "seed", "warehouse"),
                          [("canal", 1, "postgresql"), ("debezium", 2, "mariadb"), ("canal", 3, "postgresql")])
 def test_histories_through_real_workers_match_whatever_the_arrival_order(
-        fresh_storage, rabbitmq, tmp_path: Path, input_format: str, seed: int, warehouse: str) -> None:
-    # Given fresh MariaDB shards and warehouse, an empty broker, and a worker and beat running;
+        fresh_storage, rabbitmq_vhost, tmp_path: Path, input_format: str, seed: int, warehouse: str) -> None:
+    # Given fresh MariaDB shards and warehouse, a RabbitMQ virtual host of its own, and a worker and beat running;
     # 300 orders displaced up to 40 places, 3% duplicated, corrections and malformed lines mixed in
     storage = fresh_storage(warehouse)
     history = generate_history(300, seed=seed, input_format=input_format)
     # When the history is ingested with the CLI, as files of JSON lines
-    problems = _run_history(storage, rabbitmq, tmp_path, history, input_format, concurrency=2)
+    problems = _run_history(storage, rabbitmq_vhost, tmp_path, history, input_format, concurrency=2)
     # Then every line is accounted for, and the wide rows and the ADS tables match the history
     assert problems == []
 
 
 @pytest.mark.parametrize("warehouse", ["postgresql", "mariadb"])
-def test_four_worker_processes_on_one_store_and_day_lose_no_sale(fresh_storage, rabbitmq, tmp_path: Path,
+def test_four_worker_processes_on_one_store_and_day_lose_no_sale(fresh_storage, rabbitmq_vhost, tmp_path: Path,
                                                                  warehouse: str) -> None:
     # Given 250 orders, all in one store and paid the same morning, with refunds and corrections
     storage = fresh_storage(warehouse)
@@ -62,7 +61,7 @@ def test_four_worker_processes_on_one_store_and_day_lose_no_sale(fresh_storage, 
     days = {o["paid_at"].date() for o in history.expected_orders.values() if o["paid_at"]}
     assert len(days) == 1
     # When four worker processes drain them at once
-    problems = _run_history(storage, rabbitmq, tmp_path, history, "canal", concurrency=4)
+    problems = _run_history(storage, rabbitmq_vhost, tmp_path, history, "canal", concurrency=4)
     # Then the store's day, its SKUs and the day's total hold every sale exactly once
     assert problems == []
 

@@ -15,6 +15,7 @@ import redis
 
 from chain.wide_rows import read_orders
 from demo.check import aggregate_differences, differences, expected_aggregates
+from demo.history import History
 from models.storage import Storage
 from tests.conftest import env_of
 from warehouse.aggregates import read_aggregates
@@ -46,6 +47,29 @@ def wait_until_matching(storage: Storage, history, seconds: float) -> list[str]:
         time.sleep(1)
 
 
+def merged(*histories: History) -> History:
+    """One history expecting every order and item of ``histories`` (on one fresh storage)."""
+    return History(run_id="+".join(h.run_id for h in histories),
+                   expected_orders={k: v for h in histories for k, v in h.expected_orders.items()},
+                   expected_items={k: v for h in histories for k, v in h.expected_items.items()})
+
+
+def orders_done(storage: Storage, history: History) -> int:
+    """Orders of ``history`` that have a wide row with a status."""
+    return len([o for o in read_orders(storage, history.order_ids)[0].values() if o["status"]])
+
+
+def wait_for_progress(storage: Storage, history: History, orders: int) -> None:
+    """Wait until at least ``orders`` of the history have a wide row, and check the work is not
+    all done yet: the fault that follows must hit chains in flight."""
+    deadline = time.monotonic() + 120
+    while True:
+        done = orders_done(storage, history)
+        if done >= orders:
+            assert done < len(history.order_ids), "everything finished before the fault; use a longer history"
+            return
+        assert time.monotonic() < deadline, "the workers made no progress"
+        time.sleep(0.2)
 
 
 class PrivateRedis:

@@ -14,15 +14,21 @@ import redis
 from celery import Celery, chain
 from sqlalchemy import insert
 
-from chain.wide_rows import read_orders
 from demo.history import History, generate_history
 from demo.processes import running, start_beat, start_worker
 from models.orders import FailedTask
 from models.sharded import task_table
-from models.storage import Storage
 from reliability.alarms import ALARM_COUNTERS
 from tests.conftest import new_order_id
-from tests.e2e.helpers import PrivateRedis, restart_rabbitmq, run_tdc, wait_until_matching, worker_env
+from tests.e2e.helpers import (
+    PrivateRedis,
+    merged,
+    restart_rabbitmq,
+    run_tdc,
+    wait_for_progress,
+    wait_until_matching,
+    worker_env,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -35,24 +41,6 @@ def _ingest(env: dict[str, str], tmp_path: Path, history: History, name: str) ->
         assert result.returncode == 0, result.stderr
 
 
-def _both(first: History, second: History) -> History:
-    return History(run_id="both", expected_orders={**first.expected_orders, **second.expected_orders},
-                   expected_items={**first.expected_items, **second.expected_items})
-
-
-def _wait_for_progress(storage: Storage, history: History, orders: int) -> None:
-    """Wait until at least ``orders`` of the history have a wide row, and check the work is not
-    all done yet: the fault that follows must hit chains in flight."""
-    deadline = time.monotonic() + 120
-    while True:
-        done = len([o for o in read_orders(storage, history.order_ids)[0].values() if o["status"]])
-        if done >= orders:
-            assert done < len(history.order_ids), "everything finished before the fault; use a longer history"
-            return
-        assert time.monotonic() < deadline, "the workers made no progress"
-        time.sleep(0.2)
-
-
 def test_a_worker_killed_mid_chain_loses_and_doubles_nothing(fresh_storage, rabbitmq_vhost, tmp_path: Path) -> None:
     # Given a worker draining 300 orders, with a short lease so the rescan retakes orphans quickly
     storage = fresh_storage("postgresql")
@@ -61,7 +49,7 @@ def test_a_worker_killed_mid_chain_loses_and_doubles_nothing(fresh_storage, rabb
     with running([start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")]):
         victim = start_worker(env, tmp_path / "worker-1.log", concurrency=2)
         _ingest(env, tmp_path, history, "all")
-        _wait_for_progress(storage, history, 60)
+        wait_for_progress(storage, history, 60)
         # When it is killed with SIGKILL, pool and all, in the middle of its chains
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait()
@@ -121,7 +109,7 @@ def test_triple_delivery_and_poison_messages_under_two_beats_change_nothing_and_
         app.send_task("tdc.finish", args=[[None, "junk"]], queue="tdc.process")
         # And more input arrives after them
         _ingest(env, tmp_path, second, "second")
-        problems = wait_until_matching(storage, _both(first, second), 300)
+        problems = wait_until_matching(storage, merged(first, second), 300)
         # And both beats send the digest when it falls due
         deadline = time.monotonic() + (digest_at - dt.datetime.now(dt.UTC)).total_seconds() + 90
         while _digest_runs(tmp_path / "worker.log") < 2:
@@ -151,7 +139,7 @@ def test_a_redis_restart_under_load_loses_and_doubles_nothing(fresh_storage, rab
         with running([start_worker(env, tmp_path / "worker.log", concurrency=2),
                       start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")]):
             _ingest(env, tmp_path, history, "all")
-            _wait_for_progress(storage, history, 60)
+            wait_for_progress(storage, history, 60)
             # When Redis goes away for five seconds in the middle of their chains, and comes back
             server.stop()
             time.sleep(5)
@@ -171,11 +159,11 @@ def test_a_broker_restart_under_load_loses_and_doubles_nothing(fresh_storage, ra
     with running([start_worker(env, tmp_path / "worker.log", concurrency=2),
                   start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")]):
         _ingest(env, tmp_path, history, "all")
-        _wait_for_progress(storage, history, 60)
+        wait_for_progress(storage, history, 60)
         # When the broker stops with chains in flight, more input is ingested while it is down,
         # and the broker comes back
         restart_rabbitmq(while_down=lambda: _ingest(env, tmp_path, late, "late"))
-        problems = wait_until_matching(storage, _both(history, late), 300)
+        problems = wait_until_matching(storage, merged(history, late), 300)
     # Then both histories are exact: unacknowledged messages were redelivered, refused submits
     # were left to the rescan, and duplicates changed nothing
     assert problems == [], (tmp_path / "worker.log").read_text()[-3000:]

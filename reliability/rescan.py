@@ -3,8 +3,8 @@
 Job ``k`` of ``n`` scans tables ``t`` with ``t % n == k``, one indexed select per table
 (``status IN (...) AND next_run_at <= now``, on the ``(status, next_run_at)`` index, longest
 due first), holding one connection per shard database for the whole slice.  A due task whose
-order's lease is held (its chain is alive) is postponed by a lease, so a backlog of held rows
-never hides an orphaned task behind the per-table limit.
+order's lease is held (its chain is alive) is postponed to the next pass, behind everything due
+before it, so a backlog of held rows never hides an orphaned task behind the per-table limit.
 
 The statement text is made once per table and sent as is: 4096 differently named tables
 defeat SQLAlchemy's compiled-statement cache, and compiling each select cost more than running

@@ -25,10 +25,11 @@ def rescan() -> int:
 
 @shared_task(name="tdc.rescan_slice", **retrying())
 def rescan_slice(job: int, jobs: int) -> int:
-    """Submit the due tasks of tables ``t % jobs == job``; postpone those whose order is held."""
+    """Submit the due tasks of tables ``t % jobs == job``; those whose order is held go to the
+    back of the line until the next pass (not a whole lease: a lapsing lease is retaken then)."""
     settings, now = get_settings(), utcnow()
     submitted, held = submit_keys(due_tasks(get_storage(), job, jobs, now, settings.rescan_batch))
-    postpone(get_storage(), held, now, settings.lease_seconds)
+    postpone(get_storage(), held, now, settings.rescan_interval_seconds)
     return submitted
 
 

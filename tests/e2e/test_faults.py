@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import redis
 from celery import Celery, chain
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from demo.history import History, generate_history
 from demo.processes import running, start_beat, start_worker
-from models.orders import FailedTask
+from models.orders import FailedTask, OrderFence
 from models.sharded import task_table
 from reliability.alarms import ALARM_COUNTERS
 from tests.conftest import new_order_id
@@ -90,13 +90,15 @@ def test_triple_delivery_and_poison_messages_under_two_beats_change_nothing_and_
                           start_beat(env, tmp_path / "beat-2.log", tmp_path / "beat-schedule-2")]):
         _ingest(env, tmp_path, first, "first")
         assert wait_until_matching(storage, first, 300) == []
-        # When every task's merge -> aggregate -> finish is delivered three more times, and
-        # poison messages are sent to every step
+        # When every task's merge -> aggregate -> finish is delivered three more times, with the
+        # token of the chain that last held its order (so fencing does not stop them: only
+        # idempotence does), and poison messages are sent to every step
         keys = []
         for order_id in first.order_ids:
             tasks = task_table(storage.shard_of(order_id))
             with storage.engine_for_order(order_id).connect() as connection:
-                keys += [{"order_id": order_id, "operation_type": row.operation_type, "token": "replayed",
+                token = connection.execute(select(OrderFence.token).where(OrderFence.order_id == order_id)).scalar()
+                keys += [{"order_id": order_id, "operation_type": row.operation_type, "token": token,
                           "version": row.version}
                          for row in connection.execute(tasks.select().where(tasks.c.order_id == order_id))]
         for _ in range(3):

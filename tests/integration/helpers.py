@@ -11,7 +11,7 @@ from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_order
 from intake.receiver import TaskKey, accept_lines, utcnow
 from pipeline.dimensions import RedisDimensions
 from reliability.leases import OrderLeases
-from reliability.rescan import due_tasks
+from reliability.rescan import due_tasks, postpone
 
 
 def run_chains(storage, client, keys: set[TaskKey] | list[TaskKey], rounds: int = 50) -> None:  # type: ignore[no-untyped-def]
@@ -25,6 +25,9 @@ def run_chains(storage, client, keys: set[TaskKey] | list[TaskKey], rounds: int 
             if not queue:
                 return
         batch = leased_keys(leases, queue)
+        leased = {key["order_id"] for key in batch}
+        # As the rescan does: tasks of an order another (unfinished) chain holds wait a lease.
+        postpone(storage, [key for key in queue if key[0] not in leased], utcnow(), settings.lease_seconds)
         ready, again = check_tasks(storage, leases, settings, batch)
         merged = merge_orders(storage, leases, settings, RedisDimensions(client), ready)
         aggregated = aggregate_orders(storage, leases, settings, merged)

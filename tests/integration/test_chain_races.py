@@ -89,6 +89,7 @@ def test_a_retried_check_step_counts_each_waiting_task_once(storage, redis_clien
     finally:
         for engine in engines:
             event.remove(engine, "before_cursor_execute", lose_connection)
+        leases.release({k["order_id"]: k["token"] for k in keys})
     # Then the waiting PAY counted one attempt, not one per run of the step
     pay = _task(storage, waiting, "PAY")
     assert (pay.status, pay.attempts) == (TaskStatus.WAITING, 1)

@@ -84,6 +84,15 @@ def upgrade_tables(engine: Engine, metadata: MetaData) -> list[str]:
             for constraint in table.constraints:
                 if isinstance(constraint, UniqueConstraint) and constraint.name and constraint.name not in named:
                     columns = ", ".join(quote(c.name) for c in constraint.columns)
+                    if "id" in table.columns:
+                        # Rows an older tdc kept twice (replays) would refuse the constraint: keep the first.
+                        present = " AND ".join(f"{quote(c.name)} IS NOT NULL" for c in constraint.columns)
+                        removed = connection.exec_driver_sql(
+                            f"DELETE FROM {quote(table.name)} WHERE {present} AND id NOT IN (SELECT keep FROM "
+                            f"(SELECT MIN(id) AS keep FROM {quote(table.name)} WHERE {present} "
+                            f"GROUP BY {columns}) AS keepers)").rowcount
+                        if removed:
+                            done.append(f"{table.name}: {removed} repeated rows removed")
                     connection.exec_driver_sql(
                         f"CREATE UNIQUE INDEX {quote(str(constraint.name))} ON {quote(table.name)} ({columns})")
                     done.append(f"{table.name}: unique {constraint.name} added")

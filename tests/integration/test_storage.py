@@ -51,3 +51,40 @@ def test_task_table_has_the_due_index_rescans_rely_on(storage) -> None:
     columns = [(row.Key_name, row.Column_name) for row in indexes]
     assert ("ix_task_0000_due", "status") in columns and ("ix_task_0000_due", "next_run_at") in columns
     assert ("uq_task_0000", "order_id") in columns
+
+
+@pytest.mark.parametrize("backend", ["mariadb", "sqlite"])
+def test_init_brings_tables_of_an_older_tdc_up_to_date(mariadb, tmp_path, backend: str) -> None:
+    # Given a shard database made by an older tdc: quarantine without raw_hash, schema_change
+    # without its unique key and holding a DDL kept twice by a replay, a ledger without fence
+    from models.cdc import SchemaChangeRecord
+    from models.orders import ShardBase
+    from models.schema import upgrade_tables
+
+    url = fresh_mariadb_databases("tdc_it_upgrade", 1)[0] if backend == "mariadb" else f"sqlite:///{tmp_path}/old.db"
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE quarantine (id INTEGER PRIMARY KEY, received_at DATETIME, "
+                                "input_format VARCHAR(16), order_id VARCHAR(64), reason VARCHAR(512), raw TEXT)"))
+        connection.execute(text("CREATE TABLE schema_change (id INTEGER PRIMARY KEY, received_at DATETIME, "
+                                "input_format VARCHAR(16), source_database VARCHAR(128), source_table VARCHAR(128), "
+                                "position VARCHAR(64), `sql` TEXT)".replace("`", '"' if backend == "sqlite" else "`")))
+        connection.execute(text("INSERT INTO quarantine (id, reason, raw) VALUES (1, 'bad', 'x'), (2, 'bad', 'x')"))
+        for row_id in (1, 2, 3):
+            connection.execute(SchemaChangeRecord.__table__.insert().values(
+                id=row_id, input_format="canal", source_database="gqsh", source_table="gqsh_order",
+                position="p1" if row_id < 3 else "p2", sql="ALTER ..."))
+    # When tdc init upgrades it (twice)
+    first = upgrade_tables(engine, ShardBase.metadata)
+    second = upgrade_tables(engine, ShardBase.metadata)
+    # Then the new column and unique keys are there, the replayed DDL is kept once, and old
+    # quarantine rows (no hash) are all kept; the second run has nothing to do
+    assert "quarantine.raw_hash added" in first and "schema_change: 1 repeated rows removed" in first
+    assert second == []
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT id FROM schema_change ORDER BY id")).scalars().all() == [1, 3]
+        assert connection.execute(text("SELECT COUNT(*) FROM quarantine")).scalar() == 2
+    uniques = {u["name"] for u in inspect(engine).get_unique_constraints("schema_change")}
+    uniques |= {i["name"] for i in inspect(engine).get_indexes("schema_change") if i["unique"]}
+    assert "uq_schema_change_at" in uniques
+    engine.dispose()

@@ -86,6 +86,14 @@ def utcnow() -> dt.datetime:
 STORE_ROUNDS = 8
 
 
+class KeyContention(RuntimeError):
+    """One metadata key kept changing under concurrent writers: lock contention by other means."""
+
+
+def _contended(error: Exception) -> bool:
+    return isinstance(error, KeyContention) or (isinstance(error, DBAPIError) and is_contention(error))
+
+
 def store_record(connection: Connection, shard: int, record: MetadataRecord, now: dt.datetime) -> Effect:
     """Store one metadata record idempotently and say what it changed.
 
@@ -131,7 +139,7 @@ def store_record(connection: Connection, shard: int, record: MetadataRecord, now
             position=record.position, input_format=record.input_format, updated_at=now,
         )).rowcount:
             return Effect.CORRECTED
-    raise RuntimeError(f"metadata key of {record.order_id} kept changing under concurrent writers")
+    raise KeyContention(f"metadata key of {record.order_id} kept changing under {STORE_ROUNDS} concurrent writes")
 
 
 def bump_task(connection: Connection, shard: int, order_id: str, operation: str, now: dt.datetime) -> None:
@@ -265,8 +273,8 @@ def _store_database(storage: Storage, database: int, input_format: str, entries:
     count = RetryCount()
     try:
         effects = retry_on_contention(lambda: _write_entries(storage, database, input_format, entries, now), count)
-    except DBAPIError as error:
-        if not is_contention(error):
+    except (DBAPIError, KeyContention) as error:
+        if not _contended(error):
             raise
         log.warning("a batch for shard database %d met lock contention %d times; storing its lines one by one",
                     database, count.retries + 1)
@@ -297,12 +305,13 @@ def _store_one_by_one(storage: Storage, database: int, input_format: str, entrie
 
         try:
             effects += retry_on_contention(alone, count)
-        except DBAPIError as error:
-            if not is_contention(error):
+        except (DBAPIError, KeyContention) as error:
+            if not _contended(error):
                 raise
             order_id = next((record.order_id for _, record in part if record is not None), None)
+            cause = error.orig if isinstance(error, DBAPIError) else error
             line.error = BadInput(f"could not be stored: lock contention after {CONTENTION_ATTEMPTS} attempts "
-                                  f"({type(error.orig).__name__}: {error.orig})", order_id)
+                                  f"({type(cause).__name__}: {cause})", order_id)
             retry_on_contention(kept, count)
     return effects
 

@@ -161,3 +161,36 @@ def test_a_replayed_ddl_is_recorded_and_alarmed_once(storage, redis_client) -> N
             SchemaChangeRecord.sql == "ALTER TABLE gqsh_order ADD COLUMN note varchar(8)")).fetchall()
     assert len({row.position for row in rows}) == len(rows)
     assert int(redis_client.hget(ALARM_COUNTERS, "schema_change") or 0) - before == 1
+
+
+def test_a_line_that_stays_contended_is_quarantined_and_the_batch_goes_on(storage, redis_client) -> None:
+    # Given a batch of three orders, one of whose metadata rows every transaction deadlocks on
+    import pymysql
+    from sqlalchemy.exc import OperationalError
+
+    headers = [OrderHeaderFactory(order_id=new_order_id()) for _ in range(3)]
+    stuck = headers[1]["order_id"]
+    engines = {storage.engine_for_order(h["order_id"]) for h in headers}
+
+    def deadlock(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "meta_" in statement and stuck in str(parameters):
+            raise OperationalError(statement, parameters, pymysql.err.OperationalError(1213, "Deadlock found"))
+
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", deadlock)
+    try:
+        # When it is ingested
+        report = ingest(storage, redis_client, ORDER_FLOW, "canal", [canal("gqsh_order", h) for h in headers])
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", deadlock)
+    # Then the other two are stored, the stuck one is quarantined with the reason, and the
+    # retries are reported
+    assert (report.accepted, report.quarantined) == (2, 1)
+    assert report.touched == {(h["order_id"], "SUBMIT") for h in headers if h["order_id"] != stuck}
+    assert report.retries >= 2 * (8 - 1)
+    [reason] = report.reasons
+    assert reason.startswith("could not be stored: lock contention after 8 attempts")
+    with storage.engine_for_order(stuck).connect() as connection:
+        kept = connection.execute(select(QuarantinedInput.reason).where(QuarantinedInput.order_id == stuck)).scalars()
+        assert list(kept) == [reason]

@@ -85,6 +85,13 @@ def _fenced(client: redis.Redis | None, keys: list[Key], why: str) -> None:
         count(client, FENCED, len(keys))
 
 
+def _fence_off(leases: OrderLeases, keys: list[Key], why: str) -> None:
+    """Drop ``keys``, whose orders storage has seen a newer token for, and give back the leases
+    their late message may have taken back: the newer holder, or new data, may need them."""
+    _fenced(leases.client, keys, why)
+    leases.release(owned(keys))
+
+
 def _live(leases: OrderLeases, keys: list[Key], lost: set[str]) -> list[Key]:
     """``keys`` without those whose order another holder has taken over."""
     _fenced(leases.client, [key for key in keys if key["order_id"] in lost], "lease taken over")
@@ -242,7 +249,7 @@ def check_tasks(storage: Storage, leases: OrderLeases, settings: Settings,
                 continue
             _raise_alarms(leases.client, checked.alarms)
             if checked.fenced:
-                _fenced(leases.client, group, "order claimed by a newer holder")
+                _fence_off(leases, group, "order claimed by a newer holder")
             elif checked.ready:
                 ready += checked.ready
             else:
@@ -299,7 +306,7 @@ def merge_orders(storage: Storage, leases: OrderLeases, settings: Settings, dims
             elif wrote:
                 merged.append(key)
             else:
-                _fenced(leases.client, [key], "order claimed by a newer holder")
+                _fence_off(leases, [key], "order claimed by a newer holder")
     _continue(leases, merged, failed)
     return merged
 
@@ -316,7 +323,7 @@ def aggregate_orders(storage: Storage, leases: OrderLeases, settings: Settings, 
         try:
             fenced = apply_orders(storage, owned(live)).fenced
             done = [key for key in live if key["order_id"] not in fenced]
-            _fenced(leases.client, [key for key in live if key["order_id"] in fenced], "warehouse saw a newer holder")
+            _fence_off(leases, [key for key in live if key["order_id"] in fenced], "warehouse saw a newer holder")
             failed: list[Key] = []
         except TRANSIENT_ERRORS:
             raise
@@ -333,7 +340,7 @@ def aggregate_orders(storage: Storage, leases: OrderLeases, settings: Settings, 
                 if not _isolated(storage, leases, settings, [key], alone):
                     failed.append(key)
                 elif fenced:
-                    _fenced(leases.client, [key], "warehouse saw a newer holder")
+                    _fence_off(leases, [key], "warehouse saw a newer holder")
                 else:
                     done.append(key)
     _continue(leases, done, failed)
@@ -366,7 +373,7 @@ def finish_tasks(storage: Storage, leases: OrderLeases, keys: list[Key]) -> list
         for (order_id, token), group in _by_order(_live(leases, keys, lost)).items():
             woken = retry_on_contention(lambda: _finish_order(storage, order_id, token, group))  # noqa: B023
             if woken is None:
-                _fenced(leases.client, group, "order claimed by a newer holder")
+                _fence_off(leases, group, "order claimed by a newer holder")
                 continue
             again += woken
             finished[order_id] = token

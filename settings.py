@@ -44,9 +44,9 @@ class Settings:
     #: A running step's lease on its orders, renewed every third of it while the step runs: a
     #: holder that died is taken over by the rescan this long after its last renewal.
     lease_seconds: int
-    #: The lease while a chain's next step waits in the broker: a crash of a worker holding
-    #: prefetched messages costs this long on a Redis broker.  Raise it if queues routinely hold
-    #: more work than this (a lapsed queued chain is taken over: harmless, but duplicate work).
+    #: The lease while a chain's next step waits in the broker, held by nobody (a worker that
+    #: reserves it renews the running lease): what a message the broker loses costs, and the
+    #: longest queue wait before the rescan takes a waiting chain over (harmless, but duplicate work).
     queued_lease_seconds: int
     #: The ceiling: the most one holder may keep an order, however often it renews.
     lock_seconds: int
@@ -173,7 +173,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # 50 keys keep one chain's transactions short on SQLite and still cut per-message cost 50x.
         chain_batch=int(_number(env, "TDC_CHAIN_BATCH", 50, int)),
         lease_seconds=lease,
-        queued_lease_seconds=int(_number(env, "TDC_QUEUED_LEASE_SECONDS", 120, int)),
+        queued_lease_seconds=int(_number(env, "TDC_QUEUED_LEASE_SECONDS", 1800, int)),
         lock_seconds=int(_number(env, "TDC_LOCK_SECONDS", 3600, int)),
         step_time_limit=step_limit,
         visibility_timeout=visibility,

@@ -6,11 +6,14 @@ Queues are named here and nowhere else; a worker started without ``-Q`` consumes
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_process_shutdown
 from kombu import Queue
 
 from beat_schedule import BEAT_SCHEDULE
 from models.embedded import ensure_embedded_redis
+from reliability.alarms import flush_alarms
 from settings import get_settings
+from tasks.lease_keeper import KeepHeldLeases
 
 #: Queue names: intake, the per-order chain, warehouse writes, beat's jobs.
 INGEST_QUEUE = "tdc.ingest"
@@ -38,6 +41,16 @@ if settings.embedded_redis:
     ensure_embedded_redis(settings)
 
 app = Celery("tdc", include=["tasks.processing", "tasks.scheduled", "tasks.ingest"])
+# The worker renews the leases of the chain messages it holds (reserved or running), so a killed
+# worker's orders are taken over a lease later, and queued chains are never taken over.
+app.steps["consumer"].add(KeepHeldLeases)
+
+
+@worker_process_shutdown.connect
+def _deliver_queued_alarms(**_: object) -> None:
+    """Pool processes end without atexit hooks: post the alarms still queued for the webhook."""
+    flush_alarms()
+
 app.conf.update(
     broker_url=settings.broker_url,
     # JSON only: a pickle payload on the broker would be code execution.

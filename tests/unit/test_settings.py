@@ -52,7 +52,7 @@ def test_a_redis_url_is_also_the_default_broker() -> None:
 
 def test_lease_times_default_to_minutes_and_are_checked_against_each_other() -> None:
     settings = load_settings({})
-    assert (settings.lease_seconds, settings.queued_lease_seconds, settings.lock_seconds) == (60, 120, 3600)
+    assert (settings.lease_seconds, settings.queued_lease_seconds, settings.lock_seconds) == (60, 1800, 3600)
     assert settings.visibility_timeout == 2 * settings.step_time_limit + 60
     with pytest.raises(SettingsError, match="twice TDC_STEP_TIME_LIMIT"):
         load_settings({"TDC_STEP_TIME_LIMIT": "300", "TDC_VISIBILITY_TIMEOUT": "600"})

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -59,9 +60,34 @@ def _logs(tmp_path: Path, *names: str) -> str:
 CONCURRENT_INGESTS = ("canal", "canal", "canal", "business")
 
 
+def _blocked_reading_stdin(process: subprocess.Popen[str]) -> bool:
+    """True once ``process`` sleeps in a read of its (empty) stdin pipe, or when Linux will not say."""
+    try:
+        return "pipe" in Path(f"/proc/{process.pid}/wchan").read_text()
+    except OSError:
+        return True
+
+
+def _ingest_together(env: dict[str, str], inputs: list[tuple[str, Path]]) -> list[tuple[str, str, int]]:
+    """Run `tdc ingest --format F -` for each (F, file) at the same moment: start them all on
+    empty stdin pipes, wait until every one has imported everything and blocks reading (or 60
+    seconds), then feed them all at once.  Returns (format, stderr, exit code) of each."""
+    processes = [subprocess.Popen([sys.executable, "-m", "cli.main", "ingest", "--format", fmt, "-"], env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for fmt, _ in inputs]
+    deadline = time.monotonic() + 60
+    while not all(_blocked_reading_stdin(p) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with ThreadPoolExecutor(len(processes)) as pool:
+        stderrs = list(pool.map(lambda run: run[0].communicate(run[1].read_text(), timeout=300)[1],
+                                zip(processes, (path for _, path in inputs), strict=True)))
+    return [(fmt, stderr, process.returncode)
+            for (fmt, _), stderr, process in zip(inputs, stderrs, processes, strict=True)]
+
+
 def test_concurrent_ingests_never_fail_and_end_exact(fresh_storage, rabbitmq_vhost, tmp_path: Path) -> None:
     """Proves that intake is safe under concurrent writers of the same keys: `tdc ingest` runs
-    started together on the same Canal file (same metadata and task rows, same order) and on its
+    fed at the same moment with the same Canal file (same metadata and task rows, same order) and on its
     payments never fail (no deadlock or lost savepoint reaches the caller), and that what they
     stored together yields exact wide rows and ADS tables."""
     # Given fresh MariaDB shards and a MariaDB warehouse, a RabbitMQ virtual host of the test's
@@ -79,9 +105,7 @@ def test_concurrent_ingests_never_fail_and_end_exact(fresh_storage, rabbitmq_vho
             files = {fmt: _write(history, fmt, tmp_path / f"round{round_}-{fmt}.jsonl")
                      for fmt in ("canal", "business")}
             # When its Canal file is ingested three times and its payments once, all at the same time
-            runs = [_start_ingest(env, fmt, files[fmt]) for fmt in CONCURRENT_INGESTS]
-            outcomes = [(fmt, run.communicate(timeout=300)[1], run.returncode)
-                        for fmt, run in zip(CONCURRENT_INGESTS, runs, strict=True)]
+            outcomes = _ingest_together(env, [(fmt, files[fmt]) for fmt in CONCURRENT_INGESTS])
             # Then every ingest exits 0
             for fmt, stderr, code in outcomes:
                 assert code == 0, f"round {round_} (seed {seed}): `tdc ingest --format {fmt}` exited {code}:\n{stderr}"

@@ -254,7 +254,6 @@ def check_tasks(storage: Storage, leases: OrderLeases, settings: Settings,
                 ready += checked.ready
             else:
                 stopped[order_id] = token
-    leases.renew(owned(ready), queued=True)
     leases.release(stopped)
     return ready, _pending_after_release(storage, stopped)
 
@@ -269,9 +268,8 @@ def _merge_one(storage: Storage, connection: Connection, dims: Dimensions, key: 
 
 
 def _continue(leases: OrderLeases, going_on: list[Key], stopped: list[Key]) -> None:
-    """Hand the orders of ``going_on`` to the broker with the queued lease, and release the
-    orders left with nothing going on."""
-    leases.renew(owned(going_on), queued=True)
+    """Release the orders left with nothing going on.  (The orders of ``going_on`` keep their
+    running lease until their next message is published: ``tasks.lease_keeper``.)"""
     still = {key["order_id"] for key in going_on}
     leases.release({k: v for k, v in owned(stopped).items() if k not in still})
 

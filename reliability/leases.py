@@ -85,13 +85,15 @@ class OrderLeases:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
 
-    def acquire(self, order_ids: Iterable[str]) -> dict[str, int]:
-        """Take the free leases among ``order_ids`` for a chain about to be queued; returns the
-        token of each taken."""
+    def acquire(self, order_ids: Iterable[str], queued: bool = False) -> dict[str, int]:
+        """Take the free leases among ``order_ids``; returns the token of each taken.  They run
+        for the running lease (or the queued one): a submitter renews them with the queued lease
+        once its chain is in the broker, so one that dies in between holds them a lease only."""
         orders = list(dict.fromkeys(order_ids))
         pipe = self.client.pipeline(transaction=False)
         for order_id in orders:
-            self._acquire(keys=[lease_name(order_id), FENCE_KEY], args=[self.queued_ms], client=pipe)
+            self._acquire(keys=[lease_name(order_id), FENCE_KEY], args=[self.queued_ms if queued else self.lease_ms],
+                          client=pipe)
         return {order_id: int(token) for order_id, token in zip(orders, pipe.execute(), strict=True) if token}
 
     def renew(self, owned: dict[str, int], queued: bool = False) -> set[str]:

@@ -1,9 +1,12 @@
-"""Keeping the order leases of chain messages a worker holds, in the worker's own process.
+"""Keeping the order leases of chain messages: long while the broker holds them, short while a
+worker (or a submitter) does.
 
-A chain's lease is long while its next step waits in the broker (nobody holds the message, and
-the broker does not lose it), and short while a worker holds it: from the moment the worker
-reserves the message until it is acknowledged, the worker's consumer renews it every third of
-``TDC_LEASE_SECONDS``.  So a worker killed with messages in hand (prefetched ones included,
+A chain's lease is the long queued one only once a message carrying it has been published: the
+broker holds it then, and does not lose it.  From the moment a worker reserves the message until
+it is acknowledged, the worker's consumer renews the short running lease every third of
+``TDC_LEASE_SECONDS``; a step's own keeper does the same while it runs.  A submitter or a step
+that dies before its next message is published leaves a running lease, which lapses quickly.
+So a worker killed with messages in hand (prefetched ones included,
 which a Redis broker hides for its whole visibility timeout) stops renewing, and its orders are
 taken over a lease later, while a backlog in the broker never makes the rescan take over chains
 that are merely waiting their turn.
@@ -12,10 +15,11 @@ that are merely waiting their turn.
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 from celery import bootsteps
-from celery.signals import task_received
+from celery.signals import after_task_publish, task_received
 from celery.worker import state
 
 from models.redis_store import get_redis
@@ -52,6 +56,20 @@ def renew(requests: Any) -> None:
             OrderLeases(get_redis(), get_settings()).renew(owned)
     except Exception:  # noqa: BLE001 - a missed renewal is retried in a third of a lease
         log.exception("could not renew the leases of the chain messages this worker holds")
+
+
+@after_task_publish.connect
+def _on_published(sender: str | None = None, body: Any = None, **_: Any) -> None:
+    """A chain message is in the broker: its orders get the queued lease (protocol 2 bodies are
+    ``(args, kwargs, embed)``)."""
+    if sender not in CHAIN_STEPS or not isinstance(body, tuple | list) or len(body) < 2:
+        return
+    try:
+        owned = held_orders([SimpleNamespace(task_name=sender, args=body[0], kwargs=body[1])])
+        if owned:
+            OrderLeases(get_redis(), get_settings()).renew(owned, queued=True)
+    except Exception:  # noqa: BLE001 - the running lease stays; a long wait in the queue may be taken over
+        log.exception("could not give %s's orders the queued lease", sender)
 
 
 @task_received.connect

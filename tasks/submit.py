@@ -23,7 +23,9 @@ def submit_keys(keys: Iterable[TaskKey]) -> tuple[int, list[TaskKey]]:
     submitted and the tasks whose order another chain holds.
 
     A held order is being processed: its chain submits the order's PENDING tasks when it
-    releases the lease.  When Redis cannot be reached, or the broker refuses, nothing is lost:
+    releases the lease.  Leases are taken for a running lease and get the queued one once the
+    chain is in the broker (``tasks.lease_keeper``), so a submitter killed in between holds its
+    orders only a lease.  When Redis cannot be reached, or the broker refuses, nothing is lost:
     the tasks are committed and stay due for the rescan.  All keys of one order go in one
     chain, so no two chains ever share an order's lease.
     """

@@ -34,7 +34,10 @@ def test_a_lease_is_held_once_renewed_and_released_only_by_its_holder(redis_clie
     first = leases.acquire([order_id, other])
     assert set(first) == {order_id, other}
     assert leases.acquire([order_id]) == {}
-    # The queued lease while the chain waits in the broker, the running lease once renewed
+    # A running lease when taken, the queued one once its chain is in the broker, and the running
+    # one again when a worker holds it
+    assert 50_000 < redis_client.pttl(lease_name(order_id)) <= 60_000
+    assert leases.renew({order_id: first[order_id]}, queued=True) == set()
     assert 1_700_000 < redis_client.pttl(lease_name(order_id)) <= 1_800_000
     assert leases.renew({order_id: first[order_id]}) == set()
     assert 50_000 < redis_client.pttl(lease_name(order_id)) <= 60_000
@@ -145,3 +148,24 @@ def test_the_warehouse_ignores_an_aggregate_step_with_an_older_token(storage, re
     with storage.dws_engine.connect() as connection:
         after = connection.execute(select(AdsOrderLedger).where(AdsOrderLedger.order_id == order_id)).one()
     assert (after.wide_version, after.fence, after.contribution) == (0, applied.fence, applied.contribution)
+
+
+def test_tdc_ingest_hands_its_chains_to_the_broker_with_the_queued_lease(storage, redis_client) -> None:
+    # Given an order's lines, and a broker no worker reads (a Redis database of the test's own)
+    from tests.conftest import REDIS, env_of
+    from tests.integration.helpers import run_tdc
+
+    order_id = new_order_id()
+    broker = REDIS.rsplit("/", 1)[0] + "/13"
+    path = f"/tmp/tdc-leases-{order_id}.jsonl"
+    with open(path, "w") as lines:
+        lines.write("\n".join(_order_lines(order_id)) + "\n")
+    # When tdc ingest takes it in and submits its chain
+    result = run_tdc({**env_of(storage), "TDC_BROKER_URL": broker}, "ingest", "--format", "canal", path)
+    # Then the order is held for the queued lease (the chain is safely in the broker)
+    assert result.returncode == 0, result.stderr
+    assert "1 tasks submitted" in result.stdout
+    assert redis_client.pttl(lease_name(order_id)) > 1_700_000
+    import redis as redis_module
+    redis_module.Redis.from_url(broker).flushdb()
+    redis_client.delete(lease_name(order_id))

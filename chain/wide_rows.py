@@ -8,6 +8,7 @@ import json
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Table, delete, insert, select, update
 
@@ -17,7 +18,7 @@ from models.storage import Storage
 from models.writes import insert_if_absent
 from strategies import GENERATORS
 from strategies.facts import OrderFacts
-from strategies.generators import Dimensions, apply_operation
+from strategies.generators import UTC, Dimensions, apply_operation
 
 ORDER_TABLE = cast(Table, DwdOrder.__table__)
 SNAPSHOT_TABLE = cast(Table, OrderSnapshot.__table__)
@@ -75,7 +76,7 @@ def _substance(order: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge_order_rows(connection: Connection, facts: OrderFacts, operation: str, task_version: int,
-                     dims: Dimensions, now: dt.datetime) -> bool:
+                     dims: Dimensions, now: dt.datetime, business_zone: ZoneInfo = UTC) -> bool:
     """Apply ``operation`` to the order's wide rows and write them and the snapshot.
 
     Returns False when the rows were already up to date (nothing but the snapshot written).
@@ -85,7 +86,8 @@ def merge_order_rows(connection: Connection, facts: OrderFacts, operation: str, 
     order = dict(current) if current else {c: None for c in ORDER_COLUMNS} | {
         "order_id": facts.order_id, "status": 0, "refund_amount": Decimal("0.00"), "refund_count": 0}
     items = copy.deepcopy(current_items)
-    apply_operation(GENERATORS[operation], STATUS_AFTER.get(operation), operation, order, items, facts, dims)
+    apply_operation(GENERATORS[operation], STATUS_AFTER.get(operation), operation, order, items, facts, dims,
+                    business_zone)
     changed = (current is None or _substance(order) != _substance(current)
                or _normal_items(items) != _normal_items(current_items))
     if changed:

@@ -10,6 +10,7 @@ tail's own cost.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 
@@ -22,9 +23,10 @@ from demo.history import generate_history
 from demo.source import play_changes, source_metadata
 from flows.gqsh import ORDER_FLOW
 from models.redis_store import get_redis
-from models.storage import get_storage
+from models.storage import Storage, get_storage
 from pipeline.binlog import BinlogTail
 from pipeline.cdc_source import Checkpoint, Source, current_coordinates, source_of
+from settings import get_settings
 
 #: Changes per source transaction, about one order's worth.
 CHANGES_PER_TRANSACTION = 8
@@ -66,11 +68,16 @@ def _bare_loop(source: Source, start: Checkpoint) -> tuple[float, int]:
 
 
 def _tail(source: Source, start: Checkpoint) -> tuple[float, int]:
-    tail = BinlogTail(get_storage(), get_redis(), ORDER_FLOW, source, f"bench:{source.database}", 990_002,
+    # The bench's own source database stands in for the flow's, whatever TDC_SOURCE_DATABASES says.
+    storage = Storage(dataclasses.replace(get_settings(), source_databases=(source.database,)))
+    tail = BinlogTail(storage, get_redis(), ORDER_FLOW, source, f"bench:{source.database}", 990_002,
                       submit=lambda keys: 0)
-    began = time.perf_counter()
-    report = tail.run(start, stop_when_idle=True)
-    return time.perf_counter() - began, report.changes
+    try:
+        began = time.perf_counter()
+        report = tail.run(start, stop_when_idle=True)
+        return time.perf_counter() - began, report.changes
+    finally:
+        storage.dispose()
 
 
 def bench_cdc(source_url: str | None, orders: int) -> int:

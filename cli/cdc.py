@@ -8,7 +8,7 @@ import sys
 import time
 from types import FrameType
 
-from pipeline.cdc_source import Source, SourceError, default_server_id, source_of
+from pipeline.cdc_source import Source, SourceError, default_server_id, require_followed, source_of
 
 
 def _source(args: argparse.Namespace) -> Source:
@@ -39,6 +39,7 @@ def tail_binlog(args: argparse.Namespace) -> int:
 
     try:
         source = _source(args)
+        require_followed(get_storage(), ACCEPTED, source)
         name = args.name or source.default_name
         position = start_position(get_storage(), source, name, args.start)
     except SourceError as error:

@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from chain.task_state import load_facts, order_tasks
 from chain.wide_rows import read_wide_rows, to_json
+from inputs.positions import decode
 from models.orders import FailedTask, OrderSnapshot, QuarantinedInput
 from models.storage import Storage, get_storage
 
@@ -31,7 +32,7 @@ def order_lineage(storage: Storage, order_id: str) -> dict[str, Any]:
             "metadata": [
                 {k: row._mapping[k] for k in ("operation_type", "source", "unique_key", "kind", "position",
                                               "input_format", "updated_at")}
-                | {"content": json.loads(row.content)}
+                | {"at": describe_position(row.position), "content": json.loads(row.content)}
                 for row in sorted(metadata, key=lambda r: (r.source, r.unique_key, r.operation_type))
             ],
             "tasks": [
@@ -52,6 +53,14 @@ def order_lineage(storage: Storage, order_id: str) -> dict[str, Any]:
         }
 
 
+def describe_position(stored: str) -> str:
+    """A stored position for people (``gtid …:42, binlog 3:4015 on server 1, 2026-…Z``)."""
+    try:
+        return decode(stored).describe()
+    except ValueError:
+        return stored
+
+
 def attempt_line(attempt: dict[str, Any]) -> str:
     """One entry of a task's attempt history, as `order show` and `failed show` print it."""
     return f"{attempt['at']} attempt {attempt['attempt']}: {attempt['reason']}"
@@ -65,7 +74,7 @@ def show_order(order_id: str, as_json: bool = False) -> int:
     print(f"order {order_id}  (shard {lineage['shard']}, database {lineage['database']})")
     print("\nmetadata:")
     for m in lineage["metadata"]:
-        print(f"  {m['source']:<28} {m['unique_key']:<20} {m['operation_type']:<9} {m['kind']:<7} @{m['position']}")
+        print(f"  {m['source']:<28} {m['unique_key']:<20} {m['operation_type']:<9} {m['kind']:<7} @ {m['at']}")
     print("\ntasks:")
     for t in lineage["tasks"]:
         error = f"  ({t['last_error']})" if t["last_error"] else ""

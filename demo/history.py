@@ -9,6 +9,7 @@ malformed lines mixed in.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import random
@@ -228,13 +229,21 @@ def _millis(moment: dt.datetime) -> int:
     return int(moment.replace(tzinfo=dt.UTC).timestamp() * 1000)
 
 
-def render_canal(change: SourceChange, message_id: int) -> str:
+#: The source server's uuid in the rendered GTIDs (every source runs with GTIDs, as recommended).
+SOURCE_UUID = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
+#: Columns the source declares TIMESTAMP: Debezium sends them as UTC text (ZonedTimestamp).
+ZONED = {"updated_at"}
+
+
+def render_canal(change: SourceChange, sequence: int) -> str:
+    """A Canal 1.1.7 flat message; ``sequence`` is the transaction's place in commit order, so
+    ``gtid`` (the executed GTID set up to it) orders it."""
     message = {
-        "id": message_id, "database": "gqsh", "table": change.table, "isDdl": False,
+        "id": sequence, "database": "gqsh", "table": change.table, "isDdl": False,
         "type": change.kind.upper(), "es": _millis(change.at), "ts": _millis(change.at) + 5,
         "pkNames": [next(iter(change.row))],
         "data": [{k: _text(v) for k, v in change.row.items()}],
-        "old": None,
+        "old": None, "gtid": f"{SOURCE_UUID}:1-{sequence + 1}", "sql": "",
     }
     if change.kind == "update" and change.before is not None:
         message["old"] = [{k: _text(v) for k, v in change.before.items() if change.row.get(k) != v}]
@@ -242,24 +251,35 @@ def render_canal(change: SourceChange, message_id: int) -> str:
 
 
 def _typed(row: dict[str, Any]) -> dict[str, Any]:
-    def one(value: Any) -> Any:
+    """Values as the Debezium MySQL connector sends them by default, without the schema envelope."""
+    def one(name: str, value: Any) -> Any:
+        if isinstance(value, dt.datetime) and name in ZONED:
+            return value.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"  # io.debezium.time.ZonedTimestamp
         if isinstance(value, dt.datetime):
-            return _millis(value)  # io.debezium.time.Timestamp
+            return _millis(value)  # DATETIME(3): io.debezium.time.Timestamp
         if isinstance(value, Decimal):
-            return str(value)  # decimal.handling.mode=string
+            # decimal.handling.mode=precise: the unscaled value's two's complement bytes, base64
+            unscaled = int(value.scaleb(2).to_integral_value())
+            size = max(1, (unscaled.bit_length() + 8) // 8)
+            return base64.b64encode(unscaled.to_bytes(size, "big", signed=True)).decode()
         return value
-    return {k: one(v) for k, v in row.items()}
+    return {k: one(k, v) for k, v in row.items()}
 
 
 def render_debezium(change: SourceChange, sequence: int) -> str:
+    """A Debezium 2.x MySQL change event (schemas.enable=false); ``sequence`` is the
+    transaction's place in commit order."""
     op = {"insert": "c", "update": "u", "delete": "d"}[change.kind]
     event = {
         "before": _typed(change.before) if change.before else (_typed(change.row) if op == "d" else None),
         "after": None if op == "d" else _typed(change.row),
         "op": op,
         "ts_ms": _millis(change.at) + 5,
-        "source": {"connector": "mysql", "db": "gqsh", "table": change.table, "file": "mysql-bin.000001",
-                   "pos": 4 + sequence * 256, "row": 0, "ts_ms": _millis(change.at)},
+        "source": {"version": "2.5.4.Final", "connector": "mysql", "name": "gqsh-source", "ts_ms": _millis(change.at),
+                   "snapshot": "false", "db": "gqsh", "sequence": None, "table": change.table, "server_id": 1,
+                   "gtid": f"{SOURCE_UUID}:{sequence + 1}", "file": "mysql-bin.000001", "pos": 4 + sequence * 256,
+                   "row": 0, "thread": 7, "query": None},
+        "transaction": None,
     }
     return json.dumps(event)
 
@@ -276,7 +296,8 @@ def _dimension_changes(at: dt.datetime) -> list[SourceChange]:
 
 MALFORMED = [
     "{not json",
-    json.dumps({"id": 1, "database": "gqsh", "table": "unknown_table", "type": "INSERT", "es": 1, "data": [{}]}),
+    json.dumps({"id": 1, "database": "gqsh", "table": "gqsh_order", "type": "INSERT", "es": 1,
+                "data": [{"order_id": "X-BAD3", "status": "10", "total_amount": "12,50"}]}),
     json.dumps({"source": "payment", "order_id": "X-BAD", "operation_type": "PAY", "unique_key": "t",
                 "payload": {"pay_txn_id": "t", "pay_channel": "card", "paid_amount": "-3.00",
                             "paid_at": "2026-11-01 10:00:00"}, "occurred_at": "2026-11-01 10:00:00"}),

@@ -3,19 +3,21 @@ flow's declaration, and a generated history played into it as SQL statements."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
-from sqlalchemy import BigInteger, Column, Connection, MetaData, Numeric, String, Table, delete, insert, update
-from sqlalchemy.dialects.mysql import DATETIME
-from sqlalchemy.types import TypeEngine
+from sqlalchemy import (
+    Column,
+    Connection,
+    MetaData,
+    Table,
+    delete,
+    insert,
+    update,
+)
 
 from demo.history import SourceChange
 from flows import Flow
-
-#: Declared column type -> source column type.
-SOURCE_TYPES: dict[str, Callable[[], TypeEngine[Any]]] = {
-    "text": lambda: String(255), "int": BigInteger, "money": lambda: Numeric(12, 2), "time": lambda: DATETIME(fsp=3)}
+from models.types import column_sql_type
 
 
 def source_metadata(flow: Flow) -> MetaData:
@@ -23,8 +25,8 @@ def source_metadata(flow: Flow) -> MetaData:
     metadata = MetaData()
     for table in flow.tables.values():
         Table(table.name, metadata, *[
-            Column(name, SOURCE_TYPES[kind](), primary_key=name == table.key, autoincrement=False)
-            for name, kind in table.columns.items()])
+            Column(name, column_sql_type(kind), primary_key=name == table.key, autoincrement=False, nullable=True)
+            for name, kind in table.types.items()])
     return metadata
 
 

@@ -11,17 +11,33 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from inputs.events import BadInput, BusinessWrite, ChangeEvent, Parsed, SchemaChange
-from inputs.values import READERS
+from inputs.columns import UTC, ColumnType, Reading, column_type, read_instant
+from inputs.events import BadInput, BusinessWrite, ChangeEvent, Ignored, Parsed, SchemaChange
+from inputs.positions import Position, encode
 
 RowOperations = Callable[[Mapping[str, Any]], tuple[str, ...]]
 
 
+def _declared(owner: str, columns: Mapping[str, str]) -> dict[str, ColumnType]:
+    """Column name -> type, checked when the flow is declared (ValueError naming the column)."""
+    types = {}
+    for name, declaration in columns.items():
+        try:
+            types[name] = column_type(declaration)
+        except ValueError as error:
+            raise ValueError(f"{owner} column {name!r}: {error}") from None
+    return types
+
+
 @dataclass(frozen=True)
 class SourceTable:
-    """A CDC source table: its unique key, typed columns and the operations a row feeds."""
+    """A CDC source table: its unique key, its columns with their types in the source database
+    (``inputs.columns``: ``varchar(32)``, ``decimal(12,2)``, ``datetime(3)``, ...) and the
+    operations a row feeds."""
 
     name: str
     key: str
@@ -30,6 +46,15 @@ class SourceTable:
     order_key: str | None = "order_id"
     #: Set for a dimension table: changes go to this Redis dimension, not to tasks.
     dimension: str | None = None
+    #: ``columns`` read: name -> ColumnType.
+    types: Mapping[str, ColumnType] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "types", _declared(f"source table {self.name!r}", self.columns))
+        if self.key not in self.columns:
+            raise ValueError(f"source table {self.name!r}: key {self.key!r} is not one of its columns")
+        if self.order_key is not None and self.order_key not in self.columns:
+            raise ValueError(f"source table {self.name!r}: order key {self.order_key!r} is not one of its columns")
 
 
 @dataclass(frozen=True)
@@ -39,6 +64,10 @@ class BusinessSource:
     name: str
     operations: tuple[str, ...]
     payload: Mapping[str, str]
+    types: Mapping[str, ColumnType] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "types", _declared(f"business source {self.name!r}", self.payload))
 
 
 @dataclass(frozen=True)
@@ -46,6 +75,9 @@ class Flow:
     name: str
     tables: Mapping[str, SourceTable]
     business: Mapping[str, BusinessSource] = field(default_factory=dict)
+    #: The source databases whose tables it follows (a deployment may override them:
+    #: ``TDC_SOURCE_DATABASES``).  Rows of the same tables in other databases are not its own.
+    databases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,8 +90,12 @@ class MetadataRecord:
     unique_key: str
     kind: str
     content: dict[str, Any]
-    position: str
+    position: Position
     input_format: str
+
+    @property
+    def position_text(self) -> str:
+        return encode(self.position)
 
     @property
     def content_json(self) -> str:
@@ -76,8 +112,8 @@ class DimensionChange:
     key: str
     #: None deletes the dimension entry.
     attributes: dict[str, Any] | None
-    #: Where the change came from, in commit order: an older change never overwrites a newer one.
-    position: str
+    #: Where the change came from: an older change never overwrites a newer one.
+    position: Position
 
 
 @dataclass
@@ -85,33 +121,55 @@ class Routed:
     records: list[MetadataRecord] = field(default_factory=list)
     dimensions: list[DimensionChange] = field(default_factory=list)
     schema_changes: list[SchemaChange] = field(default_factory=list)
+    #: Why valid input was left alone, one entry per message part.
+    ignored: list[str] = field(default_factory=list)
 
 
-def typed_row(columns: Mapping[str, str], row: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """The declared columns of ``row`` in canonical form; raises BadInput naming a bad column."""
+@dataclass(frozen=True)
+class Route:
+    """What routing needs besides the flow, from the deployment's settings: the source's time
+    zone, and which source databases are followed (None: the flows' own; ``*`` wildcards)."""
+
+    zone: ZoneInfo = UTC
+    databases: tuple[str, ...] | None = None
+
+    def reading(self, input_format: str) -> Reading:
+        return Reading(self.zone, debezium=input_format == "debezium")
+
+    def follows(self, flow: Flow, database: str) -> bool:
+        names = self.databases if self.databases is not None else flow.databases
+        return any(fnmatchcase(database, name) for name in names)
+
+
+DEFAULT_READING = Reading()
+
+
+def typed_row(types: Mapping[str, ColumnType], row: Mapping[str, Any], what: str,
+              reading: Reading = DEFAULT_READING) -> dict[str, Any]:
+    """The declared columns of ``row`` in stored form; raises BadInput naming a bad column."""
     typed: dict[str, Any] = {}
-    for name, kind in columns.items():
-        value = row.get(name)
-        if value is None:
-            typed[name] = None
-            continue
+    for name, kind in types.items():
         try:
-            typed[name] = READERS[kind](value)
+            typed[name] = kind.read(row.get(name), reading)
         except BadInput as error:
             raise BadInput(f"{what} column {name!r}: {error.reason}") from None
     return typed
 
 
-def _route_change(flow: Flow, event: ChangeEvent, input_format: str, routed: Routed) -> None:
+def _route_change(flow: Flow, event: ChangeEvent, input_format: str, route_: Route, routed: Routed) -> None:
     table = flow.tables.get(event.table)
+    if not route_.follows(flow, event.database):
+        routed.ignored.append("database not followed")
+        return
     if table is None:
-        raise BadInput(f"table {event.database}.{event.table} is not part of flow {flow.name!r}")
+        routed.ignored.append("table not followed")
+        return
     what = f"{event.table}"
     raw_order_id = event.row.get(table.order_key) if table.order_key else None
     # Errors about this row keep its order id, so the line shows up in that order's lineage.
     order_hint = None if raw_order_id is None else str(raw_order_id)
     try:
-        row = typed_row(table.columns, event.row, what)
+        row = typed_row(table.types, event.row, what, route_.reading(input_format))
     except BadInput as error:
         raise BadInput(error.reason, order_hint) from None
     key = row.get(table.key)
@@ -135,7 +193,7 @@ def _route_change(flow: Flow, event: ChangeEvent, input_format: str, routed: Rou
         )
 
 
-def _route_write(flow: Flow, write: BusinessWrite, input_format: str, routed: Routed) -> None:
+def _route_write(flow: Flow, write: BusinessWrite, input_format: str, route_: Route, routed: Routed) -> None:
     source = flow.business.get(write.source)
     if source is None:
         raise BadInput(f"business source {write.source!r} is not part of flow {flow.name!r}", write.order_id)
@@ -146,7 +204,9 @@ def _route_write(flow: Flow, write: BusinessWrite, input_format: str, routed: Ro
             write.order_id,
         )
     try:
-        payload = typed_row(source.payload, write.payload, f"{write.source} payload")
+        reading = route_.reading(input_format)
+        occurred_at = read_instant(write.occurred_at, reading, "business write 'occurred_at'")
+        payload = typed_row(source.types, write.payload, f"{write.source} payload", reading)
     except BadInput as error:
         raise BadInput(error.reason, write.order_id) from None
     missing = [name for name, value in payload.items() if value is None]
@@ -154,23 +214,27 @@ def _route_write(flow: Flow, write: BusinessWrite, input_format: str, routed: Ro
         raise BadInput(f"{write.source} payload has no {', '.join(map(repr, missing))}", write.order_id)
     routed.records.append(
         MetadataRecord(write.order_id, write.operation_type, write.source, write.unique_key, "insert",
-                       payload, write.position, input_format)
+                       payload, Position(int(occurred_at.timestamp() * 1000)), input_format)
     )
 
 
-def route(flow: Flow, parsed: Parsed, input_format: str) -> Routed:
-    """Metadata records and dimension changes for one parsed input.
+def route(flow: Flow, parsed: Parsed, input_format: str, route_: Route = Route()) -> Routed:
+    """Metadata records and dimension changes for one parsed input, or why it is ignored.
 
-    Raises BadInput for an unknown table or source, a mistyped or missing value, or a row
-    that feeds no operation.
+    Raises BadInput for an unknown business source, a mistyped or missing value, or a row
+    that feeds no operation.  Rows and DDL of tables or databases the flow does not follow
+    are ignored, not refused.
     """
     routed = Routed()
-    if isinstance(parsed, SchemaChange):
-        # DDL on a table the flow does not follow is none of its business.
-        if parsed.table in flow.tables:
+    if isinstance(parsed, Ignored):
+        routed.ignored.append(parsed.why)
+    elif isinstance(parsed, SchemaChange):
+        if parsed.table in flow.tables and route_.follows(flow, parsed.database):
             routed.schema_changes.append(parsed)
+        else:
+            routed.ignored.append("DDL on a table not followed")
     elif isinstance(parsed, ChangeEvent):
-        _route_change(flow, parsed, input_format, routed)
+        _route_change(flow, parsed, input_format, route_, routed)
     else:
-        _route_write(flow, parsed, input_format, routed)
+        _route_write(flow, parsed, input_format, route_, routed)
     return routed

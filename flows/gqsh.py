@@ -32,6 +32,7 @@ def _always(*operations: str):  # type: ignore[no-untyped-def]
 
 ORDER_FLOW = Flow(
     name="gqsh_order",
+    databases=("gqsh",),
     tables={
         table.name: table
         for table in (
@@ -39,58 +40,62 @@ ORDER_FLOW = Flow(
                 "gqsh_order",
                 key="order_id",
                 columns={
-                    "order_id": "text", "store_id": "text", "member_id": "text", "channel": "text",
-                    "status": "int", "item_count": "int", "total_amount": "money",
-                    "discount_amount": "money", "pay_amount": "money", "created_at": "time",
-                    "paid_at": "time", "updated_at": "time",
+                    "order_id": "varchar(64)", "store_id": "varchar(32)", "member_id": "varchar(32)",
+                    "channel": "varchar(16)", "status": "int", "item_count": "int", "total_amount": "money",
+                    "discount_amount": "money", "pay_amount": "money", "created_at": "datetime(3)",
+                    "paid_at": "datetime(3)", "updated_at": "timestamp(3)",
                 },
                 operations=header_operations,
             ),
             SourceTable(
                 "gqsh_order_item",
                 key="item_id",
-                columns={"item_id": "int", "order_id": "text", "sku_id": "text", "quantity": "int",
-                         "unit_price": "money", "amount": "money"},
+                columns={"item_id": "bigint", "order_id": "varchar(64)", "sku_id": "varchar(32)",
+                         "quantity": "int", "unit_price": "money", "amount": "money"},
                 operations=_always(Op.SUBMIT),
             ),
             SourceTable(
                 "gqsh_order_ext",
                 key="order_id",
-                columns={"order_id": "text", "delivery_type": "text", "city": "text", "remark": "text"},
+                columns={"order_id": "varchar(64)", "delivery_type": "varchar(32)", "city": "varchar(64)",
+                         "remark": "varchar(255)"},
                 operations=_always(Op.SUBMIT),
             ),
             SourceTable(
                 "gqsh_order_after_sales",
                 key="after_sales_id",
-                columns={"after_sales_id": "text", "order_id": "text", "status": "int",
-                         "refund_amount": "money", "reason": "text", "created_at": "time",
-                         "updated_at": "time"},
+                columns={"after_sales_id": "varchar(64)", "order_id": "varchar(64)", "status": "int",
+                         "refund_amount": "money", "reason": "varchar(255)", "created_at": "datetime(3)",
+                         "updated_at": "datetime(3)"},
                 operations=_always(Op.REFUND),
             ),
             SourceTable(
                 "gqsh_order_after_sales_dtl",
                 key="id",
-                columns={"id": "int", "after_sales_id": "text", "order_id": "text", "item_id": "int",
-                         "refund_quantity": "int", "refund_amount": "money"},
+                columns={"id": "bigint", "after_sales_id": "varchar(64)", "order_id": "varchar(64)",
+                         "item_id": "bigint", "refund_quantity": "int", "refund_amount": "money"},
                 operations=_always(Op.REFUND),
             ),
             SourceTable(
                 "perf_record",
                 key="id",
-                columns={"id": "int", "order_id": "text", "staff_id": "text", "perf_amount": "money"},
+                columns={"id": "bigint", "order_id": "varchar(64)", "staff_id": "varchar(32)",
+                         "perf_amount": "money"},
                 operations=_always(Op.COMPLETE),
             ),
             SourceTable(
                 "dim_store_shop",
                 key="store_id",
-                columns={"store_id": "text", "store_name": "text", "city": "text", "region": "text"},
+                columns={"store_id": "varchar(32)", "store_name": "varchar(128)", "city": "varchar(64)",
+                         "region": "varchar(64)"},
                 order_key=None,
                 dimension="store",
             ),
             SourceTable(
                 "dim_product_sku",
                 key="sku_id",
-                columns={"sku_id": "text", "sku_name": "text", "category": "text", "unit": "text"},
+                columns={"sku_id": "varchar(32)", "sku_name": "varchar(128)", "category": "varchar(64)",
+                         "unit": "varchar(16)"},
                 order_key=None,
                 dimension="sku",
             ),
@@ -100,7 +105,8 @@ ORDER_FLOW = Flow(
         "payment": BusinessSource(
             "payment",
             operations=(Op.PAY,),
-            payload={"pay_txn_id": "text", "pay_channel": "text", "paid_amount": "money", "paid_at": "time"},
+            payload={"pay_txn_id": "varchar(64)", "pay_channel": "varchar(32)", "paid_amount": "money",
+                     "paid_at": "datetime(3)"},
         )
     },
 )

@@ -20,7 +20,8 @@ def combine(flows: tuple[Flow, ...]) -> Flow:
             if clash:
                 raise ValueError(f"flow {flow.name!r} redeclares {', '.join(sorted(clash))}")
             registry.update(names)
-    return Flow(name="+".join(f.name for f in flows), tables=tables, business=business)
+    databases = tuple(dict.fromkeys(name for flow in flows for name in flow.databases))
+    return Flow(name="+".join(f.name for f in flows), tables=tables, business=business, databases=databases)
 
 
 #: What intake routes by.

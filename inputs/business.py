@@ -1,12 +1,12 @@
 """Business writes pushed by other systems: ``{source, order_id, operation_type, unique_key,
-payload, occurred_at}``."""
+payload, occurred_at}``.  ``occurred_at`` orders writes of one key; it is read, with the
+payload's times, by routing (``flows.route``), in the source time zone unless it has an offset."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from inputs.events import BadInput, BusinessWrite, Parsed, require
-from inputs.values import parse_time
 
 
 def parse_business(write: Any) -> list[Parsed]:
@@ -18,10 +18,6 @@ def parse_business(write: Any) -> list[Parsed]:
             raise BadInput(f"business write {key!r} is not a non-empty string")
     if not isinstance(fields["payload"], dict):
         raise BadInput("business write 'payload' is not an object", order_id=str(fields["order_id"]))
-    try:
-        occurred_at = parse_time(fields["occurred_at"])
-    except BadInput as error:
-        raise BadInput(f"business write 'occurred_at': {error.reason}", str(fields["order_id"])) from None
     return [
         BusinessWrite(
             source=str(fields["source"]),
@@ -29,6 +25,6 @@ def parse_business(write: Any) -> list[Parsed]:
             operation_type=str(fields["operation_type"]).upper(),
             unique_key=str(fields["unique_key"]),
             payload=fields["payload"],
-            occurred_at=occurred_at,
+            occurred_at=fields["occurred_at"],
         )
     ]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from inputs.positions import Position
 
 ChangeKind = Literal["insert", "update", "delete"]
 
@@ -20,11 +23,8 @@ class BadInput(ValueError):
 
 @dataclass(frozen=True)
 class ChangeEvent:
-    """One row change of a source table, whatever reader it came through.
-
-    ``position`` sorts in commit order: 13 digits of commit milliseconds, then a reader-specific
-    tie-break (binlog file and offset, Canal message id), so an older event is recognisable.
-    """
+    """One row change of a source table, whatever reader it came through, at the strongest
+    position that reader gives (``inputs.positions``)."""
 
     database: str
     table: str
@@ -32,8 +32,7 @@ class ChangeEvent:
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     primary_key: tuple[str, ...]
-    position: str
-    committed_at: dt.datetime | None = None
+    position: Position
 
     @property
     def row(self) -> dict[str, Any]:
@@ -51,25 +50,30 @@ class BusinessWrite:
     operation_type: str
     unique_key: str
     payload: dict[str, Any] = field(default_factory=dict)
-    occurred_at: dt.datetime | None = None
-
-    @property
-    def position(self) -> str:
-        assert self.occurred_at is not None
-        return f"{epoch_millis(self.occurred_at):013d}.0"
+    #: As the writer sent it; read (in the source time zone when it has no offset) by routing.
+    occurred_at: Any = None
 
 
 @dataclass(frozen=True)
 class SchemaChange:
-    """A DDL statement seen on a source table; recorded, never applied to rows."""
+    """A DDL statement (or a TRUNCATE) seen on a source table; recorded and alarmed, never
+    applied to rows."""
 
     database: str
     table: str
     sql: str
-    position: str
+    position: Position
 
 
-Parsed = ChangeEvent | BusinessWrite | SchemaChange
+@dataclass(frozen=True)
+class Ignored:
+    """A valid message with nothing for tdc to store: ``why`` names the kind (a transaction
+    marker, a heartbeat, a rows-query entry, a table no flow follows), for the counts."""
+
+    why: str
+
+
+Parsed = ChangeEvent | BusinessWrite | SchemaChange | Ignored
 
 
 def epoch_millis(moment: dt.datetime) -> int:

@@ -20,9 +20,10 @@ import redis
 from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.exc import DBAPIError
 
-from flows import Flow, MetadataRecord, route
+from flows import Flow, MetadataRecord, Route, route
 from inputs.events import BadInput, SchemaChange
 from inputs.formats import parse_line
+from inputs.positions import compare, decode, encode
 from models.cdc import SchemaChangeRecord
 from models.orders import QuarantinedInput
 from models.sharded import TaskStatus, meta_table, task_table
@@ -30,6 +31,7 @@ from models.storage import Storage
 from models.writes import insert_if_absent
 from pipeline.dimensions import apply_dimension_changes
 from reliability.alarms import raise_alarm
+from reliability.counters import count
 from reliability.transient import CONTENTION_ATTEMPTS, RetryCount, is_contention, retry_on_contention
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ TaskKey = tuple[str, str]  # (order_id, operation_type)
 
 
 QUARANTINE = cast(Table, QuarantinedInput.__table__)
+#: The longest order id the quarantine (and every order table) keeps.
+ORDER_ID_LENGTH = 64
 
 
 class Effect(Enum):
@@ -45,6 +49,9 @@ class Effect(Enum):
     CORRECTED = "corrected"
     DUPLICATE = "duplicate"
     STALE = "stale"
+    #: Not newer by event time, different content, and no source position to decide: kept in
+    #: quarantine with the reason, counted and alarmed instead of dropped.
+    AMBIGUOUS = "ambiguous"
 
 
 @dataclass
@@ -54,7 +61,10 @@ class IntakeReport:
     duplicated: int = 0
     stale: int = 0
     quarantined: int = 0
-    #: Tombstones, and DDL on tables no flow follows: valid, but nothing to store.
+    #: Changes that could not be ordered against what is stored (``Effect.AMBIGUOUS``).
+    ambiguous: int = 0
+    #: Valid lines with nothing to store: tombstones, transaction markers, heartbeats,
+    #: rows-query entries, tables and databases no flow follows.  By kind in ``ignored_kinds``.
     ignored: int = 0
     #: DDL on followed tables: recorded and alarmed.
     schema_changes: int = 0
@@ -62,17 +72,26 @@ class IntakeReport:
     retries: int = 0
     touched: set[TaskKey] = field(default_factory=set)
     reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    ignored_kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, other: IntakeReport) -> None:
-        for name in ("lines", "accepted", "duplicated", "stale", "quarantined", "ignored", "schema_changes", "retries"):
+        for name in ("lines", "accepted", "duplicated", "stale", "quarantined", "ambiguous", "ignored",
+                     "schema_changes", "retries"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.touched |= other.touched
-        for reason, count in other.reasons.items():
-            self.reasons[reason] += count
+        for reason, n in other.reasons.items():
+            self.reasons[reason] += n
+        for kind, n in other.ignored_kinds.items():
+            self.ignored_kinds[kind] += n
 
     def summary(self) -> str:
         text = (f"{self.lines} lines: {self.accepted} accepted, {self.duplicated} duplicated, "
-                f"{self.stale} older than stored, {self.quarantined} quarantined, {self.ignored} ignored")
+                f"{self.stale} older than stored, {self.quarantined} quarantined")
+        if self.ambiguous:
+            text += f", {self.ambiguous} ambiguous (kept in quarantine)"
+        text += f", {self.ignored} ignored"
+        if self.ignored_kinds:
+            text += " (" + ", ".join(f"{n} {kind}" for kind, n in sorted(self.ignored_kinds.items())) + ")"
         if self.schema_changes:
             text += f", {self.schema_changes} schema changes recorded"
         return text + f"; {self.retries} transactions retried after lock contention"
@@ -97,6 +116,11 @@ def _contended(error: Exception) -> bool:
 def store_record(connection: Connection, shard: int, record: MetadataRecord, now: dt.datetime) -> Effect:
     """Store one metadata record idempotently and say what it changed.
 
+    The record replaces the stored one only when it is newer (``inputs.positions.compare``).
+    Judged by a source position (GTID, binlog), an older record is stale.  Judged by event time
+    alone, a record that is not newer but differs is ambiguous, never dropped in silence: a
+    statement that waited on a lock started earlier and committed later.
+
     Every write is conditional on what was read (compare-and-set), so a concurrent writer of the
     same key (the receive worker, the binlog tail, a snapshot) can never have an older record
     overwrite the newer one it stored between our read and our write: we read again and decide
@@ -115,28 +139,27 @@ def store_record(connection: Connection, shard: int, record: MetadataRecord, now
                 order_id=record.order_id, operation_type=record.operation_type,
                 source=record.source, unique_key=record.unique_key, kind=record.kind,
                 content=record.content_json, content_hash=record.content_hash,
-                position=record.position, input_format=record.input_format,
+                position=record.position_text, input_format=record.input_format,
                 received_at=now, updated_at=now,
             )):
                 return Effect.NEW
             continue  # another writer stored the same key first: compare with theirs
-        if record.position < stored.position:
-            return Effect.STALE
+        order, basis = compare(record.position, decode(stored.position))
+        unchanged = (meta.c.id == stored.id) & (meta.c.position == stored.position) & (
+            meta.c.content_hash == stored.content_hash)
         if record.content_hash == stored.content_hash:
-            if record.position == stored.position:
+            if order <= 0:
                 return Effect.DUPLICATE
             # Same content seen later: remember the newer position so an older, different
             # version arriving now is recognised as stale.
-            if connection.execute(update(meta).where((meta.c.id == stored.id) & (meta.c.position < record.position))
-                                  .values(position=record.position)).rowcount:
+            if connection.execute(update(meta).where(unchanged).values(position=record.position_text)).rowcount:
                 return Effect.DUPLICATE
             continue
-        if connection.execute(update(meta).where(
-            (meta.c.id == stored.id) & (meta.c.position == stored.position)
-            & (meta.c.content_hash == stored.content_hash)
-        ).values(
+        if order < 0 or (order == 0 and not basis.exact):
+            return Effect.STALE if basis.exact else Effect.AMBIGUOUS
+        if connection.execute(update(meta).where(unchanged).values(
             kind=record.kind, content=record.content_json, content_hash=record.content_hash,
-            position=record.position, input_format=record.input_format, updated_at=now,
+            position=record.position_text, input_format=record.input_format, updated_at=now,
         )).rowcount:
             return Effect.CORRECTED
     raise KeyContention(f"metadata key of {record.order_id} kept changing under {STORE_ROUNDS} concurrent writes")
@@ -160,8 +183,9 @@ def bump_task(connection: Connection, shard: int, order_id: str, operation: str,
 def quarantine(connection: Connection, input_format: str, raw: str, error: BadInput, now: dt.datetime) -> bool:
     """Keep ``raw`` with the reason it was refused; True when it was not kept already (a replay of
     the same input, say a retried receive or a re-read file, keeps one row)."""
+    order_id = error.order_id if error.order_id and len(error.order_id) <= ORDER_ID_LENGTH else None
     return insert_if_absent(connection, QUARANTINE, dict(
-        received_at=now, input_format=input_format, order_id=error.order_id,
+        received_at=now, input_format=input_format, order_id=order_id,
         reason=error.reason[:512], raw=raw, raw_hash=quarantine_key(input_format, raw),
     ))
 
@@ -178,25 +202,38 @@ class _Line:
     error: BadInput | None = None
     effects: list[Effect] = field(default_factory=list)
     schema_changes: list[SchemaChange] = field(default_factory=list)
-    ignored: bool = False
+    #: Why a valid line stores nothing (set only when it stores nothing).
+    ignored: list[str] = field(default_factory=list)
 
 
-def _parse(flow: Flow, input_format: str, raw: str, client: redis.Redis) -> _Line:
+def _parse(flow: Flow, route_: Route, input_format: str, raw: str, client: redis.Redis) -> _Line:
     line = _Line(raw)
     try:
         parsed = parse_line(input_format, raw)
-        routed = [route(flow, item, input_format) for item in parsed]
+        routed = [route(flow, item, input_format, route_) for item in parsed]
     except BadInput as error:
         line.error = error
         return line
+    except Exception as error:  # noqa: BLE001 - a reader's bug must not lose the other lines of the batch
+        log.exception("reading a %s line failed", input_format)
+        line.error = BadInput(f"could not be read ({type(error).__name__}: {error})")
+        return line
+    ignored: list[str] = []
     for part in routed:
         line.records += part.records
         line.schema_changes += part.schema_changes
+        ignored += part.ignored
         if part.dimensions:
             apply_dimension_changes(client, part.dimensions)
             line.effects.append(Effect.NEW)
-    line.ignored = not line.records and not line.effects and not line.schema_changes
+    if not line.records and not line.effects and not line.schema_changes:
+        line.ignored = ignored or ["empty"]
     return line
+
+
+def route_of(storage: Storage) -> Route:
+    """How this deployment reads its sources (``TDC_SOURCE_TIMEZONE``, ``TDC_SOURCE_DATABASES``)."""
+    return Route(zone=storage.settings.source_zone, databases=storage.settings.source_databases)
 
 
 def accept_lines(storage: Storage, client: redis.Redis, flow: Flow, input_format: str,
@@ -209,7 +246,8 @@ def accept_lines(storage: Storage, client: redis.Redis, flow: Flow, input_format
     faults (database, Redis unreachable); bad lines are quarantined.
     """
     report = IntakeReport()
-    parsed = [_parse(flow, input_format, raw, client) for raw in lines if raw.strip()]
+    route_ = route_of(storage)
+    parsed = [_parse(flow, route_, input_format, raw, client) for raw in lines if raw.strip()]
     by_database: dict[int, list[_Entry]] = defaultdict(list)
     for line in parsed:
         if line.error is not None:
@@ -225,6 +263,13 @@ def accept_lines(storage: Storage, client: redis.Redis, flow: Flow, input_format
         record_schema_changes(storage, client, input_format, changes, now)
     for line in parsed:
         _count(report, line)
+    _count_in_redis(client, report)
+    if report.ambiguous:
+        examples = [line.error.reason for line in parsed if line.error is not None
+                    and Effect.AMBIGUOUS in line.effects][:3]
+        raise_alarm(client, "ambiguous_order", f"{report.ambiguous} {input_format} changes were not newer by event "
+                    f"time than what is stored but differ from it, and carry no source position to order them: "
+                    f"kept in quarantine, not applied. Send them with GTIDs or binlog positions.", examples=examples)
     if report.quarantined >= storage.settings.quarantine_alarm_lines:
         top = sorted(report.reasons.items(), key=lambda kv: -kv[1])[:3]
         raise_alarm(client, "quarantine_burst", f"{report.quarantined} of {report.lines} {input_format} lines "
@@ -251,6 +296,7 @@ def _write_entries(storage: Storage, database: int, input_format: str, entries: 
                      key=lambda entry: _lock_order(storage, entry[1]))
     effects: list[_Stored] = []
     touched: set[tuple[int, str, str]] = set()
+    ambiguous: dict[int, tuple[_Line, MetadataRecord]] = {}
     with storage.shard_engine(database).begin() as connection:
         for line, stored in records:
             shard = storage.shard_of(stored.order_id)
@@ -258,13 +304,24 @@ def _write_entries(storage: Storage, database: int, input_format: str, entries: 
             effects.append((line, stored, effect))
             if effect in (Effect.NEW, Effect.CORRECTED):
                 touched.add((shard, stored.order_id, stored.operation_type))
+            elif effect is Effect.AMBIGUOUS:
+                ambiguous.setdefault(id(line), (line, stored))
         for shard, order_id, operation in sorted(touched):
             bump_task(connection, shard, order_id, operation, now)
         for line, record in entries:
             if record is None:
                 assert line.error is not None
                 quarantine(connection, input_format, line.raw, line.error, now)
+        for line, record in ambiguous.values():
+            quarantine(connection, input_format, line.raw, _ambiguity(record), now)
     return effects
+
+
+def _ambiguity(record: MetadataRecord) -> BadInput:
+    return BadInput(
+        f"ambiguous order: {record.source} {record.unique_key} at {record.position.describe()} is not newer by "
+        f"event time than the stored version and differs from it; with no GTID or binlog position to order "
+        f"them it was kept here, not applied", record.order_id)
 
 
 def _store_database(storage: Storage, database: int, input_format: str, entries: list[_Entry],
@@ -281,6 +338,8 @@ def _store_database(storage: Storage, database: int, input_format: str, entries:
     report.retries += count.retries
     for line, record, effect in effects:
         line.effects.append(effect)
+        if effect is Effect.AMBIGUOUS and line.error is None:
+            line.error = _ambiguity(record)
         if effect in (Effect.NEW, Effect.CORRECTED):
             report.touched.add((record.order_id, record.operation_type))
 
@@ -325,20 +384,28 @@ def record_schema_changes(storage: Storage, client: redis.Redis, input_format: s
         with storage.shard_engine(0).begin() as connection:
             return [change for change in changes if insert_if_absent(connection, SCHEMA_CHANGES, dict(
                 received_at=now, input_format=input_format, source_database=change.database,
-                source_table=change.table, position=change.position, sql=change.sql))]
+                source_table=change.table, position=encode(change.position), sql=change.sql))]
     for change in retry_on_contention(work):
-        raise_alarm(client, "schema_change", f"DDL on followed table {change.database}.{change.table}: "
-                    f"{change.sql[:200]}", position=change.position, input_format=input_format)
+        if change.sql.lstrip().upper().startswith("TRUNCATE"):
+            message = (f"TRUNCATE on followed table {change.database}.{change.table}: the source rows are gone "
+                       f"but tdc removed nothing; reload the table or reconcile")
+        else:
+            message = f"DDL on followed table {change.database}.{change.table}: {change.sql[:200]}"
+        raise_alarm(client, "schema_change", message, position=change.position.describe(), input_format=input_format)
 
 
 def _count(report: IntakeReport, line: _Line) -> None:
     report.lines += 1
     report.schema_changes += len(line.schema_changes)
-    if line.error is not None:
+    if Effect.AMBIGUOUS in line.effects:
+        report.ambiguous += 1
+    elif line.error is not None:
         report.quarantined += 1
         report.reasons[line.error.reason] += 1
     elif line.ignored:
         report.ignored += 1
+        for kind in set(line.ignored):
+            report.ignored_kinds[kind] += 1
     elif line.schema_changes and not line.effects:
         return  # a DDL line: counted as a schema change above
     elif {Effect.NEW, Effect.CORRECTED} & set(line.effects):
@@ -347,3 +414,10 @@ def _count(report: IntakeReport, line: _Line) -> None:
         report.stale += 1
     else:
         report.duplicated += 1
+
+
+def _count_in_redis(client: redis.Redis, report: IntakeReport) -> None:
+    """What a long-running reader (the tail, a consumer) ignored and could not order, for operators."""
+    for kind, n in report.ignored_kinds.items():
+        count(client, f"ignored:{kind}", n)
+    count(client, "ambiguous_changes", report.ambiguous)

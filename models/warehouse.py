@@ -9,11 +9,10 @@ from decimal import Decimal
 
 from sqlalchemy import BigInteger, Column, Date, Integer, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeEngine
 
 from flows import SourceTable
 from flows.registry import FLOWS
-from models.types import Money, Timestamp
+from models.types import Money, Timestamp, column_sql_type
 
 
 class WarehouseBase(DeclarativeBase):
@@ -71,15 +70,9 @@ class AdsOrderLedger(WarehouseBase):
     updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
 
-#: Source column kinds (flows.SourceTable.columns) as warehouse column types.
-_COLUMN_TYPES: dict[str, TypeEngine] = {
-    "text": String(128), "int": BigInteger(), "money": Money, "time": Timestamp,
-}
-
-
 def _offline_dimension_table(source: SourceTable) -> Table:
-    columns = [Column(name, _COLUMN_TYPES[kind], primary_key=name == source.key, nullable=name != source.key)
-               for name, kind in source.columns.items()]
+    columns = [Column(name, column_sql_type(kind), primary_key=name == source.key, nullable=name != source.key)
+               for name, kind in source.types.items()]
     # When the row last changed at the source: the reload never overwrites a newer CDC value.
     columns.append(Column("updated_at", Timestamp, nullable=False))
     return Table(source.name, WarehouseBase.metadata, *columns)

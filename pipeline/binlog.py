@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import redis
 from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.constants import FIELD_TYPE
 from pymysqlreplication.event import (
     GtidEvent,
     HeartbeatLogEvent,
@@ -42,6 +43,7 @@ from pipeline.cdc_source import (
     current_coordinates,
     ddl_line,
     load_checkpoint,
+    require_followed,
     require_source,
     row_line,
     store_checkpoint,
@@ -59,6 +61,8 @@ FLUSH_SECONDS = 1.0
 HEARTBEAT_SECONDS = 1.0
 
 _ROW_EVENTS = {WriteRowsEvent: "c", UpdateRowsEvent: "u", DeleteRowsEvent: "d"}
+#: Column types the reader decodes as naive UTC (instants, unlike DATETIME's wall clock).
+_TIMESTAMPS = (FIELD_TYPE.TIMESTAMP, FIELD_TYPE.TIMESTAMP2)
 
 
 @dataclass
@@ -111,7 +115,10 @@ class BinlogTail:
 
     def run(self, position: Checkpoint, stop_when_idle: bool = False, progress: Callable[[str], None] | None = None,
             ) -> TailReport:
-        """Tail from ``position`` until stopped (or, with ``stop_when_idle``, until it has caught up)."""
+        """Tail from ``position`` until stopped (or, with ``stop_when_idle``, until it has caught up).
+
+        Raises SourceError when no flow follows the source's database."""
+        require_followed(self.storage, self.flow, self.source)
         stream = BinLogStreamReader(
             connection_settings=self.source.connection_settings(), server_id=self.server_id,
             resume_stream=True, log_file=position.log_file, log_pos=position.log_pos,
@@ -162,12 +169,13 @@ class BinlogTail:
     def _row_lines(self, event: WriteRowsEvent, log_file: str, log_pos: int, clock: int,
                    gtid: str | None) -> list[str]:
         op = _ROW_EVENTS[type(event)]
+        utc = frozenset(column.name for column in event.columns if column.type in _TIMESTAMPS)
         lines = []
         for index, row in enumerate(event.rows):
             before = row.get("before_values") if op == "u" else (row["values"] if op == "d" else None)
             after = row.get("after_values") if op == "u" else (row["values"] if op == "c" else None)
             lines.append(row_line(op, event.schema, event.table, before, after, log_file, log_pos, index,
-                                  clock, gtid))
+                                  clock, gtid, event.packet.server_id, utc))
         self.report.changes += len(lines)
         return lines
 

@@ -15,6 +15,8 @@ import pymysql
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import make_url
 
+from flows import Flow
+from intake.receiver import route_of
 from models.cdc import CdcPosition
 from models.storage import Storage
 
@@ -94,6 +96,16 @@ def require_source(connection: pymysql.connections.Connection) -> None:
                           + f"\nSet in its configuration ([mysqld] section), then restart it:\n{settings}")
 
 
+def require_followed(storage: Storage, flow: Flow, source: Source) -> None:
+    """Raise SourceError when the flows do not follow ``source``'s database: its rows would all be
+    ignored, so tailing or snapshotting it is a mistake to say plainly."""
+    route = route_of(storage)
+    if not route.follows(flow, source.database):
+        followed = ", ".join(route.databases if route.databases is not None else flow.databases) or "none"
+        raise SourceError(f"source database {source.database!r} is not followed (following: {followed}); "
+                          f"set TDC_SOURCE_DATABASES={source.database} if its tables are the flow's")
+
+
 def binlog_files(connection: pymysql.connections.Connection) -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute("SHOW BINARY LOGS")
@@ -148,7 +160,9 @@ def json_value(value: Any) -> Any:
     """A driver value as JSON: exact decimals as text, times with their microseconds."""
     if isinstance(value, Decimal):
         return str(value)
-    if isinstance(value, dt.datetime):
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:  # a TIMESTAMP: an instant
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, dt.datetime):  # a DATETIME: the source's wall clock
         return value.strftime("%Y-%m-%d %H:%M:%S.%f")
     if isinstance(value, dt.date):
         return value.isoformat()
@@ -159,16 +173,23 @@ def json_value(value: Any) -> Any:
     return value
 
 
-def _image(row: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if row is None else {name: json_value(value) for name, value in row.items()}
+def _image(row: dict[str, Any] | None, utc: frozenset[str]) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {name: json_value(value.replace(tzinfo=dt.UTC) if name in utc and isinstance(value, dt.datetime)
+                             and value.tzinfo is None else value)
+            for name, value in row.items()}
 
 
 def row_line(op: str, database: str, table: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
-             log_file: str, log_pos: int, row: int, clock_ms: int, gtid: str | None = None) -> str:
-    """One row change as a Debezium event line (``op`` c, u, d, or r for a snapshot row)."""
+             log_file: str, log_pos: int, row: int, clock_ms: int, gtid: str | None = None, server_id: int = 0,
+             utc: frozenset[str] = frozenset()) -> str:
+    """One row change as a Debezium event line (``op`` c, u, d, or r for a snapshot row).  The
+    drivers read TIMESTAMP columns (named in ``utc``) as naive UTC; they are written as instants
+    (``...Z``, like Debezium's ZonedTimestamp), DATETIME columns as the wall clock they are."""
     source = {"connector": "tdc", "db": database, "table": table, "file": log_file, "pos": log_pos,
-              "row": row, "ts_ms": clock_ms, "gtid": gtid, "snapshot": op == "r"}
-    return json.dumps({"op": op, "before": _image(before), "after": _image(after), "ts_ms": clock_ms,
+              "row": row, "ts_ms": clock_ms, "gtid": gtid, "server_id": server_id, "snapshot": op == "r"}
+    return json.dumps({"op": op, "before": _image(before, utc), "after": _image(after, utc), "ts_ms": clock_ms,
                        "source": source}, separators=(",", ":"))
 
 

@@ -1,10 +1,11 @@
 """Dimension look-ups and writes: Redis hashes ``tdc:dim:<dimension>:<key>``.
 
 Each hash carries the position of the change that wrote it (``_position``).  A write lands
-only when it is newer, in one server-side step, so a displaced CDC event or an offline reload
-of yesterday's copy never overwrites a newer value, and no reader ever finds the entry
-missing in between.  A delete leaves a tombstone (``_deleted``) for the same reason: an older
-upsert arriving after it must not bring the entry back.
+only when it is newer (``inputs.positions.compare``), and replaces the hash in one MULTI/EXEC
+under WATCH, so a displaced CDC event or an offline reload of yesterday's copy never
+overwrites a newer value, and no reader ever finds the entry missing in between.  A delete
+leaves a tombstone (``_deleted``) for the same reason: an older upsert arriving after it must
+not bring the entry back.
 """
 
 from __future__ import annotations
@@ -15,44 +16,60 @@ from typing import Any
 import redis
 
 from flows import DimensionChange
+from inputs.positions import compare, decode, encode
 
-#: ARGV: position, then field/value pairs.  Replaces the hash when ARGV[1] is newer than its position.
-_PUT_IF_NEWER = """
-local stored = redis.call('hget', KEYS[1], '_position')
-if stored and stored >= ARGV[1] then
-    return 0
-end
-redis.call('del', KEYS[1])
-redis.call('hset', KEYS[1], '_position', unpack(ARGV))
-return 1
-"""
 POSITION, DELETED = "_position", "_deleted"
+#: WATCH rounds before concurrent writers of the same entries are reported.
+WRITE_ROUNDS = 16
 
 
 def dimension_key(dimension: str, key: str) -> str:
     return f"tdc:dim:{dimension}:{key}"
 
 
-def _fields(attributes: dict[str, Any] | None) -> list[str]:
-    if attributes is None:
-        return [DELETED, "1"]
-    fields: list[str] = []
-    for name, value in attributes.items():
-        fields += [name, "" if value is None else str(value)]
-    return fields
+def _fields(change: DimensionChange) -> dict[Any, Any]:
+    fields: dict[Any, Any] = {POSITION: encode(change.position)}
+    if change.attributes is None:
+        return fields | {DELETED: "1"}
+    return fields | {name: "" if value is None else str(value) for name, value in change.attributes.items()}
 
 
 def apply_dimension_changes(client: redis.Redis, changes: Iterable[DimensionChange]) -> int:
-    """Upsert or delete dimension entries, each only if newer than what is stored, in one
-    round trip; returns how many were newer and written."""
-    put = client.register_script(_PUT_IF_NEWER)
-    pipe = client.pipeline(transaction=False)
-    count = 0
+    """Upsert or delete dimension entries, each only if newer than what is stored, in three
+    round trips (WATCH, read positions, MULTI/EXEC); returns how many were newer and written.
+
+    Raises RuntimeError when other writers kept changing the same entries for WRITE_ROUNDS rounds."""
+    latest: dict[str, DimensionChange] = {}
     for change in changes:
-        put(keys=[dimension_key(change.dimension, change.key)],
-            args=[change.position, *_fields(change.attributes)], client=pipe)
-        count += 1
-    return sum(pipe.execute()) if count else 0
+        name = dimension_key(change.dimension, change.key)
+        if name not in latest or compare(change.position, latest[name].position)[0] > 0:
+            latest[name] = change
+    if not latest:
+        return 0
+    names = list(latest)
+    for _ in range(WRITE_ROUNDS):
+        with client.pipeline() as transaction:
+            try:
+                transaction.watch(*names)
+                reads = client.pipeline(transaction=False)
+                for name in names:
+                    reads.hget(name, POSITION)
+                stored = reads.execute()
+                newer = [name for name, position in zip(names, stored, strict=True)
+                         if position is None or compare(latest[name].position, decode(_text(position)))[0] > 0]
+                transaction.multi()
+                for name in newer:
+                    transaction.delete(name)
+                    transaction.hset(name, mapping=_fields(latest[name]))
+                transaction.execute()
+                return len(newer)
+            except redis.WatchError:
+                continue
+    raise RuntimeError(f"dimension entries kept changing under {WRITE_ROUNDS} concurrent writes: {names[:3]}")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisDimensions:

@@ -17,7 +17,8 @@ import redis
 from sqlalchemy import Engine, select
 
 from flows import DimensionChange, typed_row
-from inputs.events import BadInput, epoch_millis
+from inputs.events import BadInput
+from inputs.positions import Position, time_position
 from models.warehouse import OFFLINE_DIMENSIONS
 from pipeline.dimensions import apply_dimension_changes
 
@@ -37,10 +38,10 @@ class DimensionLoad:
     rejected: int = 0
 
 
-def offline_position(updated_at: dt.datetime) -> str:
-    """The position of a warehouse row: its change time, sorting before any CDC position of
-    the same millisecond (those carry a tie-break suffix)."""
-    return f"{epoch_millis(updated_at):013d}"
+def offline_position(updated_at: dt.datetime) -> Position:
+    """The position of a warehouse row: its change time alone, so a CDC change of the same
+    millisecond or later is never overwritten by it."""
+    return time_position(updated_at)
 
 
 def load_offline_dimensions(engine: Engine, client: redis.Redis, only: str | None = None,
@@ -61,7 +62,7 @@ def load_offline_dimensions(engine: Engine, client: redis.Redis, only: str | Non
                 for row in chunk:
                     values = dict(row._mapping)
                     try:
-                        attributes = typed_row(source.columns, values, f"{table.name} row")
+                        attributes = typed_row(source.types, values, f"{table.name} row")
                     except BadInput as error:
                         log.warning("offline %s %s not loaded: %s", name, values.get(source.key), error.reason)
                         load.rejected += 1

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import pymysql
 import pymysql.cursors
 import redis
+from pymysql.constants import FIELD_TYPE
 
 from flows import Flow
 from intake.receiver import IntakeReport, accept_lines
@@ -31,6 +32,7 @@ from pipeline.cdc_source import (
     Source,
     is_mariadb,
     load_checkpoint,
+    require_followed,
     require_source,
     row_line,
     store_checkpoint,
@@ -54,8 +56,10 @@ class SnapshotReport:
 
 
 def _begin_consistent(connection: pymysql.connections.Connection) -> tuple[str, int]:
-    """Start a consistent read-only transaction; its binlog coordinates."""
+    """Start a consistent read-only transaction; its binlog coordinates.  TIMESTAMP values are
+    read in UTC (the session's time zone), DATETIME values as stored."""
     with connection.cursor() as cursor:
+        cursor.execute("SET SESSION time_zone = '+00:00'")
         cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         if is_mariadb(connection):
             cursor.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
@@ -95,6 +99,7 @@ def take_snapshot(storage: Storage, client: redis.Redis, flow: Flow, source: Sou
     Raises SourceError for a server that cannot be tailed, ValueError for a table the flow
     does not follow.
     """
+    require_followed(storage, flow, source)
     chosen = tables or [t for t in flow.tables]
     unknown = [t for t in chosen if t not in flow.tables]
     if unknown:
@@ -113,8 +118,9 @@ def take_snapshot(storage: Storage, client: redis.Redis, flow: Flow, source: Sou
             report.rows[table] = 0
             with connection.cursor(pymysql.cursors.SSDictCursor) as cursor:
                 cursor.execute(sql)
+                utc = frozenset(d[0] for d in cursor.description or () if d[1] == FIELD_TYPE.TIMESTAMP)
                 while rows := cursor.fetchmany(batch):
-                    lines = [row_line("r", source.database, table, None, row, log_file, log_pos, 0, clock)
+                    lines = [row_line("r", source.database, table, None, row, log_file, log_pos, 0, clock, utc=utc)
                              for row in rows]
                     intake = accept_lines(storage, client, flow, "debezium", lines)
                     report.submitted += submit(intake.touched)

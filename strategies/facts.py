@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from inputs.positions import Position, compare, decode
+
 
 @dataclass
 class OrderFacts:
@@ -17,13 +19,14 @@ class OrderFacts:
 
     @classmethod
     def from_metadata(cls, order_id: str, metadata: Iterable[Mapping[Any, Any]]) -> OrderFacts:
-        newest: dict[tuple[str, str], Mapping[Any, Any]] = {}
+        newest: dict[tuple[str, str], tuple[Position, Mapping[Any, Any]]] = {}
         for record in metadata:
             slot = (record["source"], record["unique_key"])
-            if slot not in newest or record["position"] > newest[slot]["position"]:
-                newest[slot] = record
+            position = decode(record["position"])
+            if slot not in newest or compare(position, newest[slot][0])[0] > 0:
+                newest[slot] = (position, record)
         facts = cls(order_id)
-        for (source, unique_key), record in newest.items():
+        for (source, unique_key), (_, record) in newest.items():
             if record["kind"] != "delete":
                 facts.rows.setdefault(source, {})[unique_key] = json.loads(record["content"])
         return facts

@@ -11,11 +11,13 @@ import datetime as dt
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from flows.gqsh import REFUNDED
 from strategies.facts import OrderFacts
 
 Row = dict[str, Any]
+UTC = ZoneInfo("UTC")
 ZERO = Decimal("0.00")
 
 
@@ -50,11 +52,17 @@ def _apply_header(order: Row, facts: OrderFacts) -> None:
         order["delivery_type"] = ext["delivery_type"]
 
 
-def _derive(order: Row, items: dict[int, Row], dims: Dimensions) -> None:
+def business_date(moment: dt.datetime | None, zone: ZoneInfo) -> dt.date | None:
+    """The business day of a stored (UTC) time, where the business keeps its days."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=dt.UTC).astimezone(zone).date()
+
+
+def _derive(order: Row, items: dict[int, Row], dims: Dimensions, zone: ZoneInfo) -> None:
     store = dims.store(order.get("store_id"))
     order.update(store_name=store.get("store_name"), city=store.get("city"), region=store.get("region"))
-    moment = order.get("paid_at") or order.get("created_at")
-    order["biz_date"] = moment.date() if moment else None
+    order["biz_date"] = business_date(order.get("paid_at") or order.get("created_at"), zone)
     for item in items.values():
         sku = dims.sku(item.get("sku_id"))
         item.update(
@@ -136,7 +144,7 @@ class RefundGenerator:
 
 
 def apply_operation(generator: Any, operation_status: int | None, operation: str, order: Row,
-                    items: dict[int, Row], facts: OrderFacts, dims: Dimensions) -> None:
+                    items: dict[int, Row], facts: OrderFacts, dims: Dimensions, zone: ZoneInfo = UTC) -> None:
     """Run one generator on the rows: shared header fields, its own fields, the status it
     reaches, then what derives from them (business date, dimensions, line status)."""
     _apply_header(order, facts)
@@ -144,4 +152,4 @@ def apply_operation(generator: Any, operation_status: int | None, operation: str
     if operation_status is not None:
         order["status"] = max(order.get("status") or 0, operation_status)
     order["last_operation"] = operation
-    _derive(order, items, dims)
+    _derive(order, items, dims, zone)

@@ -22,4 +22,4 @@ def receive(writes: list[dict[str, Any]]) -> dict[str, int]:
     report = accept_lines(get_storage(), get_redis(), ACCEPTED, "business", [json.dumps(w) for w in writes])
     submit_tasks(report.touched)
     return {"accepted": report.accepted, "duplicated": report.duplicated, "stale": report.stale,
-            "quarantined": report.quarantined}
+            "ambiguous": report.ambiguous, "quarantined": report.quarantined, "ignored": report.ignored}

@@ -15,6 +15,8 @@ MARIADB = os.environ.get("TDC_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:330
 POSTGRES = os.environ.get("TDC_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("TDC_TEST_REDIS", "redis://127.0.0.1:6379/9")
 RABBITMQ = os.environ.get("TDC_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//")
+#: The reference flow's source database, and the per-test copies of it on the binlog server.
+SOURCE_DATABASES = "gqsh,gqsh_src_*"
 #: Shards in most integration tests: the layout is the same, init takes a second instead of a minute.
 TEST_SHARDS = 64
 
@@ -138,6 +140,7 @@ def service_env(mariadb, postgres, redis_client, rabbitmq) -> Iterator[dict[str,
         "TDC_SHARDS": str(TEST_SHARDS),
         "TDC_RETRY_BASE_SECONDS": "0.2",
         "TDC_HOME": f"/tmp/tdc-it-{tag}",
+        "TDC_SOURCE_DATABASES": SOURCE_DATABASES,
     }
     from sqlalchemy import text
 
@@ -181,6 +184,7 @@ def fresh_storage(mariadb, postgres, redis_client):  # type: ignore[no-untyped-d
         store = Storage(load_settings({
             "TDC_DB_URLS": ",".join(urls), "TDC_DWS_URL": dws, "TDC_REDIS_URL": REDIS,
             "TDC_SHARDS": str(TEST_SHARDS), "TDC_RETRY_BASE_SECONDS": "0.2", "TDC_HOME": f"/tmp/tdc-it-{tag}",
+            "TDC_SOURCE_DATABASES": SOURCE_DATABASES,
         }))
         init_storage(store)
         made.append((store, tag))
@@ -222,7 +226,7 @@ def source_database(binlog_server):  # type: ignore[no-untyped-def]
     from demo.source import source_metadata
     from flows.gqsh import ORDER_FLOW
 
-    name = f"gqsh_{uuid.uuid4().hex[:8]}"
+    name = f"gqsh_src_{uuid.uuid4().hex[:8]}"
     with binlog_server.connect() as connection, connection.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     url = f"{binlog_server.url}/{name}"
@@ -236,7 +240,8 @@ def env_of(storage) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """The TDC_* environment that gives a command-line process the same storage."""
     settings = storage.settings
     return {"TDC_DB_URLS": ",".join(settings.db_urls), "TDC_DWS_URL": settings.dws_url,
-            "TDC_REDIS_URL": settings.redis_url, "TDC_SHARDS": str(settings.shards), "TDC_HOME": str(settings.home)}
+            "TDC_REDIS_URL": settings.redis_url, "TDC_SHARDS": str(settings.shards), "TDC_HOME": str(settings.home),
+            "TDC_SOURCE_DATABASES": ",".join(settings.source_databases or ())}
 
 
 def new_order_id(prefix: str = "T") -> str:

@@ -50,19 +50,22 @@ class PaymentWriteFactory(factory.DictFactory):
     occurred_at = "2026-11-02T09:40:00.000"
 
 
-_sequence = iter(range(10_000, 10**9))
+def _committed(at: dt.datetime) -> int:
+    """A change's place in commit order when a test gives none: its time, in milliseconds since 2026."""
+    return int((at - dt.datetime(2026, 1, 1)).total_seconds() * 1000)
 
 
 def canal(table: str, row: dict[str, Any], kind: str = "insert", at: dt.datetime = T0,
           before: dict[str, Any] | None = None, sequence: int | None = None) -> str:
-    """A Canal flat message line for one row change."""
-    return render_canal(SourceChange(table, kind, row, at, before), sequence or next(_sequence))
+    """A Canal flat message line for one row change, committed ``sequence``-th (default: by ``at``)."""
+    return render_canal(SourceChange(table, kind, row, at, before), sequence or _committed(at))
 
 
 def debezium(table: str, row: dict[str, Any], kind: str = "insert", at: dt.datetime = T0,
              before: dict[str, Any] | None = None, sequence: int | None = None) -> str:
-    """A Debezium change event line (no schema envelope) for one row change."""
-    return render_debezium(SourceChange(table, kind, row, at, before), sequence or next(_sequence))
+    """A Debezium change event line (no schema envelope) for one row change, committed
+    ``sequence``-th (default: by ``at``)."""
+    return render_debezium(SourceChange(table, kind, row, at, before), sequence or _committed(at))
 
 
 def business(write: dict[str, Any]) -> str:

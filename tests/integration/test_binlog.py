@@ -21,10 +21,20 @@ from demo.history import History, generate_history
 from demo.source import play_changes, source_metadata
 from flows.gqsh import ORDER_FLOW
 from models.cdc import CdcPosition, SchemaChangeRecord
+from models.sharded import meta_table
+from models.storage import Storage
 from pipeline.binlog import BinlogTail, start_position
-from pipeline.cdc_source import Checkpoint, SourceError, load_checkpoint, source_of, store_checkpoint
+from pipeline.cdc_source import (
+    Checkpoint,
+    SourceError,
+    current_coordinates,
+    load_checkpoint,
+    source_of,
+    store_checkpoint,
+)
 from pipeline.snapshot import take_snapshot
 from reliability.alarms import ALARM_COUNTERS
+from settings import load_settings
 from tests.conftest import REDIS, env_of
 from tests.integration.helpers import ingest, process_history, run_chains, run_tdc
 
@@ -250,7 +260,7 @@ def test_a_canal_ddl_message_on_a_followed_table_is_recorded_and_alarmed(storage
     import json
 
     table = "gqsh_order"
-    database = f"gqsh_ddl_{time.time_ns()}"
+    database = f"gqsh_src_ddl_{time.time_ns()}"
     before = int(redis_client.hget(ALARM_COUNTERS, "schema_change") or 0)
     lines = [json.dumps({"id": 9, "database": database, "table": table, "isDdl": True, "es": 1_700_000_000_000,
                          "type": "ALTER", "sql": "ALTER TABLE gqsh_order ADD COLUMN coupon_id INT"}),
@@ -263,3 +273,49 @@ def test_a_canal_ddl_message_on_a_followed_table_is_recorded_and_alarmed(storage
             SchemaChangeRecord.source_database == database)).all()
     assert [tuple(r) for r in recorded] == [("gqsh_order", "canal")]
     assert int(redis_client.hget(ALARM_COUNTERS, "schema_change") or 0) == before + 1
+
+
+def test_a_timestamp_and_a_datetime_of_one_instant_are_stored_the_same_by_tail_and_snapshot(
+        service_env, redis_client, source_database) -> None:
+    # Given a source at +08:00 whose order row holds 07:30 local in a DATETIME (created_at) and in
+    # a TIMESTAMP (updated_at), and tdc told the source's zone
+    storage = Storage(load_settings({**service_env, "TDC_SOURCE_TIMEZONE": "Asia/Shanghai"}))
+    source = source_of(source_database)
+    order_id = f"TZ{time.time_ns()}"
+    with source.connect() as connection:
+        start = Checkpoint(*current_coordinates(connection), None, 0)
+        with connection.cursor() as cursor:
+            cursor.execute("SET time_zone = '+08:00'")
+            cursor.execute("INSERT INTO gqsh_order (order_id, store_id, member_id, channel, status, item_count, "
+                           "total_amount, discount_amount, pay_amount, created_at, updated_at) VALUES "
+                           "(%s, 'S001', 'M1', 'app', 10, 1, 25, 0, 25, '2026-11-02 07:30:00', '2026-11-02 07:30:00')",
+                           (order_id,))
+    try:
+        # When the tail reads it, and when a snapshot reads it
+        store_checkpoint(storage, NAME, start, "test")
+        _tail(storage, redis_client, source_database)
+        tailed = _stored_header(storage, order_id)
+        take_snapshot(storage, redis_client, ORDER_FLOW, source, "tz-snapshot", lambda keys: 0, tables=["gqsh_order"])
+        snapshotted = _stored_header(storage, order_id)
+    finally:
+        storage.dispose()
+    # Then both are 23:30 UTC the day before, as the same instant from any reader must be
+    assert tailed["created_at"] == tailed["updated_at"] == "2026-11-01T23:30:00.000"
+    assert snapshotted == tailed
+
+
+def _stored_header(storage, order_id: str) -> dict:  # type: ignore[no-untyped-def]
+    import json
+
+    meta = meta_table(storage.shard_of(order_id))
+    with storage.engine_for_order(order_id).connect() as connection:
+        content = connection.execute(select(meta.c.content).where(
+            (meta.c.order_id == order_id) & (meta.c.source == "gqsh_order"))).scalar_one()
+    return json.loads(content)
+
+
+def test_a_source_database_no_flow_follows_is_refused_plainly(storage, redis_client, binlog_server) -> None:
+    source = source_of(f"{binlog_server.url}/shop_archive")
+    with pytest.raises(SourceError, match="source database 'shop_archive' is not followed .*TDC_SOURCE_DATABASES"):
+        BinlogTail(storage, redis_client, ORDER_FLOW, source, NAME, 4243, lambda keys: 0).run(
+            Checkpoint("mysql-bin.000001", 4, None, 0), stop_when_idle=True)

@@ -16,6 +16,7 @@ from cli.lineage import order_lineage
 from demo.check import differences
 from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW
+from inputs.positions import Position, encode
 from intake.receiver import IntakeReport
 from models.orders import DwdOrder, OrderSnapshot
 from models.sharded import meta_table
@@ -214,12 +215,12 @@ def test_a_conflicting_merge_is_retried_on_the_new_version_and_neither_update_is
     with storage.engine_for_order(order_id).begin() as connection:
         connection.execute(meta_table(shard).insert().values(
             order_id=order_id, operation_type="COMPLETE", source="perf_record", unique_key="1", kind="insert",
-            content=json.dumps(facts.rows["perf_record"]["1"]), content_hash="x", position="1",
+            content=json.dumps(facts.rows["perf_record"]["1"]), content_hash="x", position=encode(Position(1)),
             input_format="canal", received_at=dt.datetime(2026, 11, 2), updated_at=dt.datetime(2026, 11, 2)))
         connection.execute(meta_table(shard).insert().values(
             order_id=order_id, operation_type="COMPLETE", source="gqsh_order", unique_key=order_id,
             kind="update", content=json.dumps(facts.rows["gqsh_order"][order_id]), content_hash="y",
-            position="1", input_format="canal", received_at=dt.datetime(2026, 11, 2),
+            position=encode(Position(1)), input_format="canal", received_at=dt.datetime(2026, 11, 2),
             updated_at=dt.datetime(2026, 11, 2)))
     # When another session commits a DELIVER between our read and our write
     racing = CommitsBehindOurBack(storage, order_id, facts)

@@ -58,7 +58,7 @@ def test_an_older_record_never_overwrites_a_newer_one_stored_between_our_read_an
     meta = meta_table(shard)
     with engine.connect() as connection:
         [row] = connection.execute(select(meta.c.position, meta.c.content).where(meta.c.order_id == order_id))
-    assert row.position == newer.position and '"member_id":"M2"' in row.content
+    assert row.position == newer.position_text and '"member_id":"M2"' in row.content
 
 
 def storage_now():  # type: ignore[no-untyped-def]

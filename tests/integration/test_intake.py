@@ -1,6 +1,7 @@
 """The Receiver on real MariaDB shards: idempotent metadata, corrections, stale events, quarantine."""
 
 import datetime as dt
+import json
 
 import pytest
 from sqlalchemy import select
@@ -9,7 +10,7 @@ from flows.gqsh import ORDER_FLOW
 from models.orders import QuarantinedInput
 from models.sharded import meta_table, task_table
 from tests.conftest import new_order_id
-from tests.factories import OrderHeaderFactory, canal
+from tests.factories import OrderHeaderFactory, canal, debezium
 from tests.integration.helpers import ingest
 
 pytestmark = pytest.mark.integration
@@ -80,3 +81,25 @@ def test_bad_lines_are_quarantined_with_their_reason_and_do_not_block_the_rest(s
             QuarantinedInput.order_id == bad["order_id"])).fetchall()
     assert kept.reason == "gqsh_order column 'total_amount': '-5.00' is a negative amount"
     assert '"-5.00"' in kept.raw
+
+
+def test_one_undecodable_line_in_a_batch_of_500_leaves_the_other_499_stored(storage, redis_client) -> None:
+    # Given 499 good Debezium lines and, in the middle, a DATETIME(6) MicroTimestamp sent for a
+    # column declared datetime(3) (it would read as the year 58807)
+    headers = [OrderHeaderFactory(order_id=new_order_id()) for _ in range(499)]
+    lines = [debezium("gqsh_order", header) for header in headers]
+    bad = json.loads(debezium("gqsh_order", OrderHeaderFactory(order_id=new_order_id())))
+    bad["after"]["created_at"] = 1793611800125999
+    lines.insert(250, json.dumps(bad))
+    # When they are ingested as one batch
+    report = ingest(storage, redis_client, ORDER_FLOW, "debezium", lines)
+    # Then the bad line alone is quarantined, with the column named, and every other is stored
+    assert (report.lines, report.accepted, report.quarantined) == (500, 499, 1)
+    [reason] = report.reasons
+    assert reason.startswith("gqsh_order column 'created_at':") and "out of range" in reason
+    assert all(len(_metadata(storage, header["order_id"])) == 1 for header in headers)
+    assert _task(storage, headers[-1]["order_id"], "SUBMIT") is not None
+    with storage.engine_for_order(bad["after"]["order_id"]).connect() as connection:
+        kept = connection.execute(select(QuarantinedInput.raw).where(
+            QuarantinedInput.order_id == bad["after"]["order_id"])).scalars().all()
+    assert kept == [json.dumps(bad)]

@@ -58,3 +58,22 @@ def test_lease_times_default_to_minutes_and_are_checked_against_each_other() -> 
         load_settings({"TDC_STEP_TIME_LIMIT": "300", "TDC_VISIBILITY_TIMEOUT": "600"})
     with pytest.raises(SettingsError, match="must exceed 30"):
         load_settings({"TDC_STEP_TIME_LIMIT": "30"})
+
+
+def test_time_zones_default_to_utc_and_the_business_zone_to_the_source_zone() -> None:
+    assert (str(load_settings({}).source_zone), str(load_settings({}).business_zone)) == ("UTC", "UTC")
+    shanghai = load_settings({"TDC_SOURCE_TIMEZONE": "Asia/Shanghai"})
+    assert (str(shanghai.source_zone), str(shanghai.business_zone)) == ("Asia/Shanghai", "Asia/Shanghai")
+    split = load_settings({"TDC_SOURCE_TIMEZONE": "UTC", "TDC_BUSINESS_TIMEZONE": "Asia/Shanghai"})
+    assert (str(split.source_zone), str(split.business_zone)) == ("UTC", "Asia/Shanghai")
+    with pytest.raises(SettingsError, match="TDC_SOURCE_TIMEZONE='Mars/Olympus' is not an IANA time zone"):
+        load_settings({"TDC_SOURCE_TIMEZONE": "Mars/Olympus"})
+    with pytest.raises(SettingsError, match="TDC_BUSINESS_TIMEZONE='\\+08:00' is not an IANA time zone"):
+        load_settings({"TDC_BUSINESS_TIMEZONE": "+08:00"})
+
+
+def test_source_databases_are_the_flows_own_unless_listed() -> None:
+    assert load_settings({}).source_databases is None
+    assert load_settings({"TDC_SOURCE_DATABASES": "gqsh, gqsh_shard_*"}).source_databases == ("gqsh", "gqsh_shard_*")
+    with pytest.raises(SettingsError, match="'gqsh;drop' is not a database name"):
+        load_settings({"TDC_SOURCE_DATABASES": "gqsh;drop"})

@@ -1,21 +1,30 @@
 """The state machine, checkers and generators on facts built in memory."""
 
+import datetime as dt
 import json
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from flows.state_machine import SUCCESSORS, Illegal, blocking_reason
+from inputs.positions import Position, encode
 from strategies import CHECKERS
 from strategies.facts import OrderFacts
+from strategies.generators import business_date
+
+
+def _at(sequence: str) -> str:
+    """A stored binlog position: offset ``sequence`` in one binlog file."""
+    return encode(Position(1_700_000_000_000, binlog=(1, int(sequence))))
 
 
 def facts(*rows: tuple[str, str, dict, str], deleted: tuple[str, str, str] | None = None) -> OrderFacts:
-    metadata = [{"source": s, "unique_key": k, "kind": "insert", "content": json.dumps(c), "position": p}
+    metadata = [{"source": s, "unique_key": k, "kind": "insert", "content": json.dumps(c), "position": _at(p)}
                 for s, k, c, p in rows]
     if deleted:
         metadata.append({"source": deleted[0], "unique_key": deleted[1], "kind": "delete", "content": "{}",
-                         "position": deleted[2]})
+                         "position": _at(deleted[2])})
     return OrderFacts.from_metadata("O1", metadata)
 
 
@@ -60,3 +69,12 @@ def test_refund_waits_until_details_sum_to_the_refund_amount() -> None:
     applied_only = facts(("gqsh_order_after_sales", "A1", {**after_sales, "status": 10}, "1"))
     assert CHECKERS["REFUND"].check(applied_only) is None
     assert Decimal("10.00") == Decimal(after_sales["refund_amount"])
+
+
+def test_the_business_day_is_the_calendar_day_in_the_business_zone() -> None:
+    # 20:30 UTC on 1 November is already 2 November in Shanghai, still 1 November in New York
+    paid = dt.datetime(2026, 11, 1, 20, 30)
+    assert str(business_date(paid, ZoneInfo("UTC"))) == "2026-11-01"
+    assert str(business_date(paid, ZoneInfo("Asia/Shanghai"))) == "2026-11-02"
+    assert str(business_date(paid, ZoneInfo("America/New_York"))) == "2026-11-01"
+    assert business_date(None, ZoneInfo("UTC")) is None

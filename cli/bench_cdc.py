@@ -18,14 +18,14 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 from sqlalchemy import create_engine
 
+from cdc.binlog import BinlogTail
+from cdc.source import Checkpoint, Source, current_coordinates, source_of
 from demo.binlog_server import BinlogServer
 from demo.history import generate_history
 from demo.source import play_changes, source_metadata
 from flows.gqsh import ORDER_FLOW
 from models.redis_store import get_redis
 from models.storage import Storage, get_storage
-from pipeline.binlog import BinlogTail
-from pipeline.cdc_source import Checkpoint, Source, current_coordinates, source_of
 from settings import get_settings
 
 #: Changes per source transaction, about one order's worth.

@@ -8,7 +8,7 @@ import sys
 import time
 from types import FrameType
 
-from pipeline.cdc_source import Source, SourceError, default_server_id, require_followed, source_of
+from cdc.source import Source, SourceError, default_server_id, require_followed, source_of
 
 
 def _source(args: argparse.Namespace) -> Source:
@@ -31,10 +31,10 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def tail_binlog(args: argparse.Namespace) -> int:
     import worker  # noqa: F401 - configures the Celery app the chains are sent with
+    from cdc.binlog import BinlogTail, start_position
     from flows.registry import ACCEPTED
     from models.redis_store import get_redis
     from models.storage import get_storage
-    from pipeline.binlog import BinlogTail, start_position
     from tasks.submit import submit_tasks
 
     try:
@@ -65,10 +65,10 @@ def tail_binlog(args: argparse.Namespace) -> int:
 
 def snapshot(args: argparse.Namespace) -> int:
     import worker  # noqa: F401 - configures the Celery app the chains are sent with
+    from cdc.snapshot import take_snapshot
     from flows.registry import ACCEPTED
     from models.redis_store import get_redis
     from models.storage import get_storage
-    from pipeline.snapshot import take_snapshot
     from tasks.submit import submit_tasks
 
     try:

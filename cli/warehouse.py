@@ -6,10 +6,10 @@ import datetime as dt
 import sys
 import time
 
+from dimensions.offline import load_offline_dimensions
 from models.redis_store import get_redis
 from models.storage import get_storage
 from models.warehouse import OFFLINE_DIMENSIONS
-from pipeline.offline_dimensions import load_offline_dimensions
 from warehouse.aggregates import AggregateReport, days_to_rebuild, rebuild_day
 
 

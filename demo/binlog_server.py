@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pymysql
 
-#: The settings the tail requires (pipeline.cdc_source.REQUIRED_SETTINGS).
+#: The settings the tail requires (cdc.source.REQUIRED_SETTINGS).
 BINLOG_OPTIONS = ["--log-bin=binlog", "--server-id=1", "--binlog-format=ROW", "--binlog-row-image=FULL",
                   "--binlog-row-metadata=FULL"]
 

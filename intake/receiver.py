@@ -20,6 +20,7 @@ import redis
 from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.exc import DBAPIError
 
+from dimensions.lookup import apply_dimension_changes
 from flows import Flow, MetadataRecord, Route, route
 from inputs.events import BadInput, SchemaChange
 from inputs.formats import parse_line
@@ -29,7 +30,6 @@ from models.orders import QuarantinedInput
 from models.sharded import TaskStatus, meta_table, task_table
 from models.storage import Storage
 from models.writes import insert_if_absent
-from pipeline.dimensions import apply_dimension_changes
 from reliability.alarms import raise_alarm
 from reliability.counters import count
 from reliability.transient import CONTENTION_ATTEMPTS, RetryCount, is_contention, retry_on_contention

@@ -14,7 +14,7 @@ from models.types import BigId, Timestamp
 
 class CdcPosition(ShardBase):
     """A tail's position: the binlog coordinates after the last transaction whose changes are
-    committed to metadata, and the tail's commit clock there (see ``pipeline.binlog``)."""
+    committed to metadata, and the tail's commit clock there (see ``cdc.binlog``)."""
 
     __tablename__ = "cdc_position"
 

@@ -7,9 +7,9 @@ from typing import Any
 from celery import shared_task
 
 from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders, valid_keys
+from dimensions.lookup import RedisDimensions
 from models.redis_store import get_redis
 from models.storage import get_storage
-from pipeline.dimensions import RedisDimensions
 from reliability.leases import OrderLeases
 from settings import get_settings
 from tasks.policy import ChainStep, retrying

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from celery import group, shared_task
 
+from dimensions.offline import load_offline_dimensions
 from intake.receiver import utcnow
 from models.redis_store import get_redis
 from models.storage import get_storage
-from pipeline.offline_dimensions import load_offline_dimensions
 from reliability.housekeeping import failed_digest, once_per_period, purge_snapshots
 from reliability.rescan import due_tasks, postpone
 from settings import get_settings

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders
+from dimensions.lookup import RedisDimensions
 from intake.receiver import TaskKey, accept_lines, utcnow
-from pipeline.dimensions import RedisDimensions
 from reliability.leases import OrderLeases
 from reliability.rescan import due_tasks, postpone
 

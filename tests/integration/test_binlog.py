@@ -15,6 +15,16 @@ import pytest
 import redis
 from sqlalchemy import create_engine, select
 
+from cdc.binlog import BinlogTail, start_position
+from cdc.snapshot import take_snapshot
+from cdc.source import (
+    Checkpoint,
+    SourceError,
+    current_coordinates,
+    load_checkpoint,
+    source_of,
+    store_checkpoint,
+)
 from chain.wide_rows import read_orders
 from demo.check import differences
 from demo.history import History, generate_history
@@ -23,16 +33,6 @@ from flows.gqsh import ORDER_FLOW
 from models.cdc import CdcPosition, SchemaChangeRecord
 from models.sharded import meta_table
 from models.storage import Storage
-from pipeline.binlog import BinlogTail, start_position
-from pipeline.cdc_source import (
-    Checkpoint,
-    SourceError,
-    current_coordinates,
-    load_checkpoint,
-    source_of,
-    store_checkpoint,
-)
-from pipeline.snapshot import take_snapshot
 from reliability.alarms import ALARM_COUNTERS
 from settings import load_settings
 from tests.conftest import REDIS, env_of

@@ -13,10 +13,10 @@ from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_order
 from chain.task_state import load_task
 from chain.wide_rows import read_orders
 from cli.lineage import order_lineage
+from dimensions.lookup import RedisDimensions
 from flows.gqsh import ORDER_FLOW
 from intake.receiver import bump_task, utcnow
 from models.sharded import TaskStatus, task_table
-from pipeline.dimensions import RedisDimensions
 from reliability.leases import OrderLeases
 from reliability.rescan import due_tasks, postpone
 from tests.conftest import new_order_id

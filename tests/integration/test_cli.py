@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import insert, text
 
 from demo.history import generate_history
+from dimensions.lookup import dimension_key
 from flows.gqsh import ORDER_FLOW
 from models.warehouse import OFFLINE_DIMENSIONS
-from pipeline.dimensions import dimension_key
 from tests.conftest import env_of
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
 from tests.integration.helpers import ingest, process_history, run_chains, run_tdc, tdc_output

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import insert
 
 from chain.wide_rows import read_orders
+from dimensions.lookup import RedisDimensions, dimension_key
+from dimensions.offline import load_offline_dimensions
 from flows.gqsh import ORDER_FLOW
 from models.warehouse import OFFLINE_DIMENSIONS
-from pipeline.dimensions import RedisDimensions, dimension_key
-from pipeline.offline_dimensions import load_offline_dimensions
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
 from tests.integration.helpers import ingest, run_chains
 

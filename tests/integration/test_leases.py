@@ -9,11 +9,11 @@ from sqlalchemy import select
 
 from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders
 from demo.history import generate_history
+from dimensions.lookup import RedisDimensions
 from flows.gqsh import ORDER_FLOW
 from models.orders import DwdOrder, OrderSnapshot
 from models.sharded import TaskStatus, task_table
 from models.warehouse import AdsOrderLedger
-from pipeline.dimensions import RedisDimensions
 from reliability.counters import COUNTERS, FENCED
 from reliability.leases import FENCE_KEY, OrderLeases, lease_name
 from settings import load_settings

@@ -7,9 +7,9 @@ import random
 import pytest
 import redis
 
+from dimensions.lookup import RedisDimensions, apply_dimension_changes
 from flows import DimensionChange
 from inputs.positions import Position
-from pipeline.dimensions import RedisDimensions, apply_dimension_changes
 from tests.conftest import REDIS, new_order_id
 
 pytestmark = pytest.mark.integration

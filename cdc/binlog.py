@@ -31,11 +31,7 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from flows import Flow
-from inputs.ddl import ddl_tables
-from intake.receiver import IntakeReport, TaskKey, accept_lines
-from models.storage import Storage
-from pipeline.cdc_source import (
+from cdc.source import (
     Checkpoint,
     Source,
     SourceError,
@@ -48,6 +44,10 @@ from pipeline.cdc_source import (
     row_line,
     store_checkpoint,
 )
+from flows import Flow
+from inputs.ddl import ddl_tables
+from intake.receiver import IntakeReport, TaskKey, accept_lines
+from models.storage import Storage
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The T+1 path: reload the offline dimension tables from the warehouse into Redis.
 
 Each entry is replaced in place only when the warehouse copy is newer than what Redis holds
-(see ``pipeline.dimensions``), so look-ups never miss during a reload and a rename that came
+(see ``dimensions.lookup``), so look-ups never miss during a reload and a rename that came
 through CDC today survives yesterday's copy.  Entries the warehouse does not hold are kept:
 they may be newer than its copy; deletions come through CDC.
 """
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import redis
 from sqlalchemy import Engine, select
 
+from dimensions.lookup import apply_dimension_changes
 from flows import DimensionChange, typed_row
 from inputs.events import BadInput
 from inputs.positions import Position, time_position
 from models.warehouse import OFFLINE_DIMENSIONS
-from pipeline.dimensions import apply_dimension_changes
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,8 @@ import pymysql.cursors
 import redis
 from pymysql.constants import FIELD_TYPE
 
-from flows import Flow
-from intake.receiver import IntakeReport, accept_lines
-from models.storage import Storage
-from pipeline.binlog import TAIL_BATCH, Submit
-from pipeline.cdc_source import (
+from cdc.binlog import TAIL_BATCH, Submit
+from cdc.source import (
     Checkpoint,
     Source,
     is_mariadb,
@@ -37,6 +34,9 @@ from pipeline.cdc_source import (
     row_line,
     store_checkpoint,
 )
+from flows import Flow
+from intake.receiver import IntakeReport, accept_lines
+from models.storage import Storage
 
 log = logging.getLogger(__name__)
 

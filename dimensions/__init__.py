@@ -1,0 +1,1 @@
+"""Dimensions: Redis look-ups and writes, and the T+1 reload from the warehouse."""

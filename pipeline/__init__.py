@@ -1,1 +1,0 @@
-"""The plain functions that do tdc's work; Celery tasks only call them."""

@@ -14,10 +14,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import cast
+from typing import Any, cast
 
 import redis
-from sqlalchemy import Connection, Table, select, update
+from sqlalchemy import Connection, Table
 from sqlalchemy.exc import DBAPIError
 
 from dimensions.lookup import apply_dimension_changes
@@ -26,8 +26,11 @@ from inputs.events import BadInput, SchemaChange
 from inputs.formats import parse_line
 from inputs.positions import compare, decode, encode
 from models.cdc import SchemaChangeRecord
+from models.driver_sql import driver_time, statement
+from models.driver_sql import insert_if_absent as driver_insert_if_absent
 from models.orders import QuarantinedInput
-from models.sharded import TaskStatus, meta_table, task_table
+from models.sharded import TaskStatus
+from models.shards import meta_table_name, task_table_name
 from models.storage import Storage
 from models.writes import insert_if_absent
 from reliability.alarms import raise_alarm
@@ -113,7 +116,28 @@ def _contended(error: Exception) -> bool:
     return isinstance(error, KeyContention) or (isinstance(error, DBAPIError) and is_contention(error))
 
 
-def store_record(connection: Connection, shard: int, record: MetadataRecord, now: dt.datetime) -> Effect:
+#: What a batch read found for a metadata key: (id, content_hash, position), or None when absent.
+Stored = tuple[int, str, str] | None
+#: Selects per UNION ALL statement of a batch read (SQLite allows 500 terms).
+READ_CHUNK = 200
+
+
+def read_stored(connection: Connection, keys: list[tuple[int, tuple[str, str, str, str]]]) -> list[Stored]:
+    """The stored row of each (shard, metadata key), in a few round trips: one indexed select per
+    key, joined with UNION ALL."""
+    found: list[Stored] = [None] * len(keys)
+    for start in range(0, len(keys), READ_CHUNK):
+        chunk = keys[start:start + READ_CHUNK]
+        sql = " UNION ALL ".join(statement(connection, _READ_STORED_AT, meta=meta_table_name(shard), at=str(start + n))
+                                 for n, (shard, _) in enumerate(chunk))
+        parameters = tuple(value for _, key in chunk for value in key)
+        for at, row_id, content_hash, position in connection.exec_driver_sql(sql, parameters):
+            found[int(at)] = (row_id, content_hash, position)
+    return found
+
+
+def store_record(connection: Connection, shard: int, record: MetadataRecord, now: dt.datetime,
+                 known: list[Stored] | None = None) -> Effect:
     """Store one metadata record idempotently and say what it changed.
 
     The record replaces the stored one only when it is newer (``inputs.positions.compare``).
@@ -124,60 +148,72 @@ def store_record(connection: Connection, shard: int, record: MetadataRecord, now
     Every write is conditional on what was read (compare-and-set), so a concurrent writer of the
     same key (the receive worker, the binlog tail, a snapshot) can never have an older record
     overwrite the newer one it stored between our read and our write: we read again and decide
-    against theirs."""
-    meta = meta_table(shard)
-    where = (
-        (meta.c.order_id == record.order_id)
-        & (meta.c.operation_type == record.operation_type)
-        & (meta.c.source == record.source)
-        & (meta.c.unique_key == record.unique_key)
-    )
+    against theirs.
+
+    ``known`` holds what a batch read (``read_stored``) found for the key; the first round
+    trusts it instead of reading, and a write it made stale fails its compare-and-set and reads
+    again."""
+    meta = meta_table_name(shard)
+    key = (record.order_id, record.operation_type, record.source, record.unique_key)
     for _ in range(STORE_ROUNDS):
-        stored = connection.execute(select(meta.c.id, meta.c.content_hash, meta.c.position).where(where)).first()
+        stored: Any = known.pop() if known else connection.exec_driver_sql(
+            statement(connection, _READ_STORED, meta=meta), key).first()
         if stored is None:
-            if insert_if_absent(connection, meta, dict(
+            if driver_insert_if_absent(connection, meta, dict(
                 order_id=record.order_id, operation_type=record.operation_type,
                 source=record.source, unique_key=record.unique_key, kind=record.kind,
                 content=record.content_json, content_hash=record.content_hash,
                 position=record.position_text, input_format=record.input_format,
-                received_at=now, updated_at=now,
+                received_at=driver_time(connection, now), updated_at=driver_time(connection, now),
             )):
                 return Effect.NEW
             continue  # another writer stored the same key first: compare with theirs
-        order, basis = compare(record.position, decode(stored.position))
-        unchanged = (meta.c.id == stored.id) & (meta.c.position == stored.position) & (
-            meta.c.content_hash == stored.content_hash)
-        if record.content_hash == stored.content_hash:
+        stored_id, stored_hash, stored_position = stored
+        order, basis = compare(record.position, decode(stored_position))
+        unchanged = (stored_id, stored_position, stored_hash)
+        if record.content_hash == stored_hash:
             if order <= 0:
                 return Effect.DUPLICATE
             # Same content seen later: remember the newer position so an older, different
             # version arriving now is recognised as stale.
-            if connection.execute(update(meta).where(unchanged).values(position=record.position_text)).rowcount:
+            if connection.exec_driver_sql(statement(connection, _ADVANCE, meta=meta),
+                                          (record.position_text, *unchanged)).rowcount:
                 return Effect.DUPLICATE
             continue
         if order < 0 or (order == 0 and not basis.exact):
             return Effect.STALE if basis.exact else Effect.AMBIGUOUS
-        if connection.execute(update(meta).where(unchanged).values(
-            kind=record.kind, content=record.content_json, content_hash=record.content_hash,
-            position=record.position_text, input_format=record.input_format, updated_at=now,
+        if connection.exec_driver_sql(statement(connection, _CORRECT, meta=meta), (
+            record.kind, record.content_json, record.content_hash, record.position_text, record.input_format,
+            driver_time(connection, now), *unchanged,
         )).rowcount:
             return Effect.CORRECTED
     raise KeyContention(f"metadata key of {record.order_id} kept changing under {STORE_ROUNDS} concurrent writes")
 
 
+_READ_STORED = ("SELECT id, content_hash, position FROM {meta} "
+                "WHERE order_id = ? AND operation_type = ? AND source = ? AND unique_key = ?")
+_READ_STORED_AT = ("SELECT {at} AS at, id, content_hash, position FROM {meta} "
+                   "WHERE order_id = ? AND operation_type = ? AND source = ? AND unique_key = ?")
+_UNCHANGED = "WHERE id = ? AND position = ? AND content_hash = ?"
+_ADVANCE = "UPDATE {meta} SET position = ? " + _UNCHANGED
+_CORRECT = ("UPDATE {meta} SET kind = ?, content = ?, content_hash = ?, position = ?, input_format = ?, "
+            "updated_at = ? " + _UNCHANGED)
+_BUMP = ("UPDATE {task} SET version = version + 1, status = ?, attempts = 0, next_run_at = ?, updated_at = ? "
+         "WHERE order_id = ? AND operation_type = ?")
+
+
 def bump_task(connection: Connection, shard: int, order_id: str, operation: str, now: dt.datetime) -> None:
     """Create the task, or give it a new version and make it due now (new data revives it)."""
-    task = task_table(shard)
-    where = (task.c.order_id == order_id) & (task.c.operation_type == operation)
-    changes = dict(version=task.c.version + 1, status=TaskStatus.PENDING, attempts=0,
-                   next_run_at=now, updated_at=now)
-    if connection.execute(update(task).where(where).values(**changes)).rowcount:
+    task = task_table_name(shard)
+    at = driver_time(connection, now)
+    bump = statement(connection, _BUMP, task=task)
+    if connection.exec_driver_sql(bump, (TaskStatus.PENDING, at, at, order_id, operation)).rowcount:
         return
-    if not insert_if_absent(connection, task, dict(
+    if not driver_insert_if_absent(connection, task, dict(
         order_id=order_id, operation_type=operation, status=TaskStatus.PENDING, version=1,
-        done_version=0, attempts=0, next_run_at=now, created_at=now, updated_at=now,
+        done_version=0, attempts=0, next_run_at=at, created_at=at, updated_at=at,
     )):
-        connection.execute(update(task).where(where).values(**changes))
+        connection.exec_driver_sql(bump, (TaskStatus.PENDING, at, at, order_id, operation))
 
 
 def quarantine(connection: Connection, input_format: str, raw: str, error: BadInput, now: dt.datetime) -> bool:
@@ -298,9 +334,13 @@ def _write_entries(storage: Storage, database: int, input_format: str, entries: 
     touched: set[tuple[int, str, str]] = set()
     ambiguous: dict[int, tuple[_Line, MetadataRecord]] = {}
     with storage.shard_engine(database).begin() as connection:
-        for line, stored in records:
-            shard = storage.shard_of(stored.order_id)
-            effect = store_record(connection, shard, stored, now)
+        keys = [(storage.shard_of(r.order_id), (r.order_id, r.operation_type, r.source, r.unique_key))
+                for _, r in records]
+        known = dict(zip(keys, read_stored(connection, keys), strict=True))
+        for (line, stored), key in zip(records, keys, strict=True):
+            shard = key[0]
+            # A key written earlier in this batch is read again: what the batch read found is gone.
+            effect = store_record(connection, shard, stored, now, [known.pop(key)] if key in known else None)
             effects.append((line, stored, effect))
             if effect in (Effect.NEW, Effect.CORRECTED):
                 touched.add((shard, stored.order_id, stored.operation_type))

@@ -17,30 +17,22 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from functools import lru_cache
-from typing import Any
 
 from sqlalchemy import Connection, update
 
 from intake.receiver import TaskKey
+from models.driver_sql import PLACEHOLDER, driver_time
 from models.sharded import TaskStatus, task_table
 from models.shards import database_for_shard, task_table_name
 from models.storage import Storage
 
-#: The driver's placeholder per DB-API paramstyle.
-_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
-
 
 @lru_cache(maxsize=16384)
 def _due_sql(shard: int, paramstyle: str) -> str:
-    mark = _PLACEHOLDER[paramstyle]
+    mark = PLACEHOLDER[paramstyle]
     statuses = ", ".join([mark] * len(TaskStatus.DUE))
     return (f"SELECT order_id, operation_type FROM {task_table_name(shard)} "
             f"WHERE status IN ({statuses}) AND next_run_at <= {mark} ORDER BY next_run_at LIMIT {mark}")
-
-
-def driver_time(connection: Connection, moment: dt.datetime) -> Any:
-    """``moment`` as the driver takes it for a Timestamp column (SQLite stores text)."""
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f") if connection.dialect.name == "sqlite" else moment
 
 
 def due_in_table(connection: Connection, shard: int, now: dt.datetime, limit: int) -> list[TaskKey]:

@@ -1,0 +1,110 @@
+"""Intake in batches on real MariaDB: a batch reads what is stored for all its keys at once, and
+gives every line the verdict it would get alone; a writer that commits between the batch's read
+and its writes is seen, not overwritten."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import event, select
+
+from demo.history import generate_history
+from flows.gqsh import ORDER_FLOW
+from intake.receiver import accept_lines, store_record, utcnow
+from models.sharded import meta_table
+from tests.conftest import new_order_id
+from tests.factories import OrderHeaderFactory, canal
+from tests.integration.helpers import ingest
+
+pytestmark = pytest.mark.integration
+
+
+def _metadata(storage, order_ids: list[str]) -> list[tuple]:  # type: ignore[no-untyped-def]
+    rows = []
+    for order_id in order_ids:
+        meta = meta_table(storage.shard_of(order_id))
+        with storage.engine_for_order(order_id).connect() as connection:
+            rows += [tuple(row) for row in connection.execute(
+                select(meta.c.order_id, meta.c.operation_type, meta.c.source, meta.c.unique_key, meta.c.kind,
+                       meta.c.content_hash, meta.c.position).where(meta.c.order_id == order_id))]
+    return sorted(rows)
+
+
+def test_a_batch_gives_every_line_the_verdict_it_gets_alone(fresh_storage, redis_client) -> None:
+    # Given one displaced history with duplicates, replays of older versions, corrections and
+    # malformed lines: the same lines fed once as batches and once a line at a time
+    history = generate_history(60, seed=13, displacement=25, duplicate_rate=0.1)
+    batched, alone = fresh_storage(), fresh_storage()
+    lines = [(fmt, line) for fmt, line in history.lines if fmt == "canal"]
+    lines += [(fmt, line) for fmt, line in history.lines if fmt != "canal"]
+    totals = []
+    for storage, size in ((batched, 500), (alone, 1)):
+        counts = {"accepted": 0, "duplicated": 0, "stale": 0, "quarantined": 0, "ambiguous": 0}
+        for start in range(0, len(lines), size):
+            chunk = lines[start:start + size]
+            for fmt in dict.fromkeys(f for f, _ in chunk):
+                report = accept_lines(storage, redis_client, ORDER_FLOW, fmt, [line for f, line in chunk if f == fmt])
+                for name in counts:
+                    counts[name] += getattr(report, name)
+        totals.append(counts)
+    # Then the verdicts and the stored metadata are the same
+    assert totals[0] == totals[1]
+    assert totals[0]["stale"] > 0 and totals[0]["duplicated"] > 0 and totals[0]["quarantined"] > 0
+    orders = history.order_ids
+    assert _metadata(batched, orders) == _metadata(alone, orders)
+
+
+def test_a_newer_record_committed_after_the_batch_read_is_kept(storage, redis_client) -> None:
+    # Given a stored header at position 100, and a batch holding the same key at position 101
+    header = OrderHeaderFactory(order_id=new_order_id())
+    order_id = header["order_id"]
+    ingest(storage, redis_client, ORDER_FLOW, "canal", [canal("gqsh_order", header, sequence=100)])
+    older = canal("gqsh_order", {**header, "member_id": "M1"}, kind="update", before=header, sequence=101)
+    newer = canal("gqsh_order", {**header, "member_id": "M2"}, kind="update", before=header, sequence=102)
+    [newer_record] = [r for r in _records(newer) if r.operation_type == "SUBMIT"]
+    engine = storage.engine_for_order(order_id)
+    interleaved: list[bool] = []
+
+    def commit_the_newer_after_our_read(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        if statement.startswith("UPDATE meta_") and not interleaved:
+            interleaved.append(True)
+            with engine.begin() as other:
+                store_record(other, storage.shard_of(order_id), newer_record, utcnow())
+
+    # When another writer commits position 102 after the batch read what is stored
+    event.listen(engine, "before_cursor_execute", commit_the_newer_after_our_read)
+    try:
+        report = ingest(storage, redis_client, ORDER_FLOW, "canal", [older])
+    finally:
+        event.remove(engine, "before_cursor_execute", commit_the_newer_after_our_read)
+    # Then the batch's compare-and-set failed, it read again, and its older record is stale
+    assert interleaved and (report.accepted, report.stale) == (0, 1)
+    [(position, content)] = _stored(storage, order_id)
+    assert position == newer_record.position_text and '"member_id":"M2"' in content
+
+
+def _records(line: str):  # type: ignore[no-untyped-def]
+    from flows import route
+    from inputs.formats import parse_line
+
+    return [record for parsed in parse_line("canal", line) for record in route(ORDER_FLOW, parsed, "canal").records]
+
+
+def _stored(storage, order_id: str) -> list[tuple]:  # type: ignore[no-untyped-def]
+    meta = meta_table(storage.shard_of(order_id))
+    with storage.engine_for_order(order_id).connect() as connection:
+        return [tuple(row) for row in connection.execute(select(meta.c.position, meta.c.content).where(
+            (meta.c.order_id == order_id) & (meta.c.operation_type == "SUBMIT")))]
+
+
+def test_the_same_key_twice_in_one_batch_keeps_the_newer(storage, redis_client) -> None:
+    header = OrderHeaderFactory(order_id=new_order_id())
+    at = header["created_at"] + dt.timedelta(seconds=5)
+    report = ingest(storage, redis_client, ORDER_FLOW, "canal", [
+        canal("gqsh_order", {**header, "member_id": "M2"}, kind="update", before=header, sequence=202, at=at),
+        canal("gqsh_order", header, sequence=201),
+        canal("gqsh_order", {**header, "member_id": "M3"}, kind="update", before=header, sequence=203, at=at)])
+    assert (report.accepted, report.stale) == (2, 1)
+    [(_, content)] = _stored(storage, header["order_id"])
+    assert '"member_id":"M3"' in content

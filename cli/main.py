@@ -28,7 +28,7 @@ def _batches(stream: TextIO, size: int) -> Iterator[list[str]]:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from models.schema import init_storage
+    from models.schema import init_storage, table_cache_advice
     from models.storage import get_storage
 
     storage = get_storage()
@@ -37,6 +37,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     report = init_storage(storage, progress=print if args.verbose else lambda _: None)
     print(f"done in {time.monotonic() - started:.1f}s: {report.created} sharded tables created, "
           f"{report.existing} already there")
+    for advice in table_cache_advice(storage):
+        print(f"warning: {advice}", file=sys.stderr)
     return 0
 
 
@@ -125,6 +127,12 @@ def cmd_bench_cdc(args: argparse.Namespace) -> int:
     return bench_cdc(args.source_url or get_settings().cdc_source_url, args.orders)
 
 
+def cmd_bench_intake(args: argparse.Namespace) -> int:
+    from cli.bench_intake import bench_intake
+
+    return bench_intake(args.orders, args.format)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tdc", description="transaction data center")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "else a throwaway MariaDB); a fresh database is created on it")
     bench_cdc.add_argument("--orders", type=int, default=500)
     bench_cdc.set_defaults(run=cmd_bench_cdc)
+    bench_intake = bench.add_parser("intake", help="lines per second through intake into the configured storage")
+    bench_intake.add_argument("--orders", type=int, default=1000)
+    bench_intake.add_argument("--format", choices=["canal", "debezium"], default="canal")
+    bench_intake.set_defaults(run=cmd_bench_intake)
 
     dims = commands.add_parser("dims", help="dimensions in Redis").add_subparsers(dest="dims_command", required=True)
     load = dims.add_parser("load", help="reload offline dimension tables from the warehouse (T+1)")

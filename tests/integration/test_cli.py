@@ -125,3 +125,10 @@ def test_ingest_with_redis_down_keeps_its_input_for_the_rescan(service_env, stor
     assert result.returncode == 0, result.stderr
     assert "1 accepted" in result.stdout and "0 tasks submitted" in result.stdout
     assert (order_id, "PAY") in due_tasks(storage, 0, 1, utcnow(), 1000)
+
+
+def test_bench_intake_gives_every_line_a_verdict_and_prints_its_rate(service_env) -> None:
+    result = run_tdc(service_env, "bench", "intake", "--orders", "30")
+    assert result.returncode == 0, result.stderr
+    assert "SQL statements per line" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("intake: ")

@@ -88,3 +88,24 @@ def test_init_brings_tables_of_an_older_tdc_up_to_date(mariadb, tmp_path, backen
     uniques |= {i["name"] for i in inspect(engine).get_indexes("schema_change") if i["unique"]}
     assert "uq_schema_change_at" in uniques
     engine.dispose()
+
+
+def test_init_warns_when_the_server_table_caches_cannot_hold_tdcs_tables(storage, mariadb) -> None:
+    from sqlalchemy import create_engine
+
+    from models.schema import table_cache_advice
+    from tests.conftest import MARIADB
+
+    admin = create_engine(MARIADB + "/", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        # (the test storage has 64 shards: about 150 tables, under MariaDB's smallest definition cache)
+        saved = connection.exec_driver_sql("SELECT @@GLOBAL.table_open_cache").scalar_one()
+        try:
+            connection.exec_driver_sql("SET GLOBAL table_open_cache = 20")
+            [advice] = table_cache_advice(storage)
+            assert "table_open_cache=20 holds fewer than tdc's" in advice and "set both to at least" in advice
+            connection.exec_driver_sql("SET GLOBAL table_open_cache = 20000")
+            assert all("table_open_cache" not in advice for advice in table_cache_advice(storage))
+        finally:
+            connection.exec_driver_sql(f"SET GLOBAL table_open_cache = {int(saved)}")
+    admin.dispose()

@@ -45,21 +45,18 @@ def counted_statements(storage: Storage) -> Iterator[list[int]]:
 
 def measure_intake(storage: Storage, lines: list[tuple[str, str]],
                    batch: int = BATCH) -> tuple[float, IntakeReport, int]:
-    """Ingest ``lines`` ((format, line) in arrival order) in batches per format run; the seconds,
-    the combined report and the statements executed."""
+    """Ingest ``lines`` ((format, line) in arrival order) as ``tdc ingest`` would read one file
+    per format, in batches; the seconds, the combined report and the statements executed."""
     client = get_redis()
     total = IntakeReport()
+    by_format: dict[str, list[str]] = {}
+    for input_format, line in lines:
+        by_format.setdefault(input_format, []).append(line)
     with counted_statements(storage) as statements:
         started = time.perf_counter()
-        run: list[str] = []
-        current = lines[0][0] if lines else ""
-        for input_format, line in [*lines, ("", "")]:
-            if input_format != current or len(run) >= batch:
-                if run:
-                    total.add(accept_lines(storage, client, ACCEPTED, current, run))
-                run, current = [], input_format
-            if line:
-                run.append(line)
+        for input_format, chunk in by_format.items():
+            for start in range(0, len(chunk), batch):
+                total.add(accept_lines(storage, client, ACCEPTED, input_format, chunk[start:start + batch]))
         elapsed = time.perf_counter() - started
     return elapsed, total, statements[0]
 
@@ -74,7 +71,8 @@ def bench_intake(orders: int, input_format: str) -> int:
         print(f"warning: {advice}")
     history = generate_history(orders, input_format=input_format)
     lines = history.lines
-    print(f"intake of {len(lines)} lines ({orders} orders, {input_format} + business) in batches of {BATCH}")
+    print(f"intake of {len(lines)} lines ({orders} orders; the {input_format} file, then the business file) "
+          f"in batches of {BATCH}")
     elapsed, report, statements = measure_intake(storage, lines)
     print(f"  {report.summary()}")
     verdicts = report.accepted + report.duplicated + report.stale + report.quarantined + report.ambiguous \

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import redis
 from sqlalchemy import Connection, Table
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from dimensions.lookup import apply_dimension_changes
 from flows import Flow, MetadataRecord, Route, route
@@ -26,13 +26,13 @@ from inputs.events import BadInput, SchemaChange
 from inputs.formats import parse_line
 from inputs.positions import compare, decode, encode
 from models.cdc import SchemaChangeRecord
-from models.driver_sql import driver_time, statement
+from models.driver_sql import driver_time, marks, statement
 from models.driver_sql import insert_if_absent as driver_insert_if_absent
 from models.orders import QuarantinedInput
 from models.sharded import TaskStatus
 from models.shards import meta_table_name, task_table_name
 from models.storage import Storage
-from models.writes import insert_if_absent
+from models.writes import DUPLICATE_ENTRY, insert_if_absent
 from reliability.alarms import raise_alarm
 from reliability.counters import count
 from reliability.transient import CONTENTION_ATTEMPTS, RetryCount, is_contention, retry_on_contention
@@ -216,6 +216,95 @@ def bump_task(connection: Connection, shard: int, order_id: str, operation: str,
         connection.exec_driver_sql(bump, (TaskStatus.PENDING, at, at, order_id, operation))
 
 
+def store_records(connection: Connection, records: list[tuple[int, MetadataRecord]],
+                  now: dt.datetime) -> list[Effect]:
+    """Store ``(shard, record)`` pairs, given in lock order, and say what each changed: what
+    ``store_record`` does one by one, in a few statements per shard table.
+
+    What is stored for every key is read at once (``read_stored``).  Keys found absent are
+    inserted in one multi-row INSERT per table; keys found stored go through ``store_record``'s
+    compare-and-set, trusting the read.  Whatever a concurrent writer got to first (a row inserted
+    since the read, a key twice in the batch) goes through ``store_record`` again and is judged
+    against what is there now."""
+    keys = [(shard, (r.order_id, r.operation_type, r.source, r.unique_key)) for shard, r in records]
+    known = dict(zip(keys, read_stored(connection, keys), strict=True))
+    effects: list[Effect | None] = [None] * len(records)
+    by_shard: dict[int, list[int]] = defaultdict(list)
+    for index, (shard, _) in enumerate(keys):
+        by_shard[shard].append(index)
+    for shard, indexes in by_shard.items():
+        fresh = []  # the first of each key found absent; the same key again is judged after it
+        for i in indexes:
+            if keys[i] in known and known[keys[i]] is None:
+                del known[keys[i]]
+                fresh.append(i)
+        inserted = insert_new(connection, shard, [records[i][1] for i in fresh], now)
+        for i in fresh:
+            if keys[i][1] in inserted:
+                effects[i] = Effect.NEW
+        for i in indexes:
+            if effects[i] is None:
+                key = keys[i]
+                effects[i] = store_record(connection, shard, records[i][1], now,
+                                          [known.pop(key)] if key in known else None)
+    return cast(list[Effect], effects)
+
+
+_META_COLUMNS = ("order_id", "operation_type", "source", "unique_key", "kind", "content", "content_hash",
+                 "position", "input_format", "received_at", "updated_at")
+
+
+def insert_new(connection: Connection, shard: int, records: list[MetadataRecord],
+               now: dt.datetime) -> set[tuple[str, str, str, str]]:
+    """Insert ``records`` (keys found absent) into their metadata table in one statement; the
+    keys it inserted.  On MySQL/MariaDB a key another writer inserted since the read fails the
+    whole statement (rolled back alone): nothing is inserted and every record is judged again."""
+    if not records:
+        return set()
+    at = driver_time(connection, now)
+    rows = [(r.order_id, r.operation_type, r.source, r.unique_key, r.kind, r.content_json, r.content_hash,
+             r.position_text, r.input_format, at, at) for r in records]
+    values = ", ".join([f"({marks(connection, len(_META_COLUMNS))})"] * len(rows))
+    sql = f"INSERT INTO {meta_table_name(shard)} ({', '.join(_META_COLUMNS)}) VALUES {values}"
+    parameters = tuple(value for row in rows for value in row)
+    if connection.dialect.name in ("mysql", "mariadb"):
+        try:
+            connection.exec_driver_sql(sql, parameters)
+        except IntegrityError as error:
+            if getattr(error.orig, "args", (None,))[0] != DUPLICATE_ENTRY:
+                raise
+            return set()
+        return {row[:4] for row in rows}
+    returned = connection.exec_driver_sql(
+        sql + " ON CONFLICT DO NOTHING RETURNING order_id, operation_type, source, unique_key", parameters)
+    return {tuple(row) for row in returned}  # type: ignore[misc]
+
+
+def bump_tasks(connection: Connection, tasks: list[tuple[int, str, str]], now: dt.datetime) -> None:
+    """``bump_task`` for each (shard, order, operation), given in lock order: one upsert per task
+    table, which creates the missing tasks and gives the others a new version, due now."""
+    by_shard: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for shard, order_id, operation in tasks:
+        by_shard[shard].append((order_id, operation))
+    at = driver_time(connection, now)
+    mysql = connection.dialect.name in ("mysql", "mariadb")
+    for shard, keys in by_shard.items():
+        table = task_table_name(shard)
+        values = ", ".join([f"({marks(connection, 9)})"] * len(keys))
+        if mysql:
+            conflict = ("ON DUPLICATE KEY UPDATE version = version + 1, status = VALUES(status), attempts = 0, "
+                        "next_run_at = VALUES(next_run_at), updated_at = VALUES(updated_at)")
+        else:
+            conflict = (f"ON CONFLICT (order_id, operation_type) DO UPDATE SET version = {table}.version + 1, "
+                        "status = excluded.status, attempts = 0, next_run_at = excluded.next_run_at, "
+                        "updated_at = excluded.updated_at")
+        connection.exec_driver_sql(
+            f"INSERT INTO {table} (order_id, operation_type, status, version, done_version, attempts, next_run_at, "
+            f"created_at, updated_at) VALUES {values} {conflict}",
+            tuple(value for order_id, operation in keys
+                  for value in (order_id, operation, TaskStatus.PENDING, 1, 0, 0, at, at, at)))
+
+
 def quarantine(connection: Connection, input_format: str, raw: str, error: BadInput, now: dt.datetime) -> bool:
     """Keep ``raw`` with the reason it was refused; True when it was not kept already (a replay of
     the same input, say a retried receive or a re-read file, keeps one row)."""
@@ -293,7 +382,7 @@ def accept_lines(storage: Storage, client: redis.Redis, flow: Flow, input_format
             by_database[storage.database_of(routed.order_id)].append((line, routed))
     now = utcnow()
     for database, entries in sorted(by_database.items()):
-        _store_database(storage, database, input_format, entries, now, report)
+        _apply(report, *_store_database(storage, database, input_format, entries, now))
     changes = [change for line in parsed for change in line.schema_changes]
     if changes:
         record_schema_changes(storage, client, input_format, changes, now)
@@ -334,20 +423,14 @@ def _write_entries(storage: Storage, database: int, input_format: str, entries: 
     touched: set[tuple[int, str, str]] = set()
     ambiguous: dict[int, tuple[_Line, MetadataRecord]] = {}
     with storage.shard_engine(database).begin() as connection:
-        keys = [(storage.shard_of(r.order_id), (r.order_id, r.operation_type, r.source, r.unique_key))
-                for _, r in records]
-        known = dict(zip(keys, read_stored(connection, keys), strict=True))
-        for (line, stored), key in zip(records, keys, strict=True):
-            shard = key[0]
-            # A key written earlier in this batch is read again: what the batch read found is gone.
-            effect = store_record(connection, shard, stored, now, [known.pop(key)] if key in known else None)
+        stored_effects = store_records(connection, [(storage.shard_of(r.order_id), r) for _, r in records], now)
+        for (line, stored), effect in zip(records, stored_effects, strict=True):
             effects.append((line, stored, effect))
             if effect in (Effect.NEW, Effect.CORRECTED):
-                touched.add((shard, stored.order_id, stored.operation_type))
+                touched.add((storage.shard_of(stored.order_id), stored.order_id, stored.operation_type))
             elif effect is Effect.AMBIGUOUS:
                 ambiguous.setdefault(id(line), (line, stored))
-        for shard, order_id, operation in sorted(touched):
-            bump_task(connection, shard, order_id, operation, now)
+        bump_tasks(connection, sorted(touched), now)
         for line, record in entries:
             if record is None:
                 assert line.error is not None
@@ -365,7 +448,8 @@ def _ambiguity(record: MetadataRecord) -> BadInput:
 
 
 def _store_database(storage: Storage, database: int, input_format: str, entries: list[_Entry],
-                    now: dt.datetime, report: IntakeReport) -> None:
+                    now: dt.datetime) -> tuple[list[_Stored], int]:
+    """Store one shard database's part of a batch; what each record did, and the retries."""
     count = RetryCount()
     try:
         effects = retry_on_contention(lambda: _write_entries(storage, database, input_format, entries, now), count)
@@ -375,7 +459,11 @@ def _store_database(storage: Storage, database: int, input_format: str, entries:
         log.warning("a batch for shard database %d met lock contention %d times; storing its lines one by one",
                     database, count.retries + 1)
         effects = _store_one_by_one(storage, database, input_format, entries, now, count)
-    report.retries += count.retries
+    return effects, count.retries
+
+
+def _apply(report: IntakeReport, effects: list[_Stored], retries: int) -> None:
+    report.retries += retries
     for line, record, effect in effects:
         line.effects.append(effect)
         if effect is Effect.AMBIGUOUS and line.error is None:

@@ -108,3 +108,37 @@ def test_the_same_key_twice_in_one_batch_keeps_the_newer(storage, redis_client) 
     assert (report.accepted, report.stale) == (2, 1)
     [(_, content)] = _stored(storage, header["order_id"])
     assert '"member_id":"M3"' in content
+
+
+@pytest.mark.parametrize(("theirs", "ours", "verdict", "kept"), [
+    (102, 101, "stale", "M2"),
+    (100, 101, "accepted", "M1"),
+])
+def test_a_key_inserted_by_another_writer_after_the_batch_read_is_judged_against_theirs(
+        storage, redis_client, theirs: int, ours: int, verdict: str, kept: str) -> None:
+    # Given a header no one has stored yet, and a batch about to insert it at position `ours`
+    header = OrderHeaderFactory(order_id=new_order_id())
+    order_id = header["order_id"]
+    mine = canal("gqsh_order", {**header, "member_id": "M1"}, sequence=ours)
+    [their_record] = [r for r in _records(canal("gqsh_order", {**header, "member_id": "M2"}, sequence=theirs))
+                      if r.operation_type == "SUBMIT"]
+    engine = storage.engine_for_order(order_id)
+    interleaved: list[bool] = []
+
+    def insert_theirs_first(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO meta_") and not interleaved:
+            interleaved.append(True)
+            with engine.begin() as other:
+                store_record(other, storage.shard_of(order_id), their_record, utcnow())
+
+    # When another writer inserts the same key, at position `theirs`, between the batch's read and its insert
+    event.listen(engine, "before_cursor_execute", insert_theirs_first)
+    try:
+        report = ingest(storage, redis_client, ORDER_FLOW, "canal", [mine])
+    finally:
+        event.remove(engine, "before_cursor_execute", insert_theirs_first)
+    # Then the newer of the two is kept and the batch's verdict says which
+    assert interleaved
+    assert (report.accepted, report.stale) == ((1, 0) if verdict == "accepted" else (0, 1))
+    [(_, content)] = _stored(storage, order_id)
+    assert f'"member_id":"{kept}"' in content

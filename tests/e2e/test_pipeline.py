@@ -94,3 +94,15 @@ def test_the_demo_runs_on_the_embedded_default_and_leaves_nothing_behind(tmp_pat
     assert _processes_with(f"TDC_HOME={tmp_path / 'home'}") == []
     assert subprocess.run(["pgrep", "-f", str(tmp_path / "home")], capture_output=True).stdout == b""
     assert not (tmp_path / "home" / "redis.sock").exists()
+
+
+def test_bench_throughput_runs_both_sides_and_checks_the_outputs(fresh_storage, rabbitmq_vhost, tmp_path: Path) -> None:
+    import re
+
+    storage = fresh_storage("postgresql")
+    env = worker_env(storage, rabbitmq_vhost, tmp_path)
+    result = run_tdc(env, "bench", "throughput", "--orders", "20", "--tasks", "300", "--timeout", "240")
+    assert result.returncode == 0, result.stdout + result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"throughput: ratio \d+\.\d\d \(tdc [\d,]+ ops/s vs no-op [\d,]+ tasks/s; "
+                        r"intake [\d,]+ lines/s\)", last), last

@@ -1,0 +1,142 @@
+"""``tdc bench throughput``: full order operations per second against Celery's own rate for empty
+tasks, on the same broker and the same worker shape, in one run (DESIGN 8).
+
+1. Empty tasks: ``--tasks`` of ``tdc.bench_noop`` (one Redis INCR each) are published with no
+   worker running; the workers are started and timed until every one has run.
+2. The pipeline: a generated history is ingested with no worker running (intake's rate is
+   measured on the way), then the workers and beat are started and timed until every wide row,
+   order line and ADS row is exactly what the history expects.  Operations are the tasks the
+   history created (one per order and operation).
+
+Both sides start their workers inside the timing, so start-up costs them alike.  The last line is
+``throughput: ratio R (tdc X ops/s vs no-op Y tasks/s; intake Z lines/s)``; the command fails when
+an output is wrong or the pipeline does not drain.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from demo.check import aggregate_differences, differences, expected_aggregates, matching_orders
+from demo.history import generate_history
+from demo.processes import running, start_beat, start_worker
+
+#: As the demo: short back-offs and frequent rescans, so waits do not dominate a short run.
+BENCH_ENVIRONMENT = {"TDC_RETRY_BASE_SECONDS": "0.5", "TDC_RESCAN_INTERVAL_SECONDS": "3"}
+
+
+def _workers(env: dict[str, str], logs: Path, workers: int, concurrency: int) -> list:  # type: ignore[type-arg]
+    return [start_worker(env, logs / f"bench-worker-{n}.log", concurrency) for n in range(workers)]
+
+
+def _noop_rate(env: dict[str, str], logs: Path, tasks: int, workers: int, concurrency: int,
+               timeout: float) -> float:
+    from models.redis_store import get_redis
+    from tasks.bench import noop
+
+    client = get_redis()
+    counter = f"tdc:bench:noop:{uuid.uuid4().hex[:8]}"
+    for _ in range(tasks):
+        noop.apply_async(args=(counter,))
+    started = time.monotonic()
+    with running(_workers(env, logs, workers, concurrency)) as processes:
+        while int(client.get(counter) or 0) < tasks:
+            if time.monotonic() - started > timeout or any(p.poll() is not None for p in processes):
+                raise RuntimeError(f"empty tasks did not all run within {timeout:.0f}s "
+                                   f"({int(client.get(counter) or 0)} of {tasks}); see {logs}")
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+    client.delete(counter)
+    return tasks / elapsed
+
+
+def _outputs_differ(history, before) -> list[str]:  # type: ignore[no-untyped-def]
+    from chain.wide_rows import read_orders
+    from models.storage import get_storage
+
+    orders, items = read_orders(get_storage(), history.order_ids)
+    problems = differences(history.expected_orders, orders, "dwd_order")
+    problems += differences(history.expected_items, items, "dwd_order_item")
+    expected = expected_aggregates(history.expected_orders, history.expected_items)
+    return problems + aggregate_differences(expected, before, _aggregates())
+
+
+def _aggregates():  # type: ignore[no-untyped-def]
+    from models.storage import get_storage
+    from warehouse.aggregates import read_aggregates
+
+    with get_storage().dws_engine.connect() as connection:
+        return read_aggregates(connection)
+
+
+def _pipeline_rate(env: dict[str, str], logs: Path, home: Path, orders: int, workers: int, concurrency: int,
+                   timeout: float) -> tuple[float, float, int, list[str]]:
+    from chain.wide_rows import read_orders
+    from cli.bench_intake import measure_intake
+    from models.storage import get_storage
+    from tasks.submit import submit_tasks
+
+    history = generate_history(orders)
+    before = _aggregates()
+    seconds, report, _ = measure_intake(get_storage(), history.lines)
+    submit_tasks(report.touched)
+    operations = len(report.touched)
+    total = len(history.expected_orders)
+    started = time.monotonic()
+    with running(_workers(env, logs, workers, concurrency)
+                 + [start_beat(env, logs / "bench-beat.log", home / "bench-beat-schedule")]) as processes:
+        while True:
+            found, items = read_orders(get_storage(), history.order_ids)
+            if matching_orders(history.expected_orders, history.expected_items, found, items) == total \
+                    and not _outputs_differ(history, before):
+                break
+            if time.monotonic() - started > timeout or any(p.poll() is not None for p in processes):
+                return 0.0, len(history.lines) / seconds, operations, _outputs_differ(history, before) or [
+                    f"a worker or beat exited; see {logs}"]
+            time.sleep(0.2)
+        elapsed = time.monotonic() - started
+    return operations / elapsed, len(history.lines) / seconds, operations, []
+
+
+def bench_throughput(orders: int, broker: str | None, workers: int, concurrency: int, tasks: int,
+                     timeout: float) -> int:
+    for name, value in BENCH_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    if broker:
+        os.environ["TDC_BROKER_URL"] = broker
+    from settings import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    from models.embedded import ensure_embedded_redis, stop_embedded_redis
+    from models.schema import init_storage
+    from models.storage import get_storage
+
+    started_redis = ensure_embedded_redis(settings) if settings.embedded_redis else False
+    try:
+        import worker  # noqa: F401 - configures the Celery app before anything is published
+
+        init_storage(get_storage())
+        logs = settings.home / "logs"
+        env = dict(os.environ)
+        print(f"throughput on {settings.broker_url.split('@')[-1]}: {workers} worker(s) x {concurrency} processes")
+        noop_rate = _noop_rate(env, logs, tasks, workers, concurrency, timeout)
+        print(f"  empty tasks: {tasks} in {tasks / noop_rate:.1f}s = {noop_rate:,.0f} tasks/s")
+        rate, intake_rate, operations, problems = _pipeline_rate(env, logs, settings.home, orders, workers,
+                                                                 concurrency, timeout)
+        if problems:
+            for problem in problems[:20]:
+                print(f"  DIFFERENCE {problem}")
+            print(f"FAILED: the pipeline did not produce exact outputs within {timeout:.0f}s", file=sys.stderr)
+            return 1
+        print(f"  pipeline: {operations} operations of {orders} orders exact in {operations / rate:.1f}s")
+        print(f"throughput: ratio {rate / noop_rate:.2f} (tdc {rate:,.0f} ops/s vs no-op {noop_rate:,.0f} tasks/s; "
+              f"intake {intake_rate:,.0f} lines/s)")
+        return 0
+    finally:
+        if started_redis:
+            stop_embedded_redis(settings)

@@ -42,6 +42,7 @@ from cdc.source import (
     require_followed,
     require_source,
     row_line,
+    server_id_of,
     store_checkpoint,
 )
 from flows import Flow
@@ -112,6 +113,7 @@ class BinlogTail:
         self.storage, self.client, self.flow, self.source = storage, client, flow, source
         self.name, self.server_id, self.submit, self.batch = name, server_id, submit, batch
         self.report = TailReport()
+        self.source_server_id = 0
 
     def run(self, position: Checkpoint, stop_when_idle: bool = False, progress: Callable[[str], None] | None = None,
             ) -> TailReport:
@@ -119,6 +121,7 @@ class BinlogTail:
 
         Raises SourceError when no flow follows the source's database."""
         require_followed(self.storage, self.flow, self.source)
+        self.source_server_id = server_id_of(self.source)
         stream = BinLogStreamReader(
             connection_settings=self.source.connection_settings(), server_id=self.server_id,
             resume_stream=True, log_file=position.log_file, log_pos=position.log_pos,
@@ -175,7 +178,7 @@ class BinlogTail:
             before = row.get("before_values") if op == "u" else (row["values"] if op == "d" else None)
             after = row.get("after_values") if op == "u" else (row["values"] if op == "c" else None)
             lines.append(row_line(op, event.schema, event.table, before, after, log_file, log_pos, index,
-                                  clock, gtid, event.packet.server_id, utc))
+                                  clock, gtid, self.source_server_id, utc))
         self.report.changes += len(lines)
         return lines
 

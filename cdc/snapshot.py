@@ -32,6 +32,7 @@ from cdc.source import (
     require_followed,
     require_source,
     row_line,
+    server_id_of,
     store_checkpoint,
 )
 from flows import Flow
@@ -109,6 +110,9 @@ def take_snapshot(storage: Storage, client: redis.Redis, flow: Flow, source: Sou
     try:
         require_source(connection)
         clock = _clock_ms(connection)
+        # The coordinates are this server's: a change streamed from another (after a fail-over)
+        # is not ordered against them.
+        server_id = server_id_of(source)
         log_file, log_pos = _begin_consistent(connection)
         report = SnapshotReport(Checkpoint(log_file, log_pos, None, clock))
         for table in chosen:
@@ -120,8 +124,8 @@ def take_snapshot(storage: Storage, client: redis.Redis, flow: Flow, source: Sou
                 cursor.execute(sql)
                 utc = frozenset(d[0] for d in cursor.description or () if d[1] == FIELD_TYPE.TIMESTAMP)
                 while rows := cursor.fetchmany(batch):
-                    lines = [row_line("r", source.database, table, None, row, log_file, log_pos, 0, clock, utc=utc)
-                             for row in rows]
+                    lines = [row_line("r", source.database, table, None, row, log_file, log_pos, 0, clock,
+                                      server_id=server_id, utc=utc) for row in rows]
                     intake = accept_lines(storage, client, flow, "debezium", lines)
                     report.submitted += submit(intake.touched)
                     report.intake.add(intake)

@@ -106,6 +106,18 @@ def require_followed(storage: Storage, flow: Flow, source: Source) -> None:
                           f"set TDC_SOURCE_DATABASES={source.database} if its tables are the flow's")
 
 
+def server_id_of(source: Source) -> int:
+    """The id of the server the binlog coordinates belong to: the one tdc reads (its binlog holds
+    events from other servers too, under their ids, at its own coordinates)."""
+    connection = source.connect()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT @@server_id")
+            return int(cursor.fetchone()[0])
+    finally:
+        connection.close()
+
+
 def binlog_files(connection: pymysql.connections.Connection) -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute("SHOW BINARY LOGS")
@@ -176,9 +188,19 @@ def json_value(value: Any) -> Any:
 def _image(row: dict[str, Any] | None, utc: frozenset[str]) -> dict[str, Any] | None:
     if row is None:
         return None
-    return {name: json_value(value.replace(tzinfo=dt.UTC) if name in utc and isinstance(value, dt.datetime)
-                             and value.tzinfo is None else value)
-            for name, value in row.items()}
+    return {name: json_value(_instant(value) if name in utc else value) for name, value in row.items()}
+
+
+#: What the binlog reader makes of MySQL's zero TIMESTAMP (it stores 0 seconds since the epoch).
+_ZERO_TIMESTAMP = dt.datetime(1970, 1, 1)
+
+
+def _instant(value: Any) -> Any:
+    """A TIMESTAMP column's value, read as naive UTC, as an instant; the zero TIMESTAMP (which no
+    real instant can be: the type starts one second later) as no time, as Canal and snapshots read it."""
+    if not isinstance(value, dt.datetime) or value.tzinfo is not None:
+        return value
+    return None if value == _ZERO_TIMESTAMP else value.replace(tzinfo=dt.UTC)
 
 
 def row_line(op: str, database: str, table: str, before: dict[str, Any] | None, after: dict[str, Any] | None,

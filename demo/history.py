@@ -277,7 +277,8 @@ def render_debezium(change: SourceChange, sequence: int) -> str:
         "ts_ms": _millis(change.at) + 5,
         "source": {"version": "2.5.4.Final", "connector": "mysql", "name": "gqsh-source", "ts_ms": _millis(change.at),
                    "snapshot": "false", "db": "gqsh", "sequence": None, "table": change.table, "server_id": 1,
-                   "gtid": f"{SOURCE_UUID}:{sequence + 1}", "file": "mysql-bin.000001", "pos": 4 + sequence * 256,
+                   "gtid": f"{SOURCE_UUID}:{sequence + 1}", "file": f"mysql-bin.{1 + sequence // 10**6:06d}",
+                   "pos": 4 + sequence % 10**6 * 256,
                    "row": 0, "thread": 7, "query": None},
         "transaction": None,
     }

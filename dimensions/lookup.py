@@ -11,6 +11,7 @@ not bring the entry back.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import Enum
 from typing import Any
 
 import redis
@@ -34,9 +35,26 @@ def _fields(change: DimensionChange) -> dict[Any, Any]:
     return fields | {name: "" if value is None else str(value) for name, value in change.attributes.items()}
 
 
+class Verdict(Enum):
+    """What became of one dimension change."""
+
+    WRITTEN = "written"
+    #: Older than the entry by a source position: dropped, as a stale metadata record is.
+    OLDER = "older"
+    #: What the entry already holds.
+    SAME = "same"
+    #: Not newer by event time alone, and different: kept out, counted and alarmed by intake.
+    AMBIGUOUS = "ambiguous"
+
+
 def apply_dimension_changes(client: redis.Redis, changes: Iterable[DimensionChange]) -> int:
-    """Upsert or delete dimension entries, each only if newer than what is stored, in three
-    round trips (WATCH, read positions, MULTI/EXEC); returns how many were newer and written.
+    """``put_dimension_changes``; how many were newer and written."""
+    return put_dimension_changes(client, list(changes)).count(Verdict.WRITTEN)
+
+
+def put_dimension_changes(client: redis.Redis, changes: list[DimensionChange]) -> list[Verdict]:
+    """Upsert or delete dimension entries, each only if newer than what is stored, in three round
+    trips (WATCH, read the entries, MULTI/EXEC); the verdict on each change, in order.
 
     Raises RuntimeError when other writers kept changing the same entries for WRITE_ROUNDS rounds."""
     latest: dict[str, DimensionChange] = {}
@@ -45,7 +63,7 @@ def apply_dimension_changes(client: redis.Redis, changes: Iterable[DimensionChan
         if name not in latest or compare(change.position, latest[name].position)[0] > 0:
             latest[name] = change
     if not latest:
-        return 0
+        return []
     names = list(latest)
     for _ in range(WRITE_ROUNDS):
         with client.pipeline() as transaction:
@@ -53,19 +71,37 @@ def apply_dimension_changes(client: redis.Redis, changes: Iterable[DimensionChan
                 transaction.watch(*names)
                 reads = client.pipeline(transaction=False)
                 for name in names:
-                    reads.hget(name, POSITION)
-                stored = reads.execute()
-                newer = [name for name, position in zip(names, stored, strict=True)
-                         if position is None or compare(latest[name].position, decode(_text(position)))[0] > 0]
+                    reads.hgetall(name)
+                stored = {name: {_text(k): _text(v) for k, v in entry.items()}
+                          for name, entry in zip(names, reads.execute(), strict=True)}
+                newer = [name for name in names if POSITION not in stored[name]
+                         or compare(latest[name].position, decode(stored[name][POSITION]))[0] > 0]
                 transaction.multi()
                 for name in newer:
                     transaction.delete(name)
                     transaction.hset(name, mapping=_fields(latest[name]))
                 transaction.execute()
-                return len(newer)
+                break
             except redis.WatchError:
                 continue
-    raise RuntimeError(f"dimension entries kept changing under {WRITE_ROUNDS} concurrent writes: {names[:3]}")
+    else:
+        raise RuntimeError(f"dimension entries kept changing under {WRITE_ROUNDS} concurrent writes: {names[:3]}")
+    written = set(newer)
+    verdicts = []
+    for change in changes:
+        name = dimension_key(change.dimension, change.key)
+        if change is latest[name] and name in written:
+            verdicts.append(Verdict.WRITTEN)
+            continue
+        # Judged against what the entry holds now: what was there, or the batch's newest change.
+        holder = _fields(latest[name]) if name in written else stored[name]
+        fields = _fields(change)
+        if {k: v for k, v in fields.items() if k != POSITION} == {k: v for k, v in holder.items() if k != POSITION}:
+            verdicts.append(Verdict.SAME)
+            continue
+        exact = compare(change.position, decode(holder[POSITION]))[1].exact
+        verdicts.append(Verdict.OLDER if exact else Verdict.AMBIGUOUS)
+    return verdicts
 
 
 def _text(value: Any) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 from inputs.ddl import ddl_tables
 from inputs.events import BadInput, ChangeEvent, Ignored, Parsed, SchemaChange, require
-from inputs.positions import Position, parse_gtid_set, whole
+from inputs.positions import LIMITS, Position, parse_gtid_set, whole
 
 _KINDS = {"INSERT": "insert", "UPDATE": "update", "DELETE": "delete"}
 #: ``EventType`` names of DDL entries.
@@ -40,7 +40,7 @@ def parse_canal(message: Any) -> list[Parsed]:
     kind_name = str(require(message, "type", "Canal message")).upper()
     database = str(message.get("database") or "")
     sql = message.get("sql") if isinstance(message.get("sql"), str) else ""
-    executed_ms = whole(require(message, "es", "Canal message"), "Canal message 'es'")
+    executed_ms = whole(require(message, "es", "Canal message"), "Canal message 'es'", limit=LIMITS["time"])
     gtid = parse_gtid_set(message.get("gtid"), "Canal message 'gtid'")
     position = Position(executed_ms, gtid=gtid)
     if kind_name in _KINDS and not message.get("isDdl"):

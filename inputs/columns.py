@@ -27,7 +27,7 @@ import binascii
 import datetime as dt
 import re
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -170,7 +170,8 @@ def _read_decimal(kind: ColumnType, value: Any, reading: Reading) -> str:
     digits = (kind.size or 65) - kind.scale
     if amount.adjusted() >= digits:
         raise BadInput(f"{_show(value)} is out of range for {kind.declaration}")
-    return str(amount.quantize(Decimal(1).scaleb(-kind.scale), rounding=ROUND_HALF_UP))
+    with localcontext(prec=80):
+        return str(amount.quantize(Decimal(1).scaleb(-kind.scale), rounding=ROUND_HALF_UP))
 
 
 def _base64_decimal(text: str, kind: ColumnType) -> bool:
@@ -301,7 +302,7 @@ def read_instant(value: Any, reading: Reading, what: str) -> dt.datetime:
     """An instant (aware, UTC) from a writer's time; BadInput naming ``what`` otherwise."""
     try:
         moment = _moment(ColumnType("timestamp", 3), value, reading)
-    except (OverflowError, ValueError) as error:
+    except (OverflowError, OSError, ValueError, ArithmeticError) as error:
         if isinstance(error, BadInput):
             raise BadInput(f"{what}: {error.reason}") from None
         raise BadInput(f"{what}: {_show(value)} is not a time") from None

@@ -24,7 +24,7 @@ from typing import Any
 
 from inputs.ddl import ddl_tables
 from inputs.events import BadInput, ChangeEvent, Ignored, Parsed, SchemaChange, require
-from inputs.positions import Position, binlog_index, parse_gtid, whole
+from inputs.positions import LIMITS, Position, binlog_index, parse_gtid, whole
 
 _KINDS = {"c": "insert", "r": "insert", "u": "update", "d": "delete"}
 _EPOCH = dt.datetime(1970, 1, 1)
@@ -37,17 +37,19 @@ FLAT_PREFIX = "__"
 
 def position_of(source: dict[str, Any], ts_ms: Any, op: str | None = None) -> Position:
     """The position a Debezium ``source`` block gives; BadInput when a field is malformed."""
-    time_ms = whole(source.get("ts_ms") if source.get("ts_ms") is not None else ts_ms, "Debezium 'ts_ms'")
+    time_ms = whole(source.get("ts_ms") if source.get("ts_ms") is not None else ts_ms, "Debezium 'ts_ms'",
+                    limit=LIMITS["time"])
     snapshot = op == "r" or str(source.get("snapshot", "false")).lower() in _SNAPSHOT
     binlog = None
     if source.get("file"):
-        binlog = (binlog_index(source["file"], "Debezium source 'file'"), whole(source.get("pos"), "Debezium 'pos'", 0))
+        binlog = (binlog_index(source["file"], "Debezium source 'file'"),
+                  whole(source.get("pos"), "Debezium 'pos'", 0, LIMITS["offset"]))
     return Position(
         time_ms=time_ms,
         gtid=parse_gtid(source.get("gtid"), "Debezium source 'gtid'"),
         binlog=binlog,
-        server=whole(source.get("server_id"), "Debezium 'server_id'", 0),
-        row=whole(source.get("row"), "Debezium 'row'", 0),
+        server=whole(source.get("server_id"), "Debezium 'server_id'", 0, LIMITS["server"]),
+        row=whole(source.get("row"), "Debezium 'row'", 0, LIMITS["row"]),
         snapshot=snapshot,
     )
 
@@ -122,7 +124,7 @@ def _decoders(schema: Any, image: str) -> dict[str, Any]:
         if logical == "org.apache.kafka.connect.data.Decimal":
             parameters = field.get("parameters")
             scale = whole(parameters.get("scale") if isinstance(parameters, dict) else None,
-                          f"Debezium schema scale of {name!r}", 0)
+                          f"Debezium schema scale of {name!r}", 0, limit=65)
             decoders[name] = lambda v, s=scale, n=name: _decimal(v, s, n)
         elif logical in _LOGICAL:
             decoders[name] = lambda v, f=_LOGICAL[logical], n=name: f(v, n)
@@ -167,6 +169,8 @@ def _flat(record: dict[str, Any]) -> list[Parsed]:
         raise BadInput("Debezium flat record has no __source_db/__source_table: add source.db and source.table "
                        "to the ExtractNewRecordState add.fields")
     op = extra.get("op")
+    if op is not None and not isinstance(op, str):
+        raise BadInput(f"Debezium flat record __op {op!r} is not one of c, u, d, r, t")
     deleted = str(extra.get("deleted", "false")).lower() == "true" or op == "d"
     if op == "t":
         return [SchemaChange(str(database), str(table), f"TRUNCATE TABLE `{database}`.`{table}`",

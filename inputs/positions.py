@@ -65,8 +65,11 @@ class Position:
             parts.append(f"{'snapshot at ' if self.snapshot else ''}binlog {self.binlog[0]}:{self.binlog[1]}{server}")
         if self.row:
             parts.append(f"row {self.row}")
-        moment = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=self.time_ms)
-        parts.append(moment.isoformat(timespec="milliseconds") + "Z")
+        try:
+            moment = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=self.time_ms)
+            parts.append(moment.isoformat(timespec="milliseconds") + "Z")
+        except OverflowError:
+            parts.append(f"{self.time_ms} ms")
         return ", ".join(parts)
 
 
@@ -75,10 +78,11 @@ def compare(a: Position, b: Position) -> tuple[int, Basis]:
     if a.gtid and b.gtid and a.gtid[0] == b.gtid[0] and not (a.snapshot or b.snapshot):
         if a.gtid[1] != b.gtid[1]:
             return _sign(a.gtid[1] - b.gtid[1]), Basis.GTID
-        # One transaction: its events in binlog order, when both say where they are.
+        # One transaction: its events in binlog order, when both say where they are; otherwise
+        # (Canal sends no coordinates, and a row's index is only its place in one message) level.
         if a.binlog and b.binlog and a.server == b.server:
             return _order((a.binlog, a.row), (b.binlog, b.row)), Basis.GTID
-        return _order(a.row, b.row), Basis.GTID
+        return 0, Basis.GTID
     if a.binlog and b.binlog and (a.server == b.server or not a.server or not b.server):
         return _order((a.binlog, not a.snapshot, a.row), (b.binlog, not b.snapshot, b.row)), Basis.BINLOG
     return _order(a.time_ms, b.time_ms), Basis.TIME
@@ -128,12 +132,13 @@ def parse_gtid(value: object, what: str) -> tuple[str, int] | None:
         raise BadInput(f"{what} {value!r} is not a GTID")
     text = value.strip()
     if match := _MARIADB_GTID.match(text):
-        return _domain(f"mariadb-domain-{match.group(1)}"), int(match.group(3))
+        return _domain(f"mariadb-domain-{match.group(1)}"), bounded(int(match.group(3)), LIMITS["sequence"], what)
     parts = text.split(":")
     if len(parts) in (2, 3) and _UUID.match(parts[0]) and parts[-1].isdigit():
         if int(parts[-1]) == 0 or not parts[0].strip("0-"):
             return None  # an anonymous transaction (gtid_mode OFF): no GTID
-        return _domain(parts[0]), int(parts[-1])
+        # A tagged GTID (MySQL 8.4, uuid:tag:N) is numbered per tag: the tag is part of the domain.
+        return _domain(":".join(parts[:-1]).lower()), bounded(int(parts[-1]), LIMITS["sequence"], what)
     raise BadInput(f"{what} {value!r} is not one transaction's GTID (uuid:sequence or domain-server-sequence)")
 
 
@@ -164,7 +169,7 @@ def parse_gtid_set(value: object, what: str) -> tuple[str, int] | None:
             if high < low:
                 raise BadInput(f"{what} {value!r} is not a GTID set")
             total += high - low + 1
-    return (EXECUTED_SET, total) if total else None
+    return (EXECUTED_SET, bounded(total, LIMITS["sequence"], what)) if total else None
 
 
 def binlog_index(file: object, what: str) -> int:
@@ -172,11 +177,18 @@ def binlog_index(file: object, what: str) -> int:
     match = _BINLOG_INDEX.search(str(file)) if isinstance(file, str) else None
     if match is None:
         raise BadInput(f"{what} {file!r} is not a binlog file name like mysql-bin.000003")
-    return int(match.group(1))
+    return bounded(int(match.group(1)), LIMITS["file"], what)
 
 
-def whole(value: object, what: str, default: int | None = None) -> int:
-    """A non-negative integer field of a position; BadInput naming it otherwise."""
+#: The largest value of each part of a position, so that the longest stored form fits its
+#: 64-character column: times to the year 30000 in milliseconds (a time in microseconds is refused),
+#: 63-bit GTID sequences, 32-bit server ids, 40-bit binlog offsets, 10^7 binlog files and rows.
+LIMITS = {"time": 10**15, "sequence": (1 << 63) - 1, "server": (1 << 32) - 1, "file": 10**7 - 1,
+          "offset": (1 << 40) - 1, "row": 10**7 - 1}
+
+
+def whole(value: object, what: str, default: int | None = None, limit: int = LIMITS["sequence"]) -> int:
+    """A non-negative integer field of a position, at most ``limit``; BadInput naming it otherwise."""
     if value is None and default is not None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | str):
@@ -185,8 +197,14 @@ def whole(value: object, what: str, default: int | None = None) -> int:
         number = int(value)
     except ValueError:
         raise BadInput(f"{what} {value!r} is not a non-negative integer") from None
-    if number < 0 or number >= 1 << 64:
+    if number < 0:
         raise BadInput(f"{what} {value!r} is not a non-negative integer")
+    return bounded(number, limit, what)
+
+
+def bounded(number: int, limit: int, what: str) -> int:
+    if number > limit:
+        raise BadInput(f"{what} {number} is larger than a position holds ({limit})")
     return number
 
 

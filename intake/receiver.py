@@ -20,7 +20,7 @@ import redis
 from sqlalchemy import Connection, Table
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from dimensions.lookup import apply_dimension_changes
+from dimensions.lookup import Verdict, put_dimension_changes
 from flows import Flow, MetadataRecord, Route, route
 from inputs.events import BadInput, SchemaChange
 from inputs.formats import parse_line
@@ -349,11 +349,20 @@ def _parse(flow: Flow, route_: Route, input_format: str, raw: str, client: redis
         line.schema_changes += part.schema_changes
         ignored += part.ignored
         if part.dimensions:
-            apply_dimension_changes(client, part.dimensions)
-            line.effects.append(Effect.NEW)
+            for change, verdict in zip(part.dimensions, put_dimension_changes(client, part.dimensions), strict=True):
+                line.effects.append(_DIMENSION_EFFECTS[verdict])
+                if verdict is Verdict.AMBIGUOUS and line.error is None:
+                    line.error = BadInput(
+                        f"ambiguous order: {change.dimension} {change.key} at {change.position.describe()} is not "
+                        f"newer by event time than the stored entry and differs from it; with no GTID or binlog "
+                        f"position to order them it was kept here, not applied")
     if not line.records and not line.effects and not line.schema_changes:
         line.ignored = ignored or ["empty"]
     return line
+
+
+_DIMENSION_EFFECTS = {Verdict.WRITTEN: Effect.NEW, Verdict.OLDER: Effect.STALE, Verdict.SAME: Effect.DUPLICATE,
+                      Verdict.AMBIGUOUS: Effect.AMBIGUOUS}
 
 
 def route_of(storage: Storage) -> Route:

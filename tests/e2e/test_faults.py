@@ -79,7 +79,6 @@ def test_triple_delivery_and_poison_messages_under_two_beats_change_nothing_and_
             failed_at=dt.datetime.now(dt.UTC).replace(tzinfo=None)))
     digest_at = _next_minute(20)
     server = PrivateRedis(tmp_path / "redis")
-    server.start()
     env = worker_env(storage, rabbitmq_vhost, tmp_path, TDC_REDIS_URL=server.url, TDC_DIGEST_AT=f"{digest_at:%H:%M}")
     first, second = generate_history(60, seed=41), generate_history(40, seed=42)
     client = redis.Redis.from_url(server.url)

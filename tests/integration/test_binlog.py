@@ -319,3 +319,20 @@ def test_a_source_database_no_flow_follows_is_refused_plainly(storage, redis_cli
     with pytest.raises(SourceError, match="source database 'shop_archive' is not followed .*TDC_SOURCE_DATABASES"):
         BinlogTail(storage, redis_client, ORDER_FLOW, source, NAME, 4243, lambda keys: 0).run(
             Checkpoint("mysql-bin.000001", 4, None, 0), stop_when_idle=True)
+
+
+def test_a_zero_timestamp_is_no_time_from_the_tail_as_from_canal_and_snapshots(
+        storage, redis_client, source_database) -> None:
+    source = source_of(source_database)
+    order_id = f"ZT{time.time_ns()}"
+    with source.connect() as connection:
+        start = Checkpoint(*current_coordinates(connection), None, 0)
+        with connection.cursor() as cursor:
+            cursor.execute("SET SESSION sql_mode = ''")
+            cursor.execute("INSERT INTO gqsh_order (order_id, store_id, member_id, channel, status, item_count, "
+                           "total_amount, discount_amount, pay_amount, created_at, updated_at) VALUES "
+                           "(%s, 'S001', 'M1', 'app', 10, 1, 25, 0, 25, '2026-11-02 07:30:00', "
+                           "'0000-00-00 00:00:00')", (order_id,))
+    store_checkpoint(storage, NAME, start, "test")
+    _tail(storage, redis_client, source_database)
+    assert _stored_header(storage, order_id)["updated_at"] is None

@@ -3,16 +3,18 @@ displaced older change never wins, and the T+1 reload from the PostgreSQL wareho
 entries in place without a window where look-ups miss."""
 
 import datetime as dt
+import json
 import threading
 import uuid
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from chain.wide_rows import read_orders
 from dimensions.lookup import RedisDimensions, dimension_key
 from dimensions.offline import load_offline_dimensions
 from flows.gqsh import ORDER_FLOW
+from models.orders import QuarantinedInput
 from models.warehouse import OFFLINE_DIMENSIONS
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
 from tests.integration.helpers import ingest, run_chains
@@ -116,3 +118,28 @@ def test_the_offline_reload_replaces_older_entries_in_place_and_keeps_newer_ones
     assert dims.store(cdc_renamed)["store_name"] == "renamed by CDC"
     assert dims.store(unseen)["store_name"] == "brand new"
     assert loads[0].written >= len(known) + 1
+
+
+def test_each_dimension_change_gets_a_verdict_and_an_ambiguous_one_is_kept(storage, redis_client) -> None:
+    # Given a store written by a Canal change without GTIDs (ordered by its time alone)
+    store_id = f"S{uuid.uuid4().hex[:10]}"
+
+    def change(name: str, second: int, gtid: str | None = None) -> str:
+        message = json.loads(canal("dim_store_shop", _store(store_id, name), kind="update",
+                                   at=T0 + dt.timedelta(seconds=second)))
+        message["gtid"] = gtid
+        return json.dumps(message)
+
+    first = ingest(storage, redis_client, ORDER_FLOW, "canal", [change("Old", 0)])
+    # When the same change, another one in the same second, and an older one arrive
+    again = ingest(storage, redis_client, ORDER_FLOW, "canal", [change("Old", 0)])
+    same_second = ingest(storage, redis_client, ORDER_FLOW, "canal", [change("Other", 0)])
+    newer = ingest(storage, redis_client, ORDER_FLOW, "canal", [change("New", 1)])
+    # Then each is counted for what it did, and the one that cannot be ordered is kept, not applied
+    assert (first.accepted, again.duplicated, same_second.ambiguous, newer.accepted) == (1, 1, 1, 1)
+    assert same_second.accepted == 0
+    with storage.shard_engine(0).connect() as connection:
+        kept = connection.execute(select(QuarantinedInput.reason).where(
+            QuarantinedInput.raw == change("Other", 0))).scalars().all()
+    assert len(kept) == 1 and kept[0].startswith("ambiguous order: store")
+    assert RedisDimensions(redis_client).store(store_id)["store_name"] == "New"

@@ -174,3 +174,41 @@ def test_positions_an_older_tdc_stored_read_as_their_time() -> None:
     assert decode("1793611800125.000000030000000004015.00000") == Position(1793611800125)
     with pytest.raises(ValueError):
         decode("not a position")
+
+
+def test_review_cases_of_positions() -> None:
+    # A tagged GTID is numbered per tag: uuid:etl:7 is not ordered against uuid:100
+    plain, tagged = parse_gtid(f"{UUID}:100", "g"), parse_gtid(f"{UUID}:etl:7", "g")
+    assert plain is not None and tagged is not None and plain[0] != tagged[0]
+    # Two Canal messages of one transaction: a row's index orders nothing across messages
+    one_transaction = parse_gtid_set(f"{UUID}:1-4200", "g")
+    assert compare(Position(1, gtid=one_transaction, row=1), Position(1, gtid=one_transaction, row=0)) \
+        == (0, Basis.GTID)
+    # Every part is bounded so that the stored form fits; a time in microseconds is refused
+    for source, reason in [({"pos": 2**63}, "larger than a position holds"),
+                           ({"server_id": 2**40}, "larger than a position holds"),
+                           ({"ts_ms": 1_700_000_000_000_000}, "larger than a position holds")]:
+        line = json.dumps({"op": "c", "after": {"order_id": "O1"}, "source": {
+            "db": "gqsh", "table": "gqsh_order", "ts_ms": 1, "file": "mysql-bin.000001", "pos": 4, **source}})
+        with pytest.raises(BadInput, match=reason):
+            parse_line("debezium", line)
+    assert "ms" in Position(10**15).describe()
+
+
+def test_review_cases_of_decoding() -> None:
+    with pytest.raises(BadInput, match="__op"):
+        parse_line("debezium", json.dumps({"__op": ["c"], "__source_db": "gqsh", "__source_table": "t",
+                                           "__source_ts_ms": 1}))
+    schema = {"type": "struct", "fields": [{"field": "after", "fields": [
+        {"field": "x", "name": "org.apache.kafka.connect.data.Decimal", "parameters": {"scale": "9" * 19}}]}]}
+    with pytest.raises(BadInput, match="scale"):
+        parse_line("debezium", json.dumps({"schema": schema, "payload": {
+            "op": "c", "after": {"x": "AA=="}, "source": {"db": "d", "table": "t", "ts_ms": 1}}}))
+    write = {"source": "payment", "order_id": "O1", "operation_type": "PAY", "unique_key": "T1",
+             "payload": {"pay_txn_id": "T1", "pay_channel": "card", "paid_amount": "1.00", "paid_at": "2026-11-02"},
+             "occurred_at": 2**70}
+    [parsed] = parse_line("business", json.dumps(write))
+    with pytest.raises(BadInput, match="occurred_at"):
+        route(ORDER_FLOW, parsed, "business")
+    # 28 integer digits are a valid decimal(30,2)
+    assert column_type("decimal(30,2)").read("1" * 28 + ".5", Reading()) == "1" * 28 + ".50"

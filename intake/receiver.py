@@ -198,22 +198,11 @@ _UNCHANGED = "WHERE id = ? AND position = ? AND content_hash = ?"
 _ADVANCE = "UPDATE {meta} SET position = ? " + _UNCHANGED
 _CORRECT = ("UPDATE {meta} SET kind = ?, content = ?, content_hash = ?, position = ?, input_format = ?, "
             "updated_at = ? " + _UNCHANGED)
-_BUMP = ("UPDATE {task} SET version = version + 1, status = ?, attempts = 0, next_run_at = ?, updated_at = ? "
-         "WHERE order_id = ? AND operation_type = ?")
 
 
 def bump_task(connection: Connection, shard: int, order_id: str, operation: str, now: dt.datetime) -> None:
     """Create the task, or give it a new version and make it due now (new data revives it)."""
-    task = task_table_name(shard)
-    at = driver_time(connection, now)
-    bump = statement(connection, _BUMP, task=task)
-    if connection.exec_driver_sql(bump, (TaskStatus.PENDING, at, at, order_id, operation)).rowcount:
-        return
-    if not driver_insert_if_absent(connection, task, dict(
-        order_id=order_id, operation_type=operation, status=TaskStatus.PENDING, version=1,
-        done_version=0, attempts=0, next_run_at=at, created_at=at, updated_at=at,
-    )):
-        connection.exec_driver_sql(bump, (TaskStatus.PENDING, at, at, order_id, operation))
+    bump_tasks(connection, [(shard, order_id, operation)], now)
 
 
 def store_records(connection: Connection, records: list[tuple[int, MetadataRecord]],

@@ -282,14 +282,7 @@ def test_a_timestamp_and_a_datetime_of_one_instant_are_stored_the_same_by_tail_a
     storage = Storage(load_settings({**service_env, "TDC_SOURCE_TIMEZONE": "Asia/Shanghai"}))
     source = source_of(source_database)
     order_id = f"TZ{time.time_ns()}"
-    with source.connect() as connection:
-        start = Checkpoint(*current_coordinates(connection), None, 0)
-        with connection.cursor() as cursor:
-            cursor.execute("SET time_zone = '+08:00'")
-            cursor.execute("INSERT INTO gqsh_order (order_id, store_id, member_id, channel, status, item_count, "
-                           "total_amount, discount_amount, pay_amount, created_at, updated_at) VALUES "
-                           "(%s, 'S001', 'M1', 'app', 10, 1, 25, 0, 25, '2026-11-02 07:30:00', '2026-11-02 07:30:00')",
-                           (order_id,))
+    start = _insert_header(source, order_id, "2026-11-02 07:30:00", "SET time_zone = '+08:00'")
     try:
         # When the tail reads it, and when a snapshot reads it
         store_checkpoint(storage, NAME, start, "test")
@@ -302,6 +295,20 @@ def test_a_timestamp_and_a_datetime_of_one_instant_are_stored_the_same_by_tail_a
     # Then both are 23:30 UTC the day before, as the same instant from any reader must be
     assert tailed["created_at"] == tailed["updated_at"] == "2026-11-01T23:30:00.000"
     assert snapshotted == tailed
+
+
+def _insert_header(source, order_id: str, updated_at: str, session: str) -> Checkpoint:  # type: ignore[no-untyped-def]
+    """Insert an order header created at 07:30 (source wall clock) after running ``session`` on
+    the connection; the binlog coordinates before it."""
+    with source.connect() as connection:
+        start = Checkpoint(*current_coordinates(connection), None, 0)
+        with connection.cursor() as cursor:
+            cursor.execute(session)
+            cursor.execute("INSERT INTO gqsh_order (order_id, store_id, member_id, channel, status, item_count, "
+                           "total_amount, discount_amount, pay_amount, created_at, updated_at) VALUES "
+                           "(%s, 'S001', 'M1', 'app', 10, 1, 25, 0, 25, '2026-11-02 07:30:00', %s)",
+                           (order_id, updated_at))
+    return start
 
 
 def _stored_header(storage, order_id: str) -> dict:  # type: ignore[no-untyped-def]
@@ -325,14 +332,7 @@ def test_a_zero_timestamp_is_no_time_from_the_tail_as_from_canal_and_snapshots(
         storage, redis_client, source_database) -> None:
     source = source_of(source_database)
     order_id = f"ZT{time.time_ns()}"
-    with source.connect() as connection:
-        start = Checkpoint(*current_coordinates(connection), None, 0)
-        with connection.cursor() as cursor:
-            cursor.execute("SET SESSION sql_mode = ''")
-            cursor.execute("INSERT INTO gqsh_order (order_id, store_id, member_id, channel, status, item_count, "
-                           "total_amount, discount_amount, pay_amount, created_at, updated_at) VALUES "
-                           "(%s, 'S001', 'M1', 'app', 10, 1, 25, 0, 25, '2026-11-02 07:30:00', "
-                           "'0000-00-00 00:00:00')", (order_id,))
+    start = _insert_header(source, order_id, "0000-00-00 00:00:00", "SET SESSION sql_mode = ''")
     store_checkpoint(storage, NAME, start, "test")
     _tail(storage, redis_client, source_database)
     assert _stored_header(storage, order_id)["updated_at"] is None

@@ -63,25 +63,31 @@ def test_a_newer_record_committed_after_the_batch_read_is_kept(storage, redis_cl
     older = canal("gqsh_order", {**header, "member_id": "M1"}, kind="update", before=header, sequence=101)
     newer = canal("gqsh_order", {**header, "member_id": "M2"}, kind="update", before=header, sequence=102)
     [newer_record] = [r for r in _records(newer) if r.operation_type == "SUBMIT"]
-    engine = storage.engine_for_order(order_id)
-    interleaved: list[bool] = []
-
-    def commit_the_newer_after_our_read(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
-        if statement.startswith("UPDATE meta_") and not interleaved:
-            interleaved.append(True)
-            with engine.begin() as other:
-                store_record(other, storage.shard_of(order_id), newer_record, utcnow())
-
     # When another writer commits position 102 after the batch read what is stored
-    event.listen(engine, "before_cursor_execute", commit_the_newer_after_our_read)
-    try:
-        report = ingest(storage, redis_client, ORDER_FLOW, "canal", [older])
-    finally:
-        event.remove(engine, "before_cursor_execute", commit_the_newer_after_our_read)
+    interleaved, report = _ingest_while(storage, redis_client, older, "UPDATE meta_", newer_record)
     # Then the batch's compare-and-set failed, it read again, and its older record is stale
     assert interleaved and (report.accepted, report.stale) == (0, 1)
     [(position, content)] = _stored(storage, order_id)
     assert position == newer_record.position_text and '"member_id":"M2"' in content
+
+
+def _ingest_while(storage, client, line: str, before: str, theirs):  # type: ignore[no-untyped-def]
+    """Ingest ``line`` while another writer stores record ``theirs`` (and commits) just before the
+    batch's first statement starting with ``before``; whether it did, and the batch's report."""
+    engine = storage.engine_for_order(theirs.order_id)
+    interleaved: list[bool] = []
+
+    def store_theirs_first(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        if statement.startswith(before) and not interleaved:
+            interleaved.append(True)
+            with engine.begin() as other:
+                store_record(other, storage.shard_of(theirs.order_id), theirs, utcnow())
+
+    event.listen(engine, "before_cursor_execute", store_theirs_first)
+    try:
+        return interleaved, ingest(storage, client, ORDER_FLOW, "canal", [line])
+    finally:
+        event.remove(engine, "before_cursor_execute", store_theirs_first)
 
 
 def _records(line: str):  # type: ignore[no-untyped-def]
@@ -122,21 +128,8 @@ def test_a_key_inserted_by_another_writer_after_the_batch_read_is_judged_against
     mine = canal("gqsh_order", {**header, "member_id": "M1"}, sequence=ours)
     [their_record] = [r for r in _records(canal("gqsh_order", {**header, "member_id": "M2"}, sequence=theirs))
                       if r.operation_type == "SUBMIT"]
-    engine = storage.engine_for_order(order_id)
-    interleaved: list[bool] = []
-
-    def insert_theirs_first(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
-        if statement.startswith("INSERT INTO meta_") and not interleaved:
-            interleaved.append(True)
-            with engine.begin() as other:
-                store_record(other, storage.shard_of(order_id), their_record, utcnow())
-
     # When another writer inserts the same key, at position `theirs`, between the batch's read and its insert
-    event.listen(engine, "before_cursor_execute", insert_theirs_first)
-    try:
-        report = ingest(storage, redis_client, ORDER_FLOW, "canal", [mine])
-    finally:
-        event.remove(engine, "before_cursor_execute", insert_theirs_first)
+    interleaved, report = _ingest_while(storage, redis_client, mine, "INSERT INTO meta_", their_record)
     # Then the newer of the two is kept and the batch's verdict says which
     assert interleaved
     assert (report.accepted, report.stale) == ((1, 0) if verdict == "accepted" else (0, 1))

@@ -15,6 +15,7 @@ no task's attempt twice, and every alarm is raised after its own commit).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import random
@@ -22,24 +23,28 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from sqlalchemy import Connection
 
 from chain.keys import Key, has_token, owned, well_formed
 from chain.task_state import (
+    facts_of,
     fail,
     load_facts,
     load_task,
     mark_done,
     mark_running,
-    order_tasks,
     park,
-    pending_operations,
+    parked_by,
+    pending_of,
+    resolve_failures,
+    tasks_of,
     wake,
+    wakeable,
 )
-from chain.wide_rows import OptimisticLockConflict, merge_order_rows
+from chain.wide_rows import OptimisticLockConflict, merge_operations, read_wide, write_merges
 from flows.state_machine import SUCCESSORS, Illegal, blocking_reason
 from inputs.events import BadInput
 from intake.receiver import TaskKey, quarantine, utcnow
@@ -47,12 +52,12 @@ from models.sharded import TaskStatus
 from models.storage import Storage
 from reliability.alarms import raise_alarm
 from reliability.counters import FENCED, count
-from reliability.fencing import claim_order, holds_order
+from reliability.fencing import claim_order, claim_orders, held_orders
 from reliability.leases import OrderLeases
 from reliability.transient import TRANSIENT_ERRORS, retry_on_contention
 from settings import Settings
 from strategies import CHECKERS
-from strategies.generators import Dimensions
+from strategies.generators import Dimensions, dimension_keys
 from warehouse.aggregates import apply_orders
 
 log = logging.getLogger(__name__)
@@ -167,13 +172,54 @@ def _operation_input(sources: list[Any], operation: str) -> str:
     )
 
 
+def _by_database(storage: Storage, keys: Iterable[Key]) -> list[list[Key]]:
+    groups: dict[int, list[Key]] = defaultdict(list)
+    for key in keys:
+        groups[storage.database_of(key["order_id"])].append(key)
+    return list(groups.values())
+
+
+def _in_order(keys: Iterable[Key]) -> list[Key]:
+    return sorted(keys, key=lambda k: OPERATION_ORDER[k["operation_type"]])
+
+
+T = TypeVar("T")
+
+
+def _per_database(storage: Storage, leases: OrderLeases, settings: Settings, keys: list[Key],
+                  work: Callable[[list[Key]], T]) -> list[tuple[list[Key], T | None]]:
+    """Run ``work`` (one whole transaction) on the keys of each database at once; when that fails
+    for a reason that is not transient, on each order's keys alone, so that only the order that
+    causes it is parked (its result is None).  Transient faults go to Celery's retry."""
+    results: list[tuple[list[Key], T | None]] = []
+    for group in _by_database(storage, keys):
+        try:
+            results.append((group, work(group)))
+            continue
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:  # noqa: BLE001 - find the order that causes it, spare the others
+            log.exception("a batch of %d keys failed; running its orders one by one", len(group))
+        for alone in _by_order(group).values():
+            outcome: list[T] = []
+
+            def run(alone: list[Key] = alone, outcome: list[T] = outcome) -> None:
+                outcome.append(work(alone))
+
+            results.append((alone, outcome[0] if _isolated(storage, leases, settings, alone, run) else None))
+    return results
+
+
 def _pending_after_release(storage: Storage, orders: Iterable[str]) -> list[TaskKey]:
     """Tasks of ``orders`` that became PENDING while we held their leases: data or a wake-up
     that arrived then could not submit (the lease was ours), so we must."""
-    again: list[TaskKey] = []
+    by_database: dict[int, dict[str, int]] = defaultdict(dict)
     for order_id in orders:
-        with storage.read_engine_for_order(order_id).connect() as connection:
-            again += [(order_id, op) for op in pending_operations(connection, storage.shard_of(order_id), order_id)]
+        by_database[storage.database_of(order_id)][order_id] = storage.shard_of(order_id)
+    again: list[TaskKey] = []
+    for database, shards in by_database.items():
+        with storage.read_engine(database).connect() as connection:
+            again += pending_of(connection, shards)
     return again
 
 
@@ -181,45 +227,69 @@ def _pending_after_release(storage: Storage, orders: Iterable[str]) -> list[Task
 class _Checked:
     ready: list[Key] = field(default_factory=list)
     alarms: list[Alarm] = field(default_factory=list)
-    fenced: bool = False
+    fenced: list[Key] = field(default_factory=list)
+    #: Orders with nothing ready: their leases go back.
+    stopped: dict[str, int] = field(default_factory=dict)
 
 
-def _check_order(storage: Storage, settings: Settings, order_id: str, token: int, keys: list[Key]) -> _Checked:
-    """One transaction: claim the order for ``token``, lock its task rows, and check each key's
-    predecessor and completeness against one consistent read of the order."""
+def _check_database(storage: Storage, settings: Settings, keys: list[Key]) -> _Checked:
+    """One transaction for the orders of one database: claim each for its token, read their task
+    rows and then their facts, and check each key's predecessor and completeness."""
     result = _Checked()
-    shard = storage.shard_of(order_id)
+    tokens = owned(keys)
     now = utcnow()
-    with storage.order_transaction(order_id) as connection:
-        if not claim_order(connection, order_id, token, now):
-            result.fenced = True
-            return result
-        tasks = {t.operation_type: t for t in order_tasks(connection, shard, order_id, lock=True)}
-        facts, sources = load_facts(connection, shard, order_id)
-        done = {op for op, t in tasks.items() if t.status == TaskStatus.DONE}
-        ever_done = {op for op, t in tasks.items() if t.done_version > 0}
-        for key in sorted(keys, key=lambda k: OPERATION_ORDER[k["operation_type"]]):
-            operation = key["operation_type"]
-            task = tasks.get(operation)
-            if task is None or task.status in (TaskStatus.DONE, TaskStatus.FAILED):
-                continue  # already processed, or failed until revived
-            try:
-                reason = blocking_reason(operation, done, ever_done) or CHECKERS[operation].check(facts)
-            except Illegal as illegal:
-                reason = f"data error: {illegal}"
-                # The order stays as it is: the task fails, its input is kept in quarantine.
-                if fail(connection, shard, task, reason, now, sources):
-                    quarantine(connection, "task", _operation_input(sources, operation),
-                               BadInput(reason, order_id), now)
-                    result.alarms.append(("data_error", reason, order_id, operation))
+    with storage.order_transaction(keys[0]["order_id"]) as connection:
+        ours = claim_orders(connection, tokens, now)
+        shards = {order_id: storage.shard_of(order_id) for order_id in tokens if order_id in ours}
+        tasks = tasks_of(connection, shards)
+        facts = facts_of(connection, shards)
+        for (order_id, token), group in _by_order(keys).items():
+            if order_id not in ours:
+                result.fenced += group
                 continue
-            if reason is not None:
-                if park(connection, shard, task, reason, settings, now, sources, token):
-                    result.alarms.append(("task_failed", f"out of attempts: {reason}", order_id, operation))
-                continue
-            if mark_running(connection, shard, task, settings, now):
-                result.ready.append({**key, "version": task.version})
+            ready = _check_order(connection, settings, shards[order_id], token, group, tasks[order_id],
+                                 facts[order_id], now, result.alarms)
+            if ready:
+                result.ready += ready
+            else:
+                result.stopped[order_id] = token
     return result
+
+
+def _check_order(connection: Connection, settings: Settings, shard: int, token: int, keys: list[Key],
+                 tasks: dict[str, Any], facts: tuple[Any, list[Any]], now: dt.datetime,
+                 alarms: list[Alarm]) -> list[Key]:
+    """Check one order's keys in state-machine order against one read of its tasks and facts.
+    A key that passes counts as done for the keys after it: the chain merges and finishes them
+    in this order, so an order's due operations take one chain, not one chain each."""
+    order_facts, sources = facts
+    done = {op for op, t in tasks.items() if t.status == TaskStatus.DONE}
+    ever_done = {op for op, t in tasks.items() if t.done_version > 0}
+    ready: list[Key] = []
+    for key in _in_order(keys):
+        operation = key["operation_type"]
+        task = tasks.get(operation)
+        if task is None or task.status in (TaskStatus.DONE, TaskStatus.FAILED):
+            continue  # already processed, or failed until revived
+        try:
+            reason = blocking_reason(operation, done, ever_done) or CHECKERS[operation].check(order_facts)
+        except Illegal as illegal:
+            reason = f"data error: {illegal}"
+            # The order stays as it is: the task fails, its input is kept in quarantine.
+            if fail(connection, shard, task, reason, now, sources):
+                quarantine(connection, "task", _operation_input(sources, operation),
+                           BadInput(reason, key["order_id"]), now)
+                alarms.append(("data_error", reason, key["order_id"], operation))
+            continue
+        if reason is not None:
+            if park(connection, shard, task, reason, settings, now, sources, token):
+                alarms.append(("task_failed", f"out of attempts: {reason}", key["order_id"], operation))
+            continue
+        if mark_running(connection, shard, task, settings, now):
+            ready.append({**key, "version": task.version})
+            done.add(operation)
+            ever_done.add(operation)
+    return ready
 
 
 def check_tasks(storage: Storage, leases: OrderLeases, settings: Settings,
@@ -230,35 +300,52 @@ def check_tasks(storage: Storage, leases: OrderLeases, settings: Settings,
     ready: list[Key] = []
     stopped: dict[str, int] = {}
     with leases.kept(owned(keys)) as lost:
-        for (order_id, token), group in _by_order(_live(leases, keys, lost)).items():
-            checked = _Checked()
-
-            def check(order_id: str = order_id, token: int = token, group: list[Key] = group) -> None:
-                nonlocal checked
-                checked = retry_on_contention(lambda: _check_order(storage, settings, order_id, token, group))
-
-            if not _isolated(storage, leases, settings, group, check):
-                stopped[order_id] = token
+        checks = _per_database(storage, leases, settings, _live(leases, keys, lost),
+                               lambda group: retry_on_contention(lambda: _check_database(storage, settings, group)))
+        for group, checked in checks:
+            if checked is None:
+                stopped.update(owned(group))
                 continue
             _raise_alarms(leases.client, checked.alarms)
             if checked.fenced:
-                _fence_off(leases, group, "order claimed by a newer holder")
-            elif checked.ready:
-                ready += checked.ready
-            else:
-                stopped[order_id] = token
+                _fence_off(leases, checked.fenced, "order claimed by a newer holder")
+            ready += checked.ready
+            stopped.update(checked.stopped)
     leases.release(stopped)
     return ready, _pending_after_release(storage, stopped)
 
 
-def _merge_one(storage: Storage, connection: Connection, dims: Dimensions, key: Key) -> bool:
-    order_id = key["order_id"]
-    if not holds_order(connection, order_id, key["token"]):
-        return False
-    facts, _ = load_facts(connection, storage.shard_of(order_id), order_id)
-    merge_order_rows(connection, facts, key["operation_type"], key["version"], dims, utcnow(),
-                     storage.settings.business_zone)
-    return True
+def _merge_database(storage: Storage, dims: Dimensions, keys: list[Key]) -> tuple[list[Key], list[Key]]:
+    """One transaction for the orders of one database: under each order's fence, apply its
+    ready operations to its wide rows in state-machine order and write them all; the keys
+    merged and the keys fenced off."""
+    tokens = owned(keys)
+    now = utcnow()
+    with storage.order_transaction(keys[0]["order_id"]) as connection:
+        held = held_orders(connection, tokens)
+        shards = {order_id: storage.shard_of(order_id) for order_id in tokens if order_id in held}
+        facts = facts_of(connection, shards)
+        orders, items = read_wide(connection, list(shards))
+        prefetch = getattr(dims, "prefetch", None)
+        if prefetch is not None:
+            prefetch(entry for order_facts, _ in facts.values() for entry in dimension_keys(order_facts))
+        merges = [
+            merge_operations(orders.get(order_id), items.get(order_id, {}), facts[order_id][0],
+                             [(k["operation_type"], k["version"]) for k in _in_order(group)], dims, now,
+                             storage.settings.business_zone)
+            for (order_id, _), group in _by_order(keys).items() if order_id in held]
+        write_merges(connection, merges)
+    return [k for k in keys if k["order_id"] in held], [k for k in keys if k["order_id"] not in held]
+
+
+def _merge_with_retries(storage: Storage, dims: Dimensions, keys: list[Key]) -> tuple[list[Key], list[Key]]:
+    for attempt in range(MERGE_ATTEMPTS):
+        try:
+            return retry_on_contention(lambda: _merge_database(storage, dims, keys))
+        except OptimisticLockConflict as conflict:
+            log.info("wide row of %s changed under us; merging again", conflict)
+            time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
+    raise OptimisticLockConflict(f"{keys[0]['order_id']}: {MERGE_ATTEMPTS} conflicting merges in a row")
 
 
 def _continue(leases: OrderLeases, going_on: list[Key], stopped: list[Key]) -> None:
@@ -270,35 +357,20 @@ def _continue(leases: OrderLeases, going_on: list[Key], stopped: list[Key]) -> N
 
 def merge_orders(storage: Storage, leases: OrderLeases, settings: Settings, dims: Dimensions,
                  keys: list[Key]) -> list[Key]:
-    """Merge each ready task into the wide rows and its snapshot, under its order's fence and
-    the wide row's optimistic lock."""
+    """Merge the ready tasks into the wide rows and their snapshots, under each order's fence
+    and the wide row's optimistic lock: one transaction per database for the batch."""
     merged: list[Key] = []
     failed: list[Key] = []
     with leases.kept(owned(keys)) as lost:
-        for key in _live(leases, keys, lost):
-            wrote = False
-
-            def merge(key: Key = key) -> None:
-                nonlocal wrote
-
-                def transaction() -> bool:
-                    with storage.order_transaction(key["order_id"]) as connection:
-                        return _merge_one(storage, connection, dims, key)
-                for attempt in range(MERGE_ATTEMPTS):
-                    try:
-                        wrote = retry_on_contention(transaction)
-                        return
-                    except OptimisticLockConflict:
-                        log.info("wide row of %s changed under us; merging again", key["order_id"])
-                        time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
-                raise OptimisticLockConflict(f"{key['order_id']}: {MERGE_ATTEMPTS} conflicting merges in a row")
-
-            if not _isolated(storage, leases, settings, [key], merge):
-                failed.append(key)
-            elif wrote:
-                merged.append(key)
-            else:
-                _fence_off(leases, [key], "order claimed by a newer holder")
+        for group, outcome in _per_database(storage, leases, settings, _live(leases, keys, lost),
+                                            lambda group: _merge_with_retries(storage, dims, group)):
+            if outcome is None:
+                failed += group
+                continue
+            wrote, fenced = outcome
+            merged += wrote
+            if fenced:
+                _fence_off(leases, fenced, "order claimed by a newer holder")
     _continue(leases, merged, failed)
     return merged
 
@@ -339,21 +411,36 @@ def aggregate_orders(storage: Storage, leases: OrderLeases, settings: Settings, 
     return done
 
 
-def _finish_order(storage: Storage, order_id: str, token: int, keys: list[Key]) -> list[TaskKey] | None:
-    """One transaction: mark the order's tasks DONE (unless newer data arrived meanwhile) and
-    wake their successors; None when the order was claimed by a newer holder."""
-    shard = storage.shard_of(order_id)
+def _finish_database(storage: Storage, keys: list[Key]) -> tuple[list[TaskKey], dict[str, int], list[Key]]:
+    """One transaction for the orders of one database: mark each order's tasks DONE in
+    state-machine order (unless newer data arrived meanwhile) and wake the successors that wait
+    for them; the tasks woken, the orders finished and the keys fenced off."""
+    tokens = owned(keys)
     now = utcnow()
     woken: list[TaskKey] = []
-    with storage.order_transaction(order_id) as connection:
-        if not holds_order(connection, order_id, token):
-            return None
-        order_tasks(connection, shard, order_id, lock=True)  # row locks in index order, as intake takes them
-        for key in sorted(keys, key=lambda k: OPERATION_ORDER[k["operation_type"]]):
-            operation = key["operation_type"]
-            if mark_done(connection, shard, order_id, operation, key["version"], now):
-                woken += [(order_id, op) for op in wake(connection, shard, order_id, SUCCESSORS[operation], now)]
-    return woken
+    finished: dict[str, int] = {}
+    fenced: list[Key] = []
+    done: list[tuple[str, str]] = []
+    with storage.order_transaction(keys[0]["order_id"]) as connection:
+        held = held_orders(connection, tokens)
+        shards = {order_id: storage.shard_of(order_id) for order_id in tokens if order_id in held}
+        tasks = tasks_of(connection, shards)
+        for (order_id, token), group in _by_order(keys).items():
+            if order_id not in held:
+                fenced += group
+                continue
+            finished[order_id] = token
+            marked = [key["operation_type"] for key in _in_order(group) if mark_done(
+                connection, shards[order_id], order_id, key["operation_type"], key["version"], now)]
+            done += [(order_id, operation) for operation in marked]
+            # A successor this chain parked was checked with its predecessor done: waking it
+            # would only check it again.
+            waiting = [op for op in wakeable(tasks[order_id], tuple(
+                dict.fromkeys(s for operation in marked for s in SUCCESSORS[operation])))
+                if op not in marked and parked_by(tasks[order_id][op]) != token]
+            woken += [(order_id, op) for op in wake(connection, shards[order_id], order_id, tuple(waiting), now)]
+        resolve_failures(connection, done, now)
+    return woken, finished, fenced
 
 
 def finish_tasks(storage: Storage, leases: OrderLeases, keys: list[Key]) -> list[TaskKey]:
@@ -362,12 +449,11 @@ def finish_tasks(storage: Storage, leases: OrderLeases, keys: list[Key]) -> list
     again: list[TaskKey] = []
     finished: dict[str, int] = {}
     with leases.kept(owned(keys)) as lost:
-        for (order_id, token), group in _by_order(_live(leases, keys, lost)).items():
-            woken = retry_on_contention(lambda: _finish_order(storage, order_id, token, group))  # noqa: B023
-            if woken is None:
-                _fence_off(leases, group, "order claimed by a newer holder")
-                continue
+        for group in _by_database(storage, _live(leases, keys, lost)):
+            woken, done, fenced = retry_on_contention(lambda: _finish_database(storage, group))  # noqa: B023
+            if fenced:
+                _fence_off(leases, fenced, "order claimed by a newer holder")
             again += woken
-            finished[order_id] = token
+            finished.update(done)
     leases.release(finished)
     return again + _pending_after_release(storage, finished)

@@ -1,4 +1,9 @@
-"""Reading and moving task rows: due, running, waiting with back-off, done, failed."""
+"""Reading and moving task rows: due, running, waiting with back-off, done, failed.
+
+The chain's reads are batch reads over the orders of one database (``tasks_of``, ``facts_of``:
+one indexed select per order, joined with UNION ALL), and its writes are driver SQL made once per
+task table (``models.driver_sql``), each a compare-and-set on the version it read: new data or a
+wake-up that bumped the version since wins, and the task is left as it made it."""
 
 from __future__ import annotations
 
@@ -7,11 +12,13 @@ import json
 import random
 from typing import Any
 
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import Connection, Row, insert, select, tuple_, update
 
 from flows.state_machine import WAITING_FOR
+from models.driver_sql import driver_time, marks, statement, union_all
 from models.orders import FailedTask
 from models.sharded import TaskStatus, meta_table, task_table
+from models.shards import meta_table_name, task_table_name
 from settings import Settings
 from strategies.facts import OrderFacts
 
@@ -59,23 +66,64 @@ def _history(task: Row[Any], entry: dict[str, Any]) -> str:
     return json.dumps(history[-HISTORY_LIMIT:])
 
 
-def _parked_by(task: Row[Any]) -> int | None:
+def parked_by(task: Row[Any]) -> int | None:
     history = json.loads(task.history or "[]")
     return history[-1].get("token") if history else None
 
 
-def _unchanged(table: Any, task: Row[Any]) -> Any:
-    """The task row as it was read: nothing (new data, a wake-up) bumped its version since."""
-    return (table.c.id == task.id) & (table.c.version == task.version)
+_TASK_COLUMNS = "id, order_id, operation_type, status, version, done_version, attempts, last_error, history"
+_ORDER_TASKS = "SELECT " + _TASK_COLUMNS + " FROM {task} WHERE order_id = ?"
+_ORDER_META = ("SELECT order_id, operation_type, source, unique_key, kind, content, position, input_format "
+               "FROM {meta} WHERE order_id = ?")
+_PENDING = "SELECT order_id, operation_type FROM {task} WHERE order_id = ? AND status = 'PENDING'"
+
+
+def tasks_of(connection: Connection, shards: dict[str, int]) -> dict[str, dict[str, Row[Any]]]:
+    """The task rows of each order (order -> its shard, all in ``connection``'s database), by
+    order and operation, in a few round trips.  No row locks: every write is a compare-and-set."""
+    found: dict[str, dict[str, Row[Any]]] = {order_id: {} for order_id in shards}
+    terms = [({"task": task_table_name(shard)}, (order_id,)) for order_id, shard in shards.items()]
+    for row in union_all(connection, _ORDER_TASKS, terms):
+        found[row.order_id][row.operation_type] = row
+    return found
+
+
+def facts_of(connection: Connection, shards: dict[str, int]) -> dict[str, tuple[OrderFacts, list[Row[Any]]]]:
+    """What tdc knows of each order and the metadata rows it comes from, in a few round trips.
+    Read after the orders' task rows, the facts are at least as new as the versions read."""
+    rows: dict[str, list[Row[Any]]] = {order_id: [] for order_id in shards}
+    terms = [({"meta": meta_table_name(shard)}, (order_id,)) for order_id, shard in shards.items()]
+    for row in union_all(connection, _ORDER_META, terms):
+        rows[row.order_id].append(row)
+    return {order_id: (OrderFacts.from_metadata(order_id, (r._mapping for r in found)), found)
+            for order_id, found in rows.items()}
+
+
+def pending_of(connection: Connection, shards: dict[str, int]) -> list[tuple[str, str]]:
+    """The (order, operation) tasks of the orders that wait to be submitted."""
+    terms = [({"task": task_table_name(shard)}, (order_id,)) for order_id, shard in shards.items()]
+    return [(row.order_id, row.operation_type) for row in union_all(connection, _PENDING, terms)]
+
+
+_MARK_RUNNING = "UPDATE {task} SET status = 'RUNNING', next_run_at = ?, updated_at = ? WHERE id = ? AND version = ?"
+_PARK = ("UPDATE {task} SET status = 'WAITING', attempts = ?, last_error = ?, history = ?, next_run_at = ?, "
+         "updated_at = ? WHERE id = ? AND version = ?")
+_FAIL = ("UPDATE {task} SET status = 'FAILED', attempts = ?, last_error = ?, history = ?, updated_at = ? "
+         "WHERE id = ? AND version = ?")
+_MARK_DONE = ("UPDATE {task} SET status = 'DONE', done_version = version, attempts = 0, last_error = NULL, "
+              "updated_at = ? WHERE order_id = ? AND operation_type = ? AND version = ? AND status = 'RUNNING'")
+
+
+def _write(connection: Connection, template: str, shard: int, parameters: tuple[Any, ...]) -> bool:
+    sql = statement(connection, template, task=task_table_name(shard))
+    return bool(connection.exec_driver_sql(sql, parameters).rowcount)
 
 
 def mark_running(connection: Connection, shard: int, task: Row[Any], settings: Settings, now: dt.datetime) -> bool:
     """RUNNING with a lease; False when the task changed since it was read."""
-    table = task_table(shard)
-    return bool(connection.execute(update(table).where(_unchanged(table, task)).values(
-        status=TaskStatus.RUNNING, next_run_at=now + dt.timedelta(seconds=settings.lease_seconds),
-        updated_at=now,
-    )).rowcount)
+    lease_end = now + dt.timedelta(seconds=settings.lease_seconds)
+    return _write(connection, _MARK_RUNNING, shard, (
+        driver_time(connection, lease_end), driver_time(connection, now), task.id, task.version))
 
 
 def park(connection: Connection, shard: int, task: Row[Any], reason: str, settings: Settings,
@@ -87,18 +135,16 @@ def park(connection: Connection, shard: int, task: Row[Any], reason: str, settin
     ``token``: the chain's fencing token.  A chain counts one attempt per task however often its
     step is retried: a task this chain already parked (its last history entry has the token)
     is left as it is."""
-    if token is not None and task.status == TaskStatus.WAITING and _parked_by(task) == token:
+    if token is not None and task.status == TaskStatus.WAITING and parked_by(task) == token:
         return False
     attempts = task.attempts + 1
     if attempts >= settings.max_attempts:
         return fail(connection, shard, task, reason, now, sources)
-    table = task_table(shard)
     history = _history(task, {"at": now.isoformat(timespec="seconds"), "attempt": attempts, "reason": reason,
                               "token": token})
-    connection.execute(update(table).where(_unchanged(table, task)).values(
-        status=TaskStatus.WAITING, attempts=attempts, last_error=reason, history=history,
-        next_run_at=now + dt.timedelta(seconds=backoff_seconds(settings, attempts)), updated_at=now,
-    ))
+    due = now + dt.timedelta(seconds=backoff_seconds(settings, attempts))
+    _write(connection, _PARK, shard, (attempts, reason, history, driver_time(connection, due),
+                                      driver_time(connection, now), task.id, task.version))
     return False
 
 
@@ -106,13 +152,10 @@ def fail(connection: Connection, shard: int, task: Row[Any], reason: str, now: d
          sources: list[Row[Any]]) -> bool:
     """Fail the task: a data error waiting cannot fix, or its last attempt ran out; True when
     it was failed.  A task that changed since it was read is left as it is."""
-    table = task_table(shard)
     history = _history(task, {"at": now.isoformat(timespec="seconds"), "attempt": task.attempts + 1,
                               "reason": reason})
-    if not connection.execute(update(table).where(_unchanged(table, task)).values(
-        status=TaskStatus.FAILED, attempts=task.attempts + 1, last_error=reason, history=history,
-        updated_at=now,
-    )).rowcount:
+    if not _write(connection, _FAIL, shard, (task.attempts + 1, reason, history, driver_time(connection, now),
+                                             task.id, task.version)):
         return False
     record_failure(connection, task, reason, task.attempts + 1, history, sources, now)
     return True
@@ -132,18 +175,29 @@ def record_failure(connection: Connection, task: Row[Any], reason: str, attempts
 
 def mark_done(connection: Connection, shard: int, order_id: str, operation: str, version: int,
               now: dt.datetime) -> bool:
-    """DONE only if no newer version arrived while the chain ran; True when marked."""
-    table = task_table(shard)
-    result = connection.execute(update(table).where(
-        (table.c.order_id == order_id) & (table.c.operation_type == operation)
-        & (table.c.version == version) & (table.c.status == TaskStatus.RUNNING)
-    ).values(status=TaskStatus.DONE, done_version=version, attempts=0, last_error=None, updated_at=now))
-    if result.rowcount:
+    """DONE only if no newer version arrived while the chain ran; True when marked.  (Its row in
+    the failed-task table, if any, is resolved by ``resolve_failures``.)"""
+    return _write(connection, _MARK_DONE, shard, (driver_time(connection, now), order_id, operation, version))
+
+
+def resolve_failures(connection: Connection, done: list[tuple[str, str]], now: dt.datetime) -> None:
+    """Mark the failed-task rows of the (order, operation) tasks that are DONE now resolved."""
+    if done:
         connection.execute(update(FailedTask).where(
-            (FailedTask.order_id == order_id) & (FailedTask.operation_type == operation)
-            & FailedTask.resolved_at.is_(None)
+            tuple_(FailedTask.order_id, FailedTask.operation_type).in_(done) & FailedTask.resolved_at.is_(None)
         ).values(resolved_at=now))
-    return bool(result.rowcount)
+
+
+def wakeable(tasks: dict[str, Row[Any]], operations: tuple[str, ...]) -> list[str]:
+    """Those of ``operations`` whose task (as read) waits for a predecessor: WAITING or PENDING,
+    or FAILED for waiting too long."""
+    return [op for op in operations if op in tasks and (
+        tasks[op].status in (TaskStatus.WAITING, TaskStatus.PENDING)
+        or (tasks[op].status == TaskStatus.FAILED and (tasks[op].last_error or "").startswith(WAITING_FOR)))]
+
+
+_WAITING = ("WHERE order_id = ? AND operation_type IN ({operations}) AND (status IN ('WAITING', 'PENDING') "
+            "OR (status = 'FAILED' AND last_error LIKE ?))")
 
 
 def wake(connection: Connection, shard: int, order_id: str, operations: tuple[str, ...],
@@ -155,12 +209,13 @@ def wake(connection: Connection, shard: int, order_id: str, operations: tuple[st
     wake-up cannot park it over the wake-up (its conditional update finds a newer version)."""
     if not operations:
         return []
-    table = task_table(shard)
-    waiting = table.c.status.in_((TaskStatus.WAITING, TaskStatus.PENDING)) | (
-        (table.c.status == TaskStatus.FAILED) & table.c.last_error.like(f"{WAITING_FOR}%"))
-    where = (table.c.order_id == order_id) & table.c.operation_type.in_(operations) & waiting
-    woken = [row.operation_type for row in connection.execute(select(table.c.operation_type).where(where))]
+    table, listed = task_table_name(shard), marks(connection, len(operations))
+    where = (order_id, *operations, f"{WAITING_FOR}%")
+    woken = [row.operation_type for row in connection.exec_driver_sql(statement(
+        connection, "SELECT operation_type FROM {task} " + _WAITING, task=table, operations=listed), where)]
     if woken:
-        connection.execute(update(table).where(where).values(
-            version=table.c.version + 1, status=TaskStatus.PENDING, attempts=0, next_run_at=now, updated_at=now))
+        at = driver_time(connection, now)
+        connection.exec_driver_sql(statement(
+            connection, "UPDATE {task} SET version = version + 1, status = 'PENDING', attempts = 0, next_run_at = ?, "
+            "updated_at = ? " + _WAITING, task=table, operations=listed), (at, at, *where))
     return woken

@@ -6,6 +6,7 @@ import copy
 import datetime as dt
 import json
 from collections import defaultdict
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, cast
 from zoneinfo import ZoneInfo
@@ -15,13 +16,14 @@ from sqlalchemy import Connection, Table, delete, insert, select, update
 from flows.state_machine import STATUS_AFTER
 from models.orders import DwdOrder, DwdOrderItem, OrderSnapshot
 from models.storage import Storage
-from models.writes import insert_if_absent
+from models.writes import insert_if_absent, upsert
 from strategies import GENERATORS
 from strategies.facts import OrderFacts
 from strategies.generators import UTC, Dimensions, apply_operation
 
 ORDER_TABLE = cast(Table, DwdOrder.__table__)
 SNAPSHOT_TABLE = cast(Table, OrderSnapshot.__table__)
+ITEM_TABLE = cast(Table, DwdOrderItem.__table__)
 ORDER_COLUMNS = [c.name for c in DwdOrder.__table__.columns]
 ITEM_COLUMNS = [c.name for c in DwdOrderItem.__table__.columns]
 #: Columns that record the write, not the order: a merge changing only these is a no-op.
@@ -43,13 +45,27 @@ def to_json(value: Any) -> str:
 
 
 def read_wide_rows(connection: Connection, order_id: str) -> tuple[dict[str, Any] | None, dict[int, dict[str, Any]]]:
-    row = connection.execute(select(DwdOrder.__table__).where(DwdOrder.order_id == order_id)).first()
-    items = connection.execute(select(DwdOrderItem.__table__).where(DwdOrderItem.order_id == order_id))
-    return (dict(row._mapping) if row else None), {i.item_id: dict(i._mapping) for i in items}
+    orders, items = read_wide(connection, [order_id])
+    return orders.get(order_id), items.get(order_id, {})
 
 
 #: Chunk of ids per IN (...) query.
 READ_CHUNK = 500
+
+
+def read_wide(connection: Connection, order_ids: list[str]) -> tuple[dict[str, dict[str, Any]],
+                                                                     dict[str, dict[int, dict[str, Any]]]]:
+    """The ``dwd_order`` row and the ``dwd_order_item`` rows (by item id) of each of ``order_ids``
+    that has them, in two statements per READ_CHUNK orders."""
+    orders: dict[str, dict[str, Any]] = {}
+    items: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for start in range(0, len(order_ids), READ_CHUNK):
+        chunk = order_ids[start : start + READ_CHUNK]
+        for row in connection.execute(select(ORDER_TABLE).where(DwdOrder.order_id.in_(chunk))):
+            orders[row.order_id] = dict(row._mapping)
+        for row in connection.execute(select(ITEM_TABLE).where(DwdOrderItem.order_id.in_(chunk))):
+            items[row.order_id][row.item_id] = dict(row._mapping)
+    return orders, dict(items)
 
 
 def read_orders(storage: Storage, order_ids: list[str]) -> tuple[dict[str, dict[str, Any]], dict[int, dict[str, Any]]]:
@@ -61,18 +77,72 @@ def read_orders(storage: Storage, order_ids: list[str]) -> tuple[dict[str, dict[
     items: dict[int, dict[str, Any]] = {}
     for database, ids in by_database.items():
         with storage.read_engine(database).connect() as connection:
-            for start in range(0, len(ids), READ_CHUNK):
-                chunk = ids[start : start + READ_CHUNK]
-                for row in connection.execute(select(DwdOrder.__table__).where(DwdOrder.order_id.in_(chunk))):
-                    orders[row.order_id] = dict(row._mapping)
-                for row in connection.execute(
-                        select(DwdOrderItem.__table__).where(DwdOrderItem.order_id.in_(chunk))):
-                    items[row.item_id] = dict(row._mapping)
+            found, lines = read_wide(connection, ids)
+        orders.update(found)
+        for order_lines in lines.values():
+            items.update(order_lines)
     return orders, items
 
 
 def _substance(order: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in order.items() if k not in BOOKKEEPING}
+
+
+@dataclass
+class Merge:
+    """One order's wide rows after the operations of one chain, what they were, and the
+    snapshot each operation leaves."""
+
+    order: dict[str, Any]
+    items: dict[int, dict[str, Any]]
+    current: dict[str, Any] | None
+    changed: bool
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+
+
+def merge_operations(current: dict[str, Any] | None, current_items: dict[int, dict[str, Any]], facts: OrderFacts,
+                     operations: list[tuple[str, int]], dims: Dimensions, now: dt.datetime,
+                     business_zone: ZoneInfo = UTC) -> Merge:
+    """Apply ``(operation, task version)`` pairs, in state-machine order, to the order's wide rows
+    as read: each as if it had been merged and written on its own (a change gives the row its
+    next version, a re-run that changes nothing keeps it), each leaving its snapshot.  Nothing
+    is written here (``write_merges``)."""
+    order = dict(current) if current else {c: None for c in ORDER_COLUMNS} | {
+        "order_id": facts.order_id, "status": 0, "refund_amount": Decimal("0.00"), "refund_count": 0}
+    items = copy.deepcopy(current_items)
+    merge = Merge(order, items, current, changed=False)
+    version = current["version"] if current else 0
+    for operation, task_version in operations:
+        substance, lines = _substance(order), _normal_items(items)
+        apply_operation(GENERATORS[operation], STATUS_AFTER.get(operation), operation, order, items, facts, dims,
+                        business_zone)
+        if version == 0 or _substance(order) != substance or _normal_items(items) != lines:
+            version += 1
+            order["updated_at"] = now
+            merge.changed = True
+        order["version"] = version
+        merge.snapshots.append(dict(
+            order_id=facts.order_id, operation_type=operation, task_version=task_version, order_row=to_json(order),
+            item_rows=to_json(sorted(items.values(), key=lambda i: i["item_id"])), taken_at=now))
+    return merge
+
+
+def write_merges(connection: Connection, merges: list[Merge]) -> None:
+    """Write the changed wide rows (each under the optimistic lock: OptimisticLockConflict when
+    another writer got there first; the caller reads again) and every snapshot, in a few
+    statements for the whole batch."""
+    changed = [merge for merge in merges if merge.changed]
+    for merge in changed:
+        _write_order(connection, merge.order, merge.current)
+    if changed:
+        connection.execute(delete(ITEM_TABLE).where(DwdOrderItem.order_id.in_([m.order["order_id"] for m in changed])))
+        lines = [_item_values(item) for merge in changed for item in merge.items.values()]
+        if lines:
+            connection.execute(insert(ITEM_TABLE), lines)
+    snapshots = [snapshot for merge in merges for snapshot in merge.snapshots]
+    if snapshots:
+        upsert(connection, SNAPSHOT_TABLE, ("order_id", "operation_type"), snapshots, lambda new: {
+            name: new[name] for name in ("task_version", "order_row", "item_rows", "taken_at")})
 
 
 def merge_order_rows(connection: Connection, facts: OrderFacts, operation: str, task_version: int,
@@ -83,21 +153,9 @@ def merge_order_rows(connection: Connection, facts: OrderFacts, operation: str, 
     Raises OptimisticLockConflict when another writer got there first; the caller re-reads.
     """
     current, current_items = read_wide_rows(connection, facts.order_id)
-    order = dict(current) if current else {c: None for c in ORDER_COLUMNS} | {
-        "order_id": facts.order_id, "status": 0, "refund_amount": Decimal("0.00"), "refund_count": 0}
-    items = copy.deepcopy(current_items)
-    apply_operation(GENERATORS[operation], STATUS_AFTER.get(operation), operation, order, items, facts, dims,
-                    business_zone)
-    changed = (current is None or _substance(order) != _substance(current)
-               or _normal_items(items) != _normal_items(current_items))
-    if changed:
-        order["updated_at"] = now
-        _write_order(connection, order, current)
-        connection.execute(delete(DwdOrderItem).where(DwdOrderItem.order_id == facts.order_id))
-        if items:
-            connection.execute(insert(DwdOrderItem), [_item_values(item) for item in items.values()])
-    _write_snapshot(connection, order, items, operation, task_version, now)
-    return changed
+    merge = merge_operations(current, current_items, facts, [(operation, task_version)], dims, now, business_zone)
+    write_merges(connection, [merge])
+    return merge.changed
 
 
 def _normal_items(items: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -109,13 +167,14 @@ def _item_values(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_order(connection: Connection, order: dict[str, Any], current: dict[str, Any] | None) -> None:
+    """Insert the row, or update it only if it still has the version read (``current``); either
+    way its version grows (by the number of changes a chain merged at once, at least one)."""
     table = ORDER_TABLE
+    order["version"] = max(order.get("version") or 0, (current["version"] if current else 0) + 1)
     if current is None:
-        order["version"] = 1
         if not insert_if_absent(connection, table, {c: order.get(c) for c in ORDER_COLUMNS}):
             raise OptimisticLockConflict(order["order_id"])
         return
-    order["version"] = current["version"] + 1
     result = connection.execute(
         update(table)
         .where((DwdOrder.order_id == order["order_id"]) & (DwdOrder.version == current["version"]))
@@ -123,15 +182,3 @@ def _write_order(connection: Connection, order: dict[str, Any], current: dict[st
     )
     if result.rowcount != 1:
         raise OptimisticLockConflict(order["order_id"])
-
-
-def _write_snapshot(connection: Connection, order: dict[str, Any], items: dict[int, dict[str, Any]],
-                    operation: str, task_version: int, now: dt.datetime) -> None:
-    values = dict(task_version=task_version, order_row=to_json(order),
-                  item_rows=to_json(sorted(items.values(), key=lambda i: i["item_id"])), taken_at=now)
-    where = (OrderSnapshot.order_id == order["order_id"]) & (OrderSnapshot.operation_type == operation)
-    if connection.execute(update(OrderSnapshot).where(where).values(**values)).rowcount:
-        return
-    if not insert_if_absent(connection, SNAPSHOT_TABLE, dict(order_id=order["order_id"], operation_type=operation,
-                                                             **values)):
-        connection.execute(update(OrderSnapshot).where(where).values(**values))

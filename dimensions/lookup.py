@@ -108,6 +108,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _attributes(stored: dict[Any, Any]) -> dict[str, Any]:
+    """A dimension entry's attributes as generators read them (none for a tombstone)."""
+    return {} if stored.get(DELETED) else {str(k): (v or None) for k, v in stored.items() if not str(k).startswith("_")}
+
+
 class RedisDimensions:
     """Store and SKU attributes for one merge batch (a task's run): each entry is fetched at
     most once per batch, so no value served is older than the batch."""
@@ -116,14 +121,24 @@ class RedisDimensions:
         self.client = client
         self._cache: dict[str, dict[str, Any]] = {}
 
+    def prefetch(self, entries: Iterable[tuple[str, str | None]]) -> None:
+        """Fetch the (dimension, key) entries a batch will look up in one pipelined round trip."""
+        names = list(dict.fromkeys(dimension_key(dimension, key) for dimension, key in entries if key is not None))
+        names = [name for name in names if name not in self._cache]
+        if not names:
+            return
+        reads = self.client.pipeline(transaction=False)
+        for name in names:
+            reads.hgetall(name)
+        for name, stored in zip(names, reads.execute(), strict=True):
+            self._cache[name] = _attributes(stored)
+
     def _get(self, dimension: str, key: str | None) -> dict[str, Any]:
         if key is None:
             return {}
         name = dimension_key(dimension, key)
         if name not in self._cache:
-            stored = self.client.hgetall(name)
-            self._cache[name] = {} if stored.get(DELETED) else {
-                str(k): (v or None) for k, v in stored.items() if not str(k).startswith("_")}
+            self._cache[name] = _attributes(self.client.hgetall(name))
         return self._cache[name]
 
     def store(self, store_id: str | None) -> dict[str, Any]:

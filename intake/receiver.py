@@ -26,7 +26,7 @@ from inputs.events import BadInput, SchemaChange
 from inputs.formats import parse_line
 from inputs.positions import compare, decode, encode
 from models.cdc import SchemaChangeRecord
-from models.driver_sql import driver_time, marks, statement
+from models.driver_sql import driver_time, marks, statement, union_all
 from models.driver_sql import insert_if_absent as driver_insert_if_absent
 from models.orders import QuarantinedInput
 from models.sharded import TaskStatus
@@ -118,21 +118,13 @@ def _contended(error: Exception) -> bool:
 
 #: What a batch read found for a metadata key: (id, content_hash, position), or None when absent.
 Stored = tuple[int, str, str] | None
-#: Selects per UNION ALL statement of a batch read (SQLite allows 500 terms).
-READ_CHUNK = 200
-
-
 def read_stored(connection: Connection, keys: list[tuple[int, tuple[str, str, str, str]]]) -> list[Stored]:
     """The stored row of each (shard, metadata key), in a few round trips: one indexed select per
     key, joined with UNION ALL."""
     found: list[Stored] = [None] * len(keys)
-    for start in range(0, len(keys), READ_CHUNK):
-        chunk = keys[start:start + READ_CHUNK]
-        sql = " UNION ALL ".join(statement(connection, _READ_STORED_AT, meta=meta_table_name(shard), at=str(start + n))
-                                 for n, (shard, _) in enumerate(chunk))
-        parameters = tuple(value for _, key in chunk for value in key)
-        for at, row_id, content_hash, position in connection.exec_driver_sql(sql, parameters):
-            found[int(at)] = (row_id, content_hash, position)
+    terms = [({"meta": meta_table_name(shard), "at": str(n)}, key) for n, (shard, key) in enumerate(keys)]
+    for at, row_id, content_hash, position in union_all(connection, _READ_STORED_AT, terms):
+        found[int(at)] = (row_id, content_hash, position)
     return found
 
 

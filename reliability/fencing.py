@@ -14,6 +14,7 @@ from typing import cast
 
 from sqlalchemy import Connection, Table, select, update
 
+from models.driver_sql import driver_time, marks
 from models.orders import OrderFence
 from models.writes import insert_if_absent
 
@@ -43,3 +44,35 @@ def holds_order(connection: Connection, order_id: str, token: int) -> bool:
     current = connection.execute(
         select(FENCE.c.token).where(FENCE.c.order_id == order_id).with_for_update()).scalar()
     return current == token
+
+
+def claim_orders(connection: Connection, tokens: dict[str, int], now: dt.datetime) -> set[str]:
+    """``claim_order`` for many orders of one database in two statements: the orders that are
+    ours.  Fence rows are written (and so locked to the end of the transaction) in key order."""
+    if not tokens:
+        return set()
+    orders = sorted(tokens)
+    at = driver_time(connection, now)
+    values = ", ".join([f"({marks(connection, 3)})"] * len(orders))
+    if connection.dialect.name in ("mysql", "mariadb"):
+        # Assignments run left to right: claimed_at is compared with the token before it changes.
+        conflict = ("ON DUPLICATE KEY UPDATE claimed_at = IF(VALUES(token) >= token, VALUES(claimed_at), claimed_at), "
+                    "token = GREATEST(token, VALUES(token))")
+    else:
+        conflict = ("ON CONFLICT (order_id) DO UPDATE SET token = excluded.token, claimed_at = excluded.claimed_at "
+                    "WHERE order_fence.token <= excluded.token")
+    connection.exec_driver_sql(f"INSERT INTO order_fence (order_id, token, claimed_at) VALUES {values} {conflict}",
+                               tuple(v for order_id in orders for v in (order_id, tokens[order_id], at)))
+    return _current(connection, tokens, lock=False)
+
+
+def held_orders(connection: Connection, tokens: dict[str, int]) -> set[str]:
+    """``holds_order`` for many orders of one database in one statement: those whose current
+    token is still ours, with their fence rows locked (in key order) to the end of the transaction."""
+    return _current(connection, tokens, lock=True) if tokens else set()
+
+
+def _current(connection: Connection, tokens: dict[str, int], lock: bool) -> set[str]:
+    query = select(FENCE.c.order_id, FENCE.c.token).where(FENCE.c.order_id.in_(sorted(tokens)))
+    rows = connection.execute(query.order_by(FENCE.c.order_id).with_for_update() if lock else query)
+    return {order_id for order_id, token in rows if tokens[order_id] == token}

@@ -74,6 +74,12 @@ def _derive(order: Row, items: dict[int, Row], dims: Dimensions, zone: ZoneInfo)
         )
 
 
+def dimension_keys(facts: OrderFacts) -> list[tuple[str, str | None]]:
+    """The (dimension, key) entries a merge of the order will look up, to fetch them at once."""
+    header = facts.one("gqsh_order") or {}
+    return [("store", header.get("store_id"))] + [("sku", row.get("sku_id")) for row in facts.all("gqsh_order_item")]
+
+
 class SubmitGenerator:
     """Header fields and the order lines as the source holds them now."""
 

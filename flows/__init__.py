@@ -20,6 +20,8 @@ from inputs.events import BadInput, BusinessWrite, ChangeEvent, Ignored, Parsed,
 from inputs.positions import Position, encode
 
 RowOperations = Callable[[Mapping[str, Any]], tuple[str, ...]]
+#: (operation, row) -> what of the row that operation reads.
+RowReads = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
 
 
 def _declared(owner: str, columns: Mapping[str, str]) -> dict[str, ColumnType]:
@@ -46,6 +48,9 @@ class SourceTable:
     order_key: str | None = "order_id"
     #: Set for a dimension table: changes go to this Redis dimension, not to tasks.
     dimension: str | None = None
+    #: What each operation reads of a row.  A newer row that differs only elsewhere is stored for
+    #: the operation but does not run it again (``intake``: refreshed, not corrected).  None: all.
+    reads: RowReads | None = None
     #: ``columns`` read: name -> ColumnType.
     types: Mapping[str, ColumnType] = field(init=False, repr=False, compare=False)
 
@@ -92,6 +97,8 @@ class MetadataRecord:
     content: dict[str, Any]
     position: Position
     input_format: str
+    #: What the operation reads of ``content`` (None: all of it).
+    reads: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def position_text(self) -> str:
@@ -103,7 +110,22 @@ class MetadataRecord:
 
     @property
     def content_hash(self) -> str:
-        return hashlib.sha1(f"{self.kind}|{self.content_json}".encode()).hexdigest()
+        """Two halves: what the operation reads (``reads``), then the whole content.  Records
+        with the same first half differ in nothing their operation reads."""
+        read = self.content if self.reads is None else self.reads
+        # An insert and an update of the same values read the same; a delete does not.
+        return (_digest("gone" if self.kind == "delete" else "row", read)[:20]
+                + _digest(self.kind, self.content)[:20])
+
+    def reads_as(self, stored_hash: str) -> bool:
+        """True when the operation reads the same of this record as of the one stored with
+        ``stored_hash``."""
+        return self.content_hash[:20] == stored_hash[:20]
+
+
+def _digest(kind: str, content: Mapping[str, Any]) -> str:
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(f"{kind}|{text}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -189,7 +211,7 @@ def _route_change(flow: Flow, event: ChangeEvent, input_format: str, route_: Rou
     for operation in operations:
         routed.records.append(
             MetadataRecord(str(order_id), operation, table.name, str(key), event.kind, row,
-                           event.position, input_format)
+                           event.position, input_format, None if table.reads is None else table.reads(operation, row))
         )
 
 

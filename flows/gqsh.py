@@ -26,6 +26,23 @@ def header_operations(row: Mapping[str, Any]) -> tuple[str, ...]:
     }.get(status, ())  # type: ignore[arg-type]
 
 
+#: Header columns no operation reads from the header: the status decides which operations a row
+#: feeds, the payment write gives the payment time.
+_NOT_READ = ("status", "paid_at", "updated_at")
+
+
+def header_reads(operation: str, row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What each operation reads of a header it is fed: SUBMIT the order's own fields; PAY the
+    amount its payment must match; the others only that the status records them (the row feeds
+    them at all).  So a delivery does not run SUBMIT and PAY again, and a changed member does
+    not run PAY."""
+    if operation == Op.SUBMIT:
+        return {name: value for name, value in row.items() if name not in _NOT_READ}
+    if operation == Op.PAY:
+        return {"pay_amount": row.get("pay_amount")}
+    return {}
+
+
 def _always(*operations: str):  # type: ignore[no-untyped-def]
     return lambda row: operations
 
@@ -46,6 +63,7 @@ ORDER_FLOW = Flow(
                     "paid_at": "datetime(3)", "updated_at": "timestamp(3)",
                 },
                 operations=header_operations,
+                reads=header_reads,
             ),
             SourceTable(
                 "gqsh_order_item",

@@ -52,6 +52,9 @@ class Effect(Enum):
     CORRECTED = "corrected"
     DUPLICATE = "duplicate"
     STALE = "stale"
+    #: Newer, different, but the same in everything its operation reads (``SourceTable.reads``):
+    #: stored, and the task is not run again.
+    REFRESHED = "refreshed"
     #: Not newer by event time, different content, and no source position to decide: kept in
     #: quarantine with the reason, counted and alarmed instead of dropped.
     AMBIGUOUS = "ambiguous"
@@ -132,7 +135,9 @@ def store_record(connection: Connection, shard: int, record: MetadataRecord, now
                  known: list[Stored] | None = None) -> Effect:
     """Store one metadata record idempotently and say what it changed.
 
-    The record replaces the stored one only when it is newer (``inputs.positions.compare``).
+    The record replaces the stored one only when it is newer (``inputs.positions.compare``): a
+    correction, or only a refresh when it differs in nothing its operation reads
+    (``SourceTable.reads``; the task is not run again for it).
     Judged by a source position (GTID, binlog), an older record is stale.  Judged by event time
     alone, a record that is not newer but differs is ambiguous, never dropped in silence: a
     statement that waited on a lock started earlier and committed later.
@@ -178,7 +183,7 @@ def store_record(connection: Connection, shard: int, record: MetadataRecord, now
             record.kind, record.content_json, record.content_hash, record.position_text, record.input_format,
             driver_time(connection, now), *unchanged,
         )).rowcount:
-            return Effect.CORRECTED
+            return Effect.REFRESHED if record.reads_as(stored_hash) else Effect.CORRECTED
     raise KeyContention(f"metadata key of {record.order_id} kept changing under {STORE_ROUNDS} concurrent writes")
 
 
@@ -526,7 +531,7 @@ def _count(report: IntakeReport, line: _Line) -> None:
             report.ignored_kinds[kind] += 1
     elif line.schema_changes and not line.effects:
         return  # a DDL line: counted as a schema change above
-    elif {Effect.NEW, Effect.CORRECTED} & set(line.effects):
+    elif {Effect.NEW, Effect.CORRECTED, Effect.REFRESHED} & set(line.effects):
         report.accepted += 1
     elif Effect.STALE in line.effects:
         report.stale += 1

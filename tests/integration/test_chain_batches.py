@@ -164,3 +164,35 @@ def test_processes_draining_the_same_orders_at_once_leave_exact_outputs(fresh_st
         after = read_aggregates(connection)
     assert aggregate_differences(expected_aggregates(history.expected_orders, history.expected_items), {}, after) == []
 
+
+def test_a_status_change_runs_only_the_operation_it_records(storage, redis_client) -> None:
+    # Given a paid order whose chains have all finished
+    order_id = new_order_id("OS")
+    header = OrderHeaderFactory(order_id=order_id, status=20, paid_at=dt.datetime(2026, 11, 2, 9, 40))
+    touched = ingest(storage, redis_client, ORDER_FLOW, "canal", [
+        canal("gqsh_order", header, sequence=1), canal("gqsh_order_item", OrderItemFactory(order_id=order_id),
+                                                       sequence=2)]).touched
+    touched |= ingest(storage, redis_client, ORDER_FLOW, "business", [business(PaymentWriteFactory(
+        order_id=order_id))]).touched
+    run_chains(storage, redis_client, touched)
+    done_versions = {op: _task(storage, order_id, op).done_version for op in ("SUBMIT", "PAY")}
+    # When the source delivers it (the header row under SUBMIT and PAY changes only its status)
+    delivered = {**header, "status": 30}
+    report = ingest(storage, redis_client, ORDER_FLOW, "canal", [
+        canal("gqsh_order", delivered, kind="update", before=header, sequence=3)])
+    # Then only DELIVER is run; SUBMIT and PAY keep the newer header without running again
+    assert report.touched == {(order_id, "DELIVER")}
+    assert report.accepted == 1
+    assert {op: (_task(storage, order_id, op).status, _task(storage, order_id, op).done_version)
+            for op in ("SUBMIT", "PAY")} == {op: (TaskStatus.DONE, v) for op, v in done_versions.items()}
+    run_chains(storage, redis_client, report.touched)
+    row, _ = read_orders(storage, [order_id])
+    assert row[order_id]["status"] == 30
+    # And a change SUBMIT reads (the member) runs SUBMIT alone, and reaches the wide row
+    moved = {**delivered, "member_id": "M00777"}
+    report = ingest(storage, redis_client, ORDER_FLOW, "canal", [
+        canal("gqsh_order", moved, kind="update", before=delivered, sequence=4)])
+    assert report.touched == {(order_id, "SUBMIT")}
+    run_chains(storage, redis_client, report.touched)
+    row, _ = read_orders(storage, [order_id])
+    assert (row[order_id]["member_id"], row[order_id]["status"]) == ("M00777", 30)

@@ -139,6 +139,12 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     return bench_throughput(args.orders, args.broker, args.workers, args.concurrency, args.tasks, args.timeout)
 
 
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    from cli.bench_soak import bench_soak
+
+    return bench_soak(args.events, args.workers, args.concurrency, args.timeout, args.chunk_orders)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tdc", description="transaction data center")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument("--tasks", type=int, default=5000, help="empty tasks for Celery's rate")
     throughput.add_argument("--timeout", type=float, default=900, help="seconds either side may take")
     throughput.set_defaults(run=cmd_bench_throughput)
+    soak = bench.add_parser("soak", help="a million events through intake and workers, watching worker memory")
+    soak.add_argument("--events", type=int, default=1_000_000, help="input lines to feed")
+    soak.add_argument("--workers", type=int, default=1, help="worker processes")
+    soak.add_argument("--concurrency", type=int, default=2, help="pool processes per worker")
+    soak.add_argument("--timeout", type=float, default=300, help="seconds one chunk of orders may take")
+    soak.add_argument("--chunk-orders", type=int, default=500, help="orders fed at a time")
+    soak.set_defaults(run=cmd_bench_soak)
 
     dims = commands.add_parser("dims", help="dimensions in Redis").add_subparsers(dest="dims_command", required=True)
     load = dims.add_parser("load", help="reload offline dimension tables from the warehouse (T+1)")

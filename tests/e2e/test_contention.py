@@ -135,14 +135,14 @@ def test_every_worker_killed_recovers_within_minutes(fresh_storage, request, tmp
     the workers and beat, every order and ADS cell is exact, nothing lost and nothing doubled,
     with RabbitMQ and with Redis as the broker."""
     # Given fresh storage, locks and dimensions in a Redis server of the test's own, as broker a
-    # RabbitMQ virtual host or that same Redis, default settings but a short retry base, and 360
+    # RabbitMQ virtual host or that same Redis, default settings but a short retry base, and 1000
     # orders ingested before anything processes them
     storage = fresh_storage("postgresql")
     with PrivateRedis(tmp_path / "redis") as server:
         url = server.url if broker == "redis" else request.getfixturevalue("rabbitmq_vhost")
         env = _production_env(storage, url, tmp_path, TDC_REDIS_URL=server.url)
         seed = _seed()
-        history = generate_history(360, seed=seed)
+        history = generate_history(1000, seed=seed)
         for fmt in ("canal", "business"):
             result = run_tdc(env, "ingest", "--format", fmt, str(_write(history, fmt, tmp_path / f"{fmt}.jsonl")))
             assert result.returncode == 0, result.stderr

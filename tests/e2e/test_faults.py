@@ -42,10 +42,10 @@ def _ingest(env: dict[str, str], tmp_path: Path, history: History, name: str) ->
 
 
 def test_a_worker_killed_mid_chain_loses_and_doubles_nothing(fresh_storage, rabbitmq_vhost, tmp_path: Path) -> None:
-    # Given a worker draining 300 orders, with a short lease so the rescan retakes orphans quickly
+    # Given a worker draining 1000 orders, with a short lease so the rescan retakes orphans quickly
     storage = fresh_storage("postgresql")
     env = worker_env(storage, rabbitmq_vhost, tmp_path, TDC_LEASE_SECONDS="5")
-    history = generate_history(300, seed=31)
+    history = generate_history(1000, seed=31)
     with running([start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")]):
         victim = start_worker(env, tmp_path / "worker-1.log", concurrency=2)
         _ingest(env, tmp_path, history, "all")
@@ -132,11 +132,11 @@ def _digest_runs(worker_log: Path) -> int:
 
 
 def test_a_redis_restart_under_load_loses_and_doubles_nothing(fresh_storage, rabbitmq_vhost, tmp_path: Path) -> None:
-    # Given workers draining 300 orders, with locks and dimensions in a Redis of the test's own
+    # Given workers draining 1000 orders, with locks and dimensions in a Redis of the test's own
     storage = fresh_storage("postgresql")
     with PrivateRedis(tmp_path / "redis") as server:
         env = worker_env(storage, rabbitmq_vhost, tmp_path, TDC_REDIS_URL=server.url, TDC_LEASE_SECONDS="5")
-        history = generate_history(300, seed=51)
+        history = generate_history(1000, seed=51)
         with running([start_worker(env, tmp_path / "worker.log", concurrency=2),
                       start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")]):
             _ingest(env, tmp_path, history, "all")
@@ -153,10 +153,10 @@ def test_a_redis_restart_under_load_loses_and_doubles_nothing(fresh_storage, rab
 
 
 def test_a_broker_restart_under_load_loses_and_doubles_nothing(fresh_storage, rabbitmq_vhost, tmp_path: Path) -> None:
-    # Given workers draining 300 orders over RabbitMQ
+    # Given workers draining 1000 orders over RabbitMQ
     storage = fresh_storage("mariadb")
     env = worker_env(storage, rabbitmq_vhost, tmp_path, TDC_LEASE_SECONDS="5")
-    history, late = generate_history(300, seed=61), generate_history(40, seed=62)
+    history, late = generate_history(1000, seed=61), generate_history(40, seed=62)
     with running([start_worker(env, tmp_path / "worker.log", concurrency=2),
                   start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")]):
         _ingest(env, tmp_path, history, "all")

@@ -106,3 +106,20 @@ def test_bench_throughput_runs_both_sides_and_checks_the_outputs(fresh_storage, 
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"throughput: ratio \d+\.\d\d \(tdc [\d,]+ ops/s vs no-op [\d,]+ tasks/s; "
                         r"intake [\d,]+ lines/s\)", last), last
+
+
+def test_bench_soak_feeds_chunks_checks_them_and_samples_worker_memory(fresh_storage, rabbitmq_vhost,
+                                                                      tmp_path: Path) -> None:
+    import re
+
+    storage = fresh_storage("postgresql")
+    env = worker_env(storage, rabbitmq_vhost, tmp_path)
+    result = run_tdc(env, "bench", "soak", "--events", "400", "--chunk-orders", "20", "--timeout", "120")
+    # Memory may or may not settle over so few events; the run itself must complete and report.
+    assert result.returncode == 0 or "FAILED: worker memory grew" in result.stderr, result.stdout + result.stderr
+    samples = re.findall(r"\((\d+)%\) in \d+s: worker RSS ([\d,.]+) MB", result.stdout)
+    assert [mark for mark, _ in samples] == ["10", "50", "100"], result.stdout
+    assert all(float(rss.replace(",", "")) > 20 for _, rss in samples), result.stdout
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"soak: [\d,]+ events; worker RSS [\d,.]+ MB at 10%, [\d,.]+ MB at 50%, "
+                        r"[\d,.]+ MB at 100%; growth [+-]\d+\.\d%", last), last

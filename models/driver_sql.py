@@ -33,14 +33,14 @@ def driver_time(connection: Connection, moment: dt.datetime) -> Any:
 
 def statement(connection: Connection, template: str, **names: str) -> str:
     """``template`` with ``{table}``-style names filled in and ``?`` placeholders in the
-    connection's paramstyle; cached per (template, names, paramstyle)."""
-    return _render(template, tuple(sorted(names.items())), connection.dialect.paramstyle)
+    connection's paramstyle.  Only the placeholder conversion is cached (per template): a cache
+    per table name would hold tens of thousands of strings per process for a format call."""
+    return _converted(template, connection.dialect.paramstyle).format(**names)
 
 
-@lru_cache(maxsize=65536)
-def _render(template: str, names: tuple[tuple[str, str], ...], paramstyle: str) -> str:
-    text = template.format(**dict(names))
-    return text.replace("?", PLACEHOLDER[paramstyle]) if paramstyle != "qmark" else text
+@lru_cache(maxsize=1024)
+def _converted(template: str, paramstyle: str) -> str:
+    return template.replace("?", PLACEHOLDER[paramstyle]) if paramstyle != "qmark" else template
 
 
 def insert_if_absent(connection: Connection, table: str, values: dict[str, Any]) -> bool:

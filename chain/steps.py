@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -45,7 +45,7 @@ from chain.task_state import (
     wakeable,
 )
 from chain.wide_rows import OptimisticLockConflict, merge_operations, read_wide, write_merges
-from flows.state_machine import SUCCESSORS, Illegal, blocking_reason
+from flows.state_machine import PREDECESSOR, SUCCESSORS, WAITING_FOR, Illegal, blocking_reason
 from inputs.events import BadInput
 from intake.receiver import TaskKey, quarantine, utcnow
 from models.sharded import TaskStatus
@@ -76,6 +76,11 @@ def _by_order(keys: Iterable[Key]) -> dict[tuple[str, int], list[Key]]:
     for key in keys:
         groups[(key["order_id"], key["token"])].append(key)
     return groups
+
+
+def _in_lock_order(storage: Storage, keys: Iterable[Key]) -> list[tuple[tuple[str, int], list[Key]]]:
+    """An order's keys, orders in the order every writer takes task rows: (shard, order)."""
+    return sorted(_by_order(keys).items(), key=lambda item: (storage.shard_of(item[0][0]), item[0][0]))
 
 
 def _fenced(client: redis.Redis | None, keys: list[Key], why: str) -> None:
@@ -187,14 +192,15 @@ T = TypeVar("T")
 
 
 def _per_database(storage: Storage, leases: OrderLeases, settings: Settings, keys: list[Key],
-                  work: Callable[[list[Key]], T]) -> list[tuple[list[Key], T | None]]:
+                  work: Callable[[list[Key]], T]) -> Iterator[tuple[list[Key], T | None]]:
     """Run ``work`` (one whole transaction) on the keys of each database at once; when that fails
     for a reason that is not transient, on each order's keys alone, so that only the order that
-    causes it is parked (its result is None).  Transient faults go to Celery's retry."""
-    results: list[tuple[list[Key], T | None]] = []
+    causes it is parked (its result is None).  Transient faults go to Celery's retry.  Each
+    result is yielded as soon as its transaction committed, so the caller raises its alarms
+    before a later database's fault can stop the step."""
     for group in _by_database(storage, keys):
         try:
-            results.append((group, work(group)))
+            yield group, work(group)
             continue
         except TRANSIENT_ERRORS:
             raise
@@ -206,8 +212,7 @@ def _per_database(storage: Storage, leases: OrderLeases, settings: Settings, key
             def run(alone: list[Key] = alone, outcome: list[T] = outcome) -> None:
                 outcome.append(work(alone))
 
-            results.append((alone, outcome[0] if _isolated(storage, leases, settings, alone, run) else None))
-    return results
+            yield alone, outcome[0] if _isolated(storage, leases, settings, alone, run) else None
 
 
 def _pending_after_release(storage: Storage, orders: Iterable[str]) -> list[TaskKey]:
@@ -243,7 +248,7 @@ def _check_database(storage: Storage, settings: Settings, keys: list[Key]) -> _C
         shards = {order_id: storage.shard_of(order_id) for order_id in tokens if order_id in ours}
         tasks = tasks_of(connection, shards)
         facts = facts_of(connection, shards)
-        for (order_id, token), group in _by_order(keys).items():
+        for (order_id, token), group in _in_lock_order(storage, keys):
             if order_id not in ours:
                 result.fenced += group
                 continue
@@ -425,20 +430,35 @@ def _finish_database(storage: Storage, keys: list[Key]) -> tuple[list[TaskKey], 
         held = held_orders(connection, tokens)
         shards = {order_id: storage.shard_of(order_id) for order_id in tokens if order_id in held}
         tasks = tasks_of(connection, shards)
-        for (order_id, token), group in _by_order(keys).items():
+        for (order_id, token), group in _in_lock_order(storage, keys):
             if order_id not in held:
                 fenced += group
                 continue
             finished[order_id] = token
-            marked = [key["operation_type"] for key in _in_order(group) if mark_done(
-                connection, shards[order_id], order_id, key["operation_type"], key["version"], now)]
+            shard, read = shards[order_id], tasks[order_id]
+            complete = {op for op, task in read.items() if task.status == TaskStatus.DONE}
+            marked: list[str] = []
+            in_chain = {key["operation_type"] for key in group}
+            for key in _in_order(group):
+                operation = key["operation_type"]
+                predecessor = PREDECESSOR[operation]
+                if predecessor in in_chain and predecessor not in complete:
+                    # Its predecessor ran in this chain but newer data stopped it from finishing:
+                    # this one waits for it, as it would have in a chain of its own.
+                    if operation in read and read[operation].version == key["version"]:
+                        park(connection, shard, read[operation], f"{WAITING_FOR}{predecessor}", storage.settings,
+                             now, [], token)
+                    continue
+                if mark_done(connection, shard, order_id, operation, key["version"], now):
+                    marked.append(operation)
+                    complete.add(operation)
             done += [(order_id, operation) for operation in marked]
             # A successor this chain parked was checked with its predecessor done: waking it
             # would only check it again.
-            waiting = [op for op in wakeable(tasks[order_id], tuple(
+            waiting = [op for op in wakeable(read, tuple(
                 dict.fromkeys(s for operation in marked for s in SUCCESSORS[operation])))
-                if op not in marked and parked_by(tasks[order_id][op]) != token]
-            woken += [(order_id, op) for op in wake(connection, shards[order_id], order_id, tuple(waiting), now)]
+                if op not in marked and parked_by(read[op]) != token]
+            woken += [(order_id, op) for op in wake(connection, shard, order_id, tuple(waiting), now)]
         resolve_failures(connection, done, now)
     return woken, finished, fenced
 

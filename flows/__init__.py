@@ -117,6 +117,15 @@ class MetadataRecord:
         return (_digest("gone" if self.kind == "delete" else "row", read)[:20]
                 + _digest(self.kind, self.content)[:20])
 
+    @property
+    def legacy_hash(self) -> str:
+        """The content hash tdc stored before hashes had two halves: the same content, stored
+        by an older tdc, is still the same."""
+        return hashlib.sha1(f"{self.kind}|{self.content_json}".encode()).hexdigest()
+
+    def same_content(self, stored_hash: str) -> bool:
+        return stored_hash in (self.content_hash, self.legacy_hash)
+
     def reads_as(self, stored_hash: str) -> bool:
         """True when the operation reads the same of this record as of the one stored with
         ``stored_hash``."""

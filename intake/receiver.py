@@ -168,7 +168,7 @@ def store_record(connection: Connection, shard: int, record: MetadataRecord, now
         stored_id, stored_hash, stored_position = stored
         order, basis = compare(record.position, decode(stored_position))
         unchanged = (stored_id, stored_position, stored_hash)
-        if record.content_hash == stored_hash:
+        if record.same_content(stored_hash):
             if order <= 0:
                 return Effect.DUPLICATE
             # Same content seen later: remember the newer position so an older, different

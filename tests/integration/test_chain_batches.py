@@ -196,3 +196,33 @@ def test_a_status_change_runs_only_the_operation_it_records(storage, redis_clien
     run_chains(storage, redis_client, report.touched)
     row, _ = read_orders(storage, [order_id])
     assert (row[order_id]["member_id"], row[order_id]["status"]) == ("M00777", 30)
+
+
+def test_a_successor_waits_when_newer_data_stops_its_predecessor_from_finishing(storage, redis_client) -> None:
+    # Given an order whose SUBMIT and PAY passed their check and merged in one chain
+    order_id = new_order_id("OP")
+    header = OrderHeaderFactory(order_id=order_id, status=20, paid_at=dt.datetime(2026, 11, 2, 9, 40))
+    item = OrderItemFactory(order_id=order_id)
+    touched = ingest(storage, redis_client, ORDER_FLOW, "canal", [
+        canal("gqsh_order", header, sequence=1), canal("gqsh_order_item", item, sequence=2)]).touched
+    touched |= ingest(storage, redis_client, ORDER_FLOW, "business", [business(PaymentWriteFactory(
+        order_id=order_id))]).touched
+    leases, settings = OrderLeases(redis_client, storage.settings), storage.settings
+    ready, _ = check_tasks(storage, leases, settings, leased_keys(leases, touched))
+    merged = merge_orders(storage, leases, settings, RedisDimensions(redis_client), ready)
+    done = aggregate_orders(storage, leases, settings, merged)
+    assert [k["operation_type"] for k in done] == ["SUBMIT", "PAY"]
+    # When a corrected item arrives before the chain finishes (SUBMIT gets a newer version)
+    ingest(storage, redis_client, ORDER_FLOW, "canal", [canal(
+        "gqsh_order_item", {**item, "quantity": 2}, kind="update", before=item, sequence=3)])
+    again = finish_tasks(storage, leases, done)
+    # Then PAY is not DONE ahead of its predecessor: it waits for SUBMIT, which runs again
+    assert (_task(storage, order_id, "SUBMIT").status, _task(storage, order_id, "PAY").status) == (
+        TaskStatus.PENDING, TaskStatus.WAITING)
+    assert _task(storage, order_id, "PAY").last_error == "waiting for SUBMIT"
+    assert (order_id, "SUBMIT") in again
+    # And once SUBMIT has finished, PAY is woken and both end DONE with the new quantity
+    run_chains(storage, redis_client, again)
+    assert {_task(storage, order_id, op).status for op in ("SUBMIT", "PAY")} == {TaskStatus.DONE}
+    _, items = read_orders(storage, [order_id])
+    assert items[item["item_id"]]["quantity"] == 2

@@ -5,6 +5,7 @@ and its writes is seen, not overwritten."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
 import pytest
 from sqlalchemy import event, select
@@ -135,3 +136,20 @@ def test_a_key_inserted_by_another_writer_after_the_batch_read_is_judged_against
     assert (report.accepted, report.stale) == ((1, 0) if verdict == "accepted" else (0, 1))
     [(_, content)] = _stored(storage, order_id)
     assert f'"member_id":"{kept}"' in content
+
+
+def test_a_record_stored_by_an_older_tdc_is_recognised_as_the_same_content(storage, redis_client) -> None:
+    # Given a header stored with the one-part content hash an older tdc wrote
+    header = OrderHeaderFactory(order_id=new_order_id("LH"), status=20)
+    line = canal("gqsh_order", header, sequence=7)
+    ingest(storage, redis_client, ORDER_FLOW, "canal", [line])
+    order_id, shard = header["order_id"], storage.shard_of(header["order_id"])
+    meta = meta_table(shard)
+    with storage.engine_for_order(order_id).begin() as connection:
+        for row in connection.execute(select(meta).where(meta.c.order_id == order_id)).all():
+            legacy = hashlib.sha1(f"{row.kind}|{row.content}".encode()).hexdigest()
+            connection.execute(meta.update().where(meta.c.id == row.id).values(content_hash=legacy))
+    # When the same line is read again after the upgrade (a replayed file, a restarted tail)
+    report = ingest(storage, redis_client, ORDER_FLOW, "canal", [line])
+    # Then it is a duplicate, not a correction that runs SUBMIT and PAY again
+    assert (report.duplicated, report.accepted, report.touched) == (1, 0, set())

@@ -7,10 +7,12 @@ the lease while it runs and drops the keys of orders another holder has taken ov
 checks the token in its own transaction (``reliability.fencing``), so a late message from a dead
 or slow holder writes nothing and is counted (``fenced_keys``).
 
-Running any step twice changes nothing the second time.  Each order's work is its own
-transaction, run again whole under lock contention; a fault that is not transient parks only
-the order that hit it, and transient faults propagate so Celery retries the step (a retry counts
-no task's attempt twice, and every alarm is raised after its own commit).
+Running any step twice changes nothing the second time.  A step is set-based: the orders of
+each shard database are one transaction (a few statements for the whole batch), run again whole
+under lock contention; a fault that is not transient runs that database's orders one by one, so
+it parks only the order that hit it, and transient faults propagate so Celery retries the step
+(a retry counts no task's attempt twice, and every alarm is raised after its own commit).  An
+order's due operations go through one chain in state-machine order.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from subprocess import Popen
 
 import psutil
 
-from cli.bench_throughput import BENCH_ENVIRONMENT
+from cli.bench_throughput import bench_setup
 from demo.check import matching_orders
 from demo.history import generate_history
 from demo.processes import running, start_beat, start_worker
@@ -64,23 +64,11 @@ def _wait_exact(history, processes: list[Popen[bytes]], timeout: float) -> bool:
 
 
 def bench_soak(events: int, workers: int, concurrency: int, timeout: float, chunk: int = CHUNK_ORDERS) -> int:
-    for name, value in BENCH_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
-    from settings import get_settings
-
-    get_settings.cache_clear()
-    settings = get_settings()
-    from models.embedded import ensure_embedded_redis, stop_embedded_redis
-    from models.schema import init_storage
-    from models.storage import get_storage
-
-    started_redis = ensure_embedded_redis(settings) if settings.embedded_redis else False
-    try:
-        import worker  # noqa: F401 - configures the Celery app before anything is published
+    with bench_setup() as settings:
         from cli.bench_intake import measure_intake
+        from models.storage import get_storage
         from tasks.submit import submit_tasks
 
-        init_storage(get_storage())
         logs = settings.home / "logs"
         env = dict(os.environ)
         pool = [start_worker(env, logs / f"soak-worker-{n}.log", concurrency) for n in range(workers)]
@@ -112,6 +100,3 @@ def bench_soak(events: int, workers: int, concurrency: int, timeout: float, chun
                   file=sys.stderr)
             return 1
         return 0
-    finally:
-        if started_redis:
-            stop_embedded_redis(settings)

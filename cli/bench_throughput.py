@@ -19,11 +19,17 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from demo.check import aggregate_differences, differences, expected_aggregates, matching_orders
 from demo.history import generate_history
 from demo.processes import running, start_beat, start_worker
+
+if TYPE_CHECKING:
+    from settings import Settings
 
 #: As the demo: short back-offs and frequent rescans, so waits do not dominate a short run.
 BENCH_ENVIRONMENT = {"TDC_RETRY_BASE_SECONDS": "0.5", "TDC_RESCAN_INTERVAL_SECONDS": "3"}
@@ -102,8 +108,11 @@ def _pipeline_rate(env: dict[str, str], logs: Path, home: Path, orders: int, wor
     return operations / elapsed, len(history.lines) / seconds, operations, []
 
 
-def bench_throughput(orders: int, broker: str | None, workers: int, concurrency: int, tasks: int,
-                     timeout: float) -> int:
+@contextmanager
+def bench_setup(broker: str | None = None) -> Iterator[Settings]:
+    """What a bench that runs real workers needs, for its duration: the bench environment's
+    defaults (short back-offs, frequent rescans), ``broker`` if given, the embedded Redis when
+    configured, the Celery app configured and storage initialised; yields the settings."""
     for name, value in BENCH_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     if broker:
@@ -121,6 +130,15 @@ def bench_throughput(orders: int, broker: str | None, workers: int, concurrency:
         import worker  # noqa: F401 - configures the Celery app before anything is published
 
         init_storage(get_storage())
+        yield settings
+    finally:
+        if started_redis:
+            stop_embedded_redis(settings)
+
+
+def bench_throughput(orders: int, broker: str | None, workers: int, concurrency: int, tasks: int,
+                     timeout: float) -> int:
+    with bench_setup(broker) as settings:
         logs = settings.home / "logs"
         env = dict(os.environ)
         print(f"throughput on {settings.broker_url.split('@')[-1]}: {workers} worker(s) x {concurrency} processes")
@@ -137,6 +155,3 @@ def bench_throughput(orders: int, broker: str | None, workers: int, concurrency:
         print(f"throughput: ratio {rate / noop_rate:.2f} (tdc {rate:,.0f} ops/s vs no-op {noop_rate:,.0f} tasks/s; "
               f"intake {intake_rate:,.0f} lines/s)")
         return 0
-    finally:
-        if started_redis:
-            stop_embedded_redis(settings)

@@ -47,13 +47,6 @@ def order_tasks(connection: Connection, shard: int, order_id: str, lock: bool = 
     return list(connection.execute(query.with_for_update() if lock else query))
 
 
-def pending_operations(connection: Connection, shard: int, order_id: str) -> list[str]:
-    """The order's operations waiting to be submitted (new data or a wake-up arrived)."""
-    task = task_table(shard)
-    return list(connection.execute(select(task.c.operation_type).where(
-        (task.c.order_id == order_id) & (task.c.status == TaskStatus.PENDING))).scalars())
-
-
 def load_facts(connection: Connection, shard: int, order_id: str) -> tuple[OrderFacts, list[Row[Any]]]:
     meta = meta_table(shard)
     rows = list(connection.execute(select(meta).where(meta.c.order_id == order_id)))

@@ -38,14 +38,6 @@ def claim_order(connection: Connection, order_id: str, token: int, now: dt.datet
     return False
 
 
-def holds_order(connection: Connection, order_id: str, token: int) -> bool:
-    """True when ``token`` is still the order's current token; locks the fence row until the
-    caller's transaction ends, so no newer holder can claim the order under our write."""
-    current = connection.execute(
-        select(FENCE.c.token).where(FENCE.c.order_id == order_id).with_for_update()).scalar()
-    return current == token
-
-
 def claim_orders(connection: Connection, tokens: dict[str, int], now: dt.datetime) -> set[str]:
     """``claim_order`` for many orders of one database in two statements: the orders that are
     ours.  Fence rows are written (and so locked to the end of the transaction) in key order."""
@@ -67,8 +59,9 @@ def claim_orders(connection: Connection, tokens: dict[str, int], now: dt.datetim
 
 
 def held_orders(connection: Connection, tokens: dict[str, int]) -> set[str]:
-    """``holds_order`` for many orders of one database in one statement: those whose current
-    token is still ours, with their fence rows locked (in key order) to the end of the transaction."""
+    """The orders of one database whose current token is still ours, in one statement; their
+    fence rows stay locked (taken in key order) to the end of the transaction, so no newer
+    holder can claim an order under our writes."""
     return _current(connection, tokens, lock=True) if tokens else set()
 
 

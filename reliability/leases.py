@@ -43,13 +43,15 @@ redis.call('pexpire', KEYS[1], ARGV[1])
 return token
 """
 
-# KEYS: lease.  ARGV: token, expiry ms, ceiling s.  Returns 1 renewed, 0 lost to another holder,
-# -1 past the ceiling (left to expire).  A lease that expired with nobody taking it over is taken
-# back under the same token: if anyone had claimed the order since, our writes are fenced anyway.
+# KEYS: lease.  ARGV: token, expiry ms, ceiling s, revive (1 or 0).  Returns 1 renewed, 0 lost
+# to another holder (or gone, when not reviving), -1 past the ceiling (left to expire).  With
+# revive, a lease that expired with nobody taking it over is taken back under the same token: if
+# anyone had claimed the order since, our writes are fenced anyway.
 _RENEW = """
 local token = redis.call('hget', KEYS[1], 'token')
 local clock = redis.call('time')
 if not token then
+    if ARGV[4] ~= '1' then return 0 end
     redis.call('hset', KEYS[1], 'token', ARGV[1], 'since', clock[1])
     redis.call('pexpire', KEYS[1], ARGV[2])
     return 1
@@ -96,15 +98,21 @@ class OrderLeases:
                           client=pipe)
         return {order_id: int(token) for order_id, token in zip(orders, pipe.execute(), strict=True) if token}
 
-    def renew(self, owned: dict[str, int], queued: bool = False) -> set[str]:
+    def renew(self, owned: dict[str, int], queued: bool = False, revive: bool = True) -> set[str]:
         """Extend the leases ``owned`` (order -> token) by the running lease, or the queued one;
-        returns the orders whose lease another holder has taken."""
+        returns the orders whose lease another holder has taken.
+
+        ``revive``: take back a lease that lapsed with nobody taking it over (a step that runs on).
+        Without it a lease that is gone stays gone and counts as lost: a renewal that may come
+        after its chain released the order (a worker renewing the messages it still holds) must
+        not hold the order for nobody."""
         if not owned:
             return set()
         pipe = self.client.pipeline(transaction=False)
         for order_id, token in owned.items():
             self._renew(keys=[lease_name(order_id)], client=pipe,
-                        args=[str(token), self.queued_ms if queued else self.lease_ms, self.ceiling_seconds])
+                        args=[str(token), self.queued_ms if queued else self.lease_ms, self.ceiling_seconds,
+                              "1" if revive else "0"])
         lost = {order_id for order_id, held in zip(owned, pipe.execute(), strict=True) if held == 0}
         if lost:
             log.info("%d orders were taken over by another holder: %s", len(lost), sorted(lost)[:5])

@@ -1,25 +1,30 @@
 """Keeping the order leases of chain messages: long while the broker holds them, short while a
 worker (or a submitter) does.
 
-A chain's lease is the long queued one only once a message carrying it has been published: the
-broker holds it then, and does not lose it.  From the moment a worker reserves the message until
-it is acknowledged, the worker's consumer renews the short running lease every third of
-``TDC_LEASE_SECONDS``; a step's own keeper does the same while it runs.  A submitter or a step
-that dies before its next message is published leaves a running lease, which lapses quickly.
-So a worker killed with messages in hand (prefetched ones included,
-which a Redis broker hides for its whole visibility timeout) stops renewing, and its orders are
-taken over a lease later, while a backlog in the broker never makes the rescan take over chains
-that are merely waiting their turn.
+A chain's lease becomes the long queued one just before a message carrying it is published, so
+that it is in place before any worker can receive the message (set after publishing, it would race
+the receiving worker: it could stretch the lease of a step already running to the queued one, or
+bring back a lease the chain already released, and hold the order for nobody for half an hour).
+If the publish fails, the lease goes back to the running one when the step ends (a submitter
+releases it).  From the moment a worker reserves the message until it is acknowledged, the
+worker's consumer renews the short running lease every third of ``TDC_LEASE_SECONDS``; a step's
+own keeper does the same while it runs.  These renewals never bring back a lease that is gone:
+the chain may have released it.  A submitter or a step that dies before its next message is
+published leaves a running lease, which lapses quickly.  So a worker killed with messages in hand
+(prefetched ones included, which a Redis broker hides for its whole visibility timeout) stops
+renewing, and its orders are taken over a lease later, while a backlog in the broker never makes
+the rescan take over chains that are merely waiting their turn.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from types import SimpleNamespace
 from typing import Any
 
 from celery import bootsteps
-from celery.signals import after_task_publish, task_received
+from celery.signals import after_task_publish, before_task_publish, task_postrun, task_received
 from celery.worker import state
 
 from chain.keys import has_token, well_formed
@@ -49,27 +54,64 @@ def held_orders(requests: Any) -> dict[str, int]:
 
 
 def renew(requests: Any) -> None:
-    """Renew the running lease of every order in ``requests``; never fails the consumer."""
+    """Renew the running lease of every order in ``requests`` (a lease already gone stays gone);
+    never fails the consumer."""
     try:
         owned = held_orders(requests)
         if owned:
-            OrderLeases(get_redis(), get_settings()).renew(owned)
+            OrderLeases(get_redis(), get_settings()).renew(owned, revive=False)
     except Exception:  # noqa: BLE001 - a missed renewal is retried in a third of a lease
         log.exception("could not renew the leases of the chain messages this worker holds")
 
 
-@after_task_publish.connect
-def _on_published(sender: str | None = None, body: Any = None, **_: Any) -> None:
-    """A chain message is in the broker: its orders get the queued lease (protocol 2 bodies are
-    ``(args, kwargs, embed)``)."""
+#: The orders of the chain message this thread is publishing, until the broker has it.
+_publishing = threading.local()
+
+
+def _owned_by(sender: str | None, body: Any) -> dict[str, int]:
+    """order -> token of a chain message's body (protocol 2: ``(args, kwargs, embed)``)."""
     if sender not in CHAIN_STEPS or not isinstance(body, tuple | list) or len(body) < 2:
-        return
+        return {}
+    return held_orders([SimpleNamespace(task_name=sender, args=body[0], kwargs=body[1])])
+
+
+def _set_lease(owned: dict[str, int], queued: bool) -> None:
     try:
-        owned = held_orders([SimpleNamespace(task_name=sender, args=body[0], kwargs=body[1])])
-        if owned:
-            OrderLeases(get_redis(), get_settings()).renew(owned, queued=True)
-    except Exception:  # noqa: BLE001 - the running lease stays; a long wait in the queue may be taken over
-        log.exception("could not give %s's orders the queued lease", sender)
+        OrderLeases(get_redis(), get_settings()).renew(owned, queued=queued, revive=False)
+    except Exception:  # noqa: BLE001 - the lease stays as it was: a running one lapses quickly
+        log.exception("could not give the %s lease to %d orders", "queued" if queued else "running", len(owned))
+
+
+@before_task_publish.connect
+def _on_publishing(sender: str | None = None, body: Any = None, **_: Any) -> None:
+    """A chain message is about to go into the broker: its orders get the queued lease now, before
+    any worker can receive it."""
+    owned = _owned_by(sender, body)
+    _publishing.owned = owned
+    if owned:
+        _set_lease(owned, queued=True)
+
+
+@after_task_publish.connect
+def _on_published(**_: Any) -> None:
+    """The broker has the message: its queued lease stands."""
+    _publishing.owned = {}
+
+
+def give_back_unpublished() -> None:
+    """The chain message this thread began to publish never reached the broker: its orders go
+    back to the running lease, so the rescan takes them over a lease from now, not half an hour."""
+    owned = getattr(_publishing, "owned", {})
+    _publishing.owned = {}
+    if owned:
+        _set_lease(owned, queued=False)
+
+
+@task_postrun.connect
+def _after_step(**_: Any) -> None:
+    """A step's next message is published before the step ends (``task_postrun``): if that
+    publish failed, give its orders back the running lease."""
+    give_back_unpublished()
 
 
 @task_received.connect

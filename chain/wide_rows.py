@@ -11,12 +11,13 @@ from decimal import Decimal
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from flows.state_machine import STATUS_AFTER
 from models.orders import DwdOrder, DwdOrderItem, OrderSnapshot
 from models.storage import Storage
-from models.writes import insert_if_absent, upsert
+from models.writes import is_duplicate_key, upsert
 from strategies import GENERATORS
 from strategies.facts import OrderFacts
 from strategies.generators import UTC, Dimensions, apply_operation
@@ -132,8 +133,7 @@ def write_merges(connection: Connection, merges: list[Merge]) -> None:
     another writer got there first; the caller reads again) and every snapshot, in a few
     statements for the whole batch."""
     changed = [merge for merge in merges if merge.changed]
-    for merge in changed:
-        _write_order(connection, merge.order, merge.current)
+    _write_orders(connection, changed)
     if changed:
         connection.execute(delete(ITEM_TABLE).where(DwdOrderItem.order_id.in_([m.order["order_id"] for m in changed])))
         lines = [_item_values(item) for merge in changed for item in merge.items.values()]
@@ -166,19 +166,34 @@ def _item_values(item: dict[str, Any]) -> dict[str, Any]:
     return {c: item.get(c) for c in ITEM_COLUMNS}
 
 
-def _write_order(connection: Connection, order: dict[str, Any], current: dict[str, Any] | None) -> None:
-    """Insert the row, or update it only if it still has the version read (``current``); either
-    way its version grows (by the number of changes a chain merged at once, at least one)."""
-    table = ORDER_TABLE
-    order["version"] = max(order.get("version") or 0, (current["version"] if current else 0) + 1)
-    if current is None:
-        if not insert_if_absent(connection, table, {c: order.get(c) for c in ORDER_COLUMNS}):
-            raise OptimisticLockConflict(order["order_id"])
-        return
-    result = connection.execute(
-        update(table)
-        .where((DwdOrder.order_id == order["order_id"]) & (DwdOrder.version == current["version"]))
-        .values({c: order.get(c) for c in ORDER_COLUMNS if c != "order_id"})
-    )
-    if result.rowcount != 1:
-        raise OptimisticLockConflict(order["order_id"])
+#: The optimistic write of a known wide row: every column, where it still has the version read.
+_UPDATE_ORDER = (
+    update(ORDER_TABLE)
+    .where((DwdOrder.order_id == bindparam("key_order_id")) & (DwdOrder.version == bindparam("key_version")))
+    .values({c: bindparam(c) for c in ORDER_COLUMNS if c != "order_id"}))
+
+
+def _write_orders(connection: Connection, merges: list[Merge]) -> None:
+    """Insert the new wide rows in one statement and update the known ones in one batch, each
+    only if it still has the version read; either way a row's version grows (by the number of
+    changes a chain merged at once, at least one).  OptimisticLockConflict when another writer
+    got to any of them first: the caller rolls back and reads again."""
+    new: list[dict[str, Any]] = []
+    known: list[dict[str, Any]] = []
+    for merge in merges:
+        order, current = merge.order, merge.current
+        order["version"] = max(order.get("version") or 0, (current["version"] if current else 0) + 1)
+        values = {c: order.get(c) for c in ORDER_COLUMNS}
+        if current is None:
+            new.append(values)
+        else:
+            known.append(values | {"key_order_id": order["order_id"], "key_version": current["version"]})
+    if new:
+        try:
+            connection.execute(insert(ORDER_TABLE), new)
+        except IntegrityError as error:
+            if not is_duplicate_key(error):
+                raise
+            raise OptimisticLockConflict(f"{len(new)} new orders, one written meanwhile") from error
+    if known and connection.execute(_UPDATE_ORDER, known).rowcount != len(known):
+        raise OptimisticLockConflict(f"{len(known)} known orders, one changed meanwhile")

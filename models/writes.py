@@ -20,6 +20,21 @@ from sqlalchemy.sql.expression import TableClause
 DUPLICATE_ENTRY = 1062
 
 
+#: PostgreSQL's unique_violation SQLSTATE.
+UNIQUE_VIOLATION = "23505"
+
+
+def is_duplicate_key(error: IntegrityError) -> bool:
+    """True when ``error`` is a unique key that already exists (not a NULL, a foreign key or a
+    check): MySQL/MariaDB error 1062, PostgreSQL 23505, SQLite's UNIQUE constraint."""
+    original = error.orig
+    if getattr(original, "args", (None,))[0] == DUPLICATE_ENTRY:
+        return True
+    if getattr(original, "sqlstate", None) == UNIQUE_VIOLATION:
+        return True
+    return "UNIQUE constraint failed" in str(original)
+
+
 def dialect_insert(connection: Connection, table: Table | TableClause) -> Any:
     """An INSERT that knows its backend's upsert clause."""
     dialect = connection.dialect.name

@@ -11,7 +11,14 @@ import pytest
 from sqlalchemy import select
 
 from chain.steps import merge_orders
-from chain.wide_rows import OptimisticLockConflict, _write_order, merge_order_rows, read_orders, read_wide_rows
+from chain.wide_rows import (
+    Merge,
+    OptimisticLockConflict,
+    _write_orders,
+    merge_order_rows,
+    read_orders,
+    read_wide_rows,
+)
 from cli.lineage import order_lineage
 from demo.check import differences
 from demo.history import generate_history
@@ -99,17 +106,43 @@ def test_optimistic_lock_refuses_a_write_based_on_a_stale_version(storage) -> No
     seen_first, _ = read_wide_rows(first, order_id)
     seen_second, _ = read_wide_rows(second, order_id)
     assert seen_first["version"] == seen_second["version"] == 1
-    _write_order(first, {**seen_first, "status": 30}, seen_first)
+    _write_orders(first, [Merge({**seen_first, "status": 30}, {}, seen_first, True)])
     first.commit()
     # Then the second write is refused instead of silently overwriting the first
     with pytest.raises(OptimisticLockConflict):
-        _write_order(second, {**seen_second, "status": 40}, seen_second)
+        _write_orders(second, [Merge({**seen_second, "status": 40}, {}, seen_second, True)])
     second.rollback()
     first.close()
     second.close()
     with engine.connect() as connection:
         row = connection.execute(select(DwdOrder.__table__).where(DwdOrder.order_id == order_id)).first()
     assert (row.version, row.status) == (2, 30)
+
+
+def test_a_new_wide_row_written_meanwhile_refuses_the_whole_batch(storage) -> None:
+    # Given two real sessions that both find no wide row for an order, the second in a batch with
+    # another new order
+    order_id = f"OPT{uuid.uuid4().hex[:12]}"
+    neighbour = next(o for o in (f"OPT{uuid.uuid4().hex[:12]}" for _ in range(1000))
+                     if storage.database_of(o) == storage.database_of(order_id))
+    row = {"order_id": order_id, "store_id": "S001", "status": 10, "refund_amount": 0, "refund_count": 0, "version": 1}
+    engine = storage.engine_for_order(order_id)
+    first, second = engine.connect(), engine.connect()
+    first.begin()
+    second.begin()
+    assert read_wide_rows(first, order_id)[0] is None and read_wide_rows(second, order_id)[0] is None
+    # When the first inserts it and commits, and the second then inserts its batch
+    _write_orders(first, [Merge(dict(row), {}, None, True)])
+    first.commit()
+    # Then the second batch is refused (its caller reads again), and nothing of it is kept
+    with pytest.raises(OptimisticLockConflict):
+        _write_orders(second, [Merge({**row, "order_id": neighbour}, {}, None, True),
+                               Merge({**row, "status": 40}, {}, None, True)])
+    second.rollback()
+    first.close()
+    second.close()
+    assert read_orders(storage, [order_id, neighbour])[0].keys() == {order_id}
+    assert read_orders(storage, [order_id])[0][order_id]["status"] == 10
 
 
 def test_concurrent_merges_of_one_order_are_retried_and_none_is_lost(storage, redis_client) -> None:

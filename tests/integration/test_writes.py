@@ -1,0 +1,40 @@
+"""Telling a duplicate key from other integrity errors, on each backend tdc supports, over real
+connections: a duplicate is an outcome (another writer got there first), anything else is a bug."""
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert
+from sqlalchemy.exc import IntegrityError
+
+from models.writes import is_duplicate_key
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mariadb"])
+def test_a_duplicate_key_is_told_from_a_missing_value(backend: str, request, tmp_path) -> None:
+    # Given a table with a key and a NOT NULL column, on a real database of each backend
+    if backend == "sqlite":
+        engine = create_engine(f"sqlite:///{tmp_path / 'writes.db'}")
+    else:
+        storage = request.getfixturevalue("storage")  # MariaDB shards, PostgreSQL warehouse
+        engine = storage.dws_engine if backend == "postgresql" else storage.shard_engine(0)
+    table = Table("tdc_writes_probe", MetaData(), Column("id", Integer, primary_key=True),
+                  Column("name", String(10), nullable=False))
+    table.drop(engine, checkfirst=True)
+    table.create(engine)
+    try:
+        with engine.connect() as connection:
+            connection.execute(insert(table).values(id=1, name="a"))
+            connection.commit()
+            # When a batch insert meets the existing key, and an insert leaves the column NULL
+            with pytest.raises(IntegrityError) as duplicate:
+                connection.execute(insert(table), [{"id": 2, "name": "b"}, {"id": 1, "name": "c"}])
+            connection.rollback()
+            with pytest.raises(IntegrityError) as missing:
+                connection.execute(insert(table).values(id=3, name=None))
+            connection.rollback()
+    finally:
+        table.drop(engine)
+    # Then only the first is a duplicate key
+    assert is_duplicate_key(duplicate.value)
+    assert not is_duplicate_key(missing.value)

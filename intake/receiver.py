@@ -166,25 +166,36 @@ def store_record(connection: Connection, shard: int, record: MetadataRecord, now
                 return Effect.NEW
             continue  # another writer stored the same key first: compare with theirs
         stored_id, stored_hash, stored_position = stored
-        order, basis = compare(record.position, decode(stored_position))
+        effect, write = judge(record, stored_hash, stored_position)
         unchanged = (stored_id, stored_position, stored_hash)
-        if record.same_content(stored_hash):
-            if order <= 0:
-                return Effect.DUPLICATE
-            # Same content seen later: remember the newer position so an older, different
-            # version arriving now is recognised as stale.
-            if connection.exec_driver_sql(statement(connection, _ADVANCE, meta=meta),
-                                          (record.position_text, *unchanged)).rowcount:
-                return Effect.DUPLICATE
-            continue
-        if order < 0 or (order == 0 and not basis.exact):
-            return Effect.STALE if basis.exact else Effect.AMBIGUOUS
-        if connection.exec_driver_sql(statement(connection, _CORRECT, meta=meta), (
-            record.kind, record.content_json, record.content_hash, record.position_text, record.input_format,
-            driver_time(connection, now), *unchanged,
-        )).rowcount:
-            return Effect.REFRESHED if record.reads_as(stored_hash) else Effect.CORRECTED
+        if write is None:
+            return effect
+        parameters: tuple[Any, ...]
+        if write == ADVANCE:
+            sql, parameters = _ADVANCE, (record.position_text, *unchanged)
+        else:
+            sql, parameters = _CORRECT, (record.kind, record.content_json, record.content_hash, record.position_text,
+                                         record.input_format, driver_time(connection, now), *unchanged)
+        if connection.exec_driver_sql(statement(connection, sql, meta=meta), parameters).rowcount:
+            return effect
     raise KeyContention(f"metadata key of {record.order_id} kept changing under {STORE_ROUNDS} concurrent writes")
+
+
+#: What ``judge`` asks to write: the newer position only, or the record.
+ADVANCE, REPLACE = "advance", "replace"
+
+
+def judge(record: MetadataRecord, stored_hash: str, stored_position: str) -> tuple[Effect, str | None]:
+    """What ``record`` does to the stored version of its key (its hash and position): the effect,
+    and what to write (None, ADVANCE or REPLACE)."""
+    order, basis = compare(record.position, decode(stored_position))
+    if record.same_content(stored_hash):
+        # Same content seen later: remember the newer position so an older, different version
+        # arriving now is recognised as stale.
+        return Effect.DUPLICATE, (ADVANCE if order > 0 else None)
+    if order < 0 or (order == 0 and not basis.exact):
+        return (Effect.STALE if basis.exact else Effect.AMBIGUOUS), None
+    return (Effect.REFRESHED if record.reads_as(stored_hash) else Effect.CORRECTED), REPLACE
 
 
 _READ_STORED = ("SELECT id, content_hash, position FROM {meta} "
@@ -204,52 +215,107 @@ def bump_task(connection: Connection, shard: int, order_id: str, operation: str,
 
 def store_records(connection: Connection, records: list[tuple[int, MetadataRecord]],
                   now: dt.datetime) -> list[Effect]:
-    """Store ``(shard, record)`` pairs, given in lock order, and say what each changed: what
-    ``store_record`` does one by one, in a few statements per shard table.
+    """Store ``(shard, record)`` pairs, given in lock order (the records of one key in the order
+    they arrived), and say what each changed: what ``store_record`` does one by one, in a few
+    statements per shard table.
 
-    What is stored for every key is read at once (``read_stored``).  Keys found absent are
-    inserted in one multi-row INSERT per table; keys found stored go through ``store_record``'s
-    compare-and-set, trusting the read.  Whatever a concurrent writer got to first (a row inserted
-    since the read, a key twice in the batch) goes through ``store_record`` again and is judged
-    against what is there now."""
+    What is stored for every key is read at once (``read_stored``).  Each key's records are
+    judged in memory, one after the other, against what is stored and then against the one
+    before (``judge``), and only the outcome is written: keys found absent in one multi-row
+    INSERT per table, keys found stored in one compare-and-set each.  A key a concurrent writer
+    got to first (a row inserted since the read, or changed) has all its records judged again,
+    one by one by ``store_record``, against what is there now."""
     keys = [(shard, (r.order_id, r.operation_type, r.source, r.unique_key)) for shard, r in records]
-    known = dict(zip(keys, read_stored(connection, keys), strict=True))
+    first_read = dict(zip(keys, read_stored(connection, keys), strict=True))
     effects: list[Effect | None] = [None] * len(records)
-    by_shard: dict[int, list[int]] = defaultdict(list)
-    for index, (shard, _) in enumerate(keys):
-        by_shard[shard].append(index)
-    for shard, indexes in by_shard.items():
-        fresh = []  # the first of each key found absent; the same key again is judged after it
+    by_key: dict[tuple[int, tuple[str, str, str, str]], list[int]] = defaultdict(list)
+    for index, key in enumerate(keys):
+        by_key[key].append(index)
+    absent: dict[int, list[tuple[MetadataRecord, str, list[int]]]] = defaultdict(list)
+    again: list[list[int]] = []
+    for key, indexes in by_key.items():
+        outcome = _judge_in_order(first_read[key], [records[i][1] for i in indexes])
+        for i, effect in zip(indexes, outcome.effects, strict=True):
+            effects[i] = effect
+        if first_read[key] is None:
+            assert outcome.content is not None
+            absent[key[0]].append((outcome.content, outcome.position, indexes))
+        elif outcome.changed and not _write_known(connection, key[0], first_read[key], outcome, now):
+            again.append(indexes)
+    for shard, rows in absent.items():
+        inserted = insert_new(connection, shard, [(record, position) for record, position, _ in rows], now)
+        again += [indexes for record, _, indexes in rows if _key(record) not in inserted]
+    for indexes in again:
         for i in indexes:
-            if keys[i] in known and known[keys[i]] is None:
-                del known[keys[i]]
-                fresh.append(i)
-        inserted = insert_new(connection, shard, [records[i][1] for i in fresh], now)
-        for i in fresh:
-            if keys[i][1] in inserted:
-                effects[i] = Effect.NEW
-        for i in indexes:
-            if effects[i] is None:
-                key = keys[i]
-                effects[i] = store_record(connection, shard, records[i][1], now,
-                                          [known.pop(key)] if key in known else None)
+            effects[i] = store_record(connection, records[i][0], records[i][1], now)
     return cast(list[Effect], effects)
+
+
+def _key(record: MetadataRecord) -> tuple[str, str, str, str]:
+    return (record.order_id, record.operation_type, record.source, record.unique_key)
+
+
+@dataclass
+class _Outcome:
+    """A key's records judged in order: the effect of each, and what is stored after them (the
+    record whose content it is, None while it is the stored one, and the position)."""
+
+    effects: list[Effect]
+    content: MetadataRecord | None
+    position: str
+    changed: bool
+
+
+def _judge_in_order(stored: Stored, records: list[MetadataRecord]) -> _Outcome:
+    content: MetadataRecord | None = None
+    if stored is None:
+        content = records[0]
+        state_hash, position, effects = content.content_hash, content.position_text, [Effect.NEW]
+        records = records[1:]
+    else:
+        _, state_hash, position = stored
+        effects = []
+    changed = False
+    for record in records:
+        effect, write = judge(record, state_hash, position)
+        effects.append(effect)
+        if write == REPLACE:
+            content, state_hash = record, record.content_hash
+        if write is not None:
+            position, changed = record.position_text, True
+    return _Outcome(effects, content, position, changed)
+
+
+def _write_known(connection: Connection, shard: int, stored: Stored, outcome: _Outcome, now: dt.datetime) -> bool:
+    """Write a stored key's outcome if the key still holds what was read; False when it does not."""
+    assert stored is not None
+    unchanged = (stored[0], stored[2], stored[1])
+    meta = meta_table_name(shard)
+    record = outcome.content
+    parameters: tuple[Any, ...]
+    if record is None:
+        sql, parameters = _ADVANCE, (outcome.position, *unchanged)
+    else:
+        sql, parameters = _CORRECT, (record.kind, record.content_json, record.content_hash, outcome.position,
+                                     record.input_format, driver_time(connection, now), *unchanged)
+    return bool(connection.exec_driver_sql(statement(connection, sql, meta=meta), parameters).rowcount)
 
 
 _META_COLUMNS = ("order_id", "operation_type", "source", "unique_key", "kind", "content", "content_hash",
                  "position", "input_format", "received_at", "updated_at")
 
 
-def insert_new(connection: Connection, shard: int, records: list[MetadataRecord],
+def insert_new(connection: Connection, shard: int, records: list[tuple[MetadataRecord, str]],
                now: dt.datetime) -> set[tuple[str, str, str, str]]:
-    """Insert ``records`` (keys found absent) into their metadata table in one statement; the
-    keys it inserted.  On MySQL/MariaDB a key another writer inserted since the read fails the
-    whole statement (rolled back alone): nothing is inserted and every record is judged again."""
+    """Insert ``records`` (keys found absent; each with the position to store) into their
+    metadata table in one statement; the keys it inserted.  On MySQL/MariaDB a key another
+    writer inserted since the read fails the whole statement (rolled back alone): nothing is
+    inserted and every record is judged again."""
     if not records:
         return set()
     at = driver_time(connection, now)
     rows = [(r.order_id, r.operation_type, r.source, r.unique_key, r.kind, r.content_json, r.content_hash,
-             r.position_text, r.input_format, at, at) for r in records]
+             position, r.input_format, at, at) for r, position in records]
     values = ", ".join([f"({marks(connection, len(_META_COLUMNS))})"] * len(rows))
     sql = f"INSERT INTO {meta_table_name(shard)} ({', '.join(_META_COLUMNS)}) VALUES {values}"
     parameters = tuple(value for row in rows for value in row)

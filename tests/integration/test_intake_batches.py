@@ -72,8 +72,26 @@ def test_a_newer_record_committed_after_the_batch_read_is_kept(storage, redis_cl
     assert position == newer_record.position_text and '"member_id":"M2"' in content
 
 
-def _ingest_while(storage, client, line: str, before: str, theirs):  # type: ignore[no-untyped-def]
-    """Ingest ``line`` while another writer stores record ``theirs`` (and commits) just before the
+def test_a_key_repeated_in_a_batch_and_changed_meanwhile_is_judged_again_line_by_line(storage, redis_client) -> None:
+    # Given a stored header at position 100, and a batch holding the same key at 101 and at 103,
+    # judged together in memory and written once
+    header = OrderHeaderFactory(order_id=new_order_id())
+    order_id = header["order_id"]
+    ingest(storage, redis_client, ORDER_FLOW, "canal", [canal("gqsh_order", header, sequence=100)])
+    batch = [canal("gqsh_order", {**header, "member_id": f"M{n}"}, kind="update", before=header, sequence=100 + n)
+             for n in (1, 3)]
+    [theirs] = [r for r in _records(canal("gqsh_order", {**header, "member_id": "M2"}, kind="update", before=header,
+                                          sequence=102)) if r.operation_type == "SUBMIT"]
+    # When another writer commits 102 between the batch's read and its write
+    interleaved, report = _ingest_while(storage, redis_client, batch, "UPDATE meta_", theirs)
+    # Then every line of the key is judged again against theirs: 101 is stale, 103 is newer and kept
+    assert interleaved and (report.accepted, report.stale) == (1, 1)
+    [(position, content)] = _stored(storage, order_id)
+    assert '"member_id":"M3"' in content and position != theirs.position_text
+
+
+def _ingest_while(storage, client, line: str | list[str], before: str, theirs):  # type: ignore[no-untyped-def]
+    """Ingest ``line`` (or lines, as one batch) while another writer stores record ``theirs`` (and commits) just before the
     batch's first statement starting with ``before``; whether it did, and the batch's report."""
     engine = storage.engine_for_order(theirs.order_id)
     interleaved: list[bool] = []
@@ -86,7 +104,7 @@ def _ingest_while(storage, client, line: str, before: str, theirs):  # type: ign
 
     event.listen(engine, "before_cursor_execute", store_theirs_first)
     try:
-        return interleaved, ingest(storage, client, ORDER_FLOW, "canal", [line])
+        return interleaved, ingest(storage, client, ORDER_FLOW, "canal", [line] if isinstance(line, str) else line)
     finally:
         event.remove(engine, "before_cursor_execute", store_theirs_first)
 

@@ -231,23 +231,30 @@ def store_records(connection: Connection, records: list[tuple[int, MetadataRecor
     by_key: dict[tuple[int, tuple[str, str, str, str]], list[int]] = defaultdict(list)
     for index, key in enumerate(keys):
         by_key[key].append(index)
-    absent: dict[int, list[tuple[MetadataRecord, str, list[int]]]] = defaultdict(list)
-    again: list[list[int]] = []
-    for key, indexes in by_key.items():
-        outcome = _judge_in_order(first_read[key], [records[i][1] for i in indexes])
-        for i, effect in zip(indexes, outcome.effects, strict=True):
-            effects[i] = effect
-        if first_read[key] is None:
-            assert outcome.content is not None
-            absent[key[0]].append((outcome.content, outcome.position, indexes))
-        elif outcome.changed and not _write_known(connection, key[0], first_read[key], outcome, now):
-            again.append(indexes)
-    for shard, rows in absent.items():
-        inserted = insert_new(connection, shard, [(record, position) for record, position, _ in rows], now)
-        again += [indexes for record, _, indexes in rows if _key(record) not in inserted]
-    for indexes in again:
-        for i in indexes:
-            effects[i] = store_record(connection, records[i][0], records[i][1], now)
+    by_shard: dict[int, list[tuple[tuple[str, str, str, str], list[int]]]] = defaultdict(list)
+    for (shard, meta_key), indexes in by_key.items():
+        by_shard[shard].append((meta_key, indexes))
+    # Shard by shard in lock order, as store_record one by one would: the new keys, then the
+    # stored ones, then whatever a concurrent writer got to first.
+    for shard, keyed in by_shard.items():
+        absent: list[tuple[MetadataRecord, str, list[int]]] = []
+        known: list[tuple[Stored, _Outcome, list[int]]] = []
+        for meta_key, indexes in keyed:
+            stored = first_read[(shard, meta_key)]
+            outcome = _judge_in_order(stored, [records[i][1] for i in indexes])
+            for i, effect in zip(indexes, outcome.effects, strict=True):
+                effects[i] = effect
+            if stored is None:
+                assert outcome.content is not None
+                absent.append((outcome.content, outcome.position, indexes))
+            elif outcome.changed:
+                known.append((stored, outcome, indexes))
+        inserted = insert_new(connection, shard, [(record, position) for record, position, _ in absent], now)
+        again = [indexes for record, _, indexes in absent if _key(record) not in inserted]
+        again += [indexes for stored, outcome, indexes in known
+                  if not _write_known(connection, shard, stored, outcome, now)]
+        for i in sorted(i for indexes in again for i in indexes):
+            effects[i] = store_record(connection, shard, records[i][1], now)
     return cast(list[Effect], effects)
 
 

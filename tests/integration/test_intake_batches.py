@@ -91,8 +91,9 @@ def test_a_key_repeated_in_a_batch_and_changed_meanwhile_is_judged_again_line_by
 
 
 def _ingest_while(storage, client, line: str | list[str], before: str, theirs):  # type: ignore[no-untyped-def]
-    """Ingest ``line`` (or lines, as one batch) while another writer stores record ``theirs`` (and commits) just before the
-    batch's first statement starting with ``before``; whether it did, and the batch's report."""
+    """Ingest ``line`` (or lines, as one batch) while another writer stores record ``theirs``
+    (and commits) just before the batch's first statement starting with ``before``; whether it
+    did, and the batch's report."""
     engine = storage.engine_for_order(theirs.order_id)
     interleaved: list[bool] = []
 

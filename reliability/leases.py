@@ -43,23 +43,40 @@ redis.call('pexpire', KEYS[1], ARGV[1])
 return token
 """
 
-# KEYS: lease.  ARGV: token, expiry ms, ceiling s, revive (1 or 0).  Returns 1 renewed, 0 lost
-# to another holder (or gone, when not reviving), -1 past the ceiling (left to expire).  With
-# revive, a lease that expired with nobody taking it over is taken back under the same token: if
-# anyone had claimed the order since, our writes are fenced anyway.
+# KEYS: lease.  ARGV: token, expiry ms, ceiling s, revive (1 or 0), queued (1 or 0).  Returns 1
+# renewed, 0 lost to another holder (or gone, when not reviving), -1 past the ceiling (left to
+# expire).  With revive, a lease that expired with nobody taking it over is taken back under the
+# same token: if anyone had claimed the order since, our writes are fenced anyway.  A queued
+# renewal records when (ms), a running one clears it.
 _RENEW = """
 local token = redis.call('hget', KEYS[1], 'token')
 local clock = redis.call('time')
 if not token then
     if ARGV[4] ~= '1' then return 0 end
     redis.call('hset', KEYS[1], 'token', ARGV[1], 'since', clock[1])
-    redis.call('pexpire', KEYS[1], ARGV[2])
-    return 1
+elseif token ~= ARGV[1] then
+    return 0
+elseif tonumber(clock[1]) - tonumber(redis.call('hget', KEYS[1], 'since')) >= tonumber(ARGV[3]) then
+    return -1
 end
-if token ~= ARGV[1] then return 0 end
-if tonumber(clock[1]) - tonumber(redis.call('hget', KEYS[1], 'since')) >= tonumber(ARGV[3]) then return -1 end
+if ARGV[5] == '1' then
+    redis.call('hset', KEYS[1], 'queued_at', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
+else
+    redis.call('hdel', KEYS[1], 'queued_at')
+end
 redis.call('pexpire', KEYS[1], ARGV[2])
 return 1
+"""
+
+# KEYS: lease.  ARGV: age ms.  Drops a lease that has waited queued for longer than the age;
+# returns 1 when it did.
+_DROP_STALE_QUEUED = """
+local queued_at = redis.call('hget', KEYS[1], 'queued_at')
+if not queued_at then return 0 end
+local clock = redis.call('time')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+if now - tonumber(queued_at) < tonumber(ARGV[1]) then return 0 end
+return redis.call('del', KEYS[1])
 """
 
 # KEYS: lease.  ARGV: token.  Only the holder releases.
@@ -86,6 +103,7 @@ class OrderLeases:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._drop_stale_queued = client.register_script(_DROP_STALE_QUEUED)
 
     def acquire(self, order_ids: Iterable[str], queued: bool = False) -> dict[str, int]:
         """Take the free leases among ``order_ids``; returns the token of each taken.  They run
@@ -112,7 +130,7 @@ class OrderLeases:
         for order_id, token in owned.items():
             self._renew(keys=[lease_name(order_id)], client=pipe,
                         args=[str(token), self.queued_ms if queued else self.lease_ms, self.ceiling_seconds,
-                              "1" if revive else "0"])
+                              "1" if revive else "0", "1" if queued else "0"])
         lost = {order_id for order_id, held in zip(owned, pipe.execute(), strict=True) if held == 0}
         if lost:
             log.info("%d orders were taken over by another holder: %s", len(lost), sorted(lost)[:5])
@@ -126,6 +144,21 @@ class OrderLeases:
         for order_id, token in owned.items():
             self._release(keys=[lease_name(order_id)], args=[str(token)], client=pipe)
         pipe.execute()
+
+    def drop_stale_queued(self, order_ids: Iterable[str], age_seconds: float) -> set[str]:
+        """Drop the leases among ``order_ids`` that have been queued for ``age_seconds`` or more;
+        the orders dropped.  For the rescan, once the chain queues are empty: a message that
+        waited that long is no longer in the broker, so its order's lease is held for nobody (its
+        message never reached the broker, or a worker took it and died before it could say so,
+        and a Redis broker hides it for the visibility timeout).  Taking such an order over is
+        safe even if the message does run after all: its token is fenced off."""
+        orders = list(dict.fromkeys(order_ids))
+        if not orders:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for order_id in orders:
+            self._drop_stale_queued(keys=[lease_name(order_id)], args=[int(age_seconds * 1000)], client=pipe)
+        return {order_id for order_id, dropped in zip(orders, pipe.execute(), strict=True) if dropped}
 
     @contextmanager
     def kept(self, owned: dict[str, int]) -> Iterator[set[str]]:

@@ -7,11 +7,14 @@ running step's lease to the queued half hour, so a worker killed then left the o
 the queued lease behind a Redis broker's visibility timeout; or it brought back a lease the chain
 had already released, and the order's next writes waited half an hour for the rescan.)"""
 
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
+import redis
 from celery import Celery
+from celery._state import get_current_app
 from celery.signals import after_task_publish, before_task_publish, task_postrun, task_received
 from kombu import Connection
 from kombu.exceptions import OperationalError
@@ -117,3 +120,47 @@ def test_a_message_the_broker_refused_leaves_the_running_lease(leases, redis_cli
     task_postrun.send(sender=None)
     # Then its order is back on the running lease: the rescan takes it over a lease from now
     assert 0 < redis_client.pttl(lease_name(order_id)) <= RUNNING_MS
+
+
+def test_a_lease_queued_for_nobody_is_dropped_and_no_other(leases, redis_client) -> None:
+    # Given an order whose lease was queued 0.3 s ago, one queued just now and one running
+    stale, fresh, running = new_order_id(), new_order_id(), new_order_id()
+    tokens = leases.acquire([stale, fresh, running])
+    leases.renew({stale: tokens[stale]}, queued=True)
+    time.sleep(0.3)
+    leases.renew({fresh: tokens[fresh]}, queued=True)
+    # When the rescan drops the leases queued for 0.2 s or more
+    dropped = leases.drop_stale_queued([stale, fresh, running], 0.2)
+    # Then only the stale one is free; a lease a worker has received again is never dropped
+    assert dropped == {stale}
+    assert set(leases.acquire([stale, fresh, running])) == {stale}
+    leases.renew({fresh: tokens[fresh]})
+    time.sleep(0.3)
+    assert leases.drop_stale_queued([fresh], 0.2) == set()
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "redis"])
+def test_the_chain_queues_are_empty_only_when_no_chain_message_waits(broker: str, request, redis_client) -> None:
+    from tasks.scheduled import chain_queues_empty
+
+    # Given a Celery app routing chain steps as tdc does, on a real broker of its own
+    url = request.getfixturevalue("rabbitmq_vhost") if broker == "rabbitmq" else f"{REDIS.rsplit('/', 1)[0]}/13"
+    if broker == "redis":
+        redis.Redis.from_url(url).flushdb()
+    app = Celery("tdc-test", broker=url, set_as_current=False)
+    app.conf.task_serializer = "json"
+    app.conf.task_routes = {"tdc.check": {"queue": "tdc.process"}, "tdc.merge": {"queue": "tdc.process"},
+                            "tdc.aggregate": {"queue": "tdc.warehouse"}, "tdc.finish": {"queue": "tdc.process"}}
+    app.conf.task_default_queue = "tdc.process"
+    with app.connection_for_write() as connection:
+        for name in ("tdc.process", "tdc.warehouse"):
+            connection.default_channel.queue_declare(queue=name, durable=True, auto_delete=False)
+    previous = get_current_app()
+    app.set_current()
+    try:
+        # Then they are empty, and not once an aggregate message waits in the warehouse queue
+        assert chain_queues_empty()
+        app.signature("tdc.aggregate", args=[[]]).apply_async()
+        assert not chain_queues_empty()
+    finally:
+        previous.set_current()

@@ -32,7 +32,7 @@ from models.orders import QuarantinedInput
 from models.sharded import TaskStatus
 from models.shards import meta_table_name, task_table_name
 from models.storage import Storage
-from models.writes import DUPLICATE_ENTRY, insert_if_absent
+from models.writes import insert_if_absent, is_duplicate_key
 from reliability.alarms import raise_alarm
 from reliability.counters import count
 from reliability.transient import CONTENTION_ATTEMPTS, RetryCount, is_contention, retry_on_contention
@@ -151,7 +151,7 @@ def store_record(connection: Connection, shard: int, record: MetadataRecord, now
     trusts it instead of reading, and a write it made stale fails its compare-and-set and reads
     again."""
     meta = meta_table_name(shard)
-    key = (record.order_id, record.operation_type, record.source, record.unique_key)
+    key = _key(record)
     for _ in range(STORE_ROUNDS):
         stored: Any = known.pop() if known else connection.exec_driver_sql(
             statement(connection, _READ_STORED, meta=meta), key).first()
@@ -225,7 +225,7 @@ def store_records(connection: Connection, records: list[tuple[int, MetadataRecor
     INSERT per table, keys found stored in one compare-and-set each.  A key a concurrent writer
     got to first (a row inserted since the read, or changed) has all its records judged again,
     one by one by ``store_record``, against what is there now."""
-    keys = [(shard, (r.order_id, r.operation_type, r.source, r.unique_key)) for shard, r in records]
+    keys = [(shard, _key(r)) for shard, r in records]
     first_read = dict(zip(keys, read_stored(connection, keys), strict=True))
     effects: list[Effect | None] = [None] * len(records)
     by_key: dict[tuple[int, tuple[str, str, str, str]], list[int]] = defaultdict(list)
@@ -330,7 +330,7 @@ def insert_new(connection: Connection, shard: int, records: list[tuple[MetadataR
         try:
             connection.exec_driver_sql(sql, parameters)
         except IntegrityError as error:
-            if getattr(error.orig, "args", (None,))[0] != DUPLICATE_ENTRY:
+            if not is_duplicate_key(error):
                 raise
             return set()
         return {row[:4] for row in rows}

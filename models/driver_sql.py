@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from models.writes import DUPLICATE_ENTRY
+from models.writes import is_duplicate_key
 
 #: The driver's placeholder per DB-API paramstyle.
 PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}
@@ -54,7 +54,7 @@ def insert_if_absent(connection: Connection, table: str, values: dict[str, Any])
             connection.exec_driver_sql(sql, parameters)
             return True
         except IntegrityError as error:
-            if getattr(error.orig, "args", (None,))[0] != DUPLICATE_ENTRY:
+            if not is_duplicate_key(error):
                 raise
             return False
     return bool(connection.exec_driver_sql(sql, parameters).rowcount)

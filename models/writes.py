@@ -59,7 +59,7 @@ def insert_if_absent(connection: Connection, table: Table | TableClause, values:
             connection.execute(insert(table).values(**values))
             return True
         except IntegrityError as error:
-            if getattr(error.orig, "args", (None,))[0] != DUPLICATE_ENTRY:
+            if not is_duplicate_key(error):
                 raise
             return False
     statement = dialect_insert(connection, table).values(**values).on_conflict_do_nothing()

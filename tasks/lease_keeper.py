@@ -10,7 +10,10 @@ releases it).  From the moment a worker reserves the message until it is acknowl
 worker's consumer renews the short running lease every third of ``TDC_LEASE_SECONDS``; a step's
 own keeper does the same while it runs.  These renewals never bring back a lease that is gone:
 the chain may have released it.  A submitter or a step that dies before its next message is
-published leaves a running lease, which lapses quickly.  So a worker killed with messages in hand
+published leaves a running lease, which lapses quickly (one that dies in the moment between
+setting the queued lease and publishing, or a worker that dies between taking a message and
+saying so, leaves a queued lease for nobody: the rescan takes it over once the chain queues are
+empty, ``tasks.scheduled.rescan_slice``).  So a worker killed with messages in hand
 (prefetched ones included, which a Redis broker hides for its whole visibility timeout) stops
 renewing, and its orders are taken over a lease later, while a backlog in the broker never makes
 the rescan take over chains that are merely waiting their turn.

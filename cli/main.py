@@ -1,4 +1,4 @@
-"""``tdc``: init, ingest, cdc, demo, order show, quarantine list, failed, bench, dims load, ads rebuild."""
+"""``tdc``: init, ingest, cdc, demo, order show, quarantine list, failed, reconcile, bench, dims load, ads rebuild."""
 
 from __future__ import annotations
 
@@ -227,8 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.set_defaults(run=cmd_dims_load)
 
     from cli.cdc import add_commands as add_cdc_commands
+    from cli.reconcile import add_commands as add_reconcile_commands
 
     add_cdc_commands(commands)
+    add_reconcile_commands(commands)
 
     ads = commands.add_parser("ads", help="the ADS aggregates").add_subparsers(dest="ads_command", required=True)
     rebuild = ads.add_parser("rebuild", help="recompute aggregates from the wide rows")

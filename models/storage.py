@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from models.digests import register_sqlite
 from models.shards import database_for, database_for_shard, shard_for
 from settings import SHARD_DATABASES, Settings, get_settings
 
@@ -58,6 +59,7 @@ def _serialise_sqlite_writers(engine: Engine, immediate: bool) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
         cursor.close()
+        register_sqlite(dbapi_connection)
 
     if immediate:
         @event.listens_for(engine, "begin")

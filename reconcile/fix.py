@@ -1,0 +1,92 @@
+"""Compensation: what ``tdc reconcile --fix`` does, always through the normal paths.
+
+- An order whose wide rows differ from its records goes round the chain again, as a correction
+  sends it: its operations get a new task version and are due now, so ordering, leases, fencing
+  and the ADS retraction all apply.  Its rows are never patched in place.
+- An order whose wide row is gone has the ADS ledger's version of it set back to 0 first: the
+  rebuilt row starts again at version 1, and the ledger must take back what the order counted
+  before, not skip the new row as older.
+- An ADS day that still differs once the wide rows are right is rebuilt from the wide rows
+  (``warehouse.aggregates.rebuild_day``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import cast
+
+from sqlalchemy import Table, update
+
+from chain.task_state import tasks_of
+from intake.receiver import TaskKey, bump_tasks, utcnow
+from models.sharded import TaskStatus
+from models.storage import Storage
+from models.warehouse import AdsOrderLedger
+
+LEDGER = cast(Table, AdsOrderLedger.__table__)
+#: Seconds between looks at the task rows of orders sent round again.
+POLL_SECONDS = 1.0
+
+
+def rerun_orders(storage: Storage, operations: Mapping[str, list[str]], rows_gone: Iterable[str],
+                 now: dt.datetime | None = None) -> dict[str, dict[str, int]]:
+    """Give each order's ``operations`` a new task version, due now (one transaction per shard
+    database, task rows in lock order); the task version each operation must reach DONE at."""
+    now = now or utcnow()
+    gone = sorted(set(rows_gone) & set(operations))
+    if gone:
+        with storage.dws_engine.begin() as connection:
+            connection.execute(update(LEDGER).where(LEDGER.c.order_id.in_(gone)).values(wide_version=0))
+    by_database: dict[int, list[str]] = defaultdict(list)
+    for order_id in operations:
+        by_database[storage.database_of(order_id)].append(order_id)
+    versions: dict[str, dict[str, int]] = {}
+    for database, orders in sorted(by_database.items()):
+        shards = {order_id: storage.shard_of(order_id) for order_id in orders}
+        keys = sorted((shards[o], o, op) for o in orders for op in operations[o])
+        with storage.shard_engine(database).begin() as connection:
+            bump_tasks(connection, keys, now)
+            tasks = tasks_of(connection, shards)
+        for order_id in orders:
+            versions[order_id] = {op: tasks[order_id][op].version for op in operations[order_id]}
+    return versions
+
+
+def chain_keys(versions: Mapping[str, Mapping[str, int]]) -> list[TaskKey]:
+    return [(order_id, op) for order_id, ops in sorted(versions.items()) for op in ops]
+
+
+def wait_for(storage: Storage, versions: Mapping[str, Mapping[str, int]], timeout: float,
+             progress: Callable[[str], None] = lambda _: None) -> dict[str, str]:
+    """Wait until every operation of every order is DONE at its new version (or FAILED), at most
+    ``timeout`` seconds; each order's result: done, failed or timed out."""
+    results = {order_id: "timed out" for order_id in versions}
+    waiting = set(versions)
+    deadline = time.monotonic() + timeout
+    shown = 0.0
+    while waiting:
+        by_database: dict[int, dict[str, int]] = defaultdict(dict)
+        for order_id in waiting:
+            by_database[storage.database_of(order_id)][order_id] = storage.shard_of(order_id)
+        for database, shards in by_database.items():
+            with storage.read_engine(database).connect() as connection:
+                tasks = tasks_of(connection, shards)
+            for order_id in shards:
+                states = [tasks[order_id].get(op) for op in versions[order_id]]
+                if any(t is not None and t.status == TaskStatus.FAILED for t in states):
+                    results[order_id] = "failed"
+                    waiting.discard(order_id)
+                elif all(t is not None and t.status == TaskStatus.DONE
+                         and t.done_version >= versions[order_id][t.operation_type] for t in states):
+                    results[order_id] = "done"
+                    waiting.discard(order_id)
+        if not waiting or time.monotonic() >= deadline:
+            break
+        if time.monotonic() - shown >= 10:
+            progress(f"fix: {len(versions) - len(waiting)} of {len(versions)} orders rewritten, waiting for the rest")
+            shown = time.monotonic()
+        time.sleep(POLL_SECONDS)
+    return results

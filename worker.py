@@ -32,6 +32,8 @@ TASK_ROUTES = {
     "tdc.reload_dimensions": {"queue": SCHEDULED_QUEUE},
     "tdc.purge_snapshots": {"queue": SCHEDULED_QUEUE},
     "tdc.failed_digest": {"queue": SCHEDULED_QUEUE},
+    "tdc.reconcile": {"queue": SCHEDULED_QUEUE},
+    "tdc.reconcile_confirm": {"queue": SCHEDULED_QUEUE},
     # On the chain's queue, so `tdc bench throughput` compares like with like.
     "tdc.bench_noop": {"queue": PROCESS_QUEUE},
 }

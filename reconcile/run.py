@@ -172,10 +172,11 @@ def _fix(storage: Storage, client: redis.Redis | None, outcome: Outcome, results
 def reconcile(storage: Storage, client: redis.Redis | None, first: dt.date, last: dt.date,
               layers: list[str] | None = None, fix: bool = False, submit: Submit | None = None,
               wait_seconds: float = 600, json_path: str | Path | None = None, html_path: str | Path | None = None,
-              progress: Progress = lambda _: None) -> Outcome:
+              progress: Progress = lambda _: None, alarm: bool = True) -> Outcome:
     """Compare [first, last]; with ``fix``, compensate, wait up to ``wait_seconds`` for the chains
     (``submit`` sends them: ``tasks.submit.submit_tasks`` from a command) and compare again.  Stores the
-    run and writes its reports (by default under ``$TDC_HOME/reports``)."""
+    run and writes its reports (by default under ``$TDC_HOME/reports``).  ``alarm``: raise an alarm
+    when differences remain at the end (the daily run leaves that to its confirmation)."""
     if last < first:
         raise ReconcileError(f"the range ends ({last}) before it starts ({first})")
     layers = layers or list(LAYERS)
@@ -211,7 +212,7 @@ def reconcile(storage: Storage, client: redis.Redis | None, first: dt.date, last
     with storage.dws_engine.begin() as connection:
         connection.execute(update(RUNS).where(RUNS.c.id == outcome.run_id).values(
             json_path=outcome.json_path, html_path=outcome.html_path))
-    if outcome.remaining:
+    if outcome.remaining and alarm:
         raise_alarm(client, "reconcile_difference",
                     f"reconciliation of {first}..{last}: {outcome.remaining} differences remain"
                     + (f" after the fix ({outcome.fixed} fixed)" if fix else " (run with --fix to compensate)"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -11,13 +12,14 @@ from dimensions.offline import load_offline_dimensions
 from intake.receiver import utcnow
 from models.redis_store import get_redis
 from models.storage import get_storage
+from reconcile.run import reconcile
 from reliability.housekeeping import failed_digest, once_per_period, purge_snapshots
 from reliability.leases import OrderLeases
 from reliability.rescan import due_tasks, postpone
 from settings import get_settings
 from tasks.lease_keeper import CHAIN_STEPS
 from tasks.policy import retrying
-from tasks.submit import submit_keys
+from tasks.submit import submit_keys, submit_tasks
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +110,41 @@ def daily_failed_digest() -> int:
     digest = once_per_period(get_redis(), "failed_digest", now.date().isoformat(), DAY_SECONDS,
                              lambda: failed_digest(get_storage(), get_redis(), now))
     return 0 if digest is None else int(digest["unresolved"])  # type: ignore[call-overload]
+
+
+#: Seconds the daily fix waits for the workers to rewrite the orders it sent round again; what is
+#: still on its way then is confirmed by a second comparison CONFIRM_AFTER_SECONDS later.
+RECONCILE_WAIT_SECONDS = 120
+CONFIRM_AFTER_SECONDS = 900
+
+
+def previous_business_day(now: dt.datetime, zone: dt.tzinfo) -> dt.date:
+    """The business day before the one ``now`` (UTC) falls on where the business keeps its days."""
+    return now.replace(tzinfo=dt.UTC).astimezone(zone).date() - dt.timedelta(days=1)
+
+
+@shared_task(name="tdc.reconcile", soft_time_limit=3300, time_limit=3600, **retrying())
+def daily_reconcile(day: str | None = None) -> dict[str, Any] | None:
+    """Reconcile the previous business day (or ``day``) with --fix, once per day even with two
+    beats or a redelivered message.  What the fix could not confirm in time is compared again
+    later (``tdc.reconcile_confirm``), which alarms on anything still different."""
+    settings = get_settings()
+    chosen = dt.date.fromisoformat(day) if day else previous_business_day(utcnow(), settings.business_zone)
+
+    def work() -> dict[str, Any]:
+        outcome = reconcile(get_storage(), get_redis(), chosen, chosen, fix=True, submit=submit_tasks,
+                            wait_seconds=RECONCILE_WAIT_SECONDS, alarm=False,
+                            progress=lambda line: log.info("reconcile %s: %s", chosen, line))
+        if outcome.remaining:
+            reconcile_confirm.apply_async(kwargs={"day": chosen.isoformat()}, countdown=CONFIRM_AFTER_SECONDS)
+        return {"run": outcome.run_id, "status": outcome.status, "found": outcome.found, "fixed": outcome.fixed,
+                "remaining": outcome.remaining, "report": outcome.html_path}
+    return once_per_period(get_redis(), "reconcile", chosen.isoformat(), DAY_SECONDS, work)
+
+
+@shared_task(name="tdc.reconcile_confirm", soft_time_limit=3300, time_limit=3600, **retrying())
+def reconcile_confirm(day: str) -> dict[str, Any]:
+    """Compare ``day`` again after the daily fix had orders still on their way; alarms on any difference."""
+    chosen = dt.date.fromisoformat(day)
+    outcome = reconcile(get_storage(), get_redis(), chosen, chosen)
+    return {"run": outcome.run_id, "status": outcome.status, "found": outcome.found, "report": outcome.html_path}

@@ -350,3 +350,40 @@ def test_digests_are_the_same_in_every_database_and_in_python(backend: str, tmp_
     # Then each digest is Python's, and no two rows share one
     assert {r["id"]: row_digest(columns, r) for r in rows} == {k: int(v) for k, v in stored.items()}
     assert len(set(stored.values())) == len(rows)
+
+
+_DAILY = """
+import json, sys, worker
+from tasks.scheduled import daily_reconcile
+print(json.dumps(daily_reconcile.run(day=sys.argv[1])))
+"""
+
+
+def test_the_daily_run_fixes_once_per_day(processed, redis_client) -> None:
+    # Given a day whose ADS was tampered with
+    storage, history = processed(orders=20)
+    day = _settled_days(history).most_common(1)[0][0]
+    redis_client.delete(f"tdc:once:reconcile:{day}")
+    with storage.dws_engine.begin() as connection:
+        connection.execute(update(AdsOrderSales).where(AdsOrderSales.biz_date == day).values(
+            refund_amount=AdsOrderSales.refund_amount + 3))
+    # When beat's daily task runs for it, and runs again (a second beat, a redelivered message)
+    runs = [subprocess.run([sys.executable, "-c", _DAILY, day.isoformat()], env={**os.environ, **env_of(storage)},
+                           capture_output=True, text=True, timeout=120) for _ in range(2)]
+    # Then the first run fixed the day and the second did nothing
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr + runs[1].stderr
+    first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
+    assert (first["status"], first["remaining"]) == ("fixed", 0) and first["found"] > 0
+    assert second is None
+    _exact(storage, history)
+
+
+def test_the_previous_business_day_is_the_business_zones() -> None:
+    from zoneinfo import ZoneInfo
+
+    from tasks.scheduled import previous_business_day
+
+    # 20:30 UTC on 26 November is already 27 November in Shanghai
+    now = dt.datetime(2026, 11, 26, 20, 30)
+    assert previous_business_day(now, ZoneInfo("Asia/Shanghai")) == dt.date(2026, 11, 26)
+    assert previous_business_day(now, ZoneInfo("UTC")) == dt.date(2026, 11, 25)

@@ -65,7 +65,8 @@ def run_demo(orders: int = 300, seed: int | None = None, workers: int = 2, timeo
             before = _aggregates()
             quarantined, _ = _feed(history.lines)
             ok = _drain(history, timeout, processes, before)
-        return _report(history, quarantined, ok, before)
+        result = _report(history, quarantined, ok, before)
+        return result or _reconcile(history)
     finally:
         if started_redis:
             stop_embedded_redis(settings)
@@ -100,6 +101,33 @@ def _drain(history, timeout: float, processes, before) -> bool:  # type: ignore[
         time.sleep(1)
     print(f"\n  gave up after {timeout:.0f}s with {matched}/{total} orders matching", file=sys.stderr)
     return False
+
+
+def _reconcile(history) -> int:  # type: ignore[no-untyped-def]
+    """Reconcile the demo's business days, as beat does every morning, and show the report."""
+    from models.redis_store import get_redis
+    from models.storage import get_storage
+    from reconcile.run import reconcile
+    from strategies.generators import business_date
+
+    zone = get_settings().business_zone
+    days = sorted({business_date(order["paid_at"], zone) for order in history.expected_orders.values()
+                   if order["paid_at"] is not None})
+    if not days:
+        return 0
+    outcome = reconcile(get_storage(), get_redis(), days[0], days[-1])
+    compared = outcome.counts.get("wide", {}).get("orders", 0)
+    print(f"reconciliation: {days[0]}..{days[-1]}, {compared} settled orders and "
+          f"{outcome.counts.get('ads', {}).get('cells', 0)} ADS cells compared in {outcome.duration_ms / 1000:.1f}s: "
+          f"{outcome.found} differences")
+    print(f"  report: {outcome.html_path}")
+    if outcome.found:
+        for diff in outcome.diffs[:10]:
+            print(f"  DIFFERENCE {diff.layer} {diff.order_id or ''} {diff.target} {diff.column}: "
+                  f"expected {diff.expected}, found {diff.found}")
+        print("FAILED: the reconciliation found differences the demo's own check did not")
+        return 1
+    return 0
 
 
 def _report(history, quarantined: int, drained: bool, before) -> int:  # type: ignore[no-untyped-def]

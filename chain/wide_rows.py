@@ -6,6 +6,7 @@ import copy
 import datetime as dt
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, cast
@@ -15,6 +16,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from sqlalchemy.exc import IntegrityError
 
 from flows.state_machine import STATUS_AFTER
+from models.digests import Columns, kind_of, row_digest
 from models.orders import DwdOrder, DwdOrderItem, OrderSnapshot
 from models.storage import Storage
 from models.writes import is_duplicate_key, upsert
@@ -28,7 +30,19 @@ ITEM_TABLE = cast(Table, DwdOrderItem.__table__)
 ORDER_COLUMNS = [c.name for c in DwdOrder.__table__.columns]
 ITEM_COLUMNS = [c.name for c in DwdOrderItem.__table__.columns]
 #: Columns that record the write, not the order: a merge changing only these is a no-op.
-BOOKKEEPING = {"version", "updated_at", "last_operation"}
+BOOKKEEPING = {"version", "updated_at", "last_operation", "source_digest"}
+#: Columns looked up in dimensions: the dimension, not the order's source, decides them.
+DIMENSION_COLUMNS = frozenset({"store_name", "city", "region", "sku_name", "category"})
+#: The columns that come from the order's source, in the order they are digested.
+SOURCE_ORDER_COLUMNS: Columns = [(c.name, kind_of(c)) for c in ORDER_TABLE.columns
+                                 if c.name not in BOOKKEEPING | DIMENSION_COLUMNS]
+SOURCE_ITEM_COLUMNS: Columns = [(c.name, kind_of(c)) for c in ITEM_TABLE.columns if c.name not in DIMENSION_COLUMNS]
+
+
+def source_digest(order: dict[str, Any], items: Iterable[dict[str, Any]]) -> int:
+    """The digest of an order's source columns and its lines: the row's digest plus its lines'
+    (``models.digests``), so a database can add up the same from the stored rows."""
+    return row_digest(SOURCE_ORDER_COLUMNS, order) + sum(row_digest(SOURCE_ITEM_COLUMNS, item) for item in items)
 
 
 class OptimisticLockConflict(Exception):
@@ -184,6 +198,7 @@ def _write_orders(connection: Connection, merges: list[Merge]) -> None:
         order, current = merge.order, merge.current
         order["version"] = max(order.get("version") or 0, (current["version"] if current else 0) + 1)
         values = {c: order.get(c) for c in ORDER_COLUMNS}
+        values["source_digest"] = source_digest(order, merge.items.values())
         if current is None:
             new.append(values)
         else:

@@ -133,6 +133,12 @@ def cmd_bench_intake(args: argparse.Namespace) -> int:
     return bench_intake(args.orders, args.format)
 
 
+def cmd_bench_reconcile(args: argparse.Namespace) -> int:
+    from cli.bench_reconcile import bench_reconcile
+
+    return bench_reconcile(args.orders, args.seed)
+
+
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
     from cli.bench_throughput import bench_throughput
 
@@ -205,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_intake.add_argument("--orders", type=int, default=1000)
     bench_intake.add_argument("--format", choices=["canal", "debezium"], default="canal")
     bench_intake.set_defaults(run=cmd_bench_intake)
+    bench_reconcile = bench.add_parser("reconcile", help="settled orders per second reconciled, clean and damaged")
+    bench_reconcile.add_argument("--orders", type=int, default=2000)
+    bench_reconcile.add_argument("--seed", type=int, default=7)
+    bench_reconcile.set_defaults(run=cmd_bench_reconcile)
     throughput = bench.add_parser("throughput", help="order operations per second vs Celery's empty-task rate")
     throughput.add_argument("--orders", type=int, default=500)
     throughput.add_argument("--broker", help="broker URL for both sides (default TDC_BROKER_URL)")

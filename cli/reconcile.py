@@ -36,7 +36,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     try:
         outcome = reconcile(get_storage(), get_redis(), first, last, layers, fix=args.fix, submit=submit_tasks,
-                            wait_seconds=args.wait, json_path=args.json, html_path=args.html, progress=progress)
+                            wait_seconds=args.wait, json_path=args.json, html_path=args.html, progress=progress,
+                            deep=args.deep)
     except ReconcileError as error:
         print(f"tdc: {error}", file=sys.stderr)
         return 2
@@ -66,6 +67,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--to", help="last business day of a range (inclusive)")
     parser.add_argument("--fix", action="store_true",
                         help="send differing orders round the chain again, rebuild ADS days still off, compare again")
+    parser.add_argument("--deep", action="store_true",
+                        help="merge every order of the days from its stored records, not only where the sums differ")
     parser.add_argument("--wait", type=float, default=600,
                         help="seconds --fix waits for the workers to rewrite orders (default 600)")
     parser.add_argument("--layers", help="comma-separated: source (or wide), ads; default all")

@@ -17,6 +17,9 @@ import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
+
+from strategies.generators import business_date
 
 CENT = Decimal("0.01")
 STORES = [(f"S{n:03d}", f"Store {n}", city, region) for n, (city, region) in enumerate(
@@ -52,6 +55,12 @@ class History:
     @property
     def order_ids(self) -> list[str]:
         return list(self.expected_orders)
+
+    def business_days(self, zone: ZoneInfo) -> tuple[dt.date, dt.date] | None:
+        """The first and last business day (in ``zone``) an order of the history is paid on."""
+        days = sorted(business_date(o["paid_at"], zone) or dt.date.min for o in self.expected_orders.values()
+                      if o["paid_at"] is not None)
+        return (days[0], days[-1]) if days else None
 
 
 def _money(value: Decimal) -> Decimal:

@@ -108,14 +108,11 @@ def _reconcile(history) -> int:  # type: ignore[no-untyped-def]
     from models.redis_store import get_redis
     from models.storage import get_storage
     from reconcile.run import reconcile
-    from strategies.generators import business_date
 
-    zone = get_settings().business_zone
-    days = sorted({business_date(order["paid_at"], zone) for order in history.expected_orders.values()
-                   if order["paid_at"] is not None})
-    if not days:
+    days = history.business_days(get_settings().business_zone)
+    if days is None:
         return 0
-    outcome = reconcile(get_storage(), get_redis(), days[0], days[-1])
+    outcome = reconcile(get_storage(), get_redis(), *days)
     compared = outcome.counts.get("wide", {}).get("orders", 0)
     print(f"reconciliation: {days[0]}..{days[-1]}, {compared} settled orders and "
           f"{outcome.counts.get('ads', {}).get('cells', 0)} ADS cells compared in {outcome.duration_ms / 1000:.1f}s: "

@@ -45,6 +45,10 @@ class DwdOrder(ShardBase):
     last_operation: Mapped[str | None] = mapped_column(String(16))
     version: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    #: The digest of the source columns of this row and its lines as the chain wrote them
+    #: (``chain.wide_rows.source_digest``): reconciliation proves a row unchanged by comparing it
+    #: with the same digest of the stored columns, in SQL.  NULL on rows written before it existed.
+    source_digest: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class DwdOrderItem(ShardBase):
@@ -55,7 +59,8 @@ class DwdOrderItem(ShardBase):
     item_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     order_id: Mapped[str] = mapped_column(String(64), index=True)
     store_id: Mapped[str | None] = mapped_column(String(32))
-    biz_date: Mapped[dt.date | None] = mapped_column(Date)
+    #: Indexed: reconciliation sums a day's lines by their own copy of the order's day.
+    biz_date: Mapped[dt.date | None] = mapped_column(Date, index=True)
     sku_id: Mapped[str | None] = mapped_column(String(32))
     sku_name: Mapped[str | None] = mapped_column(String(128))
     category: Mapped[str | None] = mapped_column(String(64))

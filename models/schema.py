@@ -98,6 +98,10 @@ def upgrade_tables(engine: Engine, metadata: MetaData) -> list[str]:
                     connection.exec_driver_sql(
                         f"CREATE UNIQUE INDEX {quote(str(constraint.name))} ON {quote(table.name)} ({columns})")
                     done.append(f"{table.name}: unique {constraint.name} added")
+            for index in table.indexes:
+                if index.name and index.name not in named:
+                    index.create(connection)
+                    done.append(f"{table.name}: index {index.name} added")
     return done
 
 

@@ -7,9 +7,11 @@ share a parent's connections.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -17,6 +19,8 @@ from sqlalchemy.engine import make_url
 from models.digests import register_sqlite
 from models.shards import database_for, database_for_shard, shard_for
 from settings import SHARD_DATABASES, Settings, get_settings
+
+T = TypeVar("T")
 
 #: SQLite writers wait this long for the file lock before giving up.
 SQLITE_BUSY_SECONDS = 60
@@ -109,6 +113,13 @@ class Storage:
         for index in range(SHARD_DATABASES):
             seen.setdefault(self.settings.db_urls[index], index)
         return list(seen.values())
+
+    def each_database(self, work: Callable[[int], T]) -> list[T]:
+        """``work(database)`` for each distinct database, all at once (threads: the time goes
+        into the databases), in ``distinct_databases`` order."""
+        databases = self.distinct_databases()
+        with ThreadPoolExecutor(max_workers=len(databases)) as pool:
+            return list(pool.map(work, databases))
 
     @property
     def dws_engine(self) -> Engine:

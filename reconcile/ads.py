@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
@@ -48,23 +49,27 @@ def recomputed_cells(storage: Storage, first: dt.date, last: dt.date) -> Cells:
              .select_from(item.join(order, item.c.order_id == order.c.order_id))
              .where(where).group_by(text("1"), text("2")))
     cells: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = defaultdict(lambda: defaultdict(int))
-    for database in storage.distinct_databases():
+
+    def sums(database: int) -> tuple[list[Any], list[Any]]:
         with storage.read_engine(database).connect() as connection:
-            for day, store, count, paid, refunded in connection.execute(sales):
-                day = day if isinstance(day, dt.date) else dt.date.fromisoformat(str(day)[:10])
-                for table, key in ((SALES, (day, str(store))), (SALES_SUM, (day,))):
-                    cell = cells[(table, key)]
-                    cell["order_count"] += int(count)
-                    cell["pay_amount"] += _money(paid)
-                    cell["refund_amount"] += _money(refunded)
-                    cell["net_amount"] += _money(paid) - _money(refunded)
-            for day, sku, quantity, amount, refund_quantity, refund_amount in connection.execute(lines):
-                day = day if isinstance(day, dt.date) else dt.date.fromisoformat(str(day)[:10])
-                cell = cells[(ITEM_SALES, (day, str(sku)))]
-                cell["quantity"] += int(quantity or 0)
-                cell["amount"] += _money(amount)
-                cell["refund_quantity"] += int(refund_quantity or 0)
-                cell["refund_amount"] += _money(refund_amount)
+            return list(connection.execute(sales)), list(connection.execute(lines))
+    parts = storage.each_database(sums)
+    for order_sums, line_sums in parts:
+        for day, store, count, paid, refunded in order_sums:
+            day = day if isinstance(day, dt.date) else dt.date.fromisoformat(str(day)[:10])
+            for table, key in ((SALES, (day, str(store))), (SALES_SUM, (day,))):
+                cell = cells[(table, key)]
+                cell["order_count"] += int(count)
+                cell["pay_amount"] += _money(paid)
+                cell["refund_amount"] += _money(refunded)
+                cell["net_amount"] += _money(paid) - _money(refunded)
+        for day, sku, quantity, amount, refund_quantity, refund_amount in line_sums:
+            day = day if isinstance(day, dt.date) else dt.date.fromisoformat(str(day)[:10])
+            cell = cells[(ITEM_SALES, (day, str(sku)))]
+            cell["quantity"] += int(quantity or 0)
+            cell["amount"] += _money(amount)
+            cell["refund_quantity"] += int(refund_quantity or 0)
+            cell["refund_amount"] += _money(refund_amount)
     # The incremental path deletes a cell left holding nothing.
     return {cell: dict(values) for cell, values in cells.items() if any(values.values())}
 
@@ -86,9 +91,12 @@ def cell_name(table: str, key: tuple[Any, ...]) -> str:
 def compare_ads(storage: Storage, first: dt.date, last: dt.date) -> LayerResult:
     """Every aggregate cell of the days, recomputed against stored."""
     result = LayerResult(LAYER)
+    started = time.perf_counter()
     want = recomputed_cells(storage, first, last)
+    result.seconds["wide sums"] = time.perf_counter() - started
     with storage.dws_engine.connect() as connection:
         have = read_aggregates(connection, _days(first, last))
+    result.seconds["stored cells"] = time.perf_counter() - started - result.seconds["wide sums"]
     for cell in sorted(want.keys() | have.keys(), key=lambda c: (c[0], tuple(str(k) for k in c[1]))):
         table, key = cell
         measures = AGGREGATES[table][1]

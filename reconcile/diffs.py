@@ -44,3 +44,5 @@ class LayerResult:
     counts: dict[str, int] = field(default_factory=dict)
     #: Row-level reads (orders fetched because their bucket differed).
     rows_read: int = 0
+    #: Seconds per phase, for benchmarks and the report.
+    seconds: dict[str, float] = field(default_factory=dict)

@@ -35,6 +35,7 @@ def facts(storage: Storage, outcome: Outcome) -> dict[str, Any]:
         "range": {"from": outcome.first.isoformat(), "to": outcome.last.isoformat()},
         "layers": outcome.layers,
         "fix": outcome.fix,
+        "deep": outcome.deep,
         "status": outcome.status,
         "started_at": outcome.started_at.isoformat(timespec="seconds") + "Z",
         "duration_ms": outcome.duration_ms,
@@ -42,6 +43,8 @@ def facts(storage: Storage, outcome: Outcome) -> dict[str, Any]:
         "fixed": outcome.fixed,
         "remaining": outcome.remaining,
         "counts": outcome.counts,
+        "seconds": {layer: {phase: round(s, 3) for phase, s in phases.items()}
+                    for layer, phases in outcome.seconds.items()},
         "differences": [d.as_dict() for d in outcome.diffs],
         "new_after_fix": [d.as_dict() for d in outcome.new_diffs],
         "actions": [a.as_dict() for a in outcome.actions],

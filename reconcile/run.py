@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -86,12 +87,15 @@ class Outcome:
     layers: list[str]
     fix: bool
     started_at: dt.datetime
+    deep: bool = False
     status: str = "running"
     diffs: list[Diff] = field(default_factory=list)
     #: Differences the comparison after the fix found that the first one did not.
     new_diffs: list[Diff] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Seconds per layer and phase of the first comparison.
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     duration_ms: int = 0
     json_path: str | None = None
     html_path: str | None = None
@@ -110,15 +114,19 @@ class Outcome:
 
 
 def compare(storage: Storage, first: dt.date, last: dt.date, layers: Iterable[str],
-            progress: Progress = lambda _: None) -> tuple[dict[str, LayerResult], dict[str, wide.Expected]]:
-    """Every chosen layer over [first, last]; what each order with a wide-row difference should be."""
-    results: dict[str, LayerResult] = {}
-    expected: dict[str, wide.Expected] = {}
-    for layer in layers:
-        if layer == wide.LAYER:
-            results[layer], expected = wide.compare_wide(storage, first, last, progress)
-        else:
-            results[layer] = ads.compare_ads(storage, first, last)
+            progress: Progress = lambda _: None,
+            deep: bool = False) -> tuple[dict[str, LayerResult], dict[str, wide.Expected]]:
+    """Every chosen layer over [first, last] (the layers side by side); what each order with a
+    wide-row difference should be."""
+    chosen = list(layers)
+    with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
+        running: dict[str, Future[tuple[LayerResult, dict[str, wide.Expected]]]] = {
+            layer: pool.submit(wide.compare_wide, storage, first, last, progress, deep) if layer == wide.LAYER
+            else pool.submit(lambda: (ads.compare_ads(storage, first, last), {})) for layer in chosen}
+        done = {layer: future.result() for layer, future in running.items()}
+    results = {layer: done[layer][0] for layer in chosen}
+    expected = done[wide.LAYER][1] if wide.LAYER in done else {}
+    for layer in chosen:
         progress(f"{layer}: {len(results[layer].diffs)} differences")
     return results, expected
 
@@ -172,27 +180,30 @@ def _fix(storage: Storage, client: redis.Redis | None, outcome: Outcome, results
 def reconcile(storage: Storage, client: redis.Redis | None, first: dt.date, last: dt.date,
               layers: list[str] | None = None, fix: bool = False, submit: Submit | None = None,
               wait_seconds: float = 600, json_path: str | Path | None = None, html_path: str | Path | None = None,
-              progress: Progress = lambda _: None, alarm: bool = True) -> Outcome:
+              progress: Progress = lambda _: None, alarm: bool = True, deep: bool = False) -> Outcome:
     """Compare [first, last]; with ``fix``, compensate, wait up to ``wait_seconds`` for the chains
     (``submit`` sends them: ``tasks.submit.submit_tasks`` from a command) and compare again.  Stores the
     run and writes its reports (by default under ``$TDC_HOME/reports``).  ``alarm``: raise an alarm
-    when differences remain at the end (the daily run leaves that to its confirmation)."""
+    when differences remain at the end (the daily run leaves that to its confirmation).  ``deep``:
+    merge every order of the days from its records (``reconcile.wide``), not only where the sums
+    differ."""
     if last < first:
         raise ReconcileError(f"the range ends ({last}) before it starts ({first})")
     layers = layers or list(LAYERS)
     started = time.monotonic()
     now = utcnow()
-    outcome = Outcome(_start(storage, first, last, layers, fix, now), first, last, layers, fix, now)
+    outcome = Outcome(_start(storage, first, last, layers, fix, now), first, last, layers, fix, now, deep)
     try:
-        results, expected = compare(storage, first, last, layers, progress)
+        results, expected = compare(storage, first, last, layers, progress, deep)
         outcome.diffs = [d for result in results.values() for d in result.diffs]
         outcome.counts = {layer: dict(result.counts, differences=len(result.diffs), rows_read=result.rows_read)
                           for layer, result in results.items()}
+        outcome.seconds = {layer: result.seconds for layer, result in results.items()}
         if fix and outcome.diffs:
             if submit is None:
                 raise ReconcileError("--fix needs a way to send chains (submit)")
             _fix(storage, client, outcome, results, expected, submit, wait_seconds, progress)
-            after, _ = compare(storage, first, last, layers, progress)
+            after, _ = compare(storage, first, last, layers, progress, deep)
             left = {d.identity for result in after.values() for d in result.diffs}
             for diff in outcome.diffs:
                 diff.fixed = diff.identity not in left

@@ -8,29 +8,45 @@ or one a step wrote wrong, differs from it.  Columns looked up in dimensions (st
 names, city, region, category) and the row's bookkeeping (version, last operation, write time)
 are not compared.
 
-The days' orders are found from the wide rows on those days and from the ADS ledger (which
-remembers the day every order last counted on, so a deleted wide row is still found).  Each
-side is summed per (day, bucket of the order id): orders, items and the sums of their row
-digests, the wide side by the database (``GROUP BY``).  Wide rows are read only for buckets
-whose sums differ.  Settled orders only: paid, not cancelled, on their business day.
+Fast path (default).  When the chain writes a wide row it stores the digest of the row's and its
+lines' source columns as it made them from the records (``dwd_order.source_digest``).  Each
+shard database sums, per (day, bucket of the order id), the digests of the stored columns and
+the stored digests, and counts the settled orders; the warehouse counts the orders its ADS
+ledger has on each day and bucket.  A bucket whose digests agree and whose counts match the
+ledger's holds exactly the rows the chain wrote: nothing is read row by row.  Every other bucket
+(a row edited, deleted or without a stored digest) is compared order by order with a merge of
+the records.  ``deep``: every order of the days is merged from its records and compared, which
+also finds a row the chain wrote from records that changed since without sending it round again.
+
+Settled orders only: paid, not cancelled, on their business day.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select, text
+from sqlalchemy import Table, case, func, select, text
 
 from chain.steps import OPERATION_ORDER
 from chain.task_state import facts_of, tasks_of
-from chain.wide_rows import BOOKKEEPING, ITEM_TABLE, ORDER_TABLE, merge_operations, read_wide
-from flows.gqsh import CANCELLED
+from chain.wide_rows import (
+    ITEM_TABLE,
+    ORDER_TABLE,
+    SOURCE_ITEM_COLUMNS,
+    SOURCE_ORDER_COLUMNS,
+    merge_operations,
+    read_wide,
+    source_digest,
+)
+from flows.gqsh import CANCELLED, PAID
 from flows.state_machine import Illegal, blocking_reason
-from models.digests import Columns, bucket_of, canonical, kind_of, row_digest, sql_bucket, sql_row_digest
+from models.digests import bucket_of, canonical, sql_bucket, sql_row_digest
 from models.sharded import TaskStatus
 from models.storage import Storage
 from models.warehouse import AdsOrderLedger
@@ -41,11 +57,6 @@ LAYER = "wide"
 BUCKETS = 256
 #: Orders per read of metadata, tasks or wide rows.
 CHUNK = 500
-#: Dimension look-ups: the dimension, not the order's source, decides them.
-DIMENSION_COLUMNS = frozenset({"store_name", "city", "region", "sku_name", "category"})
-ORDER_COMPARED: Columns = [(c.name, kind_of(c)) for c in ORDER_TABLE.columns
-                           if c.name not in BOOKKEEPING | DIMENSION_COLUMNS]
-ITEM_COMPARED: Columns = [(c.name, kind_of(c)) for c in ITEM_TABLE.columns if c.name not in DIMENSION_COLUMNS]
 LEDGER = cast(Table, AdsOrderLedger.__table__)
 
 Row = dict[str, Any]
@@ -55,17 +66,23 @@ Progress = Callable[[str], None]
 
 @dataclass
 class BucketSums:
+    """One (day, bucket): settled orders, the digests of their columns and lines, and (wide side)
+    the digests the chain stored, how many rows have none, and how many count in the ADS."""
+
     orders: int = 0
-    order_digest: int = 0
-    items: int = 0
-    item_digest: int = 0
+    digest: int = 0
+    stored: int = 0
+    unknown: int = 0
+    counted: int = 0
 
     def add_order(self, order: Row, items: Iterable[Row]) -> None:
         self.orders += 1
-        self.order_digest += row_digest(ORDER_COMPARED, order)
-        for item in items:
-            self.items += 1
-            self.item_digest += row_digest(ITEM_COMPARED, item)
+        self.digest += source_digest(order, items)
+
+    @property
+    def as_written(self) -> bool:
+        """The rows are what the chain wrote: every stored digest there and equal to the columns'."""
+        return self.unknown == 0 and self.digest == self.stored
 
 
 @dataclass
@@ -101,45 +118,82 @@ def _day(value: Any) -> dt.date:
     return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
 
 
+def _settled_where(first: dt.date, last: dt.date) -> Any:
+    order = ORDER_TABLE
+    return order.c.biz_date.between(first, last) & order.c.paid_at.is_not(None) & (order.c.status != CANCELLED)
+
+
 def wide_buckets(storage: Storage, first: dt.date, last: dt.date) -> dict[BucketKey, BucketSums]:
-    """The wide side, summed by each shard database: no row leaves the database."""
+    """The wide side, summed by each shard database (all at once): no row leaves the database.
+
+    Lines are summed from their own copies of the order's day and status, without a join: a line
+    whose copy disagrees with its order only makes its bucket differ, and be read row by row."""
     sums: dict[BucketKey, BucketSums] = defaultdict(BucketSums)
-    order, item = ORDER_TABLE, ITEM_TABLE
-    where = (order.c.biz_date.between(first, last) & order.c.paid_at.is_not(None)
-             & (order.c.status != CANCELLED))
-    for database in storage.distinct_databases():
-        engine = storage.read_engine(database)
-        dialect = engine.dialect.name
-        bucket = sql_bucket(dialect, order.c.order_id, BUCKETS)
-        orders = (select(order.c.biz_date, bucket, func.count(),
-                         func.sum(sql_row_digest(dialect, [(order.c[n], k) for n, k in ORDER_COMPARED])))
-                  .where(where).group_by(text("1"), text("2")))
-        items = (select(order.c.biz_date, bucket, func.count(),
-                        func.sum(sql_row_digest(dialect, [(item.c[n], k) for n, k in ITEM_COMPARED])))
-                 .select_from(item.join(order, item.c.order_id == order.c.order_id))
-                 .where(where).group_by(text("1"), text("2")))
-        with engine.connect() as connection:
-            for day, number, count, total in connection.execute(orders):
-                entry = sums[(_day(day), int(number))]
-                entry.orders += int(count)
-                entry.order_digest += int(total)
-            for day, number, count, total in connection.execute(items):
-                entry = sums[(_day(day), int(number))]
-                entry.items += int(count)
-                entry.item_digest += int(total)
+    parts = storage.each_database(lambda database: _database_buckets(storage, database, first, last))
+    for orders, lines in parts:
+        for day, number, count, digest, stored, unknown, counted in orders:
+            entry = sums[(_day(day), int(number))]
+            entry.orders += int(count)
+            entry.digest += int(digest)
+            entry.stored += int(stored or 0)
+            entry.unknown += int(unknown)
+            entry.counted += int(counted)
+        for day, number, digest in lines:
+            sums[(_day(day), int(number))].digest += int(digest)
     return dict(sums)
 
 
-def candidate_orders(storage: Storage, first: dt.date, last: dt.date) -> set[str]:
-    """Orders whose wide row is on one of the days, or that the ADS ledger counts on one."""
+def _database_buckets(storage: Storage, database: int, first: dt.date,
+                      last: dt.date) -> tuple[list[Any], list[Any]]:
+    order, item = ORDER_TABLE, ITEM_TABLE
+    engine = storage.read_engine(database)
+    dialect = engine.dialect.name
+    bucket = sql_bucket(dialect, order.c.order_id, BUCKETS)
+    orders = (select(order.c.biz_date, bucket, func.count(),
+                         func.sum(sql_row_digest(dialect, [(order.c[n], k) for n, k in SOURCE_ORDER_COLUMNS])),
+                         func.sum(order.c.source_digest),
+                         func.sum(case((order.c.source_digest.is_(None), 1), else_=0)),
+                         func.sum(case((order.c.store_id.is_not(None), 1), else_=0)))
+              .where(_settled_where(first, last)).group_by(text("1"), text("2")))
+    lines = (select(item.c.biz_date, sql_bucket(dialect, item.c.order_id, BUCKETS),
+                    func.sum(sql_row_digest(dialect, [(item.c[n], k) for n, k in SOURCE_ITEM_COLUMNS])))
+             .where(item.c.biz_date.between(first, last) & (item.c.status >= PAID) & (item.c.status != CANCELLED))
+             .group_by(text("1"), text("2")))
+    with engine.connect() as connection:
+        return list(connection.execute(orders)), list(connection.execute(lines))
+
+
+def ledger_buckets(storage: Storage, first: dt.date, last: dt.date) -> dict[BucketKey, int]:
+    """Orders the ADS ledger counts per (day, bucket), summed by the warehouse."""
+    engine = storage.dws_engine
+    bucket = sql_bucket(engine.dialect.name, LEDGER.c.order_id, BUCKETS)
+    query = (select(LEDGER.c.biz_date, bucket, func.count())
+             .where(LEDGER.c.biz_date.between(first, last) & LEDGER.c.contribution.is_not(None))
+             .group_by(text("1"), text("2")))
+    with engine.connect() as connection:
+        return {(_day(day), int(number)): int(count) for day, number, count in connection.execute(query)}
+
+
+def candidate_orders(storage: Storage, first: dt.date, last: dt.date,
+                     buckets: Collection[int] | None = None) -> set[str]:
+    """Orders whose wide row is on one of the days, or that the ADS ledger counts on one (only
+    those in ``buckets``, when given)."""
     found: set[str] = set()
+    chosen = sorted(buckets) if buckets is not None else None
+    if chosen == []:
+        return found
     for database in storage.distinct_databases():
-        with storage.read_engine(database).connect() as connection:
-            found.update(connection.execute(select(ORDER_TABLE.c.order_id).where(
-                ORDER_TABLE.c.biz_date.between(first, last))).scalars())
+        engine = storage.read_engine(database)
+        query = select(ORDER_TABLE.c.order_id).where(ORDER_TABLE.c.biz_date.between(first, last))
+        if chosen is not None:
+            query = query.where(sql_bucket(engine.dialect.name, ORDER_TABLE.c.order_id, BUCKETS).in_(chosen))
+        with engine.connect() as connection:
+            found.update(connection.execute(query).scalars())
+    query = select(LEDGER.c.order_id).where(LEDGER.c.biz_date.between(first, last))
+    if chosen is not None:
+        query = query.where(sql_bucket(storage.dws_engine.dialect.name, LEDGER.c.order_id, BUCKETS).in_(chosen))
     with storage.dws_engine.connect() as connection:
-        found.update(connection.execute(select(LEDGER.c.order_id).where(
-            LEDGER.c.biz_date.between(first, last))).scalars())
+        found.update(connection.execute(query).scalars())
     return found
 
 
@@ -215,7 +269,7 @@ def row_differences(order_id: str, bucket: str, want: Expected, have: Row | None
     if have is None:
         diffs.append(diff("dwd_order", "*", "row", None))
     else:
-        for name, kind in ORDER_COMPARED:
+        for name, kind in SOURCE_ORDER_COLUMNS:
             expected, found = canonical(kind, want.order.get(name)), canonical(kind, have.get(name))
             if expected != found:
                 diffs.append(diff("dwd_order", name, expected, found))
@@ -225,35 +279,60 @@ def row_differences(order_id: str, bucket: str, want: Expected, have: Row | None
         if wanted is None or stored is None:
             diffs.append(diff(target, "*", "row" if wanted else None, "row" if stored else None))
             continue
-        for name, kind in ITEM_COMPARED:
+        for name, kind in SOURCE_ITEM_COLUMNS:
             expected, found = canonical(kind, wanted.get(name)), canonical(kind, stored.get(name))
             if expected != found:
                 diffs.append(diff(target, name, expected, found))
     return diffs
 
 
-def compare_wide(storage: Storage, first: dt.date, last: dt.date,
-                 progress: Progress = lambda _: None) -> tuple[LayerResult, dict[str, Expected]]:
+def compare_wide(storage: Storage, first: dt.date, last: dt.date, progress: Progress = lambda _: None,
+                 deep: bool = False) -> tuple[LayerResult, dict[str, Expected]]:
     """Compare the days' wide rows with their stored records; the result, and what each order
     with a difference should be (for the fix)."""
     result = LayerResult(LAYER)
-    candidates = candidate_orders(storage, first, last)
-    progress(f"wide: {len(candidates)} orders on {first}..{last}; merging their records")
-    expected = expected_orders(storage, candidates)
-    want: dict[BucketKey, BucketSums] = defaultdict(BucketSums)
-    buckets_of: dict[int, list[str]] = defaultdict(list)
-    for order_id, entry in expected.items():
-        buckets_of[bucket_of(order_id, BUCKETS)].append(order_id)
-        if settled(entry.order, first, last):
-            assert entry.order is not None
-            want[(_day(entry.order["biz_date"]), bucket_of(order_id, BUCKETS))].add_order(
-                entry.order, entry.items.values())
-    have = wide_buckets(storage, first, last)
-    differing = sorted(key for key in want.keys() | have.keys() if want.get(key) != have.get(key))
-    result.counts = {"orders": sum(s.orders for s in want.values()), "buckets": len(want.keys() | have.keys()),
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        result.seconds[phase] = result.seconds.get(phase, 0.0) + now - clock
+        clock = now
+
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the warehouse counts while the shards sum
+        counting = pool.submit(ledger_buckets, storage, first, last) if not deep else None
+        have = wide_buckets(storage, first, last)
+        ledger = counting.result() if counting is not None else {}
+    lap("sums")
+    if deep:
+        candidates = candidate_orders(storage, first, last)
+        progress(f"wide: {len(candidates)} orders on {first}..{last}; merging all their records (deep)")
+        expected = expected_orders(storage, candidates)
+        lap("records")
+        want: dict[BucketKey, BucketSums] = defaultdict(BucketSums)
+        for order_id, entry in expected.items():
+            if settled(entry.order, first, last):
+                assert entry.order is not None
+                want[(_day(entry.order["biz_date"]), bucket_of(order_id, BUCKETS))].add_order(
+                    entry.order, entry.items.values())
+        differing = {key for key in want.keys() | have.keys()
+                     if (want[key].orders, want[key].digest) != (have.get(key, BucketSums()).orders,
+                                                                 have.get(key, BucketSums()).digest)}
+        compared = len(want.keys() | have.keys())
+    else:
+        differing = {key for key in have.keys() | ledger.keys()
+                     if not have.get(key, BucketSums()).as_written
+                     or have.get(key, BucketSums()).counted != ledger.get(key, 0)}
+        compared = len(have.keys() | ledger.keys())
+        numbers = {number for _, number in differing}
+        candidates = candidate_orders(storage, first, last, numbers)
+        expected = expected_orders(storage, candidates)
+        lap("records")
+    result.counts = {"orders": sum(s.orders for s in have.values()), "buckets": compared,
                      "buckets_differing": len(differing)}
-    progress(f"wide: {result.counts['buckets']} buckets compared, {len(differing)} differ")
-    suspects = sorted({o for _, number in differing for o in buckets_of[number]})
+    progress(f"wide: {compared} buckets compared, {len(differing)} differ")
+    numbers = {number for _, number in differing}
+    suspects = sorted(o for o in candidates if bucket_of(o, BUCKETS) in numbers)
     stored = read_wide_orders(storage, suspects)
     result.rows_read = len(suspects)
     diffs: dict[str, list[Diff]] = {}
@@ -265,4 +344,5 @@ def compare_wide(storage: Storage, first: dt.date, last: dt.date,
         diffs[order_id] = row_differences(order_id, str(bucket_of(order_id, BUCKETS)), entry, order, items)
     result.diffs = [d for order_id in sorted(diffs) for d in diffs[order_id]]
     result.counts["orders_differing"] = sum(1 for found in diffs.values() if found)
+    lap("rows")
     return result, {order_id: expected[order_id] for order_id, found in diffs.items() if found}

@@ -7,32 +7,18 @@ import os
 import subprocess
 import sys
 
-from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders
+from chain.inline import ChainsDidNotSettle, run_inline
 from dimensions.lookup import RedisDimensions
 from intake.receiver import TaskKey, accept_lines, utcnow
 from reliability.leases import OrderLeases
-from reliability.rescan import due_tasks, postpone
 
 
 def run_chains(storage, client, keys: set[TaskKey] | list[TaskKey], rounds: int = 50) -> None:  # type: ignore[no-untyped-def]
     """Run check -> merge -> aggregate -> finish for ``keys`` and everything they wake, then rescan until idle."""
-    settings = storage.settings
-    leases = OrderLeases(client, settings)
-    queue = list(keys)
-    for _ in range(rounds):
-        if not queue:
-            queue = due_tasks(storage, 0, 1, utcnow(), 1000)
-            if not queue:
-                return
-        batch = leased_keys(leases, queue)
-        leased = {key["order_id"] for key in batch}
-        # As the rescan does: tasks of an order another (unfinished) chain holds wait a lease.
-        postpone(storage, [key for key in queue if key[0] not in leased], utcnow(), settings.lease_seconds)
-        ready, again = check_tasks(storage, leases, settings, batch)
-        merged = merge_orders(storage, leases, settings, RedisDimensions(client), ready)
-        aggregated = aggregate_orders(storage, leases, settings, merged)
-        queue = again + finish_tasks(storage, leases, aggregated)
-    raise AssertionError("chains did not settle")
+    try:
+        run_inline(storage, client, RedisDimensions(client), keys, rounds, batch=None)
+    except ChainsDidNotSettle as error:
+        raise AssertionError("chains did not settle") from error
 
 
 def leased_keys(leases: OrderLeases, keys) -> list[dict]:  # type: ignore[no-untyped-def]

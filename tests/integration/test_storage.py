@@ -70,6 +70,10 @@ def test_init_brings_tables_of_an_older_tdc_up_to_date(mariadb, tmp_path, backen
                                 "input_format VARCHAR(16), source_database VARCHAR(128), source_table VARCHAR(128), "
                                 "position VARCHAR(64), `sql` TEXT)".replace("`", '"' if backend == "sqlite" else "`")))
         connection.execute(text("INSERT INTO quarantine (id, reason, raw) VALUES (1, 'bad', 'x'), (2, 'bad', 'x')"))
+        # wide rows from before the stored source digest and the index on the lines' day
+        connection.execute(text("CREATE TABLE dwd_order (order_id VARCHAR(64) PRIMARY KEY, version INTEGER)"))
+        connection.execute(text("CREATE TABLE dwd_order_item (item_id BIGINT PRIMARY KEY, order_id VARCHAR(64), "
+                                "biz_date DATE)"))
         for row_id in (1, 2, 3):
             connection.execute(SchemaChangeRecord.__table__.insert().values(
                 id=row_id, input_format="canal", source_database="gqsh", source_table="gqsh_order",
@@ -80,6 +84,9 @@ def test_init_brings_tables_of_an_older_tdc_up_to_date(mariadb, tmp_path, backen
     # Then the new column and unique keys are there, the replayed DDL is kept once, and old
     # quarantine rows (no hash) are all kept; the second run has nothing to do
     assert "quarantine.raw_hash added" in first and "schema_change: 1 repeated rows removed" in first
+    assert "dwd_order.source_digest added" in first
+    assert {"dwd_order_item: index ix_dwd_order_item_biz_date added",
+            "dwd_order_item: index ix_dwd_order_item_order_id added"} <= set(first)
     assert second == []
     with engine.connect() as connection:
         assert connection.execute(text("SELECT id FROM schema_change ORDER BY id")).scalars().all() == [1, 3]
@@ -87,6 +94,7 @@ def test_init_brings_tables_of_an_older_tdc_up_to_date(mariadb, tmp_path, backen
     uniques = {u["name"] for u in inspect(engine).get_unique_constraints("schema_change")}
     uniques |= {i["name"] for i in inspect(engine).get_indexes("schema_change") if i["unique"]}
     assert "uq_schema_change_at" in uniques
+    assert "ix_dwd_order_item_biz_date" in {i["name"] for i in inspect(engine).get_indexes("dwd_order_item")}
     engine.dispose()
 
 

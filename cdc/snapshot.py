@@ -15,7 +15,7 @@ above every change it already contains, so the tail can hand over without a gap:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pymysql
@@ -92,10 +92,12 @@ def _clock_ms(connection: pymysql.connections.Connection) -> int:
 
 def take_snapshot(storage: Storage, client: redis.Redis, flow: Flow, source: Source, name: str, submit: Submit,
                   tables: list[str] | None = None, where: str | None = None, reset_position: bool = False,
-                  progress: Callable[[str], None] | None = None, batch: int = TAIL_BATCH) -> SnapshotReport:
+                  progress: Callable[[str], None] | None = None, batch: int = TAIL_BATCH,
+                  orders: Sequence[str] | None = None, hand_over: bool = True) -> SnapshotReport:
     """Read the current rows of ``tables`` (default: every table of ``flow``), optionally only
-    those matching the SQL condition ``where``, and ingest them.  The position is handed to
-    tail ``name`` when none is stored or ``reset_position`` is set.
+    those matching the SQL condition ``where`` or those of ``orders`` (by each table's order key;
+    tables without one are skipped), and ingest them.  The position is handed to tail ``name``
+    when none is stored or ``reset_position`` is set (never when ``hand_over`` is False).
 
     Raises SourceError for a server that cannot be tailed, ValueError for a table the flow
     does not follow.
@@ -118,10 +120,20 @@ def take_snapshot(storage: Storage, client: redis.Redis, flow: Flow, source: Sou
         for table in chosen:
             # The table name comes from the flow's declaration, never from input.  ``where`` is the
             # operator's own SQL condition: it runs as given, in a read-only transaction, one statement.
-            sql = f"SELECT * FROM `{source.database}`.`{table}`" + (f" WHERE {where}" if where else "")
+            sql = f"SELECT * FROM `{source.database}`.`{table}`" + (f" WHERE ({where})" if where else "")
+            order_key = flow.tables[table].order_key
+            parameters: tuple[str, ...] = ()
+            if orders is not None:
+                if order_key is None:
+                    continue
+                if not orders:
+                    break
+                # Declared column name; the order ids are bound parameters.
+                sql += (" AND " if where else " WHERE ") + f"`{order_key}` IN ({', '.join(['%s'] * len(orders))})"
+                parameters = tuple(orders)
             report.rows[table] = 0
             with connection.cursor(pymysql.cursors.SSDictCursor) as cursor:
-                cursor.execute(sql)
+                cursor.execute(sql, parameters or None)
                 utc = frozenset(d[0] for d in cursor.description or () if d[1] == FIELD_TYPE.TIMESTAMP)
                 while rows := cursor.fetchmany(batch):
                     lines = [row_line("r", source.database, table, None, row, log_file, log_pos, 0, clock,
@@ -135,7 +147,7 @@ def take_snapshot(storage: Storage, client: redis.Redis, flow: Flow, source: Sou
         connection.commit()
     finally:
         connection.close()
-    if reset_position or load_checkpoint(storage, name) is None:
+    if hand_over and (reset_position or load_checkpoint(storage, name) is None):
         store_checkpoint(storage, name, report.position, "snapshot")
         report.handed_over = True
     return report

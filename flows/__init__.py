@@ -51,6 +51,9 @@ class SourceTable:
     #: What each operation reads of a row.  A newer row that differs only elsewhere is stored for
     #: the operation but does not run it again (``intake``: refreshed, not corrected).  None: all.
     reads: RowReads | None = None
+    #: On an order's header table: the column whose time says when the order was settled (paid),
+    #: which reconciliation uses to find a day's orders in the source database.
+    settled_at: str | None = None
     #: ``columns`` read: name -> ColumnType.
     types: Mapping[str, ColumnType] = field(init=False, repr=False, compare=False)
 
@@ -60,6 +63,10 @@ class SourceTable:
             raise ValueError(f"source table {self.name!r}: key {self.key!r} is not one of its columns")
         if self.order_key is not None and self.order_key not in self.columns:
             raise ValueError(f"source table {self.name!r}: order key {self.order_key!r} is not one of its columns")
+        settled = self.types[self.settled_at] if self.settled_at is not None else None
+        if settled is not None and settled.name not in ("datetime", "timestamp"):
+            raise ValueError(f"source table {self.name!r}: settled_at {self.settled_at!r} is not a datetime or "
+                             "timestamp column")
 
 
 @dataclass(frozen=True)

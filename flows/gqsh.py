@@ -64,6 +64,7 @@ ORDER_FLOW = Flow(
                 },
                 operations=header_operations,
                 reads=header_reads,
+                settled_at="paid_at",
             ),
             SourceTable(
                 "gqsh_order_item",

@@ -55,6 +55,22 @@ def rerun_orders(storage: Storage, operations: Mapping[str, list[str]], rows_gon
     return versions
 
 
+def task_versions(storage: Storage, keys: Iterable[TaskKey]) -> dict[str, dict[str, int]]:
+    """The current version of each task of ``keys``: what ``wait_for`` waits for."""
+    by_database: dict[int, dict[str, int]] = defaultdict(dict)
+    wanted: dict[str, list[str]] = defaultdict(list)
+    for order_id, operation in keys:
+        by_database[storage.database_of(order_id)][order_id] = storage.shard_of(order_id)
+        wanted[order_id].append(operation)
+    versions: dict[str, dict[str, int]] = {}
+    for database, shards in by_database.items():
+        with storage.read_engine(database).connect() as connection:
+            tasks = tasks_of(connection, shards)
+        for order_id in shards:
+            versions[order_id] = {op: tasks[order_id][op].version for op in wanted[order_id] if op in tasks[order_id]}
+    return versions
+
+
 def chain_keys(versions: Mapping[str, Mapping[str, int]]) -> list[TaskKey]:
     return [(order_id, op) for order_id, ops in sorted(versions.items()) for op in ops]
 

@@ -19,22 +19,25 @@ from typing import Any, cast
 import redis
 from sqlalchemy import Table, insert, select, update
 
+from cdc.snapshot import take_snapshot
+from flows.registry import ACCEPTED
 from intake.receiver import TaskKey, utcnow
 from models.reconcile import ReconcileAction, ReconcileDiff, ReconcileRun
+from models.redis_store import get_redis
 from models.storage import Storage
-from reconcile import ads, wide
+from reconcile import ads, source, wide
 from reconcile.diffs import Diff, LayerResult
-from reconcile.fix import chain_keys, rerun_orders, wait_for
+from reconcile.fix import chain_keys, rerun_orders, task_versions, wait_for
 from reliability.alarms import raise_alarm
 from warehouse.aggregates import rebuild_day
 
 RUNS = cast(Table, ReconcileRun.__table__)
 DIFFS = cast(Table, ReconcileDiff.__table__)
 ACTIONS = cast(Table, ReconcileAction.__table__)
-#: The layers, in the order they are compared (the index layer comes with the search index).
-LAYERS = (wide.LAYER, ads.LAYER)
-#: Other names the layers answer to: ``source`` is the source side of the wide-row comparison.
-ALIASES = {"source": wide.LAYER}
+#: The layers, in the order they are compared and fixed (the index layer comes with the search index).
+LAYERS = (source.LAYER, wide.LAYER, ads.LAYER)
+#: The tail position name a fix's snapshot reads under (it never hands a position over).
+RECONCILE_POSITION = "reconcile"
 #: Runs the trend shows.
 TREND_RUNS = 30
 #: Differences kept per run in storage and in the reports (the counts are always whole).
@@ -48,17 +51,20 @@ class ReconcileError(ValueError):
     """The run was asked for something it cannot do; the message says what."""
 
 
-def parse_layers(text: str | None) -> list[str]:
-    """``wide,ads`` (default: every layer) as layer names; ReconcileError for an unknown one."""
+def parse_layers(text: str | None, has_source: bool) -> list[str]:
+    """``source,wide,ads`` as layer names, in comparing order; the default is every layer, without
+    ``source`` when no source database is configured (``has_source``).  ReconcileError for an
+    unknown layer, or ``source`` without a source database."""
     if not text:
-        return list(LAYERS)
+        return [layer for layer in LAYERS if has_source or layer != source.LAYER]
     chosen: list[str] = []
-    for name in (part.strip() for part in text.split(",") if part.strip()):
-        layer = ALIASES.get(name, name)
+    for layer in (part.strip() for part in text.split(",") if part.strip()):
         if layer == "index":
             raise ReconcileError("layer 'index' compares the search index, which this deployment does not have yet")
         if layer not in LAYERS:
-            raise ReconcileError(f"unknown layer {name!r}; the layers are {', '.join(('source', *LAYERS))}")
+            raise ReconcileError(f"unknown layer {layer!r}; the layers are {', '.join(LAYERS)}")
+        if layer == source.LAYER and not has_source:
+            raise ReconcileError("layer 'source' compares the order center's tables: set TDC_CDC_SOURCE_URL")
         if layer not in chosen:
             chosen.append(layer)
     return [layer for layer in LAYERS if layer in chosen]
@@ -122,7 +128,9 @@ def compare(storage: Storage, first: dt.date, last: dt.date, layers: Iterable[st
     with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
         running: dict[str, Future[tuple[LayerResult, dict[str, wide.Expected]]]] = {
             layer: pool.submit(wide.compare_wide, storage, first, last, progress, deep) if layer == wide.LAYER
-            else pool.submit(lambda: (ads.compare_ads(storage, first, last), {})) for layer in chosen}
+            else pool.submit(lambda: (source.compare_source(storage, ACCEPTED, first, last, progress), {}))
+            if layer == source.LAYER else pool.submit(lambda: (ads.compare_ads(storage, first, last), {}))
+            for layer in chosen}
         done = {layer: future.result() for layer, future in running.items()}
     results = {layer: done[layer][0] for layer in chosen}
     expected = done[wide.LAYER][1] if wide.LAYER in done else {}
@@ -142,6 +150,58 @@ def _start(storage: Storage, first: dt.date, last: dt.date, layers: list[str], f
 
 def _fix(storage: Storage, client: redis.Redis | None, outcome: Outcome, results: dict[str, LayerResult],
          expected: dict[str, wide.Expected], submit: Submit, wait_seconds: float, progress: Progress) -> None:
+    reingested = _fix_source(storage, client, outcome, results, submit, wait_seconds, progress)
+    operations = _fix_wide(storage, outcome, results, expected, submit, wait_seconds, progress)
+    if ads.LAYER in results:
+        # Once the wide rows are right, some ADS cells are too: rebuild only the days still off.
+        still = (ads.compare_ads(storage, outcome.first, outcome.last)
+                 if results[ads.LAYER].diffs or operations or reingested else results[ads.LAYER])
+        for day in sorted({d.biz_date for d in still.diffs if d.biz_date is not None}):
+            progress(f"fix: rebuilding the ADS of {day} from the wide rows")
+            report = rebuild_day(storage, day)
+            outcome.actions.append(Action(ads.LAYER, "rebuild", None, day,
+                                          f"{report.applied} orders counted again, {report.cells} cells written",
+                                          "done"))
+
+
+def _fix_source(storage: Storage, client: redis.Redis | None, outcome: Outcome, results: dict[str, LayerResult],
+                submit: Submit, wait_seconds: float, progress: Progress) -> set[str]:
+    """Take the source rows of the orders whose records differ in again, as a snapshot does:
+    intake stores what changed as corrections and sends those orders round.  The orders taken in."""
+    found = results[source.LAYER].diffs if source.LAYER in results else []
+    gone = [d for d in found if d.note == source.GONE]
+    for diff in gone:
+        outcome.actions.append(Action(source.LAYER, "none", diff.order_id, diff.biz_date,
+                                      f"{diff.target} was deleted at the source: a snapshot cannot replay a delete; "
+                                      "send the delete event (Canal or Debezium) through tdc ingest", "skipped"))
+    orders = sorted({d.order_id for d in found if d.note != source.GONE and d.order_id is not None})
+    if not orders:
+        return set()
+    progress(f"fix: taking the source rows of {len(orders)} orders in again")
+    taken: set[TaskKey] = set()
+
+    def collect(keys: Iterable[TaskKey]) -> int:
+        taken.update(keys)
+        return 0
+    report = take_snapshot(storage, client or get_redis(), ACCEPTED, source.configured_source(storage),
+                           RECONCILE_POSITION, collect, orders=orders, hand_over=False)
+    submit(sorted(taken))
+    versions = task_versions(storage, taken)
+    results_by_order = wait_for(storage, versions, wait_seconds, progress)
+    days = {d.order_id: d.biz_date for d in found}
+    for order_id in orders:
+        corrected = sorted(op for o, op in taken if o == order_id)
+        detail = (f"source rows taken in again: {', '.join(corrected)} corrected and run again" if corrected
+                  else "source rows taken in again: nothing newer than what is stored")
+        outcome.actions.append(Action(source.LAYER, "reingest", order_id, days.get(order_id), detail,
+                                      results_by_order.get(order_id, "done")))
+    progress(f"fix: {report.intake.summary()}")
+    return set(orders)
+
+
+def _fix_wide(storage: Storage, outcome: Outcome, results: dict[str, LayerResult], expected: dict[str, wide.Expected],
+              submit: Submit, wait_seconds: float, progress: Progress) -> dict[str, list[str]]:
+    """Send the orders whose wide rows differ round the chain again; the operations sent."""
     wide_diffs = results[wide.LAYER].diffs if wide.LAYER in results else []
     by_order: dict[str, list[Diff]] = {}
     for diff in wide_diffs:
@@ -165,16 +225,7 @@ def _fix(storage: Storage, client: redis.Redis | None, outcome: Outcome, results
                 detail += "; ADS ledger version set back to 0 (its wide row was gone)"
             outcome.actions.append(Action(wide.LAYER, "rerun", order_id, by_order[order_id][0].biz_date, detail,
                                           result))
-    if ads.LAYER in results:
-        # Once the wide rows are right, some ADS cells are too: rebuild only the days still off.
-        still = ads.compare_ads(storage, outcome.first, outcome.last) if results[ads.LAYER].diffs or operations \
-            else results[ads.LAYER]
-        for day in sorted({d.biz_date for d in still.diffs if d.biz_date is not None}):
-            progress(f"fix: rebuilding the ADS of {day} from the wide rows")
-            report = rebuild_day(storage, day)
-            outcome.actions.append(Action(ads.LAYER, "rebuild", None, day,
-                                          f"{report.applied} orders counted again, {report.cells} cells written",
-                                          "done"))
+    return operations
 
 
 def reconcile(storage: Storage, client: redis.Redis | None, first: dt.date, last: dt.date,
@@ -189,7 +240,7 @@ def reconcile(storage: Storage, client: redis.Redis | None, first: dt.date, last
     differ."""
     if last < first:
         raise ReconcileError(f"the range ends ({last}) before it starts ({first})")
-    layers = layers or list(LAYERS)
+    layers = layers or parse_layers(None, storage.settings.cdc_source_url is not None)
     started = time.monotonic()
     now = utcnow()
     outcome = Outcome(_start(storage, first, last, layers, fix, now), first, last, layers, fix, now, deep)

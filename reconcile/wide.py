@@ -197,6 +197,18 @@ def candidate_orders(storage: Storage, first: dt.date, last: dt.date,
     return found
 
 
+def wide_days(storage: Storage, order_ids: Iterable[str]) -> dict[str, dt.date]:
+    """The business day of each order that has a wide row with one."""
+    days: dict[str, dt.date] = {}
+    for database, ids in _by_database(storage, order_ids).items():
+        with storage.read_engine(database).connect() as connection:
+            for start in range(0, len(ids), CHUNK):
+                days.update((order_id, _day(day)) for order_id, day in connection.execute(
+                    select(ORDER_TABLE.c.order_id, ORDER_TABLE.c.biz_date).where(
+                        ORDER_TABLE.c.order_id.in_(ids[start:start + CHUNK]) & ORDER_TABLE.c.biz_date.is_not(None))))
+    return days
+
+
 def _by_database(storage: Storage, order_ids: Iterable[str]) -> dict[int, list[str]]:
     groups: dict[int, list[str]] = defaultdict(list)
     for order_id in sorted(order_ids):

@@ -269,12 +269,15 @@ def test_the_html_report_stands_alone(processed, redis_client, tmp_path: Path) -
 
 
 def test_layers_are_checked_before_anything_runs() -> None:
-    assert parse_layers(None) == ["wide", "ads"]
-    assert parse_layers("ads,source") == ["wide", "ads"]
+    assert parse_layers(None, has_source=False) == ["wide", "ads"]
+    assert parse_layers(None, has_source=True) == ["source", "wide", "ads"]
+    assert parse_layers("ads,source", has_source=True) == ["source", "ads"]
+    with pytest.raises(ReconcileError, match="TDC_CDC_SOURCE_URL"):
+        parse_layers("source", has_source=False)
     with pytest.raises(ReconcileError, match="unknown layer 'wdie'"):
-        parse_layers("wdie")
+        parse_layers("wdie", has_source=True)
     with pytest.raises(ReconcileError, match="search index"):
-        parse_layers("index")
+        parse_layers("index", has_source=True)
 
 
 _FIX_IN_A_PROCESS = """
@@ -433,3 +436,68 @@ def test_the_previous_business_day_is_the_business_zones() -> None:
     now = dt.datetime(2026, 11, 26, 20, 30)
     assert previous_business_day(now, ZoneInfo("Asia/Shanghai")) == dt.date(2026, 11, 26)
     assert previous_business_day(now, ZoneInfo("UTC")) == dt.date(2026, 11, 25)
+
+
+def test_the_order_center_is_compared_with_what_tdc_accepted_and_taken_in_again(
+        fresh_storage, redis_client, source_database) -> None:
+    # Given a history made in a real source database and loaded by a snapshot, with its payments
+    from dataclasses import replace
+
+    from sqlalchemy import create_engine
+
+    from cdc.snapshot import take_snapshot
+    from cdc.source import load_checkpoint, source_of
+    from demo.source import play_changes, source_metadata
+    from flows.gqsh import ORDER_FLOW
+    from models.storage import Storage
+    from tests.integration.helpers import ingest
+
+    storage = Storage(replace(fresh_storage().settings, cdc_source_url=source_database))
+    history = generate_history(30, seed=21, displacement=0, duplicate_rate=0, malformed=0)
+    engine = create_engine(source_database)
+    tables = source_metadata(ORDER_FLOW)
+    with engine.begin() as connection:
+        play_changes(connection, tables, history.changes)
+    touched: set = set()
+    take_snapshot(storage, redis_client, ORDER_FLOW, source_of(source_database), "test-load",
+                  lambda keys: touched.update(keys) or 0)
+    payments = [line for fmt, line in history.lines if fmt == "business"]
+    run_chains(storage, redis_client, touched | ingest(storage, redis_client, ORDER_FLOW, "business", payments).touched)
+    _exact(storage, history)
+    day = _settled_days(history).most_common(1)[0][0]
+    assert reconcile(storage, redis_client, day, day).found == 0
+    # When the order center changes three orders of the day and tdc never hears of it
+    on_day = sorted(o for o, row in history.expected_orders.items()
+                    if row["paid_at"] is not None and row["status"] != 50 and row["paid_at"].date() == day)
+    member, quantity, deleted = on_day[:3]
+    line = next(i for i in history.expected_items.values() if i["order_id"] == quantity)
+    gone = next(i for i in history.expected_items.values() if i["order_id"] == deleted)
+    header, items = tables.tables["gqsh_order"], tables.tables["gqsh_order_item"]
+    with engine.begin() as connection:
+        connection.execute(update(header).where(header.c.order_id == member).values(member_id="M-SRC"))
+        connection.execute(update(items).where(items.c.item_id == line["item_id"]).values(
+            quantity=items.c.quantity + 1))
+        connection.execute(delete(items).where(items.c.item_id == gone["item_id"]))
+    engine.dispose()
+    found = reconcile(storage, redis_client, day, day)
+    # Then the source layer names each changed row and column, and nothing else
+    named = {(d.order_id, d.target, d.column) for d in found.diffs if d.layer == "source"}
+    assert (member, f"gqsh_order {member}", "member_id") in named
+    assert (quantity, f"gqsh_order_item {line['item_id']}", "quantity") in named
+    assert (deleted, f"gqsh_order_item {gone['item_id']}", "*") in named
+    assert {o for o, _, _ in named} == {member, quantity, deleted}
+    assert {d.layer for d in found.diffs} == {"source"}  # tdc's own layers agree with each other
+    # When it is reconciled with --fix
+    fixed = reconcile(storage, redis_client, day, day, fix=True, wait_seconds=30,
+                      submit=lambda keys: run_chains(storage, redis_client, keys))
+    # Then the changed rows were taken in again and the wide rows follow the source; the row
+    # deleted at the source is reported, not invented away, and tail positions are untouched
+    assert {(a.order_id, a.action, a.result) for a in fixed.actions} == {
+        (member, "reingest", "done"), (quantity, "reingest", "done"), (deleted, "none", "skipped")}
+    assert [(d.order_id, d.column) for d in fixed.diffs if not d.fixed] == [(deleted, "*")]
+    assert fixed.remaining == 1 and fixed.status == "different"
+    stored = read_wide_orders(storage, [member, quantity])
+    assert stored[member][0]["member_id"] == "M-SRC"
+    assert stored[quantity][1][line["item_id"]]["quantity"] == line["quantity"] + 1
+    assert load_checkpoint(storage, "reconcile") is None
+    assert reconcile(storage, redis_client, day, day, layers=["wide", "ads"]).found == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Date, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Date, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from models.types import BigId, Money, Timestamp
@@ -19,6 +19,9 @@ class DwdOrder(ShardBase):
     """One row per order, always the latest and fullest state; ``version`` is the optimistic lock."""
 
     __tablename__ = "dwd_order"
+    #: What search needs (``search.sql``): a store's days, a member's orders, newest first.
+    __table_args__ = (Index("ix_dwd_order_store_day", "store_id", "biz_date"),
+                      Index("ix_dwd_order_member", "member_id"), Index("ix_dwd_order_created", "created_at"))
 
     order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     store_id: Mapped[str | None] = mapped_column(String(32))
@@ -61,7 +64,8 @@ class DwdOrderItem(ShardBase):
     store_id: Mapped[str | None] = mapped_column(String(32))
     #: Indexed: reconciliation sums a day's lines by their own copy of the order's day.
     biz_date: Mapped[dt.date | None] = mapped_column(Date, index=True)
-    sku_id: Mapped[str | None] = mapped_column(String(32))
+    #: Indexed: search finds the orders with a line of a SKU.
+    sku_id: Mapped[str | None] = mapped_column(String(32), index=True)
     sku_name: Mapped[str | None] = mapped_column(String(128))
     category: Mapped[str | None] = mapped_column(String(64))
     quantity: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,80 @@
+"""``tdc search``: orders by store, status, member, channel, SKU, amount and day, newest first."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+#: Columns of the readable table, with their headings.
+COLUMNS = (("order_id", "order"), ("biz_date", "day"), ("store_id", "store"), ("status", "status"),
+           ("member_id", "member"), ("channel", "channel"), ("pay_amount", "paid"), ("items", "lines"),
+           ("created_at", "created"))
+
+
+def _cell(name: str, value: Any) -> str:
+    if name == "items":
+        return str(len(value or []))
+    if value is None:
+        return ""
+    return str(value)[:19] if name == "created_at" else str(value)
+
+
+def table(orders: list[dict[str, Any]]) -> str:
+    rows = [[heading for _, heading in COLUMNS]] + [[_cell(name, o.get(name)) for name, _ in COLUMNS] for o in orders]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from chain.wide_rows import to_json
+    from models.storage import get_storage
+    from search.query import OrderQuery, QueryError
+    from search.sql import search_sql
+
+    try:
+        query = OrderQuery.parse(order_id=args.order, store_id=args.store, status=args.status, member_id=args.member,
+                                 channel=args.channel, sku_id=args.sku, min_amount=args.min_amount,
+                                 max_amount=args.max_amount, date_from=args.date_from, date_to=args.date_to,
+                                 limit=args.limit)
+    except QueryError as error:
+        print(f"tdc: {error}", file=sys.stderr)
+        return 2
+    storage = get_storage()
+    started = time.perf_counter()
+    orders = search_sql(storage, query)
+    where = (f"the wide rows of {len(storage.distinct_databases())} shard databases "
+             "(SQL fallback: TDC_ES_URL is not set)")
+    took = (time.perf_counter() - started) * 1000
+    if args.json:
+        print(json.dumps(json.loads(to_json(orders)), indent=2, ensure_ascii=False))
+    else:
+        print(table(orders))
+    print(f"{len(orders)} orders{' (the limit)' if len(orders) == query.limit else ''} from {where} "
+          f"in {took:.0f} ms", file=sys.stderr)
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "search", help="orders matching every condition given, newest first",
+        description="Conditions combine with AND. Amounts apply to pay_amount and are inclusive; dates apply "
+                    "to biz_date and are inclusive. Uses Elasticsearch when TDC_ES_URL is set, the wide rows "
+                    "otherwise.")
+    parser.add_argument("--order", help="order id")
+    parser.add_argument("--store", help="store id")
+    parser.add_argument("--status", help="order status (10 submitted, 20 paid, 30 delivered, 40 completed, "
+                                         "50 cancelled)")
+    parser.add_argument("--member", help="member id")
+    parser.add_argument("--channel", help="channel")
+    parser.add_argument("--sku", help="orders with a line of this SKU")
+    parser.add_argument("--min-amount", help="pay_amount at least this")
+    parser.add_argument("--max-amount", help="pay_amount at most this")
+    parser.add_argument("--from", dest="date_from", help="business day YYYY-MM-DD, from")
+    parser.add_argument("--to", dest="date_to", help="business day YYYY-MM-DD, to")
+    parser.add_argument("--limit", default="50", help="at most this many orders (default 50)")
+    parser.add_argument("--json", action="store_true", help="print the orders, with their lines, as JSON")
+    parser.set_defaults(run=cmd_search)

@@ -1,0 +1,120 @@
+"""``tdc search`` over the wide rows of real MariaDB shard databases: every combination of
+conditions finds exactly the orders a model of the history says it should, newest first, after
+corrections, cancellations and refunds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from demo.history import generate_history
+from search.query import OrderQuery, QueryError
+from search.sql import search_sql
+from tests.conftest import env_of
+from tests.integration.helpers import process_history, run_tdc
+
+pytestmark = pytest.mark.integration
+
+
+def _model(history, query: OrderQuery) -> list[str]:  # type: ignore[no-untyped-def]
+    """The order ids ``query`` must find, from the history's own expectations (not the wide rows)."""
+    skus: dict[str, set[str]] = {}
+    for item in history.expected_items.values():
+        skus.setdefault(item["order_id"], set()).add(item["sku_id"])
+    found = []
+    for order_id, order in history.expected_orders.items():
+        day = (order["paid_at"] or order["created_at"]).date()
+        checks = [
+            query.order_id in (None, order_id), query.store_id in (None, order["store_id"]),
+            query.status in (None, order["status"]), query.member_id in (None, order["member_id"]),
+            query.channel in (None, order["channel"]), query.sku_id is None or query.sku_id in skus.get(order_id, ()),
+            query.min_amount is None or (order["pay_amount"] is not None and order["pay_amount"] >= query.min_amount),
+            query.max_amount is None or (order["pay_amount"] is not None and order["pay_amount"] <= query.max_amount),
+            query.date_from is None or day >= query.date_from, query.date_to is None or day <= query.date_to,
+        ]
+        if all(checks):
+            found.append(order)
+    found.sort(key=lambda o: (o["created_at"], o["order_id"]), reverse=True)
+    return [o["order_id"] for o in found[:query.limit]]
+
+
+def _queries(history, count: int, seed: int) -> list[OrderQuery]:  # type: ignore[no-untyped-def]
+    """Selective queries mixing store, status, amount range, SKU, member, channel and days."""
+    rng = random.Random(seed)
+    orders = list(history.expected_orders.values())
+    items = list(history.expected_items.values())
+    queries = []
+    for _ in range(count):
+        sample = rng.choice(orders)
+        amounts = sorted(Decimal(rng.randint(0, 600)) for _ in range(2))
+        day = (sample["paid_at"] or sample["created_at"]).date()
+        chosen: dict[str, Any] = {}
+        for name, value in (("store_id", sample["store_id"]), ("status", sample["status"]),
+                            ("member_id", sample["member_id"]), ("channel", sample["channel"]),
+                            ("sku_id", rng.choice(items)["sku_id"]), ("min_amount", amounts[0]),
+                            ("max_amount", amounts[1]), ("date_from", day - dt.timedelta(days=rng.randint(0, 2))),
+                            ("date_to", day + dt.timedelta(days=rng.randint(0, 2)))):
+            if rng.random() < 0.35:
+                chosen[name] = value
+        queries.append(OrderQuery(**chosen, limit=rng.choice([5, 50])))
+    return queries + [OrderQuery(order_id=orders[0]["order_id"]), OrderQuery(limit=7)]
+
+
+def test_the_sql_fallback_finds_what_the_history_says(fresh_storage, redis_client) -> None:
+    # Given a shuffled history with corrections, cancellations and refunds, processed
+    storage = fresh_storage()
+    history = generate_history(80, seed=31, displacement=60, duplicate_rate=0.05, malformed=0)
+    process_history(storage, redis_client, history)
+    # When 200 selective queries run on the wide rows of the four shard databases
+    # Then each finds exactly the model's orders, newest first, with their lines
+    checked = 0
+    for query in _queries(history, 200, seed=5):
+        found = search_sql(storage, query)
+        assert [o["order_id"] for o in found] == _model(history, query), query
+        for order in found:
+            assert sorted(i["item_id"] for i in order["items"]) == sorted(
+                i["item_id"] for i in history.expected_items.values() if i["order_id"] == order["order_id"])
+            assert "source_digest" not in order
+        checked += bool(found)
+    assert checked >= 60  # the queries are selective, not empty
+
+
+def test_the_command_prints_a_table_or_json_and_refuses_bad_conditions(fresh_storage, redis_client) -> None:
+    # Given a processed history
+    storage = fresh_storage()
+    history = generate_history(20, seed=8, malformed=0)
+    process_history(storage, redis_client, history)
+    store = next(iter(history.expected_orders.values()))["store_id"]
+    env = env_of(storage)
+    # When the command searches a store as JSON, as a table, and with bad conditions
+    as_json = run_tdc(env, "search", "--store", store, "--json")
+    as_table = run_tdc(env, "search", "--store", store, "--limit", "3")
+    bad = [run_tdc(env, "search", *arguments) for arguments in (
+        ["--min-amount", "ten"], ["--from", "2026-02-30"], ["--min-amount", "9", "--max-amount", "1"],
+        ["--limit", "0"], ["--status", "paid"])]
+    # Then the JSON holds the model's orders with their lines, the table its first three, and each
+    # bad condition is named with exit status 2
+    assert as_json.returncode == 0, as_json.stderr
+    found = json.loads(as_json.stdout)
+    assert [o["order_id"] for o in found] == _model(history, OrderQuery(store_id=store))
+    assert all(isinstance(o["items"], list) and isinstance(o["pay_amount"], str | None) for o in found)
+    lines = as_table.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["order", "day", "store"]
+    assert [line.split()[0] for line in lines[1:]] == _model(history, OrderQuery(store_id=store, limit=3))
+    assert [r.returncode for r in bad] == [2] * len(bad)
+    assert "not an amount" in bad[0].stderr and "not a date" in bad[1].stderr and "above max" in bad[2].stderr
+    assert "outside 1..10000" in bad[3].stderr and "not a whole number" in bad[4].stderr
+
+
+def test_a_query_is_checked_when_it_is_made() -> None:
+    assert OrderQuery.parse(min_amount="10.5", date_from="2026-11-01", status="20").conditions() == {
+        "min_amount": Decimal("10.5"), "date_from": dt.date(2026, 11, 1), "status": 20}
+    with pytest.raises(QueryError, match="not an amount"):
+        OrderQuery.parse(max_amount="NaN")
+    with pytest.raises(QueryError, match="after to"):
+        OrderQuery.parse(date_from="2026-11-02", date_to="2026-11-01")

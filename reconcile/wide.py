@@ -175,25 +175,23 @@ def ledger_buckets(storage: Storage, first: dt.date, last: dt.date) -> dict[Buck
 
 
 def candidate_orders(storage: Storage, first: dt.date, last: dt.date,
-                     buckets: Collection[int] | None = None) -> set[str]:
+                     buckets: Collection[BucketKey] | None = None) -> set[str]:
     """Orders whose wide row is on one of the days, or that the ADS ledger counts on one (only
-    those in ``buckets``, when given)."""
+    those in ``buckets``, (day, bucket) pairs, when given)."""
     found: set[str] = set()
-    chosen = sorted(buckets) if buckets is not None else None
-    if chosen == []:
+    if buckets is not None and not buckets:
         return found
-    for database in storage.distinct_databases():
-        engine = storage.read_engine(database)
-        query = select(ORDER_TABLE.c.order_id).where(ORDER_TABLE.c.biz_date.between(first, last))
-        if chosen is not None:
-            query = query.where(sql_bucket(engine.dialect.name, ORDER_TABLE.c.order_id, BUCKETS).in_(chosen))
+    numbers = sorted({number for _, number in buckets}) if buckets is not None else None
+    sources = [(storage.read_engine(d), ORDER_TABLE.c.order_id, ORDER_TABLE.c.biz_date)
+               for d in storage.distinct_databases()]
+    sources.append((storage.dws_engine, LEDGER.c.order_id, LEDGER.c.biz_date))
+    for engine, order_id, biz_date in sources:
+        query = select(order_id, biz_date).where(biz_date.between(first, last))
+        if numbers is not None:
+            query = query.where(sql_bucket(engine.dialect.name, order_id, BUCKETS).in_(numbers))
         with engine.connect() as connection:
-            found.update(connection.execute(query).scalars())
-    query = select(LEDGER.c.order_id).where(LEDGER.c.biz_date.between(first, last))
-    if chosen is not None:
-        query = query.where(sql_bucket(storage.dws_engine.dialect.name, LEDGER.c.order_id, BUCKETS).in_(chosen))
-    with storage.dws_engine.connect() as connection:
-        found.update(connection.execute(query).scalars())
+            found.update(o for o, day in connection.execute(query)
+                         if buckets is None or (_day(day), bucket_of(o, BUCKETS)) in buckets)
     return found
 
 
@@ -214,6 +212,12 @@ def _by_database(storage: Storage, order_ids: Iterable[str]) -> dict[int, list[s
     for order_id in sorted(order_ids):
         groups[storage.database_of(order_id)].append(order_id)
     return groups
+
+
+def _expected_key(entry: Expected) -> BucketKey | None:
+    if entry.order is None or entry.order.get("biz_date") is None:
+        return None
+    return (_day(entry.order["biz_date"]), bucket_of(entry.order["order_id"], BUCKETS))
 
 
 def applicable(tasks: Iterable[str]) -> list[str]:
@@ -336,15 +340,18 @@ def compare_wide(storage: Storage, first: dt.date, last: dt.date, progress: Prog
                      if not have.get(key, BucketSums()).as_written
                      or have.get(key, BucketSums()).counted != ledger.get(key, 0)}
         compared = len(have.keys() | ledger.keys())
-        numbers = {number for _, number in differing}
-        candidates = candidate_orders(storage, first, last, numbers)
+        candidates = candidate_orders(storage, first, last, differing)
         expected = expected_orders(storage, candidates)
         lap("records")
     result.counts = {"orders": sum(s.orders for s in have.values()), "buckets": compared,
                      "buckets_differing": len(differing)}
     progress(f"wide: {compared} buckets compared, {len(differing)} differ")
-    numbers = {number for _, number in differing}
-    suspects = sorted(o for o in candidates if bucket_of(o, BUCKETS) in numbers)
+    if deep:  # only the orders of the buckets that differ are read row by row
+        days = wide_days(storage, candidates)
+        suspects = sorted(o for o in candidates if o not in days or (days[o], bucket_of(o, BUCKETS)) in differing
+                          or _expected_key(expected[o]) in differing)
+    else:
+        suspects = sorted(candidates)
     stored = read_wide_orders(storage, suspects)
     result.rows_read = len(suspects)
     diffs: dict[str, list[Diff]] = {}

@@ -32,6 +32,8 @@ class Settings:
     redis_url: str
     broker_url: str
     es_url: str | None
+    #: The alias the orders index is read and written through (its indices: ALIAS-v1, -v2, ...).
+    es_alias: str
     #: Task/metadata tables in all; shard = stable_hash(order_id) % shards.
     shards: int
     #: Base of every back-off, in seconds: waiting tasks wait base * 2**attempt.
@@ -199,6 +201,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=redis_url,
         broker_url=broker_url,
         es_url=env.get("TDC_ES_URL", "").strip() or None,
+        es_alias=env.get("TDC_ES_ALIAS", "").strip() or "tdc-orders",
         shards=shards,
         retry_base_seconds=_number(env, "TDC_RETRY_BASE_SECONDS", 5.0),
         retry_cap_seconds=_number(env, "TDC_RETRY_CAP_SECONDS", 900.0),

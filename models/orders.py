@@ -91,6 +91,21 @@ class OrderSnapshot(ShardBase):
     taken_at: Mapped[dt.datetime] = mapped_column(Timestamp, index=True)
 
 
+class IndexOutbox(ShardBase):
+    """Orders whose wide row changed and whose index document has not been sent yet: written in
+    the transaction that writes the wide row (only when an index is configured), deleted once
+    Elasticsearch holds that version or a newer one (``search.outbox``)."""
+
+    __tablename__ = "index_outbox"
+
+    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: The wide row's version to send (or newer).
+    version: Mapped[int] = mapped_column(Integer)
+    due_at: Mapped[dt.datetime] = mapped_column(Timestamp, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
 class OrderFence(ShardBase):
     """The largest fencing token a chain has claimed the order with (``reliability.fencing``):
     a step whose token is not this one writes nothing."""

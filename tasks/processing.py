@@ -12,6 +12,7 @@ from models.redis_store import get_redis
 from models.storage import get_storage
 from reliability.leases import OrderLeases
 from settings import get_settings
+from tasks.indexing import after_chain
 from tasks.policy import ChainStep, retrying
 from tasks.submit import submit_tasks
 
@@ -42,4 +43,7 @@ def aggregate(keys: Keys) -> Keys:
 
 @shared_task(name="tdc.finish", base=ChainStep, **retrying())
 def finish(keys: Keys) -> int:
-    return submit_tasks(finish_tasks(get_storage(), _leases(), valid_keys(keys, get_redis())))
+    valid = valid_keys(keys, get_redis())
+    submitted = submit_tasks(finish_tasks(get_storage(), _leases(), valid))
+    after_chain([key["order_id"] for key in valid])
+    return submitted

@@ -239,3 +239,152 @@ def test_the_command_searches_the_index_and_falls_back_when_it_is_down(fresh_sto
     assert down.returncode == 0 and "cannot be reached" in down.stderr and "SQL fallback" in down.stderr
     assert json.loads(down.stdout) == json.loads(indexed.stdout)
     assert unmanaged.returncode == 2 and "TDC_ES_URL is not set" in unmanaged.stderr
+
+
+def _indexed_storage(fresh_storage, url: str, order_index):  # type: ignore[no-untyped-def]
+    """Storage whose chains write index outbox entries for ``order_index`` at ``url``."""
+    from dataclasses import replace
+
+    from models.storage import Storage
+
+    return Storage(replace(fresh_storage().settings, es_url=url, es_alias=order_index.alias))
+
+
+def _outbox(storage) -> dict[str, tuple[int, int]]:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from search.outbox import OUTBOX
+
+    found = {}
+    for database in storage.distinct_databases():
+        with storage.read_engine(database).connect() as connection:
+            found.update({r.order_id: (r.version, r.attempts) for r in connection.execute(select(OUTBOX))})
+    return found
+
+
+def test_every_wide_row_change_is_sent_to_the_index_through_the_outbox(fresh_storage, redis_client,
+                                                                      elasticsearch_url, order_index) -> None:
+    # Given chains that write index outbox entries with their wide rows
+    from search.outbox import due_orders, send
+
+    storage = _indexed_storage(fresh_storage, elasticsearch_url, order_index)
+    order_index.init()
+    history = generate_history(40, seed=44, displacement=40, duplicate_rate=0.05, malformed=0)
+    process_history(storage, redis_client, history)
+    # When the outbox is sent
+    waiting = _outbox(storage)
+    report = send(storage, order_index, due_orders(storage, limit=1000))
+    order_index.refresh()
+    # Then each order was waiting at its wide row's version, every document is in the index at that
+    # version, and the outbox is empty
+    wide = {o["order_id"]: o for o in search_sql(storage, OrderQuery(limit=1000))}
+    assert {o: v for o, (v, _) in waiting.items()} == {o: w["version"] for o, w in wide.items()}
+    assert (report.indexed, report.stale, report.failed) == (len(wide), 0, {})
+    assert order_index.versions(sorted(wide)) == {o: w["version"] for o, w in wide.items()}
+    assert _outbox(storage) == {}
+    for query in _queries(history, 50, seed=7):
+        assert [o["order_id"] for o in order_index.search(query)] == _model(history, query)
+
+
+def test_an_index_outage_keeps_the_entries_and_never_touches_the_warehouse(fresh_storage, redis_client,
+                                                                          elasticsearch_url, order_index) -> None:
+    # Given processed orders waiting in the outbox, and Elasticsearch down
+    from elastic_transport import ConnectionError as Unreachable
+
+    from search.elastic import OrderIndex, connect
+    from search.outbox import due_orders, send
+
+    storage = _indexed_storage(fresh_storage, elasticsearch_url, order_index)
+    order_index.init()
+    history = generate_history(10, seed=45, malformed=0)
+    process_history(storage, redis_client, history)
+    down = OrderIndex(connect("http://127.0.0.1:1"), order_index.alias)
+    due = due_orders(storage)
+    # When they are sent to it
+    with pytest.raises(Unreachable):
+        send(storage, down, due)
+    # Then every entry stays, counted and pushed back; the wide rows are all there regardless
+    assert {o: attempts for o, (_, attempts) in _outbox(storage).items()} == dict.fromkeys(history.order_ids, 1)
+    assert due_orders(storage) == []
+    assert len(search_sql(storage, OrderQuery(limit=1000))) == len(history.order_ids)
+    # And once it is back, the entries due later are sent
+    later = utcnow() + dt.timedelta(minutes=1)
+    assert send(storage, order_index, due_orders(storage, now=later)).indexed == len(history.order_ids)
+    assert _outbox(storage) == {}
+
+
+def test_an_entry_written_again_while_it_is_sent_is_kept(fresh_storage, redis_client, elasticsearch_url,
+                                                         order_index) -> None:
+    # Given an order sent at version v while a newer merge wrote v + 1 into its entry meanwhile
+    from sqlalchemy import update
+
+    from search.outbox import OUTBOX, _settle
+
+    storage = _indexed_storage(fresh_storage, elasticsearch_url, order_index)
+    history = generate_history(3, seed=46, malformed=0)
+    process_history(storage, redis_client, history)
+    order_id = history.order_ids[0]
+    version, _ = _outbox(storage)[order_id]
+    with storage.order_transaction(order_id) as connection:
+        connection.execute(update(OUTBOX).where(OUTBOX.c.order_id == order_id).values(version=version + 1))
+    # When the send of v settles its entries
+    _settle(storage, {o: v for o, (v, _) in _outbox(storage).items()} | {order_id: version})
+    # Then the newer entry stays for the next send, the others are gone
+    assert _outbox(storage) == {order_id: (version + 1, 0)}
+
+
+_SEND = """
+import os, signal, sys
+from models.storage import get_storage
+from search.elastic import OrderIndex, connect
+from search.outbox import due_orders, send
+from settings import get_settings
+settings = get_settings()
+index = OrderIndex(connect(settings.es_url), settings.es_alias)
+if sys.argv[1] == "die":  # killed after Elasticsearch took the documents, before the outbox was settled
+    original = OrderIndex.index
+    def index_then_die(self, docs, **kwargs):
+        original(self, docs, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    OrderIndex.index = index_then_die
+report = send(get_storage(), index, due_orders(get_storage(), limit=1000))
+print(report.indexed, report.stale)
+"""
+
+
+def _sender(storage, mode: str):  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **env_of(storage), "TDC_ES_URL": storage.settings.es_url,
+           "TDC_ES_ALIAS": storage.settings.es_alias}
+    return subprocess.Popen([sys.executable, "-c", _SEND, mode], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_senders_racing_or_killed_leave_every_document_exact(fresh_storage, redis_client, elasticsearch_url,
+                                                             order_index) -> None:
+    # Given processed orders waiting in the outbox
+    import signal
+
+    storage = _indexed_storage(fresh_storage, elasticsearch_url, order_index)
+    order_index.init()
+    history = generate_history(30, seed=47, malformed=0)
+    process_history(storage, redis_client, history)
+    # When a sender is killed after Elasticsearch took the documents but before it settled the outbox
+    killed = _sender(storage, "die")
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    assert len(_outbox(storage)) == len(history.order_ids)
+    # And then two senders race over the same entries
+    racing = [_sender(storage, "send") for _ in range(2)]
+    outputs = [r.communicate(timeout=120) for r in racing]
+    # Then both finished, what was already there counted as stale, and the outbox is empty with
+    # every document at its wide row's version
+    assert [r.returncode for r in racing] == [0, 0], [err for _, err in outputs]
+    counts = [tuple(map(int, out.split())) for out, _ in outputs]
+    assert sum(indexed for indexed, _ in counts) == 0 and sum(stale for _, stale in counts) >= len(history.order_ids)
+    assert _outbox(storage) == {}
+    order_index.refresh()
+    wide = {o["order_id"]: o["version"] for o in search_sql(storage, OrderQuery(limit=1000))}
+    assert order_index.versions(sorted(wide)) == wide

@@ -32,7 +32,7 @@ def _config(tmp_path) -> dict:  # type: ignore[no-untyped-def]
 
 def test_every_task_is_routed_to_a_declared_queue_and_json_only(tmp_path) -> None:
     config = _config(tmp_path)
-    assert config["queues"] == ["tdc.ingest", "tdc.process", "tdc.scheduled", "tdc.warehouse"]
+    assert config["queues"] == ["tdc.index", "tdc.ingest", "tdc.process", "tdc.scheduled", "tdc.warehouse"]
     assert set(config["tasks"]) == set(config["routes"])
     assert {route["queue"] for route in config["routes"].values()} <= set(config["queues"])
     assert (config["serializer"], config["accept"]) == ("json", ["json"])

@@ -1,0 +1,105 @@
+"""Sending index documents from the outbox: the orders whose wide row changed since Elasticsearch
+last had them (``models.orders.IndexOutbox``, written with the wide row).
+
+An entry is deleted only once Elasticsearch holds its version or a newer one (a 409 means newer):
+the delete compares versions, so a row changed again meanwhile keeps its entry.  Elasticsearch
+unreachable: the entries stay, pushed back with a growing delay, and the error goes to the
+caller's retry.  A document Elasticsearch refuses (a mapping error) stays too, with its reason,
+and is counted; nothing here ever holds up the wide rows or the ADS.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import cast
+
+from sqlalchemy import Table, and_, bindparam, delete, select, update
+
+from intake.receiver import utcnow
+from models.orders import IndexOutbox
+from models.storage import Storage
+from search.elastic import UNAVAILABLE, BulkReport, OrderIndex, wide_documents
+
+OUTBOX = cast(Table, IndexOutbox.__table__)
+#: Entries sent per call.
+BATCH = 500
+#: Delay after the first failure, doubling up to the cap.
+RETRY_SECONDS, RETRY_CAP_SECONDS = 5.0, 600.0
+
+
+def due_orders(storage: Storage, limit: int = BATCH, now: dt.datetime | None = None) -> list[str]:
+    """Orders whose entry is due, oldest first, from every shard database."""
+    now = now or utcnow()
+    found: list[tuple[dt.datetime, str]] = []
+    for database in storage.distinct_databases():
+        with storage.read_engine(database).connect() as connection:
+            found += [(row.due_at, row.order_id) for row in connection.execute(
+                select(OUTBOX.c.order_id, OUTBOX.c.due_at).where(OUTBOX.c.due_at <= now)
+                .order_by(OUTBOX.c.due_at).limit(limit))]
+    return [order_id for _, order_id in sorted(found)[:limit]]
+
+
+def oldest_due(storage: Storage) -> dt.datetime | None:
+    """When the longest-waiting entry became due (None: nothing waits)."""
+    oldest: list[dt.datetime] = []
+    for database in storage.distinct_databases():
+        with storage.read_engine(database).connect() as connection:
+            first = connection.execute(select(OUTBOX.c.due_at).order_by(OUTBOX.c.due_at).limit(1)).scalar()
+            if first is not None:
+                oldest.append(first)
+    return min(oldest) if oldest else None
+
+
+def _by_database(storage: Storage, order_ids: Iterable[str]) -> dict[int, list[str]]:
+    groups: dict[int, list[str]] = defaultdict(list)
+    for order_id in sorted(set(order_ids)):
+        groups[storage.database_of(order_id)].append(order_id)
+    return groups
+
+
+def send(storage: Storage, index: OrderIndex, order_ids: Iterable[str]) -> BulkReport:
+    """Index the current wide rows of the orders of ``order_ids`` that have an outbox entry and
+    settle their entries; the bulk report.  Raises what UNAVAILABLE names (entries pushed back)."""
+    waiting: dict[str, tuple[int, int]] = {}  # order -> (version, attempts)
+    for database, ids in _by_database(storage, order_ids).items():
+        with storage.read_engine(database).connect() as connection:
+            waiting.update({row.order_id: (row.version, row.attempts) for row in connection.execute(
+                select(OUTBOX.c.order_id, OUTBOX.c.version, OUTBOX.c.attempts).where(OUTBOX.c.order_id.in_(ids)))})
+    if not waiting:
+        return BulkReport()
+    docs = [doc for part in wide_documents(storage, order_ids=sorted(waiting)) for doc in part]
+    try:
+        report = index.index(docs)
+    except UNAVAILABLE as error:
+        _push_back(storage, {o: f"{type(error).__name__}: {error}"[:1000] for o in waiting}, waiting)
+        raise
+    sent = {doc["order_id"]: int(doc["version"]) for doc in docs if doc["order_id"] not in report.failed}
+    # An entry without a wide row has nothing to send.
+    sent.update({order_id: waiting[order_id][0] for order_id in waiting if order_id not in sent
+                 and order_id not in report.failed})
+    _settle(storage, sent)
+    if report.failed:
+        _push_back(storage, report.failed, waiting)
+    return report
+
+
+def _settle(storage: Storage, sent: dict[str, int]) -> None:
+    """Delete the entries Elasticsearch now holds (their version or a newer one)."""
+    for database, ids in _by_database(storage, sent).items():
+        with storage.shard_engine(database).begin() as connection:
+            connection.execute(delete(OUTBOX).where(and_(OUTBOX.c.order_id == bindparam("key"),
+                                                         OUTBOX.c.version <= bindparam("sent"))),
+                               [{"key": order_id, "sent": sent[order_id]} for order_id in ids])
+
+
+def _push_back(storage: Storage, reasons: dict[str, str], waiting: dict[str, tuple[int, int]]) -> None:
+    now = utcnow()
+    for database, ids in _by_database(storage, reasons).items():
+        rows = [{"key": order_id, "tries": waiting[order_id][1] + 1, "reason": reasons[order_id][:1000],
+                 "due": now + dt.timedelta(seconds=min(RETRY_CAP_SECONDS, RETRY_SECONDS * 2 ** waiting[order_id][1]))}
+                for order_id in ids if order_id in waiting]
+        with storage.shard_engine(database).begin() as connection:
+            connection.execute(update(OUTBOX).where(OUTBOX.c.order_id == bindparam("key")).values(
+                attempts=bindparam("tries"), last_error=bindparam("reason"), due_at=bindparam("due")), rows)

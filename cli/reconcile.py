@@ -23,7 +23,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     try:
         first = _day(args.date, "--date")
         last = _day(args.to, "--to") if args.to else first
-        layers = parse_layers(args.layers, get_settings().cdc_source_url is not None)
+        settings = get_settings()
+        layers = parse_layers(args.layers, settings.cdc_source_url is not None, settings.es_url is not None)
     except ReconcileError as error:
         print(f"tdc: {error}", file=sys.stderr)
         return 2
@@ -72,8 +73,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
                         help="merge every order of the days from its stored records, not only where the sums differ")
     parser.add_argument("--wait", type=float, default=600,
                         help="seconds --fix waits for the workers to rewrite orders (default 600)")
-    parser.add_argument("--layers", help="comma-separated: source (needs TDC_CDC_SOURCE_URL), wide, ads; default all "
-                                         "that are configured")
+    parser.add_argument("--layers", help="comma-separated: source (needs TDC_CDC_SOURCE_URL), wide, ads, index "
+                                         "(needs TDC_ES_URL); default all that are configured")
     parser.add_argument("--json", help="write the JSON report here (default $TDC_HOME/reports/reconcile-RUN.json)")
     parser.add_argument("--html", help="write the HTML report here (default $TDC_HOME/reports/reconcile-RUN.html)")
     parser.add_argument("--show", type=int, default=20, help="differences printed (default 20; all are in the reports)")

@@ -25,17 +25,19 @@ from intake.receiver import TaskKey, utcnow
 from models.reconcile import ReconcileAction, ReconcileDiff, ReconcileRun
 from models.redis_store import get_redis
 from models.storage import Storage
-from reconcile import ads, source, wide
+from reconcile import ads, index, source, wide
 from reconcile.diffs import Diff, LayerResult
 from reconcile.fix import chain_keys, rerun_orders, task_versions, wait_for
 from reliability.alarms import raise_alarm
+from search.elastic import UNAVAILABLE
+from search.outbox import enqueue, send
 from warehouse.aggregates import rebuild_day
 
 RUNS = cast(Table, ReconcileRun.__table__)
 DIFFS = cast(Table, ReconcileDiff.__table__)
 ACTIONS = cast(Table, ReconcileAction.__table__)
-#: The layers, in the order they are compared and fixed (the index layer comes with the search index).
-LAYERS = (source.LAYER, wide.LAYER, ads.LAYER)
+#: The layers, in the order they are compared and fixed.
+LAYERS = (source.LAYER, wide.LAYER, ads.LAYER, index.LAYER)
 #: The tail position name a fix's snapshot reads under (it never hands a position over).
 RECONCILE_POSITION = "reconcile"
 #: Runs the trend shows.
@@ -51,16 +53,17 @@ class ReconcileError(ValueError):
     """The run was asked for something it cannot do; the message says what."""
 
 
-def parse_layers(text: str | None, has_source: bool) -> list[str]:
-    """``source,wide,ads`` as layer names, in comparing order; the default is every layer, without
-    ``source`` when no source database is configured (``has_source``).  ReconcileError for an
-    unknown layer, or ``source`` without a source database."""
+def parse_layers(text: str | None, has_source: bool, has_index: bool = False) -> list[str]:
+    """``source,wide,ads,index`` as layer names, in comparing order; the default is every layer
+    that is configured: ``source`` needs a source database (``has_source``), ``index`` a search
+    index (``has_index``).  ReconcileError for an unknown layer, or one not configured."""
+    configured = {source.LAYER: has_source, index.LAYER: has_index}
     if not text:
-        return [layer for layer in LAYERS if has_source or layer != source.LAYER]
+        return [layer for layer in LAYERS if configured.get(layer, True)]
     chosen: list[str] = []
     for layer in (part.strip() for part in text.split(",") if part.strip()):
-        if layer == "index":
-            raise ReconcileError("layer 'index' compares the search index, which this deployment does not have yet")
+        if layer == index.LAYER and not has_index:
+            raise ReconcileError("layer 'index' compares the search index: set TDC_ES_URL")
         if layer not in LAYERS:
             raise ReconcileError(f"unknown layer {layer!r}; the layers are {', '.join(LAYERS)}")
         if layer == source.LAYER and not has_source:
@@ -129,7 +132,8 @@ def compare(storage: Storage, first: dt.date, last: dt.date, layers: Iterable[st
         running: dict[str, Future[tuple[LayerResult, dict[str, wide.Expected]]]] = {
             layer: pool.submit(wide.compare_wide, storage, first, last, progress, deep) if layer == wide.LAYER
             else pool.submit(lambda: (source.compare_source(storage, ACCEPTED, first, last, progress), {}))
-            if layer == source.LAYER else pool.submit(lambda: (ads.compare_ads(storage, first, last), {}))
+            if layer == source.LAYER else pool.submit(lambda: (_compare_index(storage, first, last), {}))
+            if layer == index.LAYER else pool.submit(lambda: (ads.compare_ads(storage, first, last), {}))
             for layer in chosen}
         done = {layer: future.result() for layer, future in running.items()}
     results = {layer: done[layer][0] for layer in chosen}
@@ -137,6 +141,13 @@ def compare(storage: Storage, first: dt.date, last: dt.date, layers: Iterable[st
     for layer in chosen:
         progress(f"{layer}: {len(results[layer].diffs)} differences")
     return results, expected
+
+
+def _compare_index(storage: Storage, first: dt.date, last: dt.date) -> LayerResult:
+    configured = index.configured_index(storage)
+    if configured is None:
+        raise ReconcileError("layer 'index' compares the search index: set TDC_ES_URL")
+    return index.compare_index(storage, configured, first, last)
 
 
 def _start(storage: Storage, first: dt.date, last: dt.date, layers: list[str], fix: bool, now: dt.datetime) -> int:
@@ -152,6 +163,7 @@ def _fix(storage: Storage, client: redis.Redis | None, outcome: Outcome, results
          expected: dict[str, wide.Expected], submit: Submit, wait_seconds: float, progress: Progress) -> None:
     reingested = _fix_source(storage, client, outcome, results, submit, wait_seconds, progress)
     operations = _fix_wide(storage, outcome, results, expected, submit, wait_seconds, progress)
+    _fix_index(storage, outcome, results, progress)
     if ads.LAYER in results:
         # Once the wide rows are right, some ADS cells are too: rebuild only the days still off.
         still = (ads.compare_ads(storage, outcome.first, outcome.last)
@@ -162,6 +174,32 @@ def _fix(storage: Storage, client: redis.Redis | None, outcome: Outcome, results
             outcome.actions.append(Action(ads.LAYER, "rebuild", None, day,
                                           f"{report.applied} orders counted again, {report.cells} cells written",
                                           "done"))
+
+
+def _fix_index(storage: Storage, outcome: Outcome, results: dict[str, LayerResult], progress: Progress) -> None:
+    """Send the documents of the orders the index lacks or holds at another version, now (after
+    the other fixes, so the documents are of the rows as fixed)."""
+    if index.LAYER not in results or not results[index.LAYER].diffs:
+        return
+    configured = index.configured_index(storage)
+    assert configured is not None
+    found = results[index.LAYER].diffs
+    orders = sorted({d.order_id for d in found if d.order_id is not None})
+    progress(f"fix: sending {len(orders)} index documents again")
+    current = index.settled_versions(storage, outcome.first, outcome.last)
+    enqueue(storage, {o: current[o][0] for o in orders if o in current})
+    try:
+        report = send(storage, configured, orders)
+        failed = report.failed
+    except UNAVAILABLE as error:
+        failed = dict.fromkeys(orders, f"Elasticsearch unreachable: {type(error).__name__}")
+    configured.refresh()
+    days = {d.order_id: d.biz_date for d in found}
+    for order_id in orders:
+        result = "failed" if order_id in failed else "done"
+        outcome.actions.append(Action(index.LAYER, "resend", order_id, days.get(order_id),
+                                      "document sent again" + (f": {failed[order_id]}" if order_id in failed else ""),
+                                      result))
 
 
 def _fix_source(storage: Storage, client: redis.Redis | None, outcome: Outcome, results: dict[str, LayerResult],
@@ -240,7 +278,8 @@ def reconcile(storage: Storage, client: redis.Redis | None, first: dt.date, last
     differ."""
     if last < first:
         raise ReconcileError(f"the range ends ({last}) before it starts ({first})")
-    layers = layers or parse_layers(None, storage.settings.cdc_source_url is not None)
+    layers = layers or parse_layers(None, storage.settings.cdc_source_url is not None,
+                                    storage.settings.es_url is not None)
     started = time.monotonic()
     now = utcnow()
     outcome = Outcome(_start(storage, first, last, layers, fix, now), first, last, layers, fix, now, deep)

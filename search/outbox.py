@@ -20,6 +20,7 @@ from sqlalchemy import Table, and_, bindparam, delete, select, update
 from intake.receiver import utcnow
 from models.orders import IndexOutbox
 from models.storage import Storage
+from models.writes import upsert
 from search.elastic import UNAVAILABLE, BulkReport, OrderIndex, wide_documents
 
 OUTBOX = cast(Table, IndexOutbox.__table__)
@@ -83,6 +84,16 @@ def send(storage: Storage, index: OrderIndex, order_ids: Iterable[str]) -> BulkR
     if report.failed:
         _push_back(storage, report.failed, waiting)
     return report
+
+
+def enqueue(storage: Storage, versions: dict[str, int]) -> None:
+    """Write (or rewrite) the outbox entries of ``versions`` (order -> wide version), due now."""
+    now = utcnow()
+    for database, ids in _by_database(storage, versions).items():
+        with storage.shard_engine(database).begin() as connection:
+            upsert(connection, OUTBOX, ("order_id",), [
+                dict(order_id=o, version=versions[o], due_at=now, attempts=0, last_error=None) for o in ids],
+                lambda new: {"version": new.version, "due_at": new.due_at, "attempts": 0, "last_error": None})
 
 
 def _settle(storage: Storage, sent: dict[str, int]) -> None:

@@ -334,6 +334,10 @@ def route(state: State, method: str, parts: list[str], params: dict[str, str], r
         return 200, {"took": 1, "timed_out": False, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
                      "hits": {"total": {"value": len(hits), "relation": "eq"}, "max_score": None,
                               "hits": hits[start:start + size]}}
+    if len(parts) == 3 and parts[1] == "_doc" and method == "DELETE":
+        [index] = state.resolve(name, writing=True)
+        outcome = _write(state, index, "delete", parts[2], {}, None)
+        return outcome["status"], outcome
     if len(parts) == 3 and parts[1] == "_doc" and method in ("GET", "HEAD"):
         found = _get(state, name, parts[2])
         return (200 if found["found"] else 404), found

@@ -123,3 +123,41 @@ def test_bench_soak_feeds_chunks_checks_them_and_samples_worker_memory(fresh_sto
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"soak: [\d,]+ events; worker RSS [\d,.]+ MB at 10%, [\d,.]+ MB at 50%, "
                         r"[\d,.]+ MB at 100%; growth [+-]\d+\.\d%", last), last
+
+
+def test_real_workers_keep_the_search_index_at_every_wide_rows_version(fresh_storage, rabbitmq_vhost, tmp_path: Path,
+                                                                      elasticsearch_url: str) -> None:
+    # Given a worker and beat whose chains index into Elasticsearch (the tests' server, or TDC_ES_URL's)
+    import time
+    import uuid
+
+    from search.elastic import OrderIndex, connect
+    from search.outbox import oldest_due
+    from search.query import OrderQuery
+    from search.sql import search_sql
+
+    storage = fresh_storage()
+    alias = f"tdc-test-e2e-{uuid.uuid4().hex[:6]}"
+    env = worker_env(storage, rabbitmq_vhost, tmp_path, TDC_ES_URL=elasticsearch_url, TDC_ES_ALIAS=alias)
+    assert run_tdc(env, "search", "init").returncode == 0
+    history = generate_history(100, seed=13, input_format="canal")
+    files = {fmt: tmp_path / f"{fmt}.jsonl" for fmt in ("canal", "business")}
+    for fmt, path in files.items():
+        path.write_text("\n".join(line for f, line in history.lines if f == fmt) + "\n")
+    index = OrderIndex(connect(elasticsearch_url), alias)
+    with running([start_worker(env, tmp_path / "worker.log", concurrency=2),
+                  start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")]):
+        # When a history is ingested and processed
+        for fmt, path in files.items():
+            assert run_tdc(env, "ingest", "--format", fmt, str(path)).returncode == 0
+        assert wait_until_matching(storage, history, 300) == []
+        # Then soon every order's document is in the index at its wide row's version, and nothing waits
+        deadline = time.monotonic() + 60
+        while True:
+            wide = {o["order_id"]: o["version"] for o in search_sql(storage, OrderQuery(limit=1000))}
+            indexed = index.versions(sorted(wide))
+            if (indexed == wide and oldest_due(storage) is None) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    assert indexed == wide and len(wide) == len(history.order_ids)
+    assert oldest_due(storage) is None

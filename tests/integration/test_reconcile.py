@@ -276,8 +276,9 @@ def test_layers_are_checked_before_anything_runs() -> None:
         parse_layers("source", has_source=False)
     with pytest.raises(ReconcileError, match="unknown layer 'wdie'"):
         parse_layers("wdie", has_source=True)
-    with pytest.raises(ReconcileError, match="search index"):
+    with pytest.raises(ReconcileError, match="TDC_ES_URL"):
         parse_layers("index", has_source=True)
+    assert parse_layers(None, has_source=False, has_index=True) == ["wide", "ads", "index"]
 
 
 _FIX_IN_A_PROCESS = """
@@ -501,3 +502,40 @@ def test_the_order_center_is_compared_with_what_tdc_accepted_and_taken_in_again(
     assert stored[quantity][1][line["item_id"]]["quantity"] == line["quantity"] + 1
     assert load_checkpoint(storage, "reconcile") is None
     assert reconcile(storage, redis_client, day, day, layers=["wide", "ads"]).found == 0
+
+
+def test_the_index_layer_names_missing_and_stale_documents_and_sends_them_again(
+        fresh_storage, redis_client, elasticsearch_url, order_index) -> None:
+    # Given a processed history whose chains sent every document to the index
+    from dataclasses import replace
+
+    from models.storage import Storage
+    from search.outbox import due_orders, send
+
+    storage = Storage(replace(fresh_storage().settings, es_url=elasticsearch_url, es_alias=order_index.alias))
+    order_index.init()
+    history = generate_history(30, seed=51, malformed=0)
+    process_history(storage, redis_client, history)
+    send(storage, order_index, due_orders(storage, limit=1000))
+    order_index.refresh()
+    day = _settled_days(history).most_common(1)[0][0]
+    assert reconcile(storage, redis_client, day, day, layers=["index"]).found == 0
+    # When one settled order's document is deleted and another's wide row moves on without its
+    # document (a lost outbox entry)
+    on_day = sorted(o for o, row in history.expected_orders.items()
+                    if row["paid_at"] is not None and row["status"] != 50 and row["paid_at"].date() == day)
+    deleted, behind = on_day[:2]
+    order_index.client.delete(index=order_index.alias, id=deleted, refresh=True)
+    with storage.order_transaction(behind) as connection:
+        connection.execute(update(DwdOrder).where(DwdOrder.order_id == behind).values(version=DwdOrder.version + 1))
+    version = read_wide_orders(storage, [behind])[behind][0]["version"]
+    found = reconcile(storage, redis_client, day, day, layers=["index"])
+    fixed = reconcile(storage, redis_client, day, day, layers=["index"], fix=True, submit=lambda keys: None)
+    # Then both are named, the fix sends both again, and the index is whole
+    assert {(d.order_id, d.column, d.expected, d.found) for d in found.diffs} == {
+        (deleted, "*", str(read_wide_orders(storage, [deleted])[deleted][0]["version"]), None),
+        (behind, "version", str(version), str(version - 1))}
+    assert (fixed.status, fixed.remaining) == ("fixed", 0)
+    assert {(a.order_id, a.action, a.result) for a in fixed.actions} == {(deleted, "resend", "done"),
+                                                                         (behind, "resend", "done")}
+    assert order_index.versions([deleted, behind])[behind] == version

@@ -133,6 +133,12 @@ def cmd_bench_intake(args: argparse.Namespace) -> int:
     return bench_intake(args.orders, args.format)
 
 
+def cmd_bench_search(args: argparse.Namespace) -> int:
+    from cli.bench_search import bench_search
+
+    return bench_search(args.orders, args.queries, args.seed)
+
+
 def cmd_bench_reconcile(args: argparse.Namespace) -> int:
     from cli.bench_reconcile import bench_reconcile
 
@@ -211,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_intake.add_argument("--orders", type=int, default=1000)
     bench_intake.add_argument("--format", choices=["canal", "debezium"], default="canal")
     bench_intake.set_defaults(run=cmd_bench_intake)
+    bench_search = bench.add_parser("search", help="selective queries on the SQL fallback over many orders")
+    bench_search.add_argument("--orders", type=int, default=100_000)
+    bench_search.add_argument("--queries", type=int, default=50)
+    bench_search.add_argument("--seed", type=int, default=1)
+    bench_search.set_defaults(run=cmd_bench_search)
     bench_reconcile = bench.add_parser("reconcile", help="settled orders per second reconciled, clean and damaged")
     bench_reconcile.add_argument("--orders", type=int, default=2000)
     bench_reconcile.add_argument("--seed", type=int, default=7)

@@ -141,3 +141,37 @@ def restart_rabbitmq(while_down: Callable[[], None], down_seconds: float = 3) ->
     finally:
         rabbitmqctl("start_app")
         rabbitmqctl("await_startup")
+
+
+def ads_suspects(storage: Storage, history: History, redis_url: str, limit: int = 10) -> str:
+    """For a failure message: the orders whose ADS ledger disagrees with their wide row (version or
+    contribution), each with its task rows, ledger row and lease, so an ADS left short can be
+    traced to the step that did not run."""
+    from sqlalchemy import select
+
+    from chain.task_state import tasks_of
+    from models.warehouse import AdsOrderLedger
+    from warehouse.aggregates import wide_state
+
+    wide = wide_state(storage, history.order_ids)
+    with storage.dws_engine.connect() as connection:
+        ledger = {row.order_id: row for row in connection.execute(select(AdsOrderLedger))}
+    suspects = [o for o, (version, contribution) in sorted(wide.items())
+                if o not in ledger and contribution is not None
+                or o in ledger and (ledger[o].wide_version != version
+                                    or (ledger[o].contribution or None) != (contribution.to_json() if contribution
+                                                                            else None))][:limit]
+    client = redis.Redis.from_url(redis_url)
+    lines = [f"{len(suspects)} orders whose ledger disagrees with the wide row (first {limit}):"]
+    for order_id in suspects:
+        with storage.read_engine(storage.database_of(order_id)).connect() as connection:
+            tasks = tasks_of(connection, {order_id: storage.shard_of(order_id)})[order_id]
+        row = ledger.get(order_id)
+        lines.append(f"  {order_id}: wide v{wide[order_id][0]}, ledger "
+                     + (f"v{row.wide_version} fence {row.fence} at {row.updated_at}" if row else "none")
+                     + f", lease {client.hgetall(f'tdc:lease:{order_id}')} ttl {client.pttl(f'tdc:lease:{order_id}')}")
+        for op, task in sorted(tasks.items()):
+            lines.append(f"    {op}: {task.status} v{task.version} done v{task.done_version} attempts {task.attempts} "
+                         f"history {(task.history or '')[-300:]}")
+    client.close()
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -129,12 +129,8 @@ def compare(storage: Storage, first: dt.date, last: dt.date, layers: Iterable[st
     wide-row difference should be."""
     chosen = list(layers)
     with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
-        running: dict[str, Future[tuple[LayerResult, dict[str, wide.Expected]]]] = {
-            layer: pool.submit(wide.compare_wide, storage, first, last, progress, deep) if layer == wide.LAYER
-            else pool.submit(lambda: (source.compare_source(storage, ACCEPTED, first, last, progress), {}))
-            if layer == source.LAYER else pool.submit(lambda: (_compare_index(storage, first, last), {}))
-            if layer == index.LAYER else pool.submit(lambda: (ads.compare_ads(storage, first, last), {}))
-            for layer in chosen}
+        running = {layer: pool.submit(_compare_layer, storage, layer, first, last, progress, deep)
+                   for layer in chosen}
         done = {layer: future.result() for layer, future in running.items()}
     results = {layer: done[layer][0] for layer in chosen}
     expected = done[wide.LAYER][1] if wide.LAYER in done else {}
@@ -143,11 +139,18 @@ def compare(storage: Storage, first: dt.date, last: dt.date, layers: Iterable[st
     return results, expected
 
 
-def _compare_index(storage: Storage, first: dt.date, last: dt.date) -> LayerResult:
-    configured = index.configured_index(storage)
-    if configured is None:
-        raise ReconcileError("layer 'index' compares the search index: set TDC_ES_URL")
-    return index.compare_index(storage, configured, first, last)
+def _compare_layer(storage: Storage, layer: str, first: dt.date, last: dt.date, progress: Progress,
+                   deep: bool) -> tuple[LayerResult, dict[str, wide.Expected]]:
+    if layer == wide.LAYER:
+        return wide.compare_wide(storage, first, last, progress, deep)
+    if layer == source.LAYER:
+        return source.compare_source(storage, ACCEPTED, first, last, progress), {}
+    if layer == index.LAYER:
+        configured = index.configured_index(storage)
+        if configured is None:
+            raise ReconcileError("layer 'index' compares the search index: set TDC_ES_URL")
+        return index.compare_index(storage, configured, first, last), {}
+    return ads.compare_ads(storage, first, last), {}
 
 
 def _start(storage: Storage, first: dt.date, last: dt.date, layers: list[str], fix: bool, now: dt.datetime) -> int:

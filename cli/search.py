@@ -54,11 +54,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     url = get_settings().es_url
     orders: list[dict[str, Any]] | None = None
     if url:
+        from elasticsearch import NotFoundError
+
         from search.elastic import UNAVAILABLE, OrderIndex, connect
 
+        alias = get_settings().es_alias
         try:
-            orders = OrderIndex(connect(url), get_settings().es_alias).search(query)
+            orders = OrderIndex(connect(url), alias).search(query)
             where = "Elasticsearch"
+        except NotFoundError:
+            print(f"tdc: Elasticsearch at {_shown(url)} has no {alias!r} index yet (run `tdc search init`, then "
+                  "`tdc search reindex`); answering from the wide rows", file=sys.stderr)
         except UNAVAILABLE as error:
             print(f"tdc: Elasticsearch at {_shown(url)} cannot be reached ({type(error).__name__}); "
                   "answering from the wide rows", file=sys.stderr)

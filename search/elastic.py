@@ -103,7 +103,9 @@ class OrderIndex:
             operations.append({"index": {"_index": target, "_id": doc["order_id"], "version": int(doc["version"]),
                                          "version_type": "external"}})
             operations.append(doc)
-        answer = self.client.bulk(operations=operations, refresh=refresh)
+        # Through the alias only if it exists: Elasticsearch would otherwise create a plain index
+        # by that name, with guessed mappings, and the alias could never be made.
+        answer = self.client.bulk(operations=operations, refresh=refresh, require_alias=target == self.alias)
         report = BulkReport()
         for item in answer["items"]:
             outcome = item["index"]

@@ -29,9 +29,21 @@ STALE, REFUSED = "index_stale", "index_refused"
 LAG_ALARM = dt.timedelta(minutes=15)
 
 
+#: (url, alias) of the index this process has made sure of (template, index, alias).
+_READY: set[tuple[str, str]] = set()
+
+
 def _index() -> OrderIndex | None:
+    """The configured index, created on first use in this process (``tdc search init`` ahead of
+    time is not required)."""
     settings = get_settings()
-    return OrderIndex(connect(settings.es_url), settings.es_alias) if settings.es_url else None
+    if not settings.es_url:
+        return None
+    index = OrderIndex(connect(settings.es_url), settings.es_alias)
+    if (settings.es_url, settings.es_alias) not in _READY:
+        index.init()
+        _READY.add((settings.es_url, settings.es_alias))
+    return index
 
 
 def _send(order_ids: list[str]) -> dict[str, Any]:

@@ -294,7 +294,8 @@ def route(state: State, method: str, parts: list[str], params: dict[str, str], r
             return 404, {"error": f"alias [{parts[1]}] missing", "status": 404}
         return 200, {index: {"aliases": {parts[1]: {}}} for index in sorted(targets)}
     if parts[0] == "_bulk" or (len(parts) == 2 and parts[1] == "_bulk"):
-        return 200, _bulk(state, parts[0] if parts[0] != "_bulk" else None, raw)
+        return 200, _bulk(state, parts[0] if parts[0] != "_bulk" else None, raw,
+                          params.get("require_alias") == "true")
     if parts[0] == "_mget" or (len(parts) == 2 and parts[1] == "_mget"):
         body = _json(raw)
         default = parts[0] if parts[0] != "_mget" else None
@@ -378,7 +379,7 @@ def _search(state: State, name: str, body: dict[str, Any], params: dict[str, str
             for index, doc_id, version, source in found]
 
 
-def _bulk(state: State, default: str | None, raw: bytes) -> dict[str, Any]:
+def _bulk(state: State, default: str | None, raw: bytes, require_alias: bool = False) -> dict[str, Any]:
     lines = [line for line in raw.decode().split("\n") if line.strip()]
     items: list[dict[str, Any]] = []
     position = 0
@@ -392,6 +393,8 @@ def _bulk(state: State, default: str | None, raw: bytes) -> dict[str, Any]:
         name = meta.get("_index", default)
         doc_id = str(meta["_id"])
         try:
+            if require_alias and name not in state.aliases:
+                raise Refused(404, "index_not_found_exception", f"[{name}] is not an alias (require_alias)")
             [index] = state.resolve(name, writing=True)
             items.append({kind: _write(state, index, kind, doc_id, meta, source)})
         except Refused as refused:

@@ -221,6 +221,7 @@ def test_the_command_searches_the_index_and_falls_back_when_it_is_down(fresh_sto
     process_history(storage, redis_client, history)
     alias = f"tdc-test-cli-{uuid.uuid4().hex[:6]}"
     env = {**env_of(storage), "TDC_ES_URL": elasticsearch_url, "TDC_ES_ALIAS": alias}
+    before = run_tdc(env, "search", "--limit", "3")
     init = run_tdc(env, "search", "init")
     reindex = run_tdc(env, "search", "reindex")
     store = next(iter(history.expected_orders.values()))["store_id"]
@@ -231,6 +232,8 @@ def test_the_command_searches_the_index_and_falls_back_when_it_is_down(fresh_sto
     unmanaged = run_tdc({**env, "TDC_ES_URL": ""}, "search", "reindex")
     # Then the index answers with the model's orders, the wide rows answer when it is down (saying
     # so), and managing no index is refused
+    assert before.returncode == 0 and "run `tdc search init`" in before.stderr, before.stderr
+    assert len(before.stdout.strip().splitlines()) == 1 + 3
     assert init.returncode == 0 and f"{alias} -> {alias}-v1" in init.stdout, init.stderr
     assert reindex.returncode == 0 and f"reindexed into {alias}-v2" in reindex.stdout, reindex.stderr
     assert indexed.returncode == 0 and "from Elasticsearch" in indexed.stderr, indexed.stderr
@@ -399,3 +402,23 @@ def test_bench_search_checks_its_answers_and_reports_latency(fresh_storage) -> N
         assert run.returncode == 0, run.stdout + run.stderr
         assert "search: 10 selective queries over 3,000 orders: median" in run.stdout
     assert "setup: 3000 orders" in runs[0].stdout and "setup:" not in runs[1].stdout
+
+
+def test_documents_are_never_written_without_the_alias(fresh_storage, redis_client, order_index) -> None:
+    # Given an index alias that was never made (no `tdc search init`)
+    from elasticsearch import NotFoundError
+
+    from search.documents import document
+
+    storage = fresh_storage()
+    history = generate_history(2, seed=4, malformed=0)
+    process_history(storage, redis_client, history)
+    [order] = search_sql(storage, OrderQuery(order_id=history.order_ids[0]))
+    items = order.pop("items")
+    # When a document is sent through it
+    report = order_index.index([document(order, items)])
+    # Then it is refused, and no index took the alias's name with guessed mappings
+    assert report.indexed == 0 and list(report.failed) == [order["order_id"]]
+    assert "index_not_found" in report.failed[order["order_id"]]
+    with pytest.raises(NotFoundError):
+        order_index.client.indices.get(index=order_index.alias)

@@ -73,9 +73,7 @@ return 1
 _DROP_STALE_QUEUED = """
 local queued_at = redis.call('hget', KEYS[1], 'queued_at')
 if not queued_at then return 0 end
-local clock = redis.call('time')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-if now - tonumber(queued_at) < tonumber(ARGV[1]) then return 0 end
+if tonumber(queued_at) > tonumber(ARGV[1]) then return 0 end
 return redis.call('del', KEYS[1])
 """
 
@@ -145,19 +143,26 @@ class OrderLeases:
             self._release(keys=[lease_name(order_id)], args=[str(token)], client=pipe)
         pipe.execute()
 
-    def drop_stale_queued(self, order_ids: Iterable[str], age_seconds: float) -> set[str]:
-        """Drop the leases among ``order_ids`` that have been queued for ``age_seconds`` or more;
-        the orders dropped.  For the rescan, once the chain queues are empty: a message that
-        waited that long is no longer in the broker, so its order's lease is held for nobody (its
-        message never reached the broker, or a worker took it and died before it could say so,
-        and a Redis broker hides it for the visibility timeout).  Taking such an order over is
-        safe even if the message does run after all: its token is fenced off."""
+    def clock_ms(self) -> int:
+        """Redis's clock, in ms: the clock ``queued_at`` is kept in."""
+        seconds, micros = self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def drop_stale_queued(self, order_ids: Iterable[str], queued_by_ms: int) -> set[str]:
+        """Drop the leases among ``order_ids`` queued at or before ``queued_by_ms`` (``clock_ms``)
+        and not renewed since; the orders dropped.  For the rescan, with a time taken before it saw
+        the chain queues empty: a message published by then is no longer in the broker, so its
+        order's lease is held for nobody (its message never reached the broker, or a worker took
+        it and died before it could say so, and a Redis broker hides it for the visibility
+        timeout; a live worker holding it renews the lease, which moves ``queued_at``).  Taking
+        such an order over is safe even if the message does run after all: its token is fenced
+        off."""
         orders = list(dict.fromkeys(order_ids))
         if not orders:
             return set()
         pipe = self.client.pipeline(transaction=False)
         for order_id in orders:
-            self._drop_stale_queued(keys=[lease_name(order_id)], args=[int(age_seconds * 1000)], client=pipe)
+            self._drop_stale_queued(keys=[lease_name(order_id)], args=[int(queued_by_ms)], client=pipe)
         return {order_id for order_id, dropped in zip(orders, pipe.execute(), strict=True) if dropped}
 
     @contextmanager

@@ -26,35 +26,48 @@ log = logging.getLogger(__name__)
 
 @shared_task(name="tdc.rescan")
 def rescan() -> int:
-    """Fan out one job per slice of the task tables."""
+    """Fan out one job per slice of the task tables, telling them which queued leases are held
+    for nobody (``stale_queued_cutoff``)."""
     jobs = get_settings().rescan_shards
-    group(rescan_slice.si(job=job, jobs=jobs) for job in range(jobs)).apply_async()
+    cutoff = stale_queued_cutoff()
+    group(rescan_slice.si(job=job, jobs=jobs, queued_by_ms=cutoff) for job in range(jobs)).apply_async()
     return jobs
 
 
-#: A lease queued this long while no chain message waits in the broker is held for nobody.
+#: A lease queued this long before the chain queues were seen empty is held for nobody.
 STALE_QUEUED_SECONDS = 10.0
+#: Held orders are postponed by this share of the rescan interval, so the next pass (a little
+#: under an interval later, from a slice's point of view) finds them due and not the one after.
+POSTPONE_SHARE = 0.8
+
+
+def stale_queued_cutoff() -> int | None:
+    """The Redis-clock ms at or before which a queued lease is held for nobody: STALE_QUEUED_SECONDS
+    before the chain queues were seen empty, once for the whole pass (the slices' own takeovers
+    fill the queues again); None when a chain message waits."""
+    clock = OrderLeases(get_redis(), get_settings()).clock_ms()
+    return clock - int(STALE_QUEUED_SECONDS * 1000) if chain_queues_empty() else None
 
 
 @shared_task(name="tdc.rescan_slice", **retrying())
-def rescan_slice(job: int, jobs: int) -> int:
+def rescan_slice(job: int, jobs: int, queued_by_ms: int | None = None) -> int:
     """Submit the due tasks of tables ``t % jobs == job``; those whose order is held go to the
     back of the line until the next pass (not a whole lease: a lapsing lease is retaken then).
 
-    A held order whose lease has waited queued for a while although no chain message waits in
-    the broker is held for nobody (``OrderLeases.drop_stale_queued``): it is taken over now,
-    not when the queued lease runs out."""
+    A held order whose lease was queued by ``queued_by_ms`` (``stale_queued_cutoff``, None: the
+    pass saw a chain message waiting) is held for nobody (``OrderLeases.drop_stale_queued``): it
+    is taken over now, not when the queued lease runs out."""
     settings, now = get_settings(), utcnow()
     submitted, held = submit_keys(due_tasks(get_storage(), job, jobs, now, settings.rescan_batch))
-    if held and chain_queues_empty():
-        dropped = OrderLeases(get_redis(), settings).drop_stale_queued({o for o, _ in held}, STALE_QUEUED_SECONDS)
+    if held and queued_by_ms is not None:
+        dropped = OrderLeases(get_redis(), settings).drop_stale_queued({o for o, _ in held}, queued_by_ms)
         if dropped:
             log.warning("%d orders held a queued lease with no chain message in the broker; taking them over",
                         len(dropped))
             again, held = [k for k in held if k[0] in dropped], [k for k in held if k[0] not in dropped]
             more, still = submit_keys(again)
             submitted, held = submitted + more, held + still
-    postpone(get_storage(), held, now, settings.rescan_interval_seconds)
+    postpone(get_storage(), held, now, settings.rescan_interval_seconds * POSTPONE_SHARE)
     return submitted
 
 

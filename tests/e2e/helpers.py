@@ -150,6 +150,8 @@ def ads_suspects(storage: Storage, history: History, redis_url: str, limit: int 
     from sqlalchemy import select
 
     from chain.task_state import tasks_of
+    from intake.receiver import utcnow
+    from models.sharded import task_table
     from models.warehouse import AdsOrderLedger
     from warehouse.aggregates import wide_state
 
@@ -162,16 +164,38 @@ def ads_suspects(storage: Storage, history: History, redis_url: str, limit: int 
                                     or (ledger[o].contribution or None) != (contribution.to_json() if contribution
                                                                             else None))][:limit]
     client = redis.Redis.from_url(redis_url)
-    lines = [f"{len(suspects)} orders whose ledger disagrees with the wide row (first {limit}):"]
+    queues = {name.decode(): client.llen(name) for name in client.keys("tdc.*") if client.type(name) == b"list"}
+    unacked = {key.decode(): value for key, value in client.hgetall("unacked").items()}
+    lines = [f"{len(suspects)} orders whose ledger disagrees with the wide row (first {limit}); broker lists "
+             f"{queues}; {len(unacked)} unacked messages; now {utcnow():%H:%M:%S}"]
     for order_id in suspects:
+        held = [tag for tag, message in unacked.items() if order_id.encode() in _decoded(message)]
+        lines.append(f"  {order_id}: unacked messages naming it {held}")
         with storage.read_engine(storage.database_of(order_id)).connect() as connection:
             tasks = tasks_of(connection, {order_id: storage.shard_of(order_id)})[order_id]
+            due = dict(connection.execute(select(task_table(storage.shard_of(order_id)).c.operation_type,
+                                                 task_table(storage.shard_of(order_id)).c.next_run_at).where(
+                task_table(storage.shard_of(order_id)).c.order_id == order_id)).all())
         row = ledger.get(order_id)
         lines.append(f"  {order_id}: wide v{wide[order_id][0]}, ledger "
                      + (f"v{row.wide_version} fence {row.fence} at {row.updated_at}" if row else "none")
                      + f", lease {client.hgetall(f'tdc:lease:{order_id}')} ttl {client.pttl(f'tdc:lease:{order_id}')}")
         for op, task in sorted(tasks.items()):
             lines.append(f"    {op}: {task.status} v{task.version} done v{task.done_version} attempts {task.attempts} "
-                         f"history {(task.history or '')[-300:]}")
+                         f"due {due.get(op)} history {(task.history or '')[-300:]}")
     client.close()
     return "\n".join(lines)
+
+
+def _decoded(message: bytes) -> bytes:
+    """A kombu Redis message (JSON, with the body base64-encoded), with its body decoded."""
+    import base64
+    import json
+
+    try:
+        envelope = json.loads(message)[0]
+        if isinstance(envelope, str):
+            envelope = json.loads(envelope)
+        return message + base64.b64decode(envelope.get("body", ""))
+    except (ValueError, TypeError, KeyError, IndexError):
+        return message

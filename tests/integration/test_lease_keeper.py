@@ -129,14 +129,14 @@ def test_a_lease_queued_for_nobody_is_dropped_and_no_other(leases, redis_client)
     leases.renew({stale: tokens[stale]}, queued=True)
     time.sleep(0.3)
     leases.renew({fresh: tokens[fresh]}, queued=True)
-    # When the rescan drops the leases queued for 0.2 s or more
-    dropped = leases.drop_stale_queued([stale, fresh, running], 0.2)
+    # When the rescan drops the leases queued 0.2 s or more before now
+    dropped = leases.drop_stale_queued([stale, fresh, running], leases.clock_ms() - 200)
     # Then only the stale one is free; a lease a worker has received again is never dropped
     assert dropped == {stale}
     assert set(leases.acquire([stale, fresh, running])) == {stale}
     leases.renew({fresh: tokens[fresh]})
     time.sleep(0.3)
-    assert leases.drop_stale_queued([fresh], 0.2) == set()
+    assert leases.drop_stale_queued([fresh], leases.clock_ms() - 200) == set()
 
 
 @pytest.mark.parametrize("broker", ["rabbitmq", "redis"])

@@ -5,6 +5,9 @@ Queues are named here and nowhere else; a worker started without ``-Q`` consumes
 
 from __future__ import annotations
 
+import os
+import sys
+
 from celery import Celery
 from celery.signals import worker_process_shutdown
 from kombu import Queue
@@ -12,6 +15,7 @@ from kombu import Queue
 from beat_schedule import BEAT_SCHEDULE
 from models.embedded import ensure_embedded_redis
 from reliability.alarms import flush_alarms
+from reliability.flower_auth import require_flower_auth
 from settings import get_settings
 from tasks.lease_keeper import KeepHeldLeases
 
@@ -41,6 +45,9 @@ TASK_ROUTES = {
     # On the chain's queue, so `tdc bench throughput` compares like with like.
     "tdc.bench_noop": {"queue": PROCESS_QUEUE},
 }
+
+# `celery -A worker flower` imports this module first: Flower never starts without authentication.
+require_flower_auth(sys.argv, os.environ)
 
 settings = get_settings()
 settings.home.mkdir(parents=True, exist_ok=True)

@@ -220,11 +220,8 @@ def _per_database(storage: Storage, leases: OrderLeases, settings: Settings, key
 def _pending_after_release(storage: Storage, orders: Iterable[str]) -> list[TaskKey]:
     """Tasks of ``orders`` that became PENDING while we held their leases: data or a wake-up
     that arrived then could not submit (the lease was ours), so we must."""
-    by_database: dict[int, dict[str, int]] = defaultdict(dict)
-    for order_id in orders:
-        by_database[storage.database_of(order_id)][order_id] = storage.shard_of(order_id)
     again: list[TaskKey] = []
-    for database, shards in by_database.items():
+    for database, shards in storage.orders_by_database(orders).items():
         with storage.read_engine(database).connect() as connection:
             again += pending_of(connection, shards)
     return again

@@ -86,14 +86,11 @@ def read_wide(connection: Connection, order_ids: list[str]) -> tuple[dict[str, d
 
 def read_orders(storage: Storage, order_ids: list[str]) -> tuple[dict[str, dict[str, Any]], dict[int, dict[str, Any]]]:
     """The ``dwd_order`` and ``dwd_order_item`` rows of ``order_ids``."""
-    by_database: dict[int, list[str]] = defaultdict(list)
-    for order_id in order_ids:
-        by_database[storage.database_of(order_id)].append(order_id)
     orders: dict[str, dict[str, Any]] = {}
     items: dict[int, dict[str, Any]] = {}
-    for database, ids in by_database.items():
+    for database, shards in storage.orders_by_database(order_ids).items():
         with storage.read_engine(database).connect() as connection:
-            found, lines = read_wide(connection, ids)
+            found, lines = read_wide(connection, list(shards))
         orders.update(found)
         for order_lines in lines.values():
             items.update(order_lines)

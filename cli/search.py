@@ -56,11 +56,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     if url:
         from elasticsearch import NotFoundError
 
-        from search.elastic import UNAVAILABLE, OrderIndex, connect
+        from search.elastic import UNAVAILABLE, OrderIndex
 
         alias = get_settings().es_alias
         try:
-            orders = OrderIndex(connect(url), alias).search(query)
+            index = OrderIndex.configured(get_settings())
+            assert index is not None
+            orders = index.search(query)
             where = "Elasticsearch"
         except NotFoundError:
             print(f"tdc: Elasticsearch at {_shown(url)} has no {alias!r} index yet (run `tdc search init`, then "
@@ -89,14 +91,13 @@ def _shown(url: str) -> str:
 
 
 def _index():  # type: ignore[no-untyped-def]
-    from search.elastic import OrderIndex, connect
+    from search.elastic import OrderIndex
     from settings import get_settings
 
-    settings = get_settings()
-    if not settings.es_url:
+    index = OrderIndex.configured(get_settings())
+    if index is None:
         print("tdc: TDC_ES_URL is not set: there is no index to manage (search uses the wide rows)", file=sys.stderr)
-        return None
-    return OrderIndex(connect(settings.es_url), settings.es_alias)
+    return index
 
 
 def _init() -> int:

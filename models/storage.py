@@ -7,7 +7,7 @@ share a parent's connections.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,6 +100,14 @@ class Storage:
 
     def shard_of(self, order_id: str) -> int:
         return shard_for(order_id, self.settings.shards)
+
+    def orders_by_database(self, order_ids: Iterable[str]) -> dict[int, dict[str, int]]:
+        """``order_ids`` grouped by the database that holds them: database -> {order: its shard},
+        each group in order-id order, each order once."""
+        groups: dict[int, dict[str, int]] = {}
+        for order_id in sorted(set(order_ids)):
+            groups.setdefault(self.database_of(order_id), {})[order_id] = self.shard_of(order_id)
+        return groups
 
     def engine_for_order(self, order_id: str) -> Engine:
         return self.shard_engine(self.database_of(order_id))

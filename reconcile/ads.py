@@ -12,36 +12,25 @@ import datetime as dt
 import json
 import time
 from collections import defaultdict
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, text
 
 from chain.wide_rows import ITEM_TABLE, ORDER_TABLE
-from flows.gqsh import CANCELLED
 from models.storage import Storage
-from reconcile.diffs import Diff, LayerResult
+from reconcile.diffs import Diff, LayerResult, as_date, days_between
+from reconcile.wide import settled_where
 from warehouse.aggregates import read_aggregates
-from warehouse.contributions import AGGREGATES, ITEM_SALES, SALES, SALES_SUM, Cells
+from warehouse.contributions import AGGREGATES, ITEM_SALES, SALES, SALES_SUM, Cells, money
 
 LAYER = "ads"
-CENT = Decimal("0.01")
 MONEY = frozenset({"pay_amount", "refund_amount", "net_amount", "amount"})
-
-
-def _days(first: dt.date, last: dt.date) -> list[dt.date]:
-    return [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
-
-
-def _money(value: Any) -> Decimal:
-    return Decimal(str(value or 0)).quantize(CENT)
 
 
 def recomputed_cells(storage: Storage, first: dt.date, last: dt.date) -> Cells:
     """The aggregates of [first, last] as the wide rows make them, summed by the databases."""
     order, item = ORDER_TABLE, ITEM_TABLE
-    where = (order.c.biz_date.between(first, last) & order.c.paid_at.is_not(None)
-             & (order.c.status != CANCELLED) & order.c.store_id.is_not(None))
+    where = settled_where(first, last) & order.c.store_id.is_not(None)
     sales = (select(order.c.biz_date, order.c.store_id, func.count(), func.sum(order.c.pay_amount),
                     func.sum(order.c.refund_amount)).where(where).group_by(text("1"), text("2")))
     lines = (select(order.c.biz_date, item.c.sku_id, func.sum(item.c.quantity), func.sum(item.c.amount),
@@ -56,32 +45,32 @@ def recomputed_cells(storage: Storage, first: dt.date, last: dt.date) -> Cells:
     parts = storage.each_database(sums)
     for order_sums, line_sums in parts:
         for day, store, count, paid, refunded in order_sums:
-            day = day if isinstance(day, dt.date) else dt.date.fromisoformat(str(day)[:10])
+            day = as_date(day)
             for table, key in ((SALES, (day, str(store))), (SALES_SUM, (day,))):
                 cell = cells[(table, key)]
                 cell["order_count"] += int(count)
-                cell["pay_amount"] += _money(paid)
-                cell["refund_amount"] += _money(refunded)
-                cell["net_amount"] += _money(paid) - _money(refunded)
+                cell["pay_amount"] += money(paid)
+                cell["refund_amount"] += money(refunded)
+                cell["net_amount"] += money(paid) - money(refunded)
         for day, sku, quantity, amount, refund_quantity, refund_amount in line_sums:
-            day = day if isinstance(day, dt.date) else dt.date.fromisoformat(str(day)[:10])
+            day = as_date(day)
             cell = cells[(ITEM_SALES, (day, str(sku)))]
             cell["quantity"] += int(quantity or 0)
-            cell["amount"] += _money(amount)
+            cell["amount"] += money(amount)
             cell["refund_quantity"] += int(refund_quantity or 0)
-            cell["refund_amount"] += _money(refund_amount)
+            cell["refund_amount"] += money(refund_amount)
     # The incremental path deletes a cell left holding nothing.
     return {cell: dict(values) for cell, values in cells.items() if any(values.values())}
 
 
 def _same(measure: str, expected: Any, found: Any) -> bool:
     if measure in MONEY:
-        return _money(expected) == _money(found)
+        return money(expected) == money(found)
     return int(expected or 0) == int(found or 0)
 
 
 def _shown(measure: str, value: Any) -> str:
-    return str(_money(value)) if measure in MONEY else str(int(value or 0))
+    return str(money(value)) if measure in MONEY else str(int(value or 0))
 
 
 def cell_name(table: str, key: tuple[Any, ...]) -> str:
@@ -95,7 +84,7 @@ def compare_ads(storage: Storage, first: dt.date, last: dt.date) -> LayerResult:
     want = recomputed_cells(storage, first, last)
     result.seconds["wide sums"] = time.perf_counter() - started
     with storage.dws_engine.connect() as connection:
-        have = read_aggregates(connection, _days(first, last))
+        have = read_aggregates(connection, days_between(first, last))
     result.seconds["stored cells"] = time.perf_counter() - started - result.seconds["wide sums"]
     for cell in sorted(want.keys() | have.keys(), key=lambda c: (c[0], tuple(str(k) for k in c[1]))):
         table, key = cell

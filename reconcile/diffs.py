@@ -7,6 +7,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def as_date(value: Any) -> dt.date:
+    """A day as a database returns it (a date, a datetime, or SQLite's text)."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
+
+
+def days_between(first: dt.date, last: dt.date) -> list[dt.date]:
+    """Every day from ``first`` to ``last``, both included."""
+    return [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+
+
 @dataclass
 class Diff:
     """One difference.  ``column`` is ``*`` for a row that is missing or not expected."""

@@ -16,7 +16,7 @@ import datetime as dt
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, update
 
@@ -40,35 +40,34 @@ def rerun_orders(storage: Storage, operations: Mapping[str, list[str]], rows_gon
     if gone:
         with storage.dws_engine.begin() as connection:
             connection.execute(update(LEDGER).where(LEDGER.c.order_id.in_(gone)).values(wide_version=0))
-    by_database: dict[int, list[str]] = defaultdict(list)
-    for order_id in operations:
-        by_database[storage.database_of(order_id)].append(order_id)
     versions: dict[str, dict[str, int]] = {}
-    for database, orders in sorted(by_database.items()):
-        shards = {order_id: storage.shard_of(order_id) for order_id in orders}
-        keys = sorted((shards[o], o, op) for o in orders for op in operations[o])
+    for database, shards in sorted(storage.orders_by_database(operations).items()):
+        keys = sorted((shards[o], o, op) for o in shards for op in operations[o])
         with storage.shard_engine(database).begin() as connection:
             bump_tasks(connection, keys, now)
             tasks = tasks_of(connection, shards)
-        for order_id in orders:
+        for order_id in shards:
             versions[order_id] = {op: tasks[order_id][op].version for op in operations[order_id]}
     return versions
 
 
 def task_versions(storage: Storage, keys: Iterable[TaskKey]) -> dict[str, dict[str, int]]:
     """The current version of each task of ``keys``: what ``wait_for`` waits for."""
-    by_database: dict[int, dict[str, int]] = defaultdict(dict)
     wanted: dict[str, list[str]] = defaultdict(list)
     for order_id, operation in keys:
-        by_database[storage.database_of(order_id)][order_id] = storage.shard_of(order_id)
         wanted[order_id].append(operation)
-    versions: dict[str, dict[str, int]] = {}
-    for database, shards in by_database.items():
+    tasks = _tasks(storage, wanted)
+    return {order_id: {op: tasks[order_id][op].version for op in ops if op in tasks[order_id]}
+            for order_id, ops in wanted.items()}
+
+
+def _tasks(storage: Storage, orders: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The task rows of ``orders``, by order and operation, a few reads per shard database."""
+    found: dict[str, dict[str, Any]] = {}
+    for database, shards in storage.orders_by_database(orders).items():
         with storage.read_engine(database).connect() as connection:
-            tasks = tasks_of(connection, shards)
-        for order_id in shards:
-            versions[order_id] = {op: tasks[order_id][op].version for op in wanted[order_id] if op in tasks[order_id]}
-    return versions
+            found.update(tasks_of(connection, shards))
+    return found
 
 
 def chain_keys(versions: Mapping[str, Mapping[str, int]]) -> list[TaskKey]:
@@ -84,21 +83,16 @@ def wait_for(storage: Storage, versions: Mapping[str, Mapping[str, int]], timeou
     deadline = time.monotonic() + timeout
     shown = 0.0
     while waiting:
-        by_database: dict[int, dict[str, int]] = defaultdict(dict)
-        for order_id in waiting:
-            by_database[storage.database_of(order_id)][order_id] = storage.shard_of(order_id)
-        for database, shards in by_database.items():
-            with storage.read_engine(database).connect() as connection:
-                tasks = tasks_of(connection, shards)
-            for order_id in shards:
-                states = [tasks[order_id].get(op) for op in versions[order_id]]
-                if any(t is not None and t.status == TaskStatus.FAILED for t in states):
-                    results[order_id] = "failed"
-                    waiting.discard(order_id)
-                elif all(t is not None and t.status == TaskStatus.DONE
-                         and t.done_version >= versions[order_id][t.operation_type] for t in states):
-                    results[order_id] = "done"
-                    waiting.discard(order_id)
+        tasks = _tasks(storage, waiting)
+        for order_id in sorted(waiting):
+            states = [tasks[order_id].get(op) for op in versions[order_id]]
+            if any(t is not None and t.status == TaskStatus.FAILED for t in states):
+                results[order_id] = "failed"
+                waiting.discard(order_id)
+            elif all(t is not None and t.status == TaskStatus.DONE
+                     and t.done_version >= versions[order_id][t.operation_type] for t in states):
+                results[order_id] = "done"
+                waiting.discard(order_id)
         if not waiting or time.monotonic() >= deadline:
             break
         if time.monotonic() - shown >= 10:

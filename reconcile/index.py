@@ -15,24 +15,22 @@ import time
 from sqlalchemy import select
 
 from chain.wide_rows import ORDER_TABLE
-from flows.gqsh import CANCELLED
 from models.storage import Storage
 from reconcile.diffs import Diff, LayerResult
-from search.elastic import OrderIndex, connect
+from reconcile.wide import settled_where
+from search.elastic import OrderIndex
 
 LAYER = "index"
 
 
 def configured_index(storage: Storage) -> OrderIndex | None:
-    settings = storage.settings
-    return OrderIndex(connect(settings.es_url), settings.es_alias) if settings.es_url else None
+    return OrderIndex.configured(storage.settings)
 
 
 def settled_versions(storage: Storage, first: dt.date, last: dt.date) -> dict[str, tuple[int, dt.date]]:
     """Each settled order of the days: its wide row's version and day."""
     order = ORDER_TABLE
-    query = select(order.c.order_id, order.c.version, order.c.biz_date).where(
-        order.c.biz_date.between(first, last) & order.c.paid_at.is_not(None) & (order.c.status != CANCELLED))
+    query = select(order.c.order_id, order.c.version, order.c.biz_date).where(settled_where(first, last))
 
     def one(database: int) -> list[tuple[str, int, dt.date]]:
         with storage.read_engine(database).connect() as connection:

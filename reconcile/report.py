@@ -18,6 +18,7 @@ from markupsafe import Markup
 
 from models.storage import Storage
 from reconcile.charts import grouped_bars, lines
+from reconcile.diffs import days_between
 
 if TYPE_CHECKING:
     from reconcile.run import Outcome
@@ -52,15 +53,12 @@ def facts(storage: Storage, outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def _days(first: dt.date, last: dt.date) -> list[str]:
-    return [(first + dt.timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
-
-
 def render_html(data: dict[str, Any]) -> str:
     per_day: dict[str, dict[str, int]] = {layer: defaultdict(int) for layer in data["layers"]}
     for diff in data["differences"] + data["new_after_fix"]:
         per_day[diff["layer"]][diff["biz_date"] or "?"] += 1
-    days = _days(dt.date.fromisoformat(data["range"]["from"]), dt.date.fromisoformat(data["range"]["to"]))
+    days = [day.isoformat() for day in days_between(dt.date.fromisoformat(data["range"]["from"]),
+                                                    dt.date.fromisoformat(data["range"]["to"]))]
     by_day = grouped_bars("Differences per day and layer", "per-day", days, per_day)
     runs = [dict(point, label=f"#{point['run']}") for point in data["trend"]]
     history = lines(f"The last {len(runs)} runs", "trend", runs, "label", ["found", "remaining"])

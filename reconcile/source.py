@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -129,10 +128,7 @@ def stored_records(storage: Storage, sources: set[str],
                    orders: Iterable[str]) -> dict[Key, tuple[str, dict[str, Any]]]:
     """The stored records of ``orders`` from ``sources``: key -> (kind, content)."""
     stored: dict[Key, tuple[str, dict[str, Any]]] = {}
-    by_database: dict[int, dict[str, int]] = defaultdict(dict)
-    for order_id in orders:
-        by_database[storage.database_of(order_id)][order_id] = storage.shard_of(order_id)
-    for database, shards in by_database.items():
+    for database, shards in storage.orders_by_database(orders).items():
         ids = sorted(shards)
         for start in range(0, len(ids), CHUNK):
             chunk = {order_id: shards[order_id] for order_id in ids[start:start + CHUNK]}

@@ -50,7 +50,7 @@ from models.digests import bucket_of, canonical, sql_bucket, sql_row_digest
 from models.sharded import TaskStatus
 from models.storage import Storage
 from models.warehouse import AdsOrderLedger
-from reconcile.diffs import Diff, LayerResult
+from reconcile.diffs import Diff, LayerResult, as_date
 
 LAYER = "wide"
 #: Buckets of order ids per day: a difference costs reading the wide rows of 1/BUCKETS of the day.
@@ -109,16 +109,11 @@ class _NoDimensions:
 def settled(order: Row | None, first: dt.date, last: dt.date) -> bool:
     """Paid, not cancelled, on a business day in [first, last]."""
     return (order is not None and order.get("paid_at") is not None and order.get("status") != CANCELLED
-            and order.get("biz_date") is not None and first <= _day(order["biz_date"]) <= last)
+            and order.get("biz_date") is not None and first <= as_date(order["biz_date"]) <= last)
 
 
-def _day(value: Any) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
-
-
-def _settled_where(first: dt.date, last: dt.date) -> Any:
+def settled_where(first: dt.date, last: dt.date) -> Any:
+    """``settled`` as a condition on ``dwd_order``."""
     order = ORDER_TABLE
     return order.c.biz_date.between(first, last) & order.c.paid_at.is_not(None) & (order.c.status != CANCELLED)
 
@@ -132,14 +127,14 @@ def wide_buckets(storage: Storage, first: dt.date, last: dt.date) -> dict[Bucket
     parts = storage.each_database(lambda database: _database_buckets(storage, database, first, last))
     for orders, lines in parts:
         for day, number, count, digest, stored, unknown, counted in orders:
-            entry = sums[(_day(day), int(number))]
+            entry = sums[(as_date(day), int(number))]
             entry.orders += int(count)
             entry.digest += int(digest)
             entry.stored += int(stored or 0)
             entry.unknown += int(unknown)
             entry.counted += int(counted)
         for day, number, digest in lines:
-            sums[(_day(day), int(number))].digest += int(digest)
+            sums[(as_date(day), int(number))].digest += int(digest)
     return dict(sums)
 
 
@@ -154,7 +149,7 @@ def _database_buckets(storage: Storage, database: int, first: dt.date,
                          func.sum(order.c.source_digest),
                          func.sum(case((order.c.source_digest.is_(None), 1), else_=0)),
                          func.sum(case((order.c.store_id.is_not(None), 1), else_=0)))
-              .where(_settled_where(first, last)).group_by(text("1"), text("2")))
+              .where(settled_where(first, last)).group_by(text("1"), text("2")))
     lines = (select(item.c.biz_date, sql_bucket(dialect, item.c.order_id, BUCKETS),
                     func.sum(sql_row_digest(dialect, [(item.c[n], k) for n, k in SOURCE_ITEM_COLUMNS])))
              .where(item.c.biz_date.between(first, last) & (item.c.status >= PAID) & (item.c.status != CANCELLED))
@@ -171,7 +166,7 @@ def ledger_buckets(storage: Storage, first: dt.date, last: dt.date) -> dict[Buck
              .where(LEDGER.c.biz_date.between(first, last) & LEDGER.c.contribution.is_not(None))
              .group_by(text("1"), text("2")))
     with engine.connect() as connection:
-        return {(_day(day), int(number)): int(count) for day, number, count in connection.execute(query)}
+        return {(as_date(day), int(number)): int(count) for day, number, count in connection.execute(query)}
 
 
 def candidate_orders(storage: Storage, first: dt.date, last: dt.date,
@@ -191,33 +186,27 @@ def candidate_orders(storage: Storage, first: dt.date, last: dt.date,
             query = query.where(sql_bucket(engine.dialect.name, order_id, BUCKETS).in_(numbers))
         with engine.connect() as connection:
             found.update(o for o, day in connection.execute(query)
-                         if buckets is None or (_day(day), bucket_of(o, BUCKETS)) in buckets)
+                         if buckets is None or (as_date(day), bucket_of(o, BUCKETS)) in buckets)
     return found
 
 
 def wide_days(storage: Storage, order_ids: Iterable[str]) -> dict[str, dt.date]:
     """The business day of each order that has a wide row with one."""
     days: dict[str, dt.date] = {}
-    for database, ids in _by_database(storage, order_ids).items():
+    for database, shards_of in storage.orders_by_database(order_ids).items():
+        ids = list(shards_of)
         with storage.read_engine(database).connect() as connection:
             for start in range(0, len(ids), CHUNK):
-                days.update((order_id, _day(day)) for order_id, day in connection.execute(
+                days.update((order_id, as_date(day)) for order_id, day in connection.execute(
                     select(ORDER_TABLE.c.order_id, ORDER_TABLE.c.biz_date).where(
                         ORDER_TABLE.c.order_id.in_(ids[start:start + CHUNK]) & ORDER_TABLE.c.biz_date.is_not(None))))
     return days
 
 
-def _by_database(storage: Storage, order_ids: Iterable[str]) -> dict[int, list[str]]:
-    groups: dict[int, list[str]] = defaultdict(list)
-    for order_id in sorted(order_ids):
-        groups[storage.database_of(order_id)].append(order_id)
-    return groups
-
-
 def _expected_key(entry: Expected) -> BucketKey | None:
     if entry.order is None or entry.order.get("biz_date") is None:
         return None
-    return (_day(entry.order["biz_date"]), bucket_of(entry.order["order_id"], BUCKETS))
+    return (as_date(entry.order["biz_date"]), bucket_of(entry.order["order_id"], BUCKETS))
 
 
 def applicable(tasks: Iterable[str]) -> list[str]:
@@ -238,7 +227,8 @@ def expected_orders(storage: Storage, order_ids: Iterable[str]) -> dict[str, Exp
     # The write time is bookkeeping, never compared: any fixed value will do.
     written = dt.datetime(2000, 1, 1)
     dims = _NoDimensions()
-    for database, ids in _by_database(storage, order_ids).items():
+    for database, shards_of in storage.orders_by_database(order_ids).items():
+        ids = list(shards_of)
         for start in range(0, len(ids), CHUNK):
             shards = {order_id: storage.shard_of(order_id) for order_id in ids[start:start + CHUNK]}
             with storage.read_engine(database).connect() as connection:
@@ -259,7 +249,8 @@ def expected_orders(storage: Storage, order_ids: Iterable[str]) -> dict[str, Exp
 
 def read_wide_orders(storage: Storage, order_ids: Iterable[str]) -> dict[str, tuple[Row | None, dict[int, Row]]]:
     found: dict[str, tuple[Row | None, dict[int, Row]]] = {}
-    for database, ids in _by_database(storage, order_ids).items():
+    for database, shards_of in storage.orders_by_database(order_ids).items():
+        ids = list(shards_of)
         with storage.read_engine(database).connect() as connection:
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
@@ -271,8 +262,8 @@ def read_wide_orders(storage: Storage, order_ids: Iterable[str]) -> dict[str, tu
 def row_differences(order_id: str, bucket: str, want: Expected, have: Row | None,
                     have_items: dict[int, Row]) -> list[Diff]:
     """Column by column, the order row and each line, expected against found."""
-    day = _day(want.order["biz_date"]) if want.order and want.order.get("biz_date") else (
-        _day(have["biz_date"]) if have and have.get("biz_date") else None)
+    day = as_date(want.order["biz_date"]) if want.order and want.order.get("biz_date") else (
+        as_date(have["biz_date"]) if have and have.get("biz_date") else None)
     note = f"still on its way: {', '.join(want.in_flight)}" if want.in_flight else None
 
     def diff(target: str, column: str, expected: str | None, found: str | None) -> Diff:
@@ -330,7 +321,7 @@ def compare_wide(storage: Storage, first: dt.date, last: dt.date, progress: Prog
         for order_id, entry in expected.items():
             if settled(entry.order, first, last):
                 assert entry.order is not None
-                want[(_day(entry.order["biz_date"]), bucket_of(order_id, BUCKETS))].add_order(
+                want[(as_date(entry.order["biz_date"]), bucket_of(order_id, BUCKETS))].add_order(
                     entry.order, entry.items.values())
         differing = {key for key in want.keys() | have.keys()
                      if (want[key].orders, want[key].digest) != (have.get(key, BucketSums()).orders,

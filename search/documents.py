@@ -58,14 +58,14 @@ def document(order: dict[str, Any], items: Iterable[dict[str, Any]]) -> dict[str
     return doc
 
 
+_ORDER_KINDS = {c.name: kind_of(c) for c in ORDER_TABLE.columns}
+_ITEM_KINDS = {c.name: kind_of(c) for c in ITEM_TABLE.columns}
+
+
 def found_order(source: dict[str, Any]) -> dict[str, Any]:
     """A document found by search, in the shape the SQL fallback gives: Python values back."""
-    order: dict[str, Any] = {}
-    kinds = {c.name: kind_of(c) for c in ORDER_TABLE.columns}
-    for name, value in source.items():
-        order[name] = _parsed(kinds.get(name, ""), value) if name != "items" else value
-    item_kinds = {c.name: kind_of(c) for c in ITEM_TABLE.columns}
-    order["items"] = [{name: _parsed(item_kinds.get(name, ""), value) for name, value in item.items()}
+    order = {name: _parsed(_ORDER_KINDS.get(name, ""), value) for name, value in source.items() if name != "items"}
+    order["items"] = [{name: _parsed(_ITEM_KINDS.get(name, ""), value) for name, value in item.items()}
                       for item in source.get("items", [])]
     return order
 

@@ -24,6 +24,7 @@ from chain.wide_rows import ITEM_TABLE, ORDER_TABLE
 from models.storage import Storage
 from search.documents import document, found_order, mappings
 from search.query import OrderQuery
+from settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,11 @@ def connect(url: str) -> Elasticsearch:
 
 
 class OrderIndex:
+    @classmethod
+    def configured(cls, settings: Settings) -> OrderIndex | None:
+        """The index ``TDC_ES_URL`` and ``TDC_ES_ALIAS`` name; None without an Elasticsearch."""
+        return cls(connect(settings.es_url), settings.es_alias) if settings.es_url else None
+
     def __init__(self, client: Elasticsearch, alias: str = ALIAS):
         self.client = client
         self.alias = alias

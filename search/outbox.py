@@ -11,7 +11,6 @@ and is counted; nothing here ever holds up the wide rows or the ADS.
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import cast
 
@@ -53,18 +52,12 @@ def oldest_due(storage: Storage) -> dt.datetime | None:
     return min(oldest) if oldest else None
 
 
-def _by_database(storage: Storage, order_ids: Iterable[str]) -> dict[int, list[str]]:
-    groups: dict[int, list[str]] = defaultdict(list)
-    for order_id in sorted(set(order_ids)):
-        groups[storage.database_of(order_id)].append(order_id)
-    return groups
-
-
 def send(storage: Storage, index: OrderIndex, order_ids: Iterable[str]) -> BulkReport:
     """Index the current wide rows of the orders of ``order_ids`` that have an outbox entry and
     settle their entries; the bulk report.  Raises what UNAVAILABLE names (entries pushed back)."""
     waiting: dict[str, tuple[int, int]] = {}  # order -> (version, attempts)
-    for database, ids in _by_database(storage, order_ids).items():
+    for database, shards in storage.orders_by_database(order_ids).items():
+        ids = list(shards)
         with storage.read_engine(database).connect() as connection:
             waiting.update({row.order_id: (row.version, row.attempts) for row in connection.execute(
                 select(OUTBOX.c.order_id, OUTBOX.c.version, OUTBOX.c.attempts).where(OUTBOX.c.order_id.in_(ids)))})
@@ -89,7 +82,8 @@ def send(storage: Storage, index: OrderIndex, order_ids: Iterable[str]) -> BulkR
 def enqueue(storage: Storage, versions: dict[str, int]) -> None:
     """Write (or rewrite) the outbox entries of ``versions`` (order -> wide version), due now."""
     now = utcnow()
-    for database, ids in _by_database(storage, versions).items():
+    for database, shards in storage.orders_by_database(versions).items():
+        ids = list(shards)
         with storage.shard_engine(database).begin() as connection:
             upsert(connection, OUTBOX, ("order_id",), [
                 dict(order_id=o, version=versions[o], due_at=now, attempts=0, last_error=None) for o in ids],
@@ -98,7 +92,8 @@ def enqueue(storage: Storage, versions: dict[str, int]) -> None:
 
 def _settle(storage: Storage, sent: dict[str, int]) -> None:
     """Delete the entries Elasticsearch now holds (their version or a newer one)."""
-    for database, ids in _by_database(storage, sent).items():
+    for database, shards in storage.orders_by_database(sent).items():
+        ids = list(shards)
         with storage.shard_engine(database).begin() as connection:
             connection.execute(delete(OUTBOX).where(and_(OUTBOX.c.order_id == bindparam("key"),
                                                          OUTBOX.c.version <= bindparam("sent"))),
@@ -107,7 +102,8 @@ def _settle(storage: Storage, sent: dict[str, int]) -> None:
 
 def _push_back(storage: Storage, reasons: dict[str, str], waiting: dict[str, tuple[int, int]]) -> None:
     now = utcnow()
-    for database, ids in _by_database(storage, reasons).items():
+    for database, shards in storage.orders_by_database(reasons).items():
+        ids = list(shards)
         rows = [{"key": order_id, "tries": waiting[order_id][1] + 1, "reason": reasons[order_id][:1000],
                  "due": now + dt.timedelta(seconds=min(RETRY_CAP_SECONDS, RETRY_SECONDS * 2 ** waiting[order_id][1]))}
                 for order_id in ids if order_id in waiting]

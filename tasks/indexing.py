@@ -16,7 +16,7 @@ from models.storage import get_storage
 from reliability.alarms import raise_alarm
 from reliability.counters import count
 from reliability.transient import TRANSIENT_ERRORS
-from search.elastic import UNAVAILABLE, OrderIndex, connect
+from search.elastic import UNAVAILABLE, OrderIndex
 from search.outbox import due_orders, oldest_due, send
 from settings import get_settings
 from tasks.policy import retrying
@@ -30,26 +30,23 @@ LAG_ALARM = dt.timedelta(minutes=15)
 
 
 #: (url, alias) of the index this process has made sure of (template, index, alias).
-_READY: set[tuple[str, str]] = set()
+_READY: set[tuple[str | None, str]] = set()
 
 
 def _index() -> OrderIndex | None:
     """The configured index, created on first use in this process (``tdc search init`` ahead of
     time is not required)."""
     settings = get_settings()
-    if not settings.es_url:
+    index = OrderIndex.configured(settings)
+    if index is None:
         return None
-    index = OrderIndex(connect(settings.es_url), settings.es_alias)
     if (settings.es_url, settings.es_alias) not in _READY:
         index.init()
         _READY.add((settings.es_url, settings.es_alias))
     return index
 
 
-def _send(order_ids: list[str]) -> dict[str, Any]:
-    index = _index()
-    if index is None:
-        return {"indexed": 0}
+def _send(index: OrderIndex, order_ids: list[str]) -> dict[str, Any]:
     report = send(get_storage(), index, order_ids)
     client = get_redis()
     count(client, STALE, report.stale)
@@ -66,20 +63,22 @@ _RETRYING = {**retrying(), "autoretry_for": TRANSIENT_ERRORS + UNAVAILABLE}
 @shared_task(name="tdc.index", **_RETRYING)
 def index_orders(order_ids: list[str]) -> dict[str, Any]:
     """Send the documents of ``order_ids`` (those with an outbox entry)."""
-    return _send(order_ids)
+    index = _index()
+    return _send(index, order_ids) if index is not None else {"indexed": 0}
 
 
 @shared_task(name="tdc.index_pending", **_RETRYING)
 def index_pending() -> dict[str, Any]:
     """Send what the outbox holds that is due; alarm when search has fallen far behind."""
-    if _index() is None:
+    index = _index()
+    if index is None:
         return {"indexed": 0}
     storage = get_storage()
     oldest = oldest_due(storage)
     if oldest is not None and utcnow() - oldest > LAG_ALARM:
         raise_alarm(get_redis(), "index_lagging", f"an order has waited since {oldest:%Y-%m-%d %H:%M:%S} UTC for its "
                     "index document; search answers from older documents meanwhile")
-    return _send(due_orders(storage))
+    return _send(index, due_orders(storage))
 
 
 def after_chain(order_ids: list[str]) -> None:

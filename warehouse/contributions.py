@@ -31,7 +31,8 @@ AGGREGATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 Cells = dict[tuple[str, tuple[Any, ...]], dict[str, Any]]
 
 
-def _money(value: Any) -> Decimal:
+def money(value: Any) -> Decimal:
+    """An amount to the cent; NULL is zero."""
     return ZERO if value is None else Decimal(str(value)).quantize(CENT)
 
 
@@ -95,15 +96,15 @@ def contribution_of(order: Mapping[str, Any] | None, items: Iterable[Mapping[str
         line = skus.get(sku, SkuLine())
         skus[sku] = SkuLine(
             line.quantity + int(item.get("quantity") or 0),
-            line.amount + _money(item.get("amount")),
+            line.amount + money(item.get("amount")),
             line.refund_quantity + int(item.get("refund_quantity") or 0),
-            line.refund_amount + _money(item.get("refund_amount")),
+            line.refund_amount + money(item.get("refund_amount")),
         )
     biz_date = order["biz_date"]
     if isinstance(biz_date, dt.datetime):
         biz_date = biz_date.date()
-    return Contribution(biz_date, str(order["store_id"]), _money(order.get("pay_amount")),
-                        _money(order.get("refund_amount")), skus)
+    return Contribution(biz_date, str(order["store_id"]), money(order.get("pay_amount")),
+                        money(order.get("refund_amount")), skus)
 
 
 def add_cells(total: Cells, cells: Cells, sign: int = 1) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -87,6 +87,19 @@ class Settings:
     business_zone: ZoneInfo = ZoneInfo("UTC")
     #: Source databases followed instead of the flows' own (``*`` wildcards); None: the flows'.
     source_databases: tuple[str, ...] | None = None
+    #: Console users of ``tdc serve``: name -> password hash (``tdc serve --hash-password``).
+    web_users: Mapping[str, str] = field(default_factory=dict)
+    #: Key signing the console's session cookies; None: a random key per process (logins
+    #: do not survive a restart, and several server processes need a shared key).
+    web_secret: str | None = None
+    #: Bearer token per business-write source for ``POST /api/v1/business-writes``.
+    receiver_tokens: Mapping[str, str] = field(default_factory=dict)
+    #: Bearer token Prometheus scrapes ``/metrics`` with; None: /metrics answers 401 to all.
+    metrics_token: str | None = None
+    #: Most writes one receive batch may carry (the ``tdc.receive`` task and the HTTP receiver).
+    receive_max_writes: int = 1000
+    #: Most bytes one receive batch may carry, as JSON (the HTTP body, the task's writes).
+    receive_max_bytes: int = 4 * 1024 * 1024
 
     @property
     def embedded_socket(self) -> Path:
@@ -144,6 +157,21 @@ def _webhook(env: Mapping[str, str]) -> str | None:
     if url and not url.startswith(("http://", "https://")):
         raise SettingsError("TDC_ALARM_WEBHOOK must be an http:// or https:// URL")
     return url or None
+
+
+def _pairs(env: Mapping[str, str], name: str, separator: str, what: str) -> dict[str, str]:
+    """``a<sep>x,b<sep>y`` as {a: x, b: y}; a name given twice or an empty part is an error."""
+    pairs: dict[str, str] = {}
+    for part in (p.strip() for p in env.get(name, "").split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition(separator)
+        if not sep or not key.strip() or not value.strip():
+            raise SettingsError(f"{name}: {part.split(separator, 1)[0]!r}... is not {what}")
+        if key.strip() in pairs:
+            raise SettingsError(f"{name}: {key.strip()!r} is given twice")
+        pairs[key.strip()] = value.strip()
+    return pairs
 
 
 def _db_urls(env: Mapping[str, str], home: Path) -> tuple[str, ...]:
@@ -231,6 +259,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         source_zone=source_zone,
         business_zone=_zone(env, "TDC_BUSINESS_TIMEZONE", source_zone),
         source_databases=_databases(env),
+        web_users=_pairs(env, "TDC_WEB_USERS", ":", "NAME:PASSWORD_HASH (from `tdc serve --hash-password`)"),
+        web_secret=env.get("TDC_WEB_SECRET", "").strip() or None,
+        receiver_tokens=_pairs(env, "TDC_RECEIVER_TOKENS", "=", "SOURCE=TOKEN"),
+        metrics_token=env.get("TDC_METRICS_TOKEN", "").strip() or None,
+        receive_max_writes=int(_number(env, "TDC_RECEIVE_MAX_WRITES", 1000, int)),
+        receive_max_bytes=int(_number(env, "TDC_RECEIVE_MAX_BYTES", 4 * 1024 * 1024, int)),
     )
 
 

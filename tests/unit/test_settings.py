@@ -77,3 +77,18 @@ def test_source_databases_are_the_flows_own_unless_listed() -> None:
     assert load_settings({"TDC_SOURCE_DATABASES": "gqsh, gqsh_shard_*"}).source_databases == ("gqsh", "gqsh_shard_*")
     with pytest.raises(SettingsError, match="'gqsh;drop' is not a database name"):
         load_settings({"TDC_SOURCE_DATABASES": "gqsh;drop"})
+
+
+def test_web_users_and_receiver_tokens_are_pairs_read_from_the_environment() -> None:
+    settings = load_settings({"TDC_WEB_USERS": "ann:scrypt:16384:8:1$c2FsdA$aGFzaA, bob:x",
+                              "TDC_RECEIVER_TOKENS": "pos=t-1,erp=t=2"})
+    assert settings.web_users == {"ann": "scrypt:16384:8:1$c2FsdA$aGFzaA", "bob": "x"}
+    assert settings.receiver_tokens == {"pos": "t-1", "erp": "t=2"}
+    assert (load_settings({}).web_users, load_settings({}).receiver_tokens, load_settings({}).metrics_token) == ({}, {},
+                                                                                                                  None)
+    with pytest.raises(SettingsError, match="TDC_RECEIVER_TOKENS: 'pos' is given twice"):
+        load_settings({"TDC_RECEIVER_TOKENS": "pos=a,pos=b"})
+    with pytest.raises(SettingsError, match="TDC_WEB_USERS: 'ann'... is not NAME:PASSWORD_HASH"):
+        load_settings({"TDC_WEB_USERS": "ann"})
+    with pytest.raises(SettingsError, match="TDC_RECEIVE_MAX_WRITES='0' must be positive"):
+        load_settings({"TDC_RECEIVE_MAX_WRITES": "0"})

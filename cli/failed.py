@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from chain.lineage import attempt_line
 from chain.wide_rows import to_json
-from cli.lineage import attempt_line
 from models.storage import get_storage
 from reliability.failures import get_failure, list_failures, parse_failure_id, revive
 

@@ -2,68 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from sqlalchemy import select
-
-from chain.task_state import load_facts, order_tasks
-from chain.wide_rows import read_wide_rows, to_json
-from inputs.positions import decode
-from models.orders import FailedTask, OrderSnapshot, QuarantinedInput
-from models.storage import Storage, get_storage
-
-
-def order_lineage(storage: Storage, order_id: str) -> dict[str, Any]:
-    """Metadata by source, tasks, snapshots, wide rows, quarantined input and failures of one order."""
-    shard = storage.shard_of(order_id)
-    with storage.read_engine_for_order(order_id).connect() as connection:
-        _, metadata = load_facts(connection, shard, order_id)
-        tasks = order_tasks(connection, shard, order_id)
-        order, items = read_wide_rows(connection, order_id)
-        snapshots = connection.execute(select(OrderSnapshot.__table__).where(OrderSnapshot.order_id == order_id))
-        quarantined = connection.execute(
-            select(QuarantinedInput.__table__).where(QuarantinedInput.order_id == order_id))
-        failures = connection.execute(select(FailedTask.__table__).where(FailedTask.order_id == order_id))
-        return {
-            "order_id": order_id,
-            "shard": shard,
-            "database": storage.database_of(order_id),
-            "metadata": [
-                {k: row._mapping[k] for k in ("operation_type", "source", "unique_key", "kind", "position",
-                                              "input_format", "updated_at")}
-                | {"at": describe_position(row.position), "content": json.loads(row.content)}
-                for row in sorted(metadata, key=lambda r: (r.source, r.unique_key, r.operation_type))
-            ],
-            "tasks": [
-                {k: row._mapping[k] for k in ("operation_type", "status", "version", "done_version", "attempts",
-                                              "next_run_at", "last_error")}
-                | {"history": json.loads(row.history or "[]")}
-                for row in tasks
-            ],
-            "snapshots": [
-                {"operation_type": s.operation_type, "task_version": s.task_version, "taken_at": s.taken_at,
-                 "order_row": json.loads(s.order_row)}
-                for s in snapshots
-            ],
-            "dwd_order": order,
-            "dwd_order_item": list(items.values()),
-            "quarantine": [dict(q._mapping) for q in quarantined],
-            "failed": [dict(f._mapping) for f in failures],
-        }
-
-
-def describe_position(stored: str) -> str:
-    """A stored position for people (``gtid …:42, binlog 3:4015 on server 1, 2026-…Z``)."""
-    try:
-        return decode(stored).describe()
-    except ValueError:
-        return stored
-
-
-def attempt_line(attempt: dict[str, Any]) -> str:
-    """One entry of a task's attempt history, as `order show` and `failed show` print it."""
-    return f"{attempt['at']} attempt {attempt['attempt']}: {attempt['reason']}"
+from chain.lineage import attempt_line, order_lineage, recent_quarantine
+from chain.wide_rows import to_json
+from models.storage import get_storage
 
 
 def show_order(order_id: str, as_json: bool = False) -> int:
@@ -101,16 +42,10 @@ def show_order(order_id: str, as_json: bool = False) -> int:
 
 
 def list_quarantine(limit: int = 50) -> int:
-    storage = get_storage()
-    entries: list[dict[str, Any]] = []
-    for database in storage.distinct_databases():
-        with storage.read_engine(database).connect() as connection:
-            query = select(QuarantinedInput.__table__).order_by(QuarantinedInput.id.desc()).limit(limit)
-            entries += [dict(row._mapping) for row in connection.execute(query)]
-    entries.sort(key=lambda e: e["received_at"], reverse=True)
-    for entry in entries[:limit]:
+    entries = recent_quarantine(get_storage(), limit)
+    for entry in entries:
         print(f"{entry['received_at']:%Y-%m-%d %H:%M:%S} {entry['input_format']:<9} "
               f"{entry['order_id'] or '-':<24} {entry['reason']}")
         print(f"    {entry['raw'][:160]}")
-    print(f"{min(len(entries), limit)} shown")
+    print(f"{len(entries)} shown")
     return 0

@@ -10,6 +10,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
+from chain.lineage import order_lineage
 from chain.steps import merge_orders
 from chain.wide_rows import (
     Merge,
@@ -19,7 +20,6 @@ from chain.wide_rows import (
     read_orders,
     read_wide_rows,
 )
-from cli.lineage import order_lineage
 from demo.check import differences
 from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import event, update
 from sqlalchemy.exc import OperationalError
 
+from chain.lineage import order_lineage
 from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders
 from chain.task_state import load_task
 from chain.wide_rows import read_orders
-from cli.lineage import order_lineage
 from dimensions.lookup import RedisDimensions
 from flows.gqsh import ORDER_FLOW
 from intake.receiver import bump_task, utcnow

@@ -7,7 +7,6 @@ import json
 import sys
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 #: Columns of the readable table, with their headings.
 COLUMNS = (("order_id", "order"), ("biz_date", "day"), ("store_id", "store"), ("status", "status"),
@@ -37,9 +36,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         return _reindex()
     from chain.wide_rows import to_json
     from models.storage import get_storage
+    from search.find import find_orders
     from search.query import OrderQuery, QueryError
-    from search.sql import search_sql
-    from settings import get_settings
 
     try:
         query = OrderQuery.parse(order_id=args.order, store_id=args.store, status=args.status, member_id=args.member,
@@ -49,32 +47,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     except QueryError as error:
         print(f"tdc: {error}", file=sys.stderr)
         return 2
-    storage = get_storage()
-    started = time.perf_counter()
-    url = get_settings().es_url
-    orders: list[dict[str, Any]] | None = None
-    if url:
-        from elasticsearch import NotFoundError
-
-        from search.elastic import UNAVAILABLE, OrderIndex
-
-        alias = get_settings().es_alias
-        try:
-            index = OrderIndex.configured(get_settings())
-            assert index is not None
-            orders = index.search(query)
-            where = "Elasticsearch"
-        except NotFoundError:
-            print(f"tdc: Elasticsearch at {_shown(url)} has no {alias!r} index yet (run `tdc search init`, then "
-                  "`tdc search reindex`); answering from the wide rows", file=sys.stderr)
-        except UNAVAILABLE as error:
-            print(f"tdc: Elasticsearch at {_shown(url)} cannot be reached ({type(error).__name__}); "
-                  "answering from the wide rows", file=sys.stderr)
-    if orders is None:
-        orders = search_sql(storage, query)
-        where = (f"the wide rows of {len(storage.distinct_databases())} shard databases (SQL fallback"
-                 + ("" if url else ": TDC_ES_URL is not set") + ")")
-    took = (time.perf_counter() - started) * 1000
+    found = find_orders(get_storage(), query)
+    if found.notice:
+        print(f"tdc: {found.notice}", file=sys.stderr)
+    orders, where, took = found.orders, found.where, found.took_ms
     if args.json:
         print(json.dumps(json.loads(to_json(orders)), indent=2, ensure_ascii=False))
     else:
@@ -82,12 +58,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"{len(orders)} orders{' (the limit)' if len(orders) == query.limit else ''} from {where} "
           f"in {took:.0f} ms", file=sys.stderr)
     return 0
-
-
-def _shown(url: str) -> str:
-    """``url`` without its user and password."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 def _index():  # type: ignore[no-untyped-def]

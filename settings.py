@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.utils import formataddr, getaddresses
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,6 +22,27 @@ SHARD_DATABASES = 4
 
 class SettingsError(ValueError):
     """A TDC_* variable has a value tdc cannot use."""
+
+
+#: The SMTP port of each TDC_SMTP_TLS mode when TDC_SMTP_PORT is not set (RFC 8314's ports).
+SMTP_PORTS = {"none": 25, "starttls": 587, "tls": 465}
+
+
+@dataclass(frozen=True)
+class AlarmMail:
+    """How alarms are mailed: the SMTP server, its login, the sender and the recipients."""
+
+    host: str
+    #: none: plain SMTP; starttls: upgraded with STARTTLS; tls: TLS from the first byte.
+    tls: str
+    port: int
+    sender: str
+    recipients: tuple[str, ...]
+    user: str | None = None
+    #: Only ever from the environment; kept out of the repr so a logged Settings never shows it.
+    password: str | None = field(default=None, repr=False)
+    #: Mails of one alarm kind per minute; the rest of that minute are summarised in one mail.
+    per_minute: int = 10
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,8 @@ class Settings:
     receive_max_writes: int = 1000
     #: Most bytes one receive batch may carry, as JSON (the HTTP body, the task's writes).
     receive_max_bytes: int = 4 * 1024 * 1024
+    #: Where alarms are also mailed (TDC_SMTP_HOST, TDC_ALARM_FROM, TDC_ALARM_TO...); None: not mailed.
+    alarm_mail: AlarmMail | None = None
 
     @property
     def embedded_socket(self) -> Path:
@@ -157,6 +181,53 @@ def _webhook(env: Mapping[str, str]) -> str | None:
     if url and not url.startswith(("http://", "https://")):
         raise SettingsError("TDC_ALARM_WEBHOOK must be an http:// or https:// URL")
     return url or None
+
+
+def _alarm_mail(env: Mapping[str, str]) -> AlarmMail | None:
+    """TDC_SMTP_* and TDC_ALARM_FROM/TO/MAILS_PER_MINUTE as an AlarmMail; None without TDC_SMTP_HOST."""
+    host = env.get("TDC_SMTP_HOST", "").strip()
+    given = [name for name in ("TDC_ALARM_FROM", "TDC_ALARM_TO", "TDC_SMTP_PORT", "TDC_SMTP_TLS", "TDC_SMTP_USER",
+                               "TDC_SMTP_PASSWORD", "TDC_ALARM_MAILS_PER_MINUTE") if env.get(name, "").strip()]
+    if not host:
+        if given:
+            raise SettingsError(f"{given[0]} is set but TDC_SMTP_HOST is not: alarms are mailed through TDC_SMTP_HOST")
+        return None
+    for name in ("TDC_ALARM_FROM", "TDC_ALARM_TO"):
+        if name not in given:
+            raise SettingsError(f"TDC_SMTP_HOST is set but {name} is not: an alarm mail needs a sender "
+                                "(TDC_ALARM_FROM) and recipients (TDC_ALARM_TO, comma-separated)")
+    user = env.get("TDC_SMTP_USER", "").strip() or None
+    password = env.get("TDC_SMTP_PASSWORD") or None
+    if (user is None) != (password is None):
+        raise SettingsError("TDC_SMTP_USER and TDC_SMTP_PASSWORD go together: give both to log in, or neither")
+    tls = env.get("TDC_SMTP_TLS", "").strip().lower() or ("starttls" if user else "none")
+    if tls not in SMTP_PORTS:
+        raise SettingsError(f"TDC_SMTP_TLS={tls!r} is not one of none, starttls, tls")
+    if user and tls == "none":
+        raise SettingsError("TDC_SMTP_USER with TDC_SMTP_TLS=none would send the password in clear; "
+                            "use TDC_SMTP_TLS=starttls or tls")
+    port = int(_number(env, "TDC_SMTP_PORT", SMTP_PORTS[tls], int))
+    if port > 65535:
+        raise SettingsError(f"TDC_SMTP_PORT={port} is not a TCP port (1-65535)")
+    senders = _addresses(env, "TDC_ALARM_FROM")
+    if len(senders) != 1:
+        raise SettingsError("TDC_ALARM_FROM must be one address, such as tdc@example.com or tdc <tdc@example.com>")
+    return AlarmMail(host=host, tls=tls, port=port, sender=senders[0], recipients=_addresses(env, "TDC_ALARM_TO"),
+                     user=user, password=password,
+                     per_minute=int(_number(env, "TDC_ALARM_MAILS_PER_MINUTE", 10, int)))
+
+
+def _addresses(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated e-mail addresses (``a@x.org`` or ``Name <a@x.org>``), each checked."""
+    addresses = []
+    for real_name, address in getaddresses([env.get(name, "")]):
+        if not real_name and not address:
+            continue
+        local, at, domain = address.rpartition("@")
+        if not (at and local and domain) or any(c.isspace() for c in address):
+            raise SettingsError(f"{name}: {(real_name + ' ' + address).strip()!r} is not an e-mail address")
+        addresses.append(formataddr((real_name, address)))
+    return tuple(addresses)
 
 
 def _pairs(env: Mapping[str, str], name: str, separator: str, what: str) -> dict[str, str]:
@@ -265,6 +336,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_token=env.get("TDC_METRICS_TOKEN", "").strip() or None,
         receive_max_writes=int(_number(env, "TDC_RECEIVE_MAX_WRITES", 1000, int)),
         receive_max_bytes=int(_number(env, "TDC_RECEIVE_MAX_BYTES", 4 * 1024 * 1024, int)),
+        alarm_mail=_alarm_mail(env),
     )
 
 

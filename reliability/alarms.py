@@ -1,10 +1,11 @@
-"""Alarms: a structured log line, a counter per kind in Redis (``tdc:alarms``), and a JSON POST
-to ``TDC_ALARM_WEBHOOK`` when one is set.
+"""Alarms: a structured log line, a counter per kind in Redis (``tdc:alarms``), a JSON POST
+to ``TDC_ALARM_WEBHOOK`` when one is set, and an e-mail when ``TDC_SMTP_HOST`` is set.
 
 Callers only say what happened and to which order.  The log line and the counter are written at
-once; the webhook is posted by a background thread of the process, off the hot path, so a slow
-or broken receiver never holds a chain step.  No failure of a counter or a webhook reaches the
-caller: it is logged, and the alarm is still in the log and the counter.
+once; the webhook is posted and the mail sent by background threads of the process (one each),
+off the hot path, so a slow or broken receiver or mail server never holds a chain step.  No
+failure of a counter, a webhook or a mail reaches the caller: it is logged, and the alarm is
+still in the log and the counter.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import logging
 import os
 import queue
 import threading
+import time
 import urllib.request
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import redis
 
+from reliability.mail import AlarmMailer
 from settings import get_settings
 
 log = logging.getLogger("tdc.alarm")
@@ -53,12 +57,24 @@ def raise_alarm(client: redis.Redis | None, kind: str, message: str, **fields: A
             _sender().send(webhook, body)
     except Exception:  # noqa: BLE001 - the webhook must never fail the work
         log.exception("could not queue alarm %s for the webhook", kind)
+    try:
+        mail = get_settings().alarm_mail
+        if mail is not None:
+            # Unsorted, unlike the log line: the mail reads fields in the order the caller gave them.
+            _mailer().send(json.dumps(entry, default=str), mail)
+    except Exception:  # noqa: BLE001 - the mail must never fail the work
+        log.exception("could not queue alarm %s for e-mail", kind)
 
 
 def flush_alarms(timeout: float = EXIT_FLUSH_SECONDS) -> bool:
-    """Wait until every queued alarm has been posted (or given up on); True when none is left."""
-    sender = _process_sender
-    return True if sender is None or sender[0] != os.getpid() else sender[1].flush(timeout)
+    """Wait until every queued alarm has been posted and mailed (or given up on), and the alarms
+    a flood held back from e-mail are summarised; True when none is left within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    done = True
+    for pid, sender in list(_process_senders.values()):
+        if pid == os.getpid():
+            done = sender.flush(max(0.0, deadline - time.monotonic())) and done
+    return done
 
 
 class _WebhookSender:
@@ -96,17 +112,33 @@ class _WebhookSender:
                 self.pending.task_done()
 
 
-_process_sender: tuple[int, _WebhookSender] | None = None
+class _Outbox(Protocol):
+    def flush(self, timeout: float) -> bool: ...
+
+
+_Made = TypeVar("_Made", bound=_Outbox)
+#: The background senders by channel, each with the process that made it.
+_process_senders: dict[str, tuple[int, _Outbox]] = {}
 _sender_lock = threading.Lock()
 
 
 def _sender() -> _WebhookSender:
-    """The sender of this process (remade in a forked child, whose parent's thread is gone)."""
-    global _process_sender
+    """The webhook sender of this process."""
+    return _of_this_process("webhook", _WebhookSender)
+
+
+def _mailer() -> AlarmMailer:
+    """The alarm mailer of this process."""
+    return _of_this_process("mail", AlarmMailer)
+
+
+def _of_this_process(channel: str, make: Callable[[], _Made]) -> _Made:
+    """The sender of ``channel`` in this process (remade in a forked child, whose parent's thread is gone)."""
     with _sender_lock:
-        if _process_sender is None or _process_sender[0] != os.getpid():
-            _process_sender = (os.getpid(), _WebhookSender())
-        return _process_sender[1]
+        held = _process_senders.get(channel)
+        if held is None or held[0] != os.getpid():
+            held = _process_senders[channel] = (os.getpid(), make())
+        return held[1]  # type: ignore[return-value]
 
 
 def _post(url: str, body: str) -> None:

@@ -118,7 +118,8 @@ def purge_old_snapshots() -> int:
 
 @shared_task(name="tdc.failed_digest", **retrying())
 def daily_failed_digest() -> int:
-    """One digest alarm a day about unresolved failed tasks, even with two beats running."""
+    """One digest alarm a day listing the unresolved failed tasks (each with its reason and
+    age), even with two beats running; returns how many are unresolved."""
     now = utcnow()
     digest = once_per_period(get_redis(), "failed_digest", now.date().isoformat(), DAY_SECONDS,
                              lambda: failed_digest(get_storage(), get_redis(), now))

@@ -92,3 +92,65 @@ def test_web_users_and_receiver_tokens_are_pairs_read_from_the_environment() -> 
         load_settings({"TDC_WEB_USERS": "ann"})
     with pytest.raises(SettingsError, match="TDC_RECEIVE_MAX_WRITES='0' must be positive"):
         load_settings({"TDC_RECEIVE_MAX_WRITES": "0"})
+
+
+MAIL_ENV = {"TDC_SMTP_HOST": "mail.example.com", "TDC_ALARM_FROM": "tdc <tdc@example.com>",
+            "TDC_ALARM_TO": "ops@example.com, Night Shift <night@example.com>"}
+
+
+def test_alarms_are_not_mailed_unless_an_smtp_host_is_set() -> None:
+    assert load_settings({}).alarm_mail is None
+
+
+def test_alarm_mail_defaults_to_plain_smtp_on_port_25_and_ten_mails_a_minute() -> None:
+    mail = load_settings(MAIL_ENV).alarm_mail
+    assert mail is not None
+    assert (mail.host, mail.port, mail.tls, mail.user, mail.password) == ("mail.example.com", 25, "none", None, None)
+    assert mail.sender == "tdc <tdc@example.com>"
+    assert mail.recipients == ("ops@example.com", "Night Shift <night@example.com>")
+    assert mail.per_minute == 10
+
+
+def test_a_login_defaults_to_starttls_on_587_and_the_password_stays_out_of_the_repr() -> None:
+    settings = load_settings({**MAIL_ENV, "TDC_SMTP_USER": "tdc", "TDC_SMTP_PASSWORD": "s3cret-pw"})
+    assert settings.alarm_mail is not None
+    assert (settings.alarm_mail.tls, settings.alarm_mail.port, settings.alarm_mail.user) == ("starttls", 587, "tdc")
+    assert settings.alarm_mail.password == "s3cret-pw"
+    assert "s3cret-pw" not in repr(settings)
+
+
+@pytest.mark.parametrize(("more", "tls", "port"), [
+    ({"TDC_SMTP_TLS": "tls"}, "tls", 465),
+    ({"TDC_SMTP_TLS": "STARTTLS"}, "starttls", 587),
+    ({"TDC_SMTP_TLS": "starttls", "TDC_SMTP_PORT": "2525"}, "starttls", 2525),
+    ({"TDC_SMTP_PORT": "1025", "TDC_ALARM_MAILS_PER_MINUTE": "3"}, "none", 1025),
+])
+def test_the_tls_mode_chooses_the_default_port_and_a_port_overrides_it(more: dict[str, str], tls: str,
+                                                                        port: int) -> None:
+    mail = load_settings({**MAIL_ENV, **more}).alarm_mail
+    assert mail is not None and (mail.tls, mail.port) == (tls, port)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TDC_SMTP_HOST": "mx", "TDC_ALARM_TO": "ops@example.com"}, "TDC_SMTP_HOST is set but TDC_ALARM_FROM is not"),
+        ({"TDC_SMTP_HOST": "mx", "TDC_ALARM_FROM": "tdc@example.com"}, "TDC_SMTP_HOST is set but TDC_ALARM_TO is not"),
+        ({"TDC_ALARM_TO": "ops@example.com"}, "TDC_ALARM_TO is set but TDC_SMTP_HOST is not"),
+        ({"TDC_SMTP_PASSWORD": "pw"}, "TDC_SMTP_PASSWORD is set but TDC_SMTP_HOST is not"),
+        ({**MAIL_ENV, "TDC_ALARM_TO": "ops@example.com, bob"}, "TDC_ALARM_TO: 'bob' is not an e-mail address"),
+        ({**MAIL_ENV, "TDC_ALARM_FROM": "a@example.com, b@example.com"}, "TDC_ALARM_FROM must be one address"),
+        ({**MAIL_ENV, "TDC_SMTP_USER": "tdc"}, "TDC_SMTP_USER and TDC_SMTP_PASSWORD go together"),
+        ({**MAIL_ENV, "TDC_SMTP_PASSWORD": "pw"}, "TDC_SMTP_USER and TDC_SMTP_PASSWORD go together"),
+        ({**MAIL_ENV, "TDC_SMTP_USER": "tdc", "TDC_SMTP_PASSWORD": "pw", "TDC_SMTP_TLS": "none"},
+         "would send the password in clear"),
+        ({**MAIL_ENV, "TDC_SMTP_TLS": "ssl"}, "TDC_SMTP_TLS='ssl' is not one of none, starttls, tls"),
+        ({**MAIL_ENV, "TDC_SMTP_PORT": "70000"}, "TDC_SMTP_PORT=70000 is not a TCP port"),
+        ({**MAIL_ENV, "TDC_SMTP_PORT": "smtp"}, "TDC_SMTP_PORT='smtp' is not a int"),
+        ({**MAIL_ENV, "TDC_ALARM_MAILS_PER_MINUTE": "0"}, "TDC_ALARM_MAILS_PER_MINUTE='0' must be positive"),
+    ],
+)
+def test_unusable_alarm_mail_settings_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(env)
+    assert message in str(refused.value)

@@ -22,6 +22,7 @@ import pymysql
 import pymysql.cursors
 import redis
 from pymysql.constants import FIELD_TYPE
+from sqlalchemy.dialects import mysql
 
 from cdc.binlog import TAIL_BATCH, Submit
 from cdc.source import (
@@ -90,14 +91,41 @@ def _clock_ms(connection: pymysql.connections.Connection) -> int:
     return (started - CLOCK_MARGIN_SECONDS) * 1000
 
 
+_MYSQL = mysql.dialect()
+
+
+def quoted(identifier: str) -> str:
+    """``identifier`` as MySQL/MariaDB quote it: in backticks, a backtick inside doubled."""
+    return _MYSQL.identifier_preparer.quote_identifier(identifier)
+
+
+def select_rows(database: str, table: str, where: str | None = None, order_key: str | None = None,
+                orders: int = 0) -> str:
+    """The snapshot's statement for one table: every row, or those matching ``where``, or (with
+    ``order_key``) those of ``orders`` order ids bound as parameters.
+
+    The database (from the source URL), the table (from the flow) and the order key column are
+    quoted identifiers.  ``where`` is the operator's own SQL condition, pasted in as given: it is
+    for whoever already holds the source URL and its password (``tdc cdc snapshot --where``), never
+    for input from elsewhere.  It runs in a read-only transaction, one statement, in parentheses
+    so that its ORs stay inside; with bound order ids its ``%`` signs are doubled, since the
+    driver formats the statement then."""
+    conditions = [f"({where.replace('%', '%%') if order_key is not None else where})"] if where else []
+    if order_key is not None:
+        conditions.append(f"{quoted(order_key)} IN ({', '.join(['%s'] * orders)})")
+    return (f"SELECT * FROM {quoted(database)}.{quoted(table)}"
+            + (" WHERE " + " AND ".join(conditions) if conditions else ""))
+
+
 def take_snapshot(storage: Storage, client: redis.Redis, flow: Flow, source: Source, name: str, submit: Submit,
                   tables: list[str] | None = None, where: str | None = None, reset_position: bool = False,
                   progress: Callable[[str], None] | None = None, batch: int = TAIL_BATCH,
                   orders: Sequence[str] | None = None, hand_over: bool = True) -> SnapshotReport:
     """Read the current rows of ``tables`` (default: every table of ``flow``), optionally only
-    those matching the SQL condition ``where`` or those of ``orders`` (by each table's order key;
-    tables without one are skipped), and ingest them.  The position is handed to tail ``name``
-    when none is stored or ``reset_position`` is set (never when ``hand_over`` is False).
+    those matching the operator's SQL condition ``where`` (``select_rows``) or those of ``orders``
+    (by each table's order key; tables without one are skipped), and ingest them.  The position
+    is handed to tail ``name`` when none is stored or ``reset_position`` is set (never when
+    ``hand_over`` is False).
 
     Raises SourceError for a server that cannot be tailed, ValueError for a table the flow
     does not follow.
@@ -118,19 +146,12 @@ def take_snapshot(storage: Storage, client: redis.Redis, flow: Flow, source: Sou
         log_file, log_pos = _begin_consistent(connection)
         report = SnapshotReport(Checkpoint(log_file, log_pos, None, clock))
         for table in chosen:
-            # The table name comes from the flow's declaration, never from input.  ``where`` is the
-            # operator's own SQL condition: it runs as given, in a read-only transaction, one statement.
-            sql = f"SELECT * FROM `{source.database}`.`{table}`" + (f" WHERE ({where})" if where else "")
             order_key = flow.tables[table].order_key
-            parameters: tuple[str, ...] = ()
-            if orders is not None:
-                if order_key is None:
-                    continue
-                if not orders:
-                    break
-                # Declared column name; the order ids are bound parameters.
-                sql += (" AND " if where else " WHERE ") + f"`{order_key}` IN ({', '.join(['%s'] * len(orders))})"
-                parameters = tuple(orders)
+            if orders is not None and (order_key is None or not orders):
+                continue
+            sql = select_rows(source.database, table, where, order_key if orders is not None else None,
+                              len(orders or ()))
+            parameters = tuple(orders) if orders is not None else ()
             report.rows[table] = 0
             with connection.cursor(pymysql.cursors.SSDictCursor) as cursor:
                 cursor.execute(sql, parameters or None)

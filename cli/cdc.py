@@ -105,9 +105,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     binlog.add_argument("--progress", action="store_true", help="print the position after each batch")
     binlog.set_defaults(run=tail_binlog)
 
-    snap = cdc.add_parser("snapshot", parents=[common], help="ingest current source rows consistently")
+    snap = cdc.add_parser("snapshot", parents=[common], help="ingest current source rows consistently",
+                          description="Read the current rows of the followed tables in one consistent, read-only "
+                                      "transaction and ingest them as snapshot events.")
     snap.add_argument("--table", action="append", help="only this followed table (repeatable)")
-    snap.add_argument("--where", help="SQL condition limiting the rows, e.g. \"updated_at >= '2026-11-20'\"")
+    snap.add_argument("--where", help="SQL condition limiting the rows, e.g. \"updated_at >= '2026-11-20'\". "
+                      "Operator-only: it is pasted into the SELECT as given (the database and table names "
+                      "around it are quoted identifiers), run read-only with the source account's rights; never "
+                      "pass text from anyone who does not already hold that account")
     snap.add_argument("--reset-position", action="store_true",
                       help="restart the tail from the snapshot's position (after purged binlogs)")
     snap.set_defaults(run=snapshot)

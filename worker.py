@@ -57,6 +57,10 @@ if settings.embedded_redis:
 
 app = Celery("tdc", include=["tasks.processing", "tasks.scheduled", "tasks.ingest", "tasks.bench",
                                  "tasks.indexing"])
+# The current app is thread-local in Celery: without this, a thread this process did not start
+# from here (a web server's pool running the receiver or a retry) would send chains through
+# Celery's unconfigured default app, to amqp://localhost.
+app.set_default()
 # The worker renews the leases of the chain messages it holds (reserved or running), so a killed
 # worker's orders are taken over a lease later, and queued chains are never taken over.
 app.steps["consumer"].add(KeepHeldLeases)

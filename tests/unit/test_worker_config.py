@@ -47,3 +47,22 @@ def test_a_message_is_never_redelivered_while_legitimately_held_and_never_waits_
     config = _config(tmp_path)
     assert config["soft"] < config["hard"]
     assert 2 * config["hard"] < config["visibility"] <= 600
+
+
+THREAD_PROBE = """
+import json, threading, worker
+from celery import current_app
+seen = {}
+thread = threading.Thread(target=lambda: seen.update(broker=current_app.conf.broker_url, main=current_app.main))
+thread.start(); thread.join()
+print(json.dumps(seen))
+"""
+
+
+def test_a_thread_of_the_process_sends_through_the_configured_app(tmp_path) -> None:
+    # A web server runs handlers in a thread pool; chains they submit must use tdc's broker.
+    env = {**os.environ, "TDC_REDIS_URL": "redis://127.0.0.1:1/0", "TDC_BROKER_URL": "amqp://u:p@broker.test:5672/v",
+           "TDC_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", THREAD_PROBE], env=env, capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"broker": "amqp://u:p@broker.test:5672/v", "main": "tdc"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from cli.progress import progress
 from intake.receiver import utcnow
 from models.shards import database_for_shard, task_table_name
 from models.storage import get_storage
@@ -45,8 +46,16 @@ def bench_rescan() -> int:
     settings = get_storage().settings
     print(f"rescan pass over {settings.shards} task tables in {settings.rescan_shards} jobs "
           f"({len(get_storage().distinct_databases())} distinct databases)")
-    passes = [_rescan_pass() for _ in range(ROUNDS)]
-    selects = min(_indexed_selects() for _ in range(ROUNDS))
+    passes: list[tuple[float, int]] = []
+    timings: list[float] = []
+    with progress("rescan bench", total=2 * ROUNDS, unit="rounds") as shown:
+        for _ in range(ROUNDS):
+            passes.append(_rescan_pass())
+            shown.advance(note="rescan passes")
+        for _ in range(ROUNDS):
+            timings.append(_indexed_selects())
+            shown.advance(note="indexed selects")
+    selects = min(timings)
     best, due = min(passes)
     print(f"  rescan pass:               {best * 1000:8.1f} ms  ({due} due tasks found)")
     print(f"  {settings.shards} indexed selects:     {selects * 1000:8.1f} ms")

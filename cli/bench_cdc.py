@@ -18,8 +18,9 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 from sqlalchemy import create_engine
 
-from cdc.binlog import BinlogTail
+from cdc.binlog import TAIL_BATCH, BinlogTail
 from cdc.source import Checkpoint, Source, current_coordinates, source_of
+from cli.progress import Progress, progress
 from demo.binlog_server import BinlogServer
 from demo.history import generate_history
 from demo.source import play_changes, source_metadata
@@ -46,14 +47,16 @@ def _prepare(server_url: str, orders: int) -> tuple[Source, Checkpoint, int]:
     with source.connect() as connection:
         start = Checkpoint(*current_coordinates(connection), None, 0)
     changes = generate_history(orders, seed=1).changes
-    for first in range(0, len(changes), CHANGES_PER_TRANSACTION):
-        with engine.begin() as connection:
-            play_changes(connection, metadata, changes[first : first + CHANGES_PER_TRANSACTION])
+    with progress("playing the history as SQL", total=len(changes), unit="row changes") as shown:
+        for first in range(0, len(changes), CHANGES_PER_TRANSACTION):
+            with engine.begin() as connection:
+                play_changes(connection, metadata, changes[first : first + CHANGES_PER_TRANSACTION])
+            shown.advance(len(changes[first : first + CHANGES_PER_TRANSACTION]))
     engine.dispose()
     return source, start, len(changes)
 
 
-def _bare_loop(source: Source, start: Checkpoint) -> tuple[float, int]:
+def _bare_loop(source: Source, start: Checkpoint, shown: Progress) -> tuple[float, int]:
     began = time.perf_counter()
     stream = BinLogStreamReader(
         connection_settings=source.connection_settings(), server_id=990_001, resume_stream=True,
@@ -63,18 +66,20 @@ def _bare_loop(source: Source, start: Checkpoint) -> tuple[float, int]:
     rows = 0
     for event in stream:
         rows += len(event.rows)
+        if rows - shown.completed >= TAIL_BATCH:  # as often as the tail reports, so both pay alike
+            shown.update(completed=rows)
     stream.close()
     return time.perf_counter() - began, rows
 
 
-def _tail(source: Source, start: Checkpoint) -> tuple[float, int]:
+def _tail(source: Source, start: Checkpoint, shown: Progress) -> tuple[float, int]:
     # The bench's own source database stands in for the flow's, whatever TDC_SOURCE_DATABASES says.
     storage = Storage(dataclasses.replace(get_settings(), source_databases=(source.database,)))
     tail = BinlogTail(storage, get_redis(), ORDER_FLOW, source, f"bench:{source.database}", 990_002,
                       submit=lambda keys: 0)
     try:
         began = time.perf_counter()
-        report = tail.run(start, stop_when_idle=True)
+        report = tail.run(start, stop_when_idle=True, progress=lambda _: shown.update(completed=tail.report.changes))
         return time.perf_counter() - began, report.changes
     finally:
         storage.dispose()
@@ -95,8 +100,10 @@ def bench_cdc(source_url: str | None, orders: int) -> int:
         base = source_url.rsplit("/", 1)[0] if source_url.count("/") > 2 else source_url
         source, start, played = _prepare(base, orders)
         print(f"{orders} orders played as SQL: {played} row changes in {source.database}")
-        bare_seconds, bare_rows = _bare_loop(source, start)
-        tail_seconds, tail_rows = _tail(source, start)
+        with progress("python-mysql-replication loop", total=played, unit="rows") as shown:
+            bare_seconds, bare_rows = _bare_loop(source, start, shown)
+        with progress("tdc cdc binlog", total=played, unit="rows") as shown:
+            tail_seconds, tail_rows = _tail(source, start, shown)
     finally:
         if server is not None:
             server.stop()

@@ -9,12 +9,13 @@ must get a verdict: the bench fails when the counts do not add up to the lines f
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import event
 
+from cli.progress import progress
 from demo.history import generate_history
 from flows.registry import ACCEPTED
 from intake.receiver import IntakeReport, accept_lines
@@ -43,10 +44,11 @@ def counted_statements(storage: Storage) -> Iterator[list[int]]:
             event.remove(engine, "before_cursor_execute", count)
 
 
-def measure_intake(storage: Storage, lines: list[tuple[str, str]],
-                   batch: int = BATCH) -> tuple[float, IntakeReport, int]:
+def measure_intake(storage: Storage, lines: list[tuple[str, str]], batch: int = BATCH,
+                   advance: Callable[[int], None] = lambda _: None) -> tuple[float, IntakeReport, int]:
     """Ingest ``lines`` ((format, line) in arrival order) as ``tdc ingest`` would read one file
-    per format, in batches; the seconds, the combined report and the statements executed."""
+    per format, in batches; the seconds, the combined report and the statements executed.
+    ``advance`` hears how many lines each batch held."""
     client = get_redis()
     total = IntakeReport()
     by_format: dict[str, list[str]] = {}
@@ -57,6 +59,7 @@ def measure_intake(storage: Storage, lines: list[tuple[str, str]],
         for input_format, chunk in by_format.items():
             for start in range(0, len(chunk), batch):
                 total.add(accept_lines(storage, client, ACCEPTED, input_format, chunk[start:start + batch]))
+                advance(len(chunk[start:start + batch]))
         elapsed = time.perf_counter() - started
     return elapsed, total, statements[0]
 
@@ -73,7 +76,8 @@ def bench_intake(orders: int, input_format: str) -> int:
     lines = history.lines
     print(f"intake of {len(lines)} lines ({orders} orders; the {input_format} file, then the business file) "
           f"in batches of {BATCH}")
-    elapsed, report, statements = measure_intake(storage, lines)
+    with progress("intake", total=len(lines), unit="lines") as shown:
+        elapsed, report, statements = measure_intake(storage, lines, advance=shown.advance)
     print(f"  {report.summary()}")
     verdicts = report.accepted + report.duplicated + report.stale + report.quarantined + report.ambiguous \
         + report.ignored + report.schema_changes

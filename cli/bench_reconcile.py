@@ -15,6 +15,7 @@ from sqlalchemy import update
 
 from chain.inline import run_inline
 from cli.bench_intake import measure_intake
+from cli.progress import progress
 from demo.history import generate_history
 from dimensions.lookup import RedisDimensions
 from models.orders import DwdOrder
@@ -43,14 +44,20 @@ def bench_reconcile(orders: int, seed: int) -> int:
     init_storage(storage)
     history = generate_history(orders, seed=seed, malformed=0)
     started = time.perf_counter()
-    _, report, _ = measure_intake(storage, history.lines)
-    run_inline(storage, client, RedisDimensions(client), sorted(report.touched), rounds=100_000)
+    with progress("setup", total=len(history.lines), unit="lines ingested") as shown:
+        _, report, _ = measure_intake(storage, history.lines, advance=shown.advance)
+        shown.note(f"processing {orders} orders in this process")
+        run_inline(storage, client, RedisDimensions(client), sorted(report.touched), rounds=100_000)
     print(f"setup: {orders} orders ingested and processed in this process in {time.perf_counter() - started:.1f}s")
     days = history.business_days(storage.settings.business_zone)
     assert days is not None, "a generated history has paid orders"
     first, last = days
 
-    runs = [reconcile(storage, client, first, last, alarm=False) for _ in range(ROUNDS)]
+    runs: list[Outcome] = []
+    with progress("clean runs", total=ROUNDS, unit="runs") as shown:
+        for _ in range(ROUNDS):
+            runs.append(reconcile(storage, client, first, last, alarm=False, progress=shown.note))
+            shown.advance()
     clean = min(runs, key=lambda run: run.duration_ms)
     settled = clean.counts["wide"]["orders"]
     rate = settled / (clean.duration_ms / 1000) if clean.duration_ms else float("inf")
@@ -68,13 +75,16 @@ def bench_reconcile(orders: int, seed: int) -> int:
     for order_id in damaged:
         with storage.order_transaction(order_id) as connection:
             connection.execute(update(DwdOrder).where(DwdOrder.order_id == order_id).values(member_id="BENCH-EDIT"))
-    found = reconcile(storage, client, first, last, alarm=False)
+    with progress("damaged run") as shown:
+        found = reconcile(storage, client, first, last, alarm=False, progress=shown.note)
     named = {d.order_id for d in found.diffs if d.layer == "wide"}
     print(f"damaged: {len(damaged)} orders edited, {len(named)} named in {found.duration_ms / 1000:.2f}s; "
           f"rows read {found.counts['wide']['rows_read']} ({found.counts['wide']['buckets_differing']} of "
           f"{found.counts['wide']['buckets']} buckets differ)")
-    fixed = reconcile(storage, client, first, last, fix=True, alarm=False, wait_seconds=60,
-                      submit=lambda keys: run_inline(storage, client, RedisDimensions(client), keys, rounds=100_000))
+    with progress("fixing run") as shown:
+        fixed = reconcile(storage, client, first, last, fix=True, alarm=False, wait_seconds=60, progress=shown.note,
+                          submit=lambda keys: run_inline(storage, client, RedisDimensions(client), keys,
+                                                         rounds=100_000))
     print(f"fixed: {fixed.fixed} of {fixed.found} differences in {fixed.duration_ms / 1000:.2f}s, "
           f"{fixed.remaining} remaining")
     if named != set(damaged) or fixed.remaining:

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 
 from chain.wide_rows import ITEM_TABLE, ORDER_TABLE
+from cli.progress import Progress, progress
 from models.storage import Storage, get_storage
 from search.query import OrderQuery
 from search.sql import search_sql
@@ -62,7 +63,7 @@ def _existing(storage: Storage) -> int:
     return sum(storage.each_database(one))
 
 
-def _write(storage: Storage, orders: list[dict[str, Any]], items: list[dict[str, Any]]) -> None:
+def _write(storage: Storage, orders: list[dict[str, Any]], items: list[dict[str, Any]], shown: Progress) -> None:
     lines: dict[str, list[dict[str, Any]]] = {}
     for item in items:
         lines.setdefault(item["order_id"], []).append(item)
@@ -75,6 +76,7 @@ def _write(storage: Storage, orders: list[dict[str, Any]], items: list[dict[str,
             with storage.shard_engine(database).begin() as connection:
                 connection.execute(insert(ORDER_TABLE), part)
                 connection.execute(insert(ITEM_TABLE), [i for o in part for i in lines[o["order_id"]]])
+            shown.advance(len(part))
 
 
 def _matches(query: OrderQuery, order: dict[str, Any], skus: set[str]) -> bool:
@@ -104,6 +106,20 @@ def _queries(rng: random.Random, count: int) -> list[OrderQuery]:
     return [shapes[n % len(shapes)]() for n in range(count)]
 
 
+def _wrong(query: OrderQuery, found: list[dict[str, Any]], wanted: list[dict[str, Any]],
+           skus: dict[str, set[str]]) -> str | None:
+    """What is wrong with ``found`` as the answer to ``query`` over the bench's orders, if anything."""
+    expected = sorted((o for o in wanted if _matches(query, o, skus[o["order_id"]])),
+                      key=lambda o: (o["created_at"], o["order_id"]), reverse=True)[:query.limit]
+    # (other orders in the same databases may come first; the bench's own must be in order and,
+    # below the limit, complete)
+    ids = [o["order_id"] for o in found if o["order_id"].startswith(PREFIX)]
+    want = [o["order_id"] for o in expected]
+    if ids != want[:len(ids)] or (len(found) < query.limit and ids != want):
+        return f"FAILED: {query} found {ids[:5]}..., expected {want[:5]}..."
+    return None
+
+
 def bench_search(orders: int, queries: int, seed: int) -> int:
     from models.schema import init_storage
 
@@ -117,26 +133,27 @@ def bench_search(orders: int, queries: int, seed: int) -> int:
                   "use that number or a fresh database")
             return 1
         started = time.perf_counter()
-        _write(storage, wanted, lines)
+        with progress("setup", total=orders, unit="orders written") as shown:
+            _write(storage, wanted, lines, shown)
         print(f"setup: {orders} orders and {len(lines)} lines written in {time.perf_counter() - started:.1f}s")
     skus: dict[str, set[str]] = {}
     for line in lines:
         skus.setdefault(line["order_id"], set()).add(line["sku_id"])
     rng = random.Random(seed + 1)
     times: list[float] = []
-    for query in _queries(rng, queries):
-        started = time.perf_counter()
-        found = search_sql(storage, query)
-        times.append(time.perf_counter() - started)
-        expected = sorted((o for o in wanted if _matches(query, o, skus[o["order_id"]])),
-                          key=lambda o: (o["created_at"], o["order_id"]), reverse=True)[:query.limit]
-        # (other orders in the same databases may come first; the bench's own must be in order and,
-        # below the limit, complete)
-        ids = [o["order_id"] for o in found if o["order_id"].startswith(PREFIX)]
-        want = [o["order_id"] for o in expected]
-        if ids != want[:len(ids)] or (len(found) < query.limit and ids != want):
-            print(f"FAILED: {query} found {ids[:5]}..., expected {want[:5]}...")
-            return 1
+    wrong: str | None = None
+    with progress("search bench", total=queries, unit="queries") as shown:
+        for query in _queries(rng, queries):
+            started = time.perf_counter()
+            found = search_sql(storage, query)
+            times.append(time.perf_counter() - started)
+            shown.advance()
+            wrong = _wrong(query, found, wanted, skus)
+            if wrong:
+                break
+    if wrong:
+        print(wrong)
+        return 1
     slowest = max(times)
     verdict = "meets" if slowest < GOAL_SECONDS else "OVER"
     median = statistics.median(times) * 1000

@@ -23,6 +23,7 @@ from subprocess import Popen
 import psutil
 
 from cli.bench_throughput import bench_setup
+from cli.progress import progress
 from demo.check import matching_orders
 from demo.history import generate_history
 from demo.processes import running, start_beat, start_worker
@@ -76,22 +77,23 @@ def bench_soak(events: int, workers: int, concurrency: int, timeout: float, chun
               f"on {settings.broker_url.split('@')[-1]}")
         samples: dict[float, int] = {}
         fed, started = 0, time.monotonic()
-        with running(pool + [start_beat(env, logs / "soak-beat.log", settings.home / "soak-beat-schedule")]):
+        with running(pool + [start_beat(env, logs / "soak-beat.log", settings.home / "soak-beat-schedule")]), \
+                progress("soak", total=events, unit="events") as shown:
             while fed < events:
                 history = generate_history(chunk, malformed=0)
                 _, report, _ = measure_intake(get_storage(), history.lines)
                 submit_tasks(report.touched)
                 if not _wait_exact(history, pool, timeout):
-                    print(f"FAILED: a chunk of {chunk} orders was not exact within {timeout:.0f}s; "
-                          f"see {logs}", file=sys.stderr)
+                    shown.log(f"FAILED: a chunk of {chunk} orders was not exact within {timeout:.0f}s; see {logs}")
                     return 1
                 fed += len(history.lines)
+                shown.update(completed=fed, total=max(events, fed))  # the last chunk may go past
                 for mark in MARKS:
                     if mark not in samples and fed >= mark * events:
                         samples[mark] = worker_rss(pool)
                         elapsed = time.monotonic() - started
-                        print(f"  {fed:,} events ({mark:.0%}) in {elapsed:.0f}s: worker RSS "
-                              f"{samples[mark] / 2**20:,.1f} MB", flush=True)
+                        shown.result(f"  {fed:,} events ({mark:.0%}) in {elapsed:.0f}s: worker RSS "
+                                     f"{samples[mark] / 2**20:,.1f} MB")
         growth = (samples[1.0] - samples[0.1]) / samples[0.1]
         print(f"soak: {fed:,} events; worker RSS " + ", ".join(
             f"{samples[m] / 2**20:,.1f} MB at {m:.0%}" for m in MARKS) + f"; growth {growth:+.1%}")

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cli.progress import progress
 from demo.check import aggregate_differences, differences, expected_aggregates, matching_orders
 from demo.history import generate_history
 from demo.processes import running, start_beat, start_worker
@@ -49,13 +50,16 @@ def _noop_rate(env: dict[str, str], logs: Path, tasks: int, workers: int, concur
     for _ in range(tasks):
         noop.apply_async(args=(counter,))
     started = time.monotonic()
-    with running(_workers(env, logs, workers, concurrency)) as processes:
-        while int(client.get(counter) or 0) < tasks:
+    with running(_workers(env, logs, workers, concurrency)) as processes, \
+            progress("empty tasks", total=tasks, unit="tasks run") as shown:
+        while (done := int(client.get(counter) or 0)) < tasks:
             if time.monotonic() - started > timeout or any(p.poll() is not None for p in processes):
                 raise RuntimeError(f"empty tasks did not all run within {timeout:.0f}s "
-                                   f"({int(client.get(counter) or 0)} of {tasks}); see {logs}")
+                                   f"({done} of {tasks}); see {logs}")
+            shown.update(completed=done)
             time.sleep(0.05)
         elapsed = time.monotonic() - started
+        shown.update(completed=tasks)
     client.delete(counter)
     return tasks / elapsed
 
@@ -88,17 +92,20 @@ def _pipeline_rate(env: dict[str, str], logs: Path, home: Path, orders: int, wor
 
     history = generate_history(orders)
     before = _aggregates()
-    seconds, report, _ = measure_intake(get_storage(), history.lines)
+    with progress("intake", total=len(history.lines), unit="lines") as shown:
+        seconds, report, _ = measure_intake(get_storage(), history.lines, advance=shown.advance)
     submit_tasks(report.touched)
     operations = len(report.touched)
     total = len(history.expected_orders)
     started = time.monotonic()
     with running(_workers(env, logs, workers, concurrency)
-                 + [start_beat(env, logs / "bench-beat.log", home / "bench-beat-schedule")]) as processes:
+                 + [start_beat(env, logs / "bench-beat.log", home / "bench-beat-schedule")]) as processes, \
+            progress("pipeline", total=total, unit="orders exact") as shown:
         while True:
             found, items = read_orders(get_storage(), history.order_ids)
-            if matching_orders(history.expected_orders, history.expected_items, found, items) == total \
-                    and not _outputs_differ(history, before):
+            matched = matching_orders(history.expected_orders, history.expected_items, found, items)
+            shown.update(completed=matched)
+            if matched == total and not _outputs_differ(history, before):
                 break
             if time.monotonic() - started > timeout or any(p.poll() is not None for p in processes):
                 return 0.0, len(history.lines) / seconds, operations, _outputs_differ(history, before) or [

@@ -6,25 +6,8 @@ import argparse
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from typing import TextIO
 
 from settings import SettingsError
-
-#: Lines accepted per intake transaction: large enough to share commit cost, small enough
-#: that an interrupted ingest loses little work and progress is visible.
-INGEST_BATCH = 500
-
-
-def _batches(stream: TextIO, size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for line in stream:
-        batch.append(line.rstrip("\n"))
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -43,27 +26,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    import worker  # noqa: F401 - configures the Celery app the chains are sent with
-    from flows.registry import ACCEPTED
-    from intake.receiver import IntakeReport, accept_lines
-    from models.redis_store import get_redis
-    from models.storage import get_storage
-    from tasks.submit import submit_tasks
+    from cli.ingest import ingest_file
 
-    total = IntakeReport()
-    submitted = 0
-    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
-    with stream:
-        for batch in _batches(stream, INGEST_BATCH):
-            report = accept_lines(get_storage(), get_redis(), ACCEPTED, args.format, batch)
-            submitted += submit_tasks(report.touched)
-            total.add(report)
-            if args.progress:
-                print(f"  {total.summary()}", file=sys.stderr)
-    print(f"{total.summary()}; {submitted} tasks submitted")
-    for reason, count in sorted(total.reasons.items(), key=lambda kv: -kv[1])[:10]:
-        print(f"  quarantined {count}x: {reason}")
-    return 0
+    return ingest_file(args.file, args.format, every_batch=args.progress)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -168,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="accept JSON lines and submit their tasks")
     ingest.add_argument("--format", required=True, choices=["canal", "debezium", "business"])
     ingest.add_argument("file", help="file of JSON lines, or - for stdin")
-    ingest.add_argument("--progress", action="store_true", help="print running counts per batch")
+    ingest.add_argument("--progress", action="store_true",
+                        help="also print the running counts after every batch, as plain lines on stderr (progress "
+                             "is shown anyway: a bar on a terminal, a line now and then otherwise)")
     ingest.set_defaults(run=cmd_ingest)
 
     demo = commands.add_parser("demo", help="generate an order history, process it with real workers, check")

@@ -29,17 +29,17 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         print(f"tdc: {error}", file=sys.stderr)
         return 2
     import worker  # noqa: F401 - configures the Celery app the fix sends chains with
+    from cli.progress import progress
     from models.redis_store import get_redis
     from models.storage import get_storage
     from tasks.submit import submit_tasks
 
-    def progress(line: str) -> None:
-        print(f"  {line}", file=sys.stderr)
-
     try:
-        outcome = reconcile(get_storage(), get_redis(), first, last, layers, fix=args.fix, submit=submit_tasks,
-                            wait_seconds=args.wait, json_path=args.json, html_path=args.html, progress=progress,
-                            deep=args.deep)
+        days = f"{first}" if first == last else f"{first}..{last}"
+        with progress(f"reconcile {days}") as shown:
+            outcome = reconcile(get_storage(), get_redis(), first, last, layers, fix=args.fix, submit=submit_tasks,
+                                wait_seconds=args.wait, json_path=args.json, html_path=args.html,
+                                progress=shown.say, deep=args.deep)
     except ReconcileError as error:
         print(f"tdc: {error}", file=sys.stderr)
         return 2

@@ -6,7 +6,10 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from models.storage import Storage
 
 #: Columns of the readable table, with their headings.
 COLUMNS = (("order_id", "order"), ("biz_date", "day"), ("store_id", "store"), ("status", "status"),
@@ -79,14 +82,29 @@ def _init() -> int:
     return 0
 
 
+def _wide_rows(storage: Storage) -> int:
+    """How many wide rows a reindex copies (one COUNT per shard database)."""
+    from sqlalchemy import func, select
+
+    from chain.wide_rows import ORDER_TABLE
+
+    def one(database: int) -> int:
+        with storage.read_engine(database).connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(ORDER_TABLE)).scalar_one())
+    return sum(one(database) for database in storage.distinct_databases())
+
+
 def _reindex() -> int:
+    from cli.progress import progress
     from models.storage import get_storage
 
     index = _index()
     if index is None:
         return 2
     started = time.monotonic()
-    new, report = index.reindex(get_storage(), progress=lambda line: print(f"  {line}", file=sys.stderr))
+    storage = get_storage()
+    with progress("search reindex", total=_wide_rows(storage), unit="orders") as shown:
+        new, report = index.reindex(storage, progress=shown.note, copied=shown.advance)
     print(f"reindexed into {new} in {time.monotonic() - started:.1f}s: {report.indexed} documents, "
           f"{report.stale} already newer, {len(report.failed)} refused")
     for order_id, reason in sorted(report.failed.items())[:10]:

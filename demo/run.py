@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from itertools import groupby
 
 from chain.wide_rows import read_orders
+from cli.progress import progress
 from demo.check import aggregate_differences, differences, expected_aggregates, matching_orders
 from demo.history import generate_history
 from demo.processes import running, start_beat, start_worker
@@ -27,12 +27,14 @@ def _feed(history_lines: list[tuple[str, str]]) -> tuple[int, int]:
     from tasks.submit import submit_tasks
 
     total = IntakeReport()
-    for start in range(0, len(history_lines), FEED_BATCH):
-        batch = history_lines[start : start + FEED_BATCH]
-        for input_format, group in groupby(batch, key=lambda entry: entry[0]):
-            report = accept_lines(get_storage(), get_redis(), ACCEPTED, input_format, [line for _, line in group])
-            submit_tasks(report.touched)
-            total.add(report)
+    with progress("feeding", total=len(history_lines), unit="lines") as shown:
+        for start in range(0, len(history_lines), FEED_BATCH):
+            batch = history_lines[start : start + FEED_BATCH]
+            for input_format, group in groupby(batch, key=lambda entry: entry[0]):
+                report = accept_lines(get_storage(), get_redis(), ACCEPTED, input_format, [line for _, line in group])
+                submit_tasks(report.touched)
+                total.add(report)
+            shown.advance(len(batch))
     print(f"  fed {total.summary()}")
     return total.quarantined, total.accepted
 
@@ -87,19 +89,19 @@ def _drain(history, timeout: float, processes, before) -> bool:  # type: ignore[
     total = len(history.expected_orders)
     expected = expected_aggregates(history.expected_orders, history.expected_items)
     matched = -1
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in processes):
-            print("\n  a worker or beat process exited; see the logs under TDC_HOME/logs", file=sys.stderr)
-            return False
-        orders, items = read_orders(get_storage(), history.order_ids)
-        matched = matching_orders(history.expected_orders, history.expected_items, orders, items)
-        ads = len(aggregate_differences(expected, before, _aggregates()))
-        print(f"\r  processing: {matched}/{total} orders match, {ads} ADS rows to go   ", end="", flush=True)
-        if matched == total and ads == 0:
-            print()
-            return True
-        time.sleep(1)
-    print(f"\n  gave up after {timeout:.0f}s with {matched}/{total} orders matching", file=sys.stderr)
+    with progress("processing", total=total, unit="orders match") as shown:
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in processes):
+                shown.log("  a worker or beat process exited; see the logs under TDC_HOME/logs")
+                return False
+            orders, items = read_orders(get_storage(), history.order_ids)
+            matched = matching_orders(history.expected_orders, history.expected_items, orders, items)
+            ads = len(aggregate_differences(expected, before, _aggregates()))
+            shown.update(completed=matched, note=f"{ads} ADS rows to go")
+            if matched == total and ads == 0:
+                return True
+            time.sleep(1)
+        shown.log(f"  gave up after {timeout:.0f}s with {matched}/{total} orders matching")
     return False
 
 

@@ -142,10 +142,11 @@ class OrderIndex:
         self.client.indices.refresh(index=self.alias)
 
     def reindex(self, storage: Storage, progress: Callable[[str], None] = lambda _: None,
-                chunk: int = BULK) -> tuple[str, BulkReport]:
+                chunk: int = BULK, copied: Callable[[int], None] = lambda _: None) -> tuple[str, BulkReport]:
         """Build the next versioned index from every wide row, move the alias to it atomically,
         copy again what changed meanwhile, and delete the old index; the new index and what was
-        written."""
+        written.  ``progress`` hears what is happening, ``copied`` how many wide rows each part
+        of the first copy held."""
         old = self.init()
         number = int(old.removeprefix(self.prefix)) + 1 if old.startswith(self.prefix) else 1
         new = f"{self.prefix}{number}"
@@ -156,6 +157,7 @@ class OrderIndex:
         report = BulkReport()
         for part in wide_documents(storage, chunk=chunk):
             report.add(self.index(part, target=new))
+            copied(len(part))
             progress(f"{new}: {report.indexed} documents")
         self.client.indices.update_aliases(actions=[{"remove": {"index": old, "alias": self.alias}},
                                                     {"add": {"index": new, "alias": self.alias}}])

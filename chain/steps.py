@@ -46,6 +46,7 @@ from chain.task_state import (
     wake,
     wakeable,
 )
+from chain.timings import newest_event_ms, timed, timed_step
 from chain.wide_rows import OptimisticLockConflict, merge_operations, read_wide, write_merges
 from flows.state_machine import PREDECESSOR, SUCCESSORS, WAITING_FOR, Illegal, blocking_reason
 from inputs.events import BadInput
@@ -290,12 +291,14 @@ def _check_order(connection: Connection, settings: Settings, shard: int, token: 
                 alarms.append(("task_failed", f"out of attempts: {reason}", key["order_id"], operation))
             continue
         if mark_running(connection, shard, task, settings, now):
-            ready.append({**key, "version": task.version})
+            # The newest event behind it goes along, for the end-to-end lag finish records.
+            ready.append({**key, "version": task.version, "event_ms": newest_event_ms(sources, operation)})
             done.add(operation)
             ever_done.add(operation)
     return ready
 
 
+@timed("check")
 def check_tasks(storage: Storage, leases: OrderLeases, settings: Settings,
                 keys: list[Key]) -> tuple[list[Key], list[TaskKey]]:
     """Check predecessor and completeness; ready tasks become RUNNING and go on, the others
@@ -359,6 +362,7 @@ def _continue(leases: OrderLeases, going_on: list[Key], stopped: list[Key]) -> N
     leases.release({k: v for k, v in owned(stopped).items() if k not in still})
 
 
+@timed("merge")
 def merge_orders(storage: Storage, leases: OrderLeases, settings: Settings, dims: Dimensions,
                  keys: list[Key]) -> list[Key]:
     """Merge the ready tasks into the wide rows and their snapshots, under each order's fence
@@ -379,6 +383,7 @@ def merge_orders(storage: Storage, leases: OrderLeases, settings: Settings, dims
     return merged
 
 
+@timed("aggregate")
 def aggregate_orders(storage: Storage, leases: OrderLeases, settings: Settings, keys: list[Key]) -> list[Key]:
     """Bring the ADS aggregates up to date with the merged orders of ``keys``: one warehouse
     transaction for the batch, or one per order when the batch hits a fault that is not
@@ -415,16 +420,17 @@ def aggregate_orders(storage: Storage, leases: OrderLeases, settings: Settings, 
     return done
 
 
-def _finish_database(storage: Storage, keys: list[Key]) -> tuple[list[TaskKey], dict[str, int], list[Key]]:
+def _finish_database(storage: Storage, keys: list[Key]) -> tuple[list[TaskKey], dict[str, int], list[Key], list[Key]]:
     """One transaction for the orders of one database: mark each order's tasks DONE in
     state-machine order (unless newer data arrived meanwhile) and wake the successors that wait
-    for them; the tasks woken, the orders finished and the keys fenced off."""
+    for them; the tasks woken, the orders finished, the keys fenced off and the keys marked DONE."""
     tokens = owned(keys)
     now = utcnow()
     woken: list[TaskKey] = []
     finished: dict[str, int] = {}
     fenced: list[Key] = []
     done: list[tuple[str, str]] = []
+    done_keys: list[Key] = []
     with storage.order_transaction(keys[0]["order_id"]) as connection:
         held = held_orders(connection, tokens)
         shards = {order_id: storage.shard_of(order_id) for order_id in tokens if order_id in held}
@@ -451,6 +457,7 @@ def _finish_database(storage: Storage, keys: list[Key]) -> tuple[list[TaskKey], 
                 if mark_done(connection, shard, order_id, operation, key["version"], now):
                     marked.append(operation)
                     complete.add(operation)
+                    done_keys.append(key)
             done += [(order_id, operation) for operation in marked]
             # A successor this chain parked was checked with its predecessor done: waking it
             # would only check it again.
@@ -459,20 +466,24 @@ def _finish_database(storage: Storage, keys: list[Key]) -> tuple[list[TaskKey], 
                 if op not in marked and parked_by(read[op]) != token]
             woken += [(order_id, op) for op in wake(connection, shard, order_id, tuple(waiting), now)]
         resolve_failures(connection, done, now)
-    return woken, finished, fenced
+    return woken, finished, fenced, done_keys
 
 
 def finish_tasks(storage: Storage, leases: OrderLeases, keys: list[Key]) -> list[TaskKey]:
     """Mark each task DONE, release its order's lease and wake its successors; returns the
-    tasks that need a chain now."""
+    tasks that need a chain now.  The batch's duration and each DONE task's end-to-end lag go to
+    Redis in one round trip (``chain.timings``)."""
     again: list[TaskKey] = []
     finished: dict[str, int] = {}
-    with leases.kept(owned(keys)) as lost:
-        for group in _by_database(storage, _live(leases, keys, lost)):
-            woken, done, fenced = retry_on_contention(lambda: _finish_database(storage, group))  # noqa: B023
-            if fenced:
-                _fence_off(leases, fenced, "order claimed by a newer holder")
-            again += woken
-            finished.update(done)
-    leases.release(finished)
-    return again + _pending_after_release(storage, finished)
+    with timed_step(leases.client, "finish", keys) as timing:
+        with leases.kept(owned(keys)) as lost:
+            for group in _by_database(storage, _live(leases, keys, lost)):
+                woken, done, fenced, marked = retry_on_contention(
+                    lambda: _finish_database(storage, group))  # noqa: B023
+                if fenced:
+                    _fence_off(leases, fenced, "order claimed by a newer holder")
+                again += woken
+                finished.update(done)
+                timing.done += marked
+        leases.release(finished)
+        return again + _pending_after_release(storage, finished)

@@ -217,10 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     from cli.cdc import add_commands as add_cdc_commands
     from cli.reconcile import add_commands as add_reconcile_commands
     from cli.search import add_commands as add_search_commands
+    from cli.serve import add_commands as add_serve_commands
 
     add_cdc_commands(commands)
     add_reconcile_commands(commands)
     add_search_commands(commands)
+    add_serve_commands(commands)
 
     ads = commands.add_parser("ads", help="the ADS aggregates").add_subparsers(dest="ads_command", required=True)
     rebuild = ads.add_parser("rebuild", help="recompute aggregates from the wide rows")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,11 +17,12 @@ from pathlib import Path
 STOP_GRACE_SECONDS = 15
 
 
-def _spawn(arguments: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(arguments: list[str], env: Mapping[str, str], log_path: Path,
+           program: tuple[str, ...] = ("celery", "-A", "worker")) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child's lifetime
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", *arguments],
+        [sys.executable, "-m", *program, *arguments],
         env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
 
@@ -34,6 +36,30 @@ def start_worker(env: Mapping[str, str], log_path: Path, concurrency: int = 2) -
 
 def start_beat(env: Mapping[str, str], log_path: Path, schedule: Path) -> subprocess.Popen[bytes]:
     return _spawn(["beat", "--loglevel", "INFO", "--schedule", str(schedule)], env, log_path)
+
+
+def start_console(env: Mapping[str, str], log_path: Path, port: int, host: str = "127.0.0.1",
+                  ready_seconds: float = 60) -> subprocess.Popen[bytes]:
+    """``tdc serve`` on ``host:port``, returned once it accepts connections."""
+    process = _spawn(["serve", "--host", host, "--port", str(port), "--log-level", "warning"], env, log_path,
+                     program=("cli.main",))
+    deadline = time.monotonic() + ready_seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"tdc serve exited with {process.returncode}; see {log_path}")
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return process
+        except OSError:
+            time.sleep(0.2)
+    stop([process])
+    raise RuntimeError(f"tdc serve did not listen on {host}:{port} within {ready_seconds:.0f}s; see {log_path}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def stop(processes: list[subprocess.Popen[bytes]]) -> None:

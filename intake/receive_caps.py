@@ -132,7 +132,13 @@ def receive_batch(storage: Storage, client: redis.Redis, flow: Flow, writes: Any
     oversized = [(line, write) for line, write in zip(measured.lines, writes, strict=True)
                  if len(line) > MAX_WRITE_BYTES]
     if oversized:
-        received.report.add(_quarantine_oversized(storage, oversized))
+        stored = iter(received.report.outcomes)
+        extra = _quarantine_oversized(storage, oversized)
+        cut = iter(extra.outcomes)
+        received.report.add(extra)
+        # One verdict per write, in the batch's order (what the HTTP receiver answers per item).
+        received.report.outcomes = [next(cut) if len(line) > MAX_WRITE_BYTES else next(stored)
+                                    for line in measured.lines]
     return received
 
 
@@ -172,4 +178,5 @@ def _quarantine_oversized(storage: Storage, oversized: list[tuple[str, Any]]) ->
         report.lines += 1
         report.quarantined += 1
         report.reasons[reason] += 1
+        report.outcomes.append(("quarantined", reason))
     return report

@@ -78,6 +78,9 @@ class IntakeReport:
     retries: int = 0
     touched: set[TaskKey] = field(default_factory=set)
     reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    #: The verdict of each non-blank line, in input order: (verdict, reason or None), the
+    #: verdict one of ``VERDICTS`` (what the HTTP receiver answers per item).
+    outcomes: list[tuple[str, str | None]] = field(default_factory=list)
     ignored_kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def add(self, other: IntakeReport) -> None:
@@ -85,6 +88,7 @@ class IntakeReport:
                      "schema_changes", "retries"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.touched |= other.touched
+        self.outcomes += other.outcomes
         for reason, n in other.reasons.items():
             self.reasons[reason] += n
         for kind, n in other.ignored_kinds.items():
@@ -590,26 +594,40 @@ def record_schema_changes(storage: Storage, client: redis.Redis, input_format: s
         raise_alarm(client, "schema_change", message, position=change.position.describe(), input_format=input_format)
 
 
+#: What became of one line: stored (or changed a dimension), the same as stored, older than
+#: stored, kept in quarantine (bad, or not orderable against what is stored), nothing to store,
+#: or a schema change recorded.
+VERDICTS = ("accepted", "duplicate", "stale", "quarantined", "ignored", "schema_change")
+
+
 def _count(report: IntakeReport, line: _Line) -> None:
     report.lines += 1
     report.schema_changes += len(line.schema_changes)
+    reason: str | None = None
     if Effect.AMBIGUOUS in line.effects:
         report.ambiguous += 1
+        verdict, reason = "quarantined", line.error.reason if line.error is not None else "ambiguous order"
     elif line.error is not None:
         report.quarantined += 1
         report.reasons[line.error.reason] += 1
+        verdict, reason = "quarantined", line.error.reason
     elif line.ignored:
         report.ignored += 1
         for kind in set(line.ignored):
             report.ignored_kinds[kind] += 1
+        verdict, reason = "ignored", ", ".join(sorted(set(line.ignored)))
     elif line.schema_changes and not line.effects:
-        return  # a DDL line: counted as a schema change above
+        verdict = "schema_change"  # a DDL line: counted as a schema change above
     elif {Effect.NEW, Effect.CORRECTED, Effect.REFRESHED} & set(line.effects):
         report.accepted += 1
+        verdict = "accepted"
     elif Effect.STALE in line.effects:
         report.stale += 1
+        verdict = "stale"
     else:
         report.duplicated += 1
+        verdict = "duplicate"
+    report.outcomes.append((verdict, reason))
 
 
 def _count_in_redis(client: redis.Redis, report: IntakeReport) -> None:

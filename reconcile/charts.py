@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from typing import Any
 
@@ -36,8 +36,10 @@ def _svg(title: str, parts: list[str], chart: str) -> str:
             f"<title>{escape(title)}</title>" + "".join(parts) + "</svg>")
 
 
-def grouped_bars(title: str, chart: str, groups: Sequence[str], series: Mapping[str, Mapping[str, int]]) -> str:
-    """One group of bars per entry of ``groups`` (days), one bar per series (layers)."""
+def grouped_bars(title: str, chart: str, groups: Sequence[str], series: Mapping[str, Mapping[str, int]],
+                 label: Callable[[str], str] = lambda group: group[5:]) -> str:
+    """One group of bars per entry of ``groups`` (days), one bar per series (layers); each group
+    is labelled ``label(group)`` (by default a day without its year)."""
     names = list(series)
     top = max([1] + [value for values in series.values() for value in values.values()])
     parts = _axis(top)
@@ -54,7 +56,7 @@ def grouped_bars(title: str, chart: str, groups: Sequence[str], series: Mapping[
                          f'height="{height:.1f}" fill="{COLOURS[s % len(COLOURS)]}">'
                          f"<title>{escape(group)} {escape(name)}: {value}</title></rect>")
         if len(groups) <= 16 or g % max(1, len(groups) // 8) == 0:
-            parts.append(f'<text x="{x0:.1f}" y="{bottom + 14}" font-size="10">{escape(group[5:])}</text>')
+            parts.append(f'<text x="{x0:.1f}" y="{bottom + 14}" font-size="10">{escape(label(group))}</text>')
     return _svg(title, parts + _legend(names), chart)
 
 

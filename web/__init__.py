@@ -1,0 +1,1 @@
+"""tdc serve: console pages, the HTTP receiver, /metrics."""

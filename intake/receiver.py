@@ -453,8 +453,10 @@ def accept_lines(storage: Storage, client: redis.Redis, flow: Flow, input_format
         for routed in line.records:
             by_database[storage.database_of(routed.order_id)].append((line, routed))
     now = utcnow()
-    for database, entries in sorted(by_database.items()):
-        _apply(report, *_store_database(storage, database, input_format, entries, now))
+    for stored in storage.each_part(lambda database: _store_database(storage, database, input_format,
+                                                                     by_database[database], now),
+                                    sorted(by_database)):
+        _apply(report, *stored)
     changes = [change for line in parsed for change in line.schema_changes]
     if changes:
         record_schema_changes(storage, client, input_format, changes, now)

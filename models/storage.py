@@ -129,6 +129,17 @@ class Storage:
         with ThreadPoolExecutor(max_workers=len(databases)) as pool:
             return list(pool.map(work, databases))
 
+    def each_part(self, work: Callable[[int], T], databases: Iterable[int]) -> list[T]:
+        """``work(database)`` for each of ``databases`` (shard database indexes), in that order:
+        at once, on threads, when each is a database of its own, one after the other when some
+        share one (a SQLite file takes one writer at a time, and one server database gains
+        nothing).  Each call must use its own connections and transactions."""
+        databases = list(databases)
+        if len(databases) < 2 or len({self.settings.db_urls[d] for d in databases}) < len(databases):
+            return [work(database) for database in databases]
+        with ThreadPoolExecutor(max_workers=len(databases)) as pool:
+            return list(pool.map(work, databases))
+
     @property
     def dws_engine(self) -> Engine:
         return self._engine(self.settings.dws_url)

@@ -21,6 +21,15 @@ BEAT_SCHEDULE = {
         "task": "tdc.index_pending",
         "schedule": _settings.rescan_interval_seconds,
     },
+    # Wide-row changes wait in the changelog outbox until the relay publishes them (and their
+    # analytics events); a pass every couple of seconds keeps consumers that close behind.
+    # Nothing to do without TDC_CHANGELOG_URL or TDC_EVENTS_URL.  A pass still queued half a
+    # minute later is dropped: newer ones are queued behind it by then.
+    "changelog-relay": {
+        "task": "tdc.changelog_relay",
+        "schedule": _settings.changelog_relay_seconds,
+        "options": {"expires": max(30.0, 5 * _settings.changelog_relay_seconds)},
+    },
     # The T+1 path: offline dimension tables in the warehouse are refreshed nightly; reload them
     # into Redis afterwards (only entries newer than Redis's are replaced).
     "reload-offline-dimensions": {

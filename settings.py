@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from email.utils import formataddr, getaddresses
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 #: Shard databases per deployment; fixed by the storage layout (DESIGN section 5).
@@ -124,6 +125,22 @@ class Settings:
     receive_max_bytes: int = 4 * 1024 * 1024
     #: Where alarms are also mailed (TDC_SMTP_HOST, TDC_ALARM_FROM, TDC_ALARM_TO...); None: not mailed.
     alarm_mail: AlarmMail | None = None
+    #: Where every committed wide-row change is published (``streams.sinks``: redis://...?stream=,
+    #: nats://...?subject=, amqp://...?exchange=, kafka://...?topic=); None: not published.
+    changelog_url: str | None = None
+    #: Where the analytics events derived from the changes go (the same URL forms); None: none.
+    events_url: str | None = None
+    #: Hours a published change stays in the outbox (to read back or replay) before it is purged.
+    changelog_retention_hours: float = 72.0
+    #: Changes one relay read takes from one database (also the most one publish round holds).
+    changelog_batch: int = 500
+    #: Seconds between relay passes (beat's schedule, and ``tdc outbox relay`` when idle).
+    changelog_relay_seconds: float = 2.0
+
+    @property
+    def changelog_outbox(self) -> bool:
+        """Whether merges write changelog outbox rows: a changelog or events sink is configured."""
+        return self.changelog_url is not None or self.events_url is not None
 
     @property
     def embedded_socket(self) -> Path:
@@ -293,6 +310,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     broker_url = env.get("TDC_BROKER_URL", "").strip() or _broker_from_redis(redis_url)
     lease, step_limit, visibility = _lease_times(env)
     source_zone = _zone(env, "TDC_SOURCE_TIMEZONE", ZoneInfo("UTC"))
+    changelog_url, events_url = _sink_urls(env)
     return Settings(
         home=home,
         db_urls=_db_urls(env, home),
@@ -337,7 +355,47 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         receive_max_writes=int(_number(env, "TDC_RECEIVE_MAX_WRITES", 1000, int)),
         receive_max_bytes=int(_number(env, "TDC_RECEIVE_MAX_BYTES", 4 * 1024 * 1024, int)),
         alarm_mail=_alarm_mail(env),
+        changelog_url=changelog_url,
+        events_url=events_url,
+        changelog_retention_hours=_number(env, "TDC_CHANGELOG_RETENTION_HOURS", 72.0),
+        # 500 rows are 0.5-1.5 MB of images: one read, and one publish round in a few ms on Redis.
+        changelog_batch=int(_number(env, "TDC_CHANGELOG_BATCH", 500, int)),
+        changelog_relay_seconds=_number(env, "TDC_CHANGELOG_RELAY_SECONDS", 2.0),
     )
+
+
+#: Sink URL scheme -> the query parameter naming where messages go (``streams.sinks``).
+SINK_TARGETS = {"redis": "stream", "rediss": "stream", "unix": "stream", "nats": "subject", "amqp": "exchange",
+                "amqps": "exchange", "kafka": "topic"}
+
+
+def sink_url(env: Mapping[str, str], name: str) -> str | None:
+    """A changelog/events sink URL: a known scheme with its target parameter (never echoed with
+    its password in an error)."""
+    url = env.get(name, "").strip()
+    if not url:
+        return None
+    parts = urlsplit(url)
+    target = SINK_TARGETS.get(parts.scheme)
+    if target is None:
+        given = f"{parts.scheme}://" if parts.scheme else "a URL without a scheme"
+        raise SettingsError(f"{name}: {given} is not a sink; use redis://HOST/DB?stream=NAME, "
+                            "nats://HOST:4222?subject=NAME, amqp://USER:PASSWORD@HOST/VHOST?exchange=NAME or "
+                            "kafka://HOST:9092?topic=NAME")
+    if not parse_qs(parts.query).get(target, [""])[0].strip():
+        raise SettingsError(f"{name}: a {parts.scheme}:// sink needs ?{target}=NAME")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise SettingsError(f"{name}: a {parts.scheme}:// sink needs a host")
+    return url
+
+
+def _sink_urls(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """TDC_CHANGELOG_URL and TDC_EVENTS_URL, which must not name the same place."""
+    changelog, events = sink_url(env, "TDC_CHANGELOG_URL"), sink_url(env, "TDC_EVENTS_URL")
+    if changelog is not None and changelog == events:
+        raise SettingsError("TDC_EVENTS_URL names the same stream as TDC_CHANGELOG_URL; give events their own, "
+                            "so a consumer of either reads one kind of message")
+    return changelog, events
 
 
 def _broker_from_redis(redis_url: str) -> str:

@@ -341,7 +341,8 @@ def _merge_database(storage: Storage, dims: Dimensions, keys: list[Key]) -> tupl
                              [(k["operation_type"], k["version"]) for k in _in_order(group)], dims, now,
                              storage.settings.business_zone)
             for (order_id, _), group in _by_order(keys).items() if order_id in held]
-        write_merges(connection, merges, outbox=storage.settings.es_url is not None)
+        write_merges(connection, merges, outbox=storage.settings.es_url is not None,
+                     changelog=storage.settings.changelog_outbox)
     return [k for k in keys if k["order_id"] in held], [k for k in keys if k["order_id"] not in held]
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from sqlalchemy.exc import IntegrityError
 
 from flows.state_machine import STATUS_AFTER
+from models.changelog import record_changes
 from models.digests import Columns, kind_of, row_digest
 from models.orders import DwdOrder, DwdOrderItem, IndexOutbox, OrderSnapshot
 from models.storage import Storage
@@ -111,6 +112,8 @@ class Merge:
     current: dict[str, Any] | None
     changed: bool
     snapshots: list[dict[str, Any]] = field(default_factory=list)
+    #: The lines as read, for the changelog's before-image.
+    current_items: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def merge_operations(current: dict[str, Any] | None, current_items: dict[int, dict[str, Any]], facts: OrderFacts,
@@ -123,7 +126,7 @@ def merge_operations(current: dict[str, Any] | None, current_items: dict[int, di
     order = dict(current) if current else {c: None for c in ORDER_COLUMNS} | {
         "order_id": facts.order_id, "status": 0, "refund_amount": Decimal("0.00"), "refund_count": 0}
     items = copy.deepcopy(current_items)
-    merge = Merge(order, items, current, changed=False)
+    merge = Merge(order, items, current, changed=False, current_items=current_items)
     version = current["version"] if current else 0
     for operation, task_version in operations:
         substance, lines = _substance(order), _normal_items(items)
@@ -140,13 +143,16 @@ def merge_operations(current: dict[str, Any] | None, current_items: dict[int, di
     return merge
 
 
-def write_merges(connection: Connection, merges: list[Merge], outbox: bool = False) -> None:
+def write_merges(connection: Connection, merges: list[Merge], outbox: bool = False, changelog: bool = False) -> None:
     """Write the changed wide rows (each under the optimistic lock: OptimisticLockConflict when
     another writer got there first; the caller reads again) and every snapshot, in a few
     statements for the whole batch.  ``outbox``: also record each changed order for the search
-    index, in the same transaction (``models.orders.IndexOutbox``)."""
+    index, in the same transaction (``models.orders.IndexOutbox``); ``changelog``: also each
+    change, with its before and after images, for the changelog relay (``models.changelog``)."""
     changed = [merge for merge in merges if merge.changed]
     _write_orders(connection, changed)
+    if changelog:
+        record_changes(connection, changed)
     if outbox and changed:
         # Due when written: the chain's index task sends it at once, the outbox scan if that fails.
         upsert(connection, OUTBOX_TABLE, ("order_id",), [

@@ -215,11 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     load.set_defaults(run=cmd_dims_load)
 
     from cli.cdc import add_commands as add_cdc_commands
+    from cli.outbox import add_commands as add_outbox_commands
     from cli.reconcile import add_commands as add_reconcile_commands
     from cli.search import add_commands as add_search_commands
     from cli.serve import add_commands as add_serve_commands
 
     add_cdc_commands(commands)
+    add_outbox_commands(commands)
     add_reconcile_commands(commands)
     add_search_commands(commands)
     add_serve_commands(commands)

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, MetaData, UniqueConstraint, inspect
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 import models.cdc  # noqa: F401 - declares the CDC tables on ShardBase
+import models.changelog  # noqa: F401 - declares the changelog outbox (shards) and first consumption (warehouse)
 import models.reconcile  # noqa: F401 - declares the reconciliation tables on WarehouseBase
 from models.driver_sql import marks
 from models.orders import ShardBase

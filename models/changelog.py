@@ -1,0 +1,134 @@
+"""The changelog outbox of the wide rows (shard databases) and the first paid order of each member
+and channel (warehouse).
+
+A ``changelog_outbox`` row is written by the merge, in the transaction that writes the wide row
+(``record_changes``), when a changelog or events sink is configured; the relay
+(``streams.outbox``) publishes it and marks it, and it is purged after the retention period.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any, Protocol, cast
+
+from sqlalchemy import Connection, Date, Index, Integer, String, Table, Text, UniqueConstraint, insert
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.digests import kind_of
+from models.orders import DwdOrder, DwdOrderItem, ShardBase
+from models.types import BigId, Timestamp
+from models.warehouse import WarehouseBase
+
+#: An image of an order with a few lines is 1-3 kB; MySQL's TEXT stops at 64 kB, MEDIUMTEXT at 16 MB.
+Image = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+class ChangelogOutbox(ShardBase):
+    """One committed change of an order's wide rows, waiting for the relay (``published_at``
+    NULL) or published and kept until the retention period ends."""
+
+    __tablename__ = "changelog_outbox"
+    __table_args__ = (UniqueConstraint("order_id", "version", name="uq_changelog_order_version"),
+                      # The relay's read (unpublished, oldest first) and the purge (published before).
+                      Index("ix_changelog_published", "published_at", "id"))
+
+    #: Order of writing within the database: per order, the order of versions (a writer of an
+    #: order inserts only after the previous writer of that order committed: the optimistic lock).
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(String(64))
+    #: ``dwd_order.version`` after the change.
+    version: Mapped[int] = mapped_column(Integer)
+    #: insert (the order's first wide row) or update.
+    operation: Mapped[str] = mapped_column(String(8))
+    #: The business operations merged in the change, comma-separated (PAY or SUBMIT,PAY...).
+    operations: Mapped[str] = mapped_column(String(128))
+    #: JSON ``{"order": {...}, "items": [...]}`` before the change (NULL for an insert) and after it.
+    before_image: Mapped[str | None] = mapped_column(Image)
+    after_image: Mapped[str] = mapped_column(Image)
+    changed_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    published_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+
+class FirstConsume(WarehouseBase):
+    """The first paid order of each member in each channel (``FirstConsumeDate`` events): it only
+    moves earlier, and ``revision`` grows each time it moves (the event's version)."""
+
+    __tablename__ = "first_consume"
+
+    member_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(64))
+    first_paid_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    first_date: Mapped[dt.date | None] = mapped_column(Date)
+    store_id: Mapped[str | None] = mapped_column(String(32))
+    revision: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+
+
+CHANGELOG = cast(Table, ChangelogOutbox.__table__)
+FIRST_CONSUME = cast(Table, FirstConsume.__table__)
+#: The columns of an image and how each is written: the wide row's, without the reconciliation
+#: digest (bookkeeping the row's readers never see).
+IMAGE_ORDER_COLUMNS = tuple((c.name, kind_of(c)) for c in cast(Table, DwdOrder.__table__).columns
+                            if c.name != "source_digest")
+IMAGE_ITEM_COLUMNS = tuple((c.name, kind_of(c)) for c in cast(Table, DwdOrderItem.__table__).columns)
+CENT = Decimal("0.01")
+
+
+class WideChange(Protocol):
+    """What the merge knows of one order it wrote (``chain.wide_rows.Merge``)."""
+
+    @property
+    def order(self) -> dict[str, Any]: ...
+    @property
+    def items(self) -> dict[int, dict[str, Any]]: ...
+    @property
+    def current(self) -> dict[str, Any] | None: ...
+    @property
+    def current_items(self) -> dict[int, dict[str, Any]]: ...
+    @property
+    def snapshots(self) -> list[dict[str, Any]]: ...
+
+
+def image_value(kind: str, value: Any) -> Any:
+    """A value of a column of ``kind`` (``models.digests.kind_of``) as images hold it, whatever
+    the backend returned or the merge computed: money as a string with two decimals, times in
+    UTC to the millisecond (what ``Timestamp`` keeps on every backend), days as ``YYYY-MM-DD``."""
+    if value is None:
+        return None
+    if kind == "money":
+        return str(Decimal(str(value)).quantize(CENT))
+    if kind == "time":
+        moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+        return moment.isoformat(timespec="milliseconds")
+    if kind == "date":
+        day = value.date() if isinstance(value, dt.datetime) else value
+        return day.isoformat() if isinstance(day, dt.date) else str(day)[:10]
+    return int(value) if kind == "int" else value
+
+
+def image(order: Mapping[str, Any], items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """An order's wide rows as JSON-ready data: ``{"order": {...}, "items": [...by item_id]}``.
+    Also how a reader compares ``dwd_order`` with a change's after-image."""
+    return {"order": {name: image_value(kind, order.get(name)) for name, kind in IMAGE_ORDER_COLUMNS},
+            "items": [{name: image_value(kind, item.get(name)) for name, kind in IMAGE_ITEM_COLUMNS}
+                      for item in sorted(items, key=lambda item: item["item_id"])]}
+
+
+def record_changes(connection: Connection, changes: Iterable[WideChange]) -> None:
+    """Write one outbox row per changed order, on ``connection`` (the transaction that writes the
+    wide rows, after their versions are set)."""
+    rows = [dict(order_id=change.order["order_id"], version=change.order["version"],
+                 operation="insert" if change.current is None else "update",
+                 operations=",".join(dict.fromkeys(s["operation_type"] for s in change.snapshots))[:128],
+                 before_image=None if change.current is None else json.dumps(
+                     image(change.current, change.current_items.values()), separators=(",", ":")),
+                 after_image=json.dumps(image(change.order, change.items.values()), separators=(",", ":")),
+                 changed_at=change.order["updated_at"], published_at=None)
+            for change in changes]
+    if rows:
+        connection.execute(insert(CHANGELOG), rows)

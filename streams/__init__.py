@@ -1,0 +1,2 @@
+"""Streams in and out: consumers of message brokers (``streams.consume``), the outbox relay and
+event publishing."""

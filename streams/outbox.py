@@ -1,0 +1,251 @@
+"""The changelog relay: publish the outbox rows of each shard database (``models.changelog``) to
+the changelog sink, and the events they make to the events sink, in order per order; mark them
+published once the sinks confirmed; purge what was published longer ago than the retention.
+
+Per database, one relay at a time (``streams.relay_lock``): it reads the oldest unpublished rows
+and publishes them in rounds that hold at most one change per order, each round confirmed before
+the next, so an order's versions reach the sink in order.  A round is marked published only after
+both sinks confirmed it; a relay that dies between publishing and marking publishes the round
+again on its next pass (before anything newer of those orders), so a consumer sees an order's
+versions in order, possibly one of them twice: consumers de-duplicate on (order id, version), and
+on (event id, version) for events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+
+from intake.receiver import utcnow
+from models.changelog import CHANGELOG
+from models.storage import Storage
+from settings import Settings
+from streams.events import Change, Event, first_consume_events, order_events
+from streams.relay_lock import relay_lock
+from streams.sinks import Message, Sink, open_sink
+
+log = logging.getLogger(__name__)
+
+#: Published rows deleted per statement by the purge: short transactions on a busy database.
+PURGE_CHUNK = 5000
+#: The kind of every changelog message (AMQP routing key, Kafka header).
+CHANGELOG_TOPIC = "dwd_order"
+
+
+@dataclass
+class Sinks:
+    """The sinks a relay publishes to (None: not configured)."""
+
+    changelog: Sink | None = None
+    events: Sink | None = None
+
+    @classmethod
+    def configured(cls, settings: Settings) -> Sinks:
+        """Connected sinks for TDC_CHANGELOG_URL and TDC_EVENTS_URL."""
+        sinks = cls()
+        try:
+            if settings.changelog_url:
+                sinks.changelog = open_sink(settings.changelog_url, "change")
+            if settings.events_url:
+                sinks.events = open_sink(settings.events_url, "event")
+        except BaseException:
+            sinks.close()
+            raise
+        return sinks
+
+    def close(self) -> None:
+        for sink in (self.changelog, self.events):
+            if sink is not None:
+                try:
+                    sink.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection may fail too
+                    log.debug("closing a sink failed", exc_info=True)
+
+
+@dataclass
+class RelayReport:
+    """What a relay pass did."""
+
+    published: int = 0
+    events: int = 0
+    purged: int = 0
+    #: Databases another relay held.
+    skipped: list[int] = field(default_factory=list)
+
+    def add(self, other: RelayReport) -> None:
+        self.published += other.published
+        self.events += other.events
+        self.purged += other.purged
+        self.skipped += other.skipped
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"published": self.published, "events": self.events, "purged": self.purged, "skipped": self.skipped}
+
+
+def change_document(change: Change) -> dict[str, Any]:
+    """A change as the changelog sink carries it."""
+    return {"order_id": change.order_id, "version": change.version, "op": change.operation,
+            "operations": change.operations.split(",") if change.operations else [],
+            "changed_at": change.changed_at.isoformat(timespec="milliseconds"),
+            "before": change.before, "after": change.after}
+
+
+def change_message(change: Change) -> Message:
+    return Message(key=change.order_id, dedup_id=f"{change.order_id}:{change.version}", topic=CHANGELOG_TOPIC,
+                   body=json.dumps(change_document(change), separators=(",", ":"), sort_keys=True))
+
+
+def pending_changes(storage: Storage, database: int, limit: int) -> list[Change]:
+    """The oldest ``limit`` unpublished changes of ``database``, in the order they were written."""
+    with storage.read_engine(database).connect() as connection:
+        rows = connection.execute(select(CHANGELOG).where(CHANGELOG.c.published_at.is_(None))
+                                  .order_by(CHANGELOG.c.id).limit(limit)).all()
+    return [Change(row.id, row.order_id, row.version, row.operation, row.operations,
+                   json.loads(row.before_image) if row.before_image else None, json.loads(row.after_image),
+                   row.changed_at) for row in rows]
+
+
+def rounds(changes: list[Change]) -> list[list[Change]]:
+    """``changes`` (in writing order) in rounds of at most one change per order: an order's k-th
+    change goes in round k, so its versions go out in order."""
+    by_round: list[list[Change]] = []
+    seen: dict[str, int] = defaultdict(int)
+    for change in sorted(changes, key=lambda c: (c.id, c.version)):
+        index = seen[change.order_id]
+        seen[change.order_id] += 1
+        if index == len(by_round):
+            by_round.append([])
+        by_round[index].append(change)
+    return by_round
+
+
+def _mark_published(storage: Storage, database: int, ids: list[int], now: dt.datetime) -> None:
+    with storage.shard_engine(database).begin() as connection:
+        connection.execute(update(CHANGELOG).where(CHANGELOG.c.id.in_(ids)).values(published_at=now))
+
+
+def purge_published(storage: Storage, database: int, now: dt.datetime, keep_hours: float) -> int:
+    """Delete changes published more than ``keep_hours`` ago, in chunks; how many."""
+    cutoff = now - dt.timedelta(hours=keep_hours)
+    purged = 0
+    while True:
+        with storage.shard_engine(database).begin() as connection:
+            ids = connection.execute(select(CHANGELOG.c.id).where(CHANGELOG.c.published_at < cutoff)
+                                     .limit(PURGE_CHUNK)).scalars().all()
+            if ids:
+                connection.execute(delete(CHANGELOG).where(CHANGELOG.c.id.in_(ids)))
+        purged += len(ids)
+        if len(ids) < PURGE_CHUNK:
+            return purged
+
+
+#: Called after a round was published and before it is marked, with the round's number in the
+#: pass (from 1): where a test kills the relay.
+AfterPublish = Callable[[int], None]
+
+
+#: Asked before each round: True ends the pass there (a deadline passed, a signal came).
+Stop = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
+def relay_database(storage: Storage, database: int, sinks: Sinks, stop: Stop = _never,
+                   after_publish: AfterPublish | None = None) -> RelayReport:
+    """Publish ``database``'s unpublished changes until none is left or ``stop()``, then purge;
+    nothing when another relay holds the database (it is listed as skipped).  Raises what a
+    sink or the database raises (or ``relay_lock.LockLost``): the round in hand stays unmarked,
+    and is published again by the next pass."""
+    settings = storage.settings
+    report = RelayReport()
+    with relay_lock(storage.shard_engine(database)) as lock:
+        if lock is None:
+            report.skipped.append(database)
+            return report
+        published_rounds = 0
+        while not stop():
+            changes = pending_changes(storage, database, settings.changelog_batch)
+            if not changes:
+                break
+            events = _events_of(storage, sinks, changes)
+            for batch in rounds(changes):
+                if stop():
+                    break
+                lock.check()
+                if sinks.changelog is not None:
+                    sinks.changelog.publish([change_message(change) for change in batch])
+                messages = sorted((e for change in batch for e in events.get(change.id, [])),
+                                  key=lambda e: (e.version, e.type, e.event_id))
+                if sinks.events is not None and messages:
+                    sinks.events.publish([event.message() for event in messages])
+                published_rounds += 1
+                if after_publish is not None:
+                    after_publish(published_rounds)
+                _mark_published(storage, database, [change.id for change in batch], utcnow())
+                report.published += len(batch)
+                report.events += len(messages)
+        report.purged = purge_published(storage, database, utcnow(), settings.changelog_retention_hours)
+    return report
+
+
+def _events_of(storage: Storage, sinks: Sinks, changes: list[Change]) -> dict[int, list[Event]]:
+    """The events of each change (by change id); none without an events sink."""
+    if sinks.events is None:
+        return {}
+    events: dict[int, list[Event]] = {change.id: order_events(change) for change in changes}
+    for change_id, more in first_consume_events(storage, changes, utcnow()).items():
+        events[change_id] += more
+    return events
+
+
+def relay_pass(storage: Storage, sinks: Sinks, stop: Stop = _never,
+               after_publish: AfterPublish | None = None) -> RelayReport:
+    """``relay_database`` for every shard database, one after the other."""
+    report = RelayReport()
+    for database in storage.distinct_databases():
+        if stop():
+            break
+        report.add(relay_database(storage, database, sinks, stop, after_publish))
+    return report
+
+
+def until(seconds: float, *more: Stop) -> Stop:
+    """A Stop that is True ``seconds`` from now, or as soon as any of ``more`` is."""
+    deadline = time.monotonic() + seconds
+    return lambda: time.monotonic() >= deadline or any(other() for other in more)
+
+
+def oldest_waiting(storage: Storage) -> dt.datetime | None:
+    """When the longest-waiting unpublished change was written (None: nothing waits); one index
+    seek per database."""
+    oldest: list[dt.datetime] = []
+    for database in storage.distinct_databases():
+        with storage.read_engine(database).connect() as connection:
+            first = connection.execute(select(CHANGELOG.c.changed_at).where(CHANGELOG.c.published_at.is_(None))
+                                       .order_by(CHANGELOG.c.id).limit(1)).scalar()
+        if first is not None:
+            oldest.append(first)
+    return min(oldest, default=None)
+
+
+def backlog(storage: Storage) -> list[dict[str, Any]]:
+    """Per database: changes waiting, when the oldest was written, and published changes kept."""
+    found = []
+    waiting_now = CHANGELOG.c.published_at.is_(None)
+    for database in storage.distinct_databases():
+        with storage.read_engine(database).connect() as connection:
+            waiting, oldest = connection.execute(select(func.count(), func.min(CHANGELOG.c.changed_at))
+                                                 .select_from(CHANGELOG).where(waiting_now)).one()
+            kept = connection.execute(select(func.count()).select_from(CHANGELOG).where(~waiting_now)).scalar_one()
+        found.append({"database": database, "waiting": waiting, "oldest": oldest, "published_kept": kept})
+    return found

@@ -1,0 +1,234 @@
+"""Where the changelog and the analytics events are published: one small interface, one class per
+broker, chosen by the URL's scheme (``open_sink``).
+
+A sink's ``publish`` returns only once the broker has confirmed every message of the call (a
+Redis reply, a JetStream PubAck, an AMQP publisher confirm, a Kafka delivery report); anything
+else raises, and then some of the messages may have been delivered.  The caller (the relay)
+gives one publish at most one message per key, so a sink may send a call's messages at once:
+per-key order is the order of the calls.
+
+URL forms (``settings.SINK_TARGETS``):
+- ``redis://HOST:6379/DB?stream=NAME[&maxlen=N]`` (also ``rediss://``, ``unix://PATH?db=N&stream=``):
+  one XADD per message, fields ``id`` and the sink's field (``change`` or ``event``) holding the JSON;
+- ``nats://HOST:4222?subject=NAME[&stream=STREAM]``: JetStream publish with ``Nats-Msg-Id`` set to
+  the de-duplication id; with ``stream=``, the stream is created over the subject when missing;
+- ``amqp://USER:PASSWORD@HOST:5672/VHOST?exchange=NAME[&queue=Q]``: persistent messages to a durable
+  topic exchange with publisher confirms, routing key = the message's topic (``dwd_order``, the
+  event type), ``message_id`` = the de-duplication id; with ``queue=``, a durable queue bound to
+  everything is declared, so nothing is dropped before the first consumer binds;
+- ``kafka://HOST:9092[,HOST:9092]?topic=NAME``: idempotent producer (acks=all), key = the message
+  key (the order), so one order's messages stay in one partition, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+#: Seconds a publish waits for the broker's confirmation of a whole call.
+CONFIRM_TIMEOUT = 30.0
+#: Query parameters that are tdc's, not the client library's: taken off the URL it is given.
+OWN_PARAMETERS = frozenset({"stream", "maxlen", "subject", "exchange", "exchange_type", "queue", "topic"})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message for a sink."""
+
+    #: What order is kept per: the order id (a Kafka key, a NATS/AMQP header).
+    key: str
+    #: What consumers de-duplicate on: ``ORDER:VERSION`` for a change, ``EVENT_ID:VERSION`` for an event.
+    dedup_id: str
+    #: The kind of message: ``dwd_order`` or the event type (AMQP's routing key, a Kafka header).
+    topic: str
+    #: The JSON.
+    body: str
+
+
+class SinkError(RuntimeError):
+    """The broker did not confirm every message of a publish (some may have been delivered)."""
+
+
+class Sink(Protocol):
+    """A broker messages are published to."""
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        """Send ``messages`` and return once the broker confirmed each.  Raises SinkError or the
+        client's own error otherwise; some messages may have been delivered then."""
+
+    def close(self) -> None:
+        """Let go of the connection."""
+
+
+def split_url(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without tdc's own query parameters, and those parameters."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    own = {name: value for name, value in query if name in OWN_PARAMETERS}
+    rest = urlencode([(name, value) for name, value in query if name not in OWN_PARAMETERS])
+    return urlunsplit(parts._replace(query=rest)), own
+
+
+class RedisStreamSink:
+    """One XADD per message, pipelined; a call is confirmed when every reply came back."""
+
+    def __init__(self, url: str, field: str):
+        import redis
+
+        base, own = split_url(url)
+        self.stream, self.field = own["stream"], field
+        self.maxlen = int(own["maxlen"]) if own.get("maxlen") else None
+        self.client = redis.Redis.from_url(base, socket_timeout=CONFIRM_TIMEOUT, socket_connect_timeout=10)
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for message in messages:
+            pipe.xadd(self.stream, {"id": message.dedup_id, self.field: message.body},
+                      maxlen=self.maxlen, approximate=True)
+        replies = pipe.execute(raise_on_error=True)
+        if len(replies) != len(messages) or not all(replies):
+            raise SinkError(f"Redis answered {len(replies)} of {len(messages)} XADDs to {self.stream}")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class NatsSink:
+    """JetStream publishes, sent at once and confirmed by their PubAcks.  The client's event loop
+    runs on a thread of its own, so it answers the server's pings between publishes."""
+
+    def __init__(self, url: str, field: str):
+        import nats
+
+        base, own = split_url(url)
+        self.subject, self.field = own["subject"], field
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tdc-nats-sink", daemon=True)
+        self._thread.start()
+        try:
+            self._nc = self._run(lambda: nats.connect(base, connect_timeout=10, name="tdc-relay"))
+            self._js = self._nc.jetstream(timeout=CONFIRM_TIMEOUT)
+            if own.get("stream"):
+                self._run(lambda: self._ensure_stream(own["stream"]))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        return asyncio.run_coroutine_threadsafe(make(), self._loop).result(CONFIRM_TIMEOUT + 5)
+
+    async def _ensure_stream(self, name: str) -> None:
+        from nats.js.errors import NotFoundError
+
+        try:
+            await self._js.stream_info(name)
+        except NotFoundError:
+            await self._js.add_stream(name=name, subjects=[self.subject])
+
+    async def _publish(self, messages: Sequence[Message]) -> None:
+        futures = [await self._js.publish_async(self.subject, message.body.encode(),
+                                                headers={"Nats-Msg-Id": message.dedup_id, "Tdc-Key": message.key,
+                                                         "Tdc-Topic": message.topic})
+                   for message in messages]
+        await asyncio.wait_for(asyncio.gather(*futures), CONFIRM_TIMEOUT)
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        if messages:
+            self._run(lambda: self._publish(messages))
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def close(self) -> None:
+        try:
+            self._run(lambda: self._nc.close())
+        finally:
+            self._stop_loop()
+
+
+class AmqpSink:
+    """Persistent messages to a durable exchange; each publish waits for its publisher confirm."""
+
+    def __init__(self, url: str, field: str):
+        from kombu import Connection, Exchange, Producer, Queue
+
+        base, own = split_url(url)
+        self.field = field
+        self.connection = Connection(base, connect_timeout=10, transport_options={"confirm_publish": True})
+        self.exchange = Exchange(own["exchange"], type=own.get("exchange_type") or "topic", durable=True)
+        channel = self.connection.channel()
+        self.producer = Producer(channel, exchange=self.exchange)  # declares the exchange
+        if own.get("queue"):
+            Queue(own["queue"], exchange=self.exchange, routing_key="#", durable=True)(channel).declare()
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            self.producer.publish(message.body, routing_key=message.topic, delivery_mode=2, retry=False,
+                                  confirm_timeout=CONFIRM_TIMEOUT,
+                                  content_type="application/json", content_encoding="utf-8",
+                                  message_id=message.dedup_id, headers={"tdc_key": message.key})
+
+    def close(self) -> None:
+        self.connection.release()
+
+
+class KafkaSink:
+    """An idempotent producer: a call is produced, flushed, and confirmed by its delivery reports."""
+
+    def __init__(self, url: str, field: str):
+        from confluent_kafka import Producer
+
+        parts = urlsplit(url)
+        _, own = split_url(url)
+        self.topic, self.field = own["topic"], field
+        self.producer = Producer({"bootstrap.servers": parts.netloc.rsplit("@", 1)[-1], "enable.idempotence": True,
+                                  "acks": "all", "linger.ms": 5,
+                                  "message.timeout.ms": int(CONFIRM_TIMEOUT * 1000)})
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        errors: list[str] = []
+
+        def delivered(error: Any, _message: Any) -> None:
+            if error is not None:
+                errors.append(str(error))
+
+        for message in messages:
+            while True:
+                try:
+                    self.producer.produce(self.topic, key=message.key.encode(), value=message.body.encode(),
+                                          headers={"id": message.dedup_id, "type": message.topic},
+                                          on_delivery=delivered)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    self.producer.poll(0.5)
+        left = self.producer.flush(CONFIRM_TIMEOUT + 5)
+        if left or errors:
+            raise SinkError(f"Kafka confirmed {len(messages) - left - len(errors)} of {len(messages)} messages "
+                            f"to {self.topic}: {errors[:3]}")
+
+    def close(self) -> None:
+        self.producer.flush(CONFIRM_TIMEOUT)
+
+
+#: URL scheme -> the sink class that publishes there.
+SINKS: dict[str, Callable[[str, str], Sink]] = {
+    "redis": RedisStreamSink, "rediss": RedisStreamSink, "unix": RedisStreamSink,
+    "nats": NatsSink,
+    "amqp": AmqpSink, "amqps": AmqpSink,
+    "kafka": KafkaSink,
+}
+
+
+def open_sink(url: str, field: str) -> Sink:
+    """The sink ``url`` names (a URL ``settings.sink_url`` accepted); ``field`` names the Redis
+    entry field the JSON goes in (``change``, ``event``)."""
+    return SINKS[urlsplit(url).scheme](url, field)

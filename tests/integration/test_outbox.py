@@ -1,0 +1,286 @@
+"""The changelog outbox and its relay on real MariaDB shards and real brokers (Redis Streams, NATS
+JetStream, RabbitMQ): every committed wide-row change reaches the sink, in order per order, and
+survives a relay killed between publishing and marking; two relays at once keep the order; the
+relay lock on every backend; the purge; the embedded SQLite mode."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text, update
+
+from chain.wide_rows import read_orders
+from demo.history import generate_history
+from models.changelog import CHANGELOG, image
+from models.schema import init_storage
+from models.storage import Storage
+from settings import load_settings
+from streams.outbox import Sinks, relay_database, relay_pass
+from streams.relay_lock import LockLost, relay_lock
+from tests.conftest import REDIS, env_of
+from tests.integration.helpers import process_history, run_tdc
+from tests.integration.streams_helpers import (
+    assert_changelog_complete_and_ordered,
+    deduplicated,
+    make_sinks,
+    nats_server,  # noqa: F401 - fixture
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def storage_with(fresh_storage):  # type: ignore[no-untyped-def]
+    """A factory: fresh initialised storage with the changelog and events sinks of ``urls``."""
+    made: list[Storage] = []
+
+    def make(urls: dict[str, str]) -> Storage:
+        storage = Storage(dataclasses.replace(fresh_storage().settings, changelog_url=urls.get("TDC_CHANGELOG_URL"),
+                                              events_url=urls.get("TDC_EVENTS_URL")))
+        made.append(storage)
+        return storage
+
+    yield make
+    for storage in made:
+        storage.dispose()
+
+
+def outbox_rows(storage: Storage) -> list[Any]:
+    rows: list[Any] = []
+    for database in storage.distinct_databases():
+        with storage.read_engine(database).connect() as connection:
+            rows += connection.execute(select(CHANGELOG)).all()
+    return rows
+
+
+def assert_last_after_images_are_the_wide_rows(storage: Storage, changes: list[dict[str, Any]]) -> None:
+    last = {change["order_id"]: change for change in changes}
+    orders, items = read_orders(storage, list(last))
+    assert set(orders) == set(last)
+    for order_id, change in last.items():
+        lines = [item for item in items.values() if item["order_id"] == order_id]
+        assert change["after"] == image(orders[order_id], lines), order_id
+
+
+@pytest.fixture(params=["redis", "nats", "amqp"])
+def sinks(request):  # type: ignore[no-untyped-def]
+    """A changelog and an events sink of this test's own on each real broker."""
+    if request.param == "nats":
+        request.getfixturevalue("nats_server")
+        pair = make_sinks("nats")
+    elif request.param == "amqp":
+        pair = make_sinks("amqp", request.getfixturevalue("rabbitmq_vhost"))
+    else:
+        request.getfixturevalue("redis_client")
+        pair = make_sinks("redis")
+    yield pair
+    pair.close()
+
+
+def test_every_change_reaches_the_sink_in_order_across_a_relay_killed_between_publish_and_mark(
+        storage_with, redis_client, sinks) -> None:
+    # Given a history with corrections, out-of-order arrival, duplicates and parked tasks run
+    # through the chains, with the sinks configured (so every merge wrote outbox rows)
+    storage = storage_with(sinks.env())
+    history = generate_history(30, seed=18)
+    process_history(storage, redis_client, history)
+    outbox = {(row.order_id, row.version) for row in outbox_rows(storage)}
+    assert len(outbox) > len(history.order_ids)  # orders changed more than once
+    env = {**env_of(storage), **sinks.env(), "TDC_CHANGELOG_BATCH": "25"}
+
+    # When a relay is killed after publishing its second round, before marking it
+    killed = run_tdc(env, "outbox", "relay", "--once", "--kill-after-rounds", "2")
+    assert killed.returncode == -9, killed.stderr
+    unmarked = {(row.order_id, row.version) for row in outbox_rows(storage) if row.published_at is None}
+    in_sink = {(c["order_id"], c["version"]) for _, c in sinks.changes()}
+    republished = in_sink & unmarked
+    assert republished, "the killed relay published a round it had not marked"
+    assert len(outbox) - len(unmarked) == len(in_sink - unmarked)  # what was marked is in the sink
+
+    # And a relay runs again
+    again = run_tdc(env, "outbox", "relay", "--once")
+    assert again.returncode == 0, again.stderr
+
+    # Then every change is in the sink once (twice only for the unmarked round, where the broker
+    # does not de-duplicate itself), in order per order, each following the one before
+    changes = sinks.changes()
+    assert_changelog_complete_and_ordered(changes, outbox)
+    counted: dict[tuple[str, int], int] = {}
+    for _, change in changes:
+        counted[(change["order_id"], change["version"])] = counted.get((change["order_id"], change["version"]), 0) + 1
+    duplicated = {key for key, count in counted.items() if count > 1}
+    assert duplicated == (set() if sinks.kind == "nats" else republished)
+    assert max(counted.values()) <= 2
+    # And the last change of every order is its wide row, and every row is marked
+    assert_last_after_images_are_the_wide_rows(storage, deduplicated(changes))
+    assert all(row.published_at is not None for row in outbox_rows(storage))
+
+
+def test_two_relays_at_once_publish_each_change_once_in_order(storage_with, redis_client) -> None:
+    # Given a backlog of changes and three relays started together, reading ten rows at a time
+    pair = make_sinks("redis")
+    try:
+        storage = storage_with(pair.env())
+        process_history(storage, redis_client, generate_history(40, seed=7))
+        outbox = {(row.order_id, row.version) for row in outbox_rows(storage)}
+        env = {**env_of(storage), **pair.env(), "TDC_CHANGELOG_BATCH": "10"}
+        command = [sys.executable, "-m", "cli.main", "outbox", "relay", "--once"]
+        relays = [subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True) for _ in range(3)]
+        outputs = [relay.communicate(timeout=300) for relay in relays]
+        # When they have all finished
+        assert [relay.returncode for relay in relays] == [0, 0, 0], [err for _, err in outputs]
+        # Then each change was published exactly once (no two relays read the same rows), in
+        # version order per order, and the relays shared the databases out
+        changes = pair.changes()
+        assert len(changes) == len(outbox)
+        assert_changelog_complete_and_ordered(changes, outbox)
+        assert sum("held by another relay" in out or "skipped" in out for out, _ in outputs) >= 1, outputs
+    finally:
+        pair.close()
+
+
+def test_a_held_database_is_skipped_and_its_changes_wait(storage_with, redis_client) -> None:
+    # Given changes in every shard database and database 0's relay lock held elsewhere
+    pair = make_sinks("redis")
+    try:
+        storage = storage_with(pair.env())
+        process_history(storage, redis_client, generate_history(12, seed=3))
+        sinks = Sinks.configured(storage.settings)
+        with relay_lock(storage.shard_engine(0)) as held:
+            assert held is not None
+            # When a relay passes
+            report = relay_pass(storage, sinks)
+        # Then database 0 was skipped and only its changes still wait
+        assert report.skipped == [0]
+        waiting = {storage.database_of(row.order_id) for row in outbox_rows(storage) if row.published_at is None}
+        assert waiting == {0}
+        assert relay_database(storage, 0, sinks).published > 0
+        assert all(row.published_at is not None for row in outbox_rows(storage))
+        sinks.close()
+    finally:
+        pair.close()
+
+
+@pytest.mark.parametrize("backend", ["mariadb", "postgresql"])
+def test_the_relay_lock_is_exclusive_and_released_when_its_connection_dies(fresh_storage, backend) -> None:
+    storage = fresh_storage()
+    engine = storage.shard_engine(1) if backend == "mariadb" else storage.dws_engine
+    with relay_lock(engine) as first:
+        with relay_lock(engine) as second:
+            assert first is not None and second is None
+        first.check()
+        # When the server ends the holder's connection, the lock is gone and the holder knows it
+        assert first.connection is not None
+        if backend == "mariadb":
+            holder = first.connection.execute(text("SELECT CONNECTION_ID()")).scalar_one()
+            first.connection.commit()
+            with engine.connect() as other:
+                other.execute(text(f"KILL {int(holder)}"))
+        else:
+            holder = first.connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            first.connection.commit()
+            with engine.connect() as other:
+                other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": holder})
+                other.commit()
+        with pytest.raises(LockLost):
+            first.check()
+        with relay_lock(engine) as third:
+            assert third is not None
+
+
+def test_published_changes_are_purged_after_the_retention_and_waiting_ones_never(storage_with,
+                                                                                redis_client) -> None:
+    pair = make_sinks("redis")
+    try:
+        storage = storage_with(pair.env())
+        process_history(storage, redis_client, generate_history(10, seed=5))
+        sinks = Sinks.configured(storage.settings)
+        relay_pass(storage, sinks)
+        rows = outbox_rows(storage)
+        old, recent = rows[: len(rows) // 2], rows[len(rows) // 2:]
+        # Given half the published changes marked 73 hours ago, and a change written long ago that still waits
+        long_ago = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(hours=73)
+        for row in old:
+            with storage.engine_for_order(row.order_id).begin() as connection:
+                connection.execute(update(CHANGELOG).where(CHANGELOG.c.id == row.id).values(published_at=long_ago))
+        waiting = recent[0]
+        with storage.engine_for_order(waiting.order_id).begin() as connection:
+            connection.execute(update(CHANGELOG).where(CHANGELOG.c.id == waiting.id).values(
+                published_at=None, changed_at=long_ago))
+        # When the relay passes
+        report = relay_pass(storage, sinks)
+        sinks.close()
+        # Then exactly the old published ones are gone, and the waiting one was published, not purged
+        assert report.purged == len(old) and report.published == 1
+        assert {(r.order_id, r.version) for r in outbox_rows(storage)} == {(r.order_id, r.version) for r in recent}
+    finally:
+        pair.close()
+
+
+def test_the_embedded_sqlite_mode_relays_every_change(tmp_path, redis_client) -> None:
+    # Given the embedded default (SQLite shard files), a Redis stream sink
+    pair = make_sinks("redis")
+    try:
+        storage = Storage(load_settings({"TDC_HOME": str(tmp_path), "TDC_REDIS_URL": REDIS, "TDC_SHARDS": "64",
+                                         "TDC_SOURCE_DATABASES": "gqsh", **pair.env()}))
+        init_storage(storage)
+        process_history(storage, redis_client, generate_history(12, seed=11))
+        outbox = {(row.order_id, row.version) for row in outbox_rows(storage)}
+        sinks = Sinks.configured(storage.settings)
+        # When database 2's lock (a file lock) is held, it is skipped; then everything goes
+        with relay_lock(storage.shard_engine(2)) as held:
+            assert held is not None
+            assert relay_pass(storage, sinks).skipped == [2]
+        relay_pass(storage, sinks)
+        sinks.close()
+        # Then the sink holds every change once, in order, and the last after-images are the rows
+        changes = pair.changes()
+        assert len(changes) == len(outbox)
+        assert_changelog_complete_and_ordered(changes, outbox)
+        assert_last_after_images_are_the_wide_rows(storage, deduplicated(changes))
+    finally:
+        pair.close()
+        storage.dispose()
+
+
+def test_nothing_is_written_to_the_outbox_without_a_sink(fresh_storage, redis_client) -> None:
+    storage = fresh_storage()
+    process_history(storage, redis_client, generate_history(5, seed=2))
+    assert outbox_rows(storage) == []
+
+
+def test_kafka_contract_every_change_in_order_per_order(storage_with, redis_client) -> None:
+    """Against a real Kafka when TDC_KAFKA_BOOTSTRAP is set (no broker on the test machines)."""
+    bootstrap = os.environ.get("TDC_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        pytest.skip("TDC_KAFKA_BOOTSTRAP is not set (Kafka contract tests)")
+    from confluent_kafka import Consumer
+
+    topic = f"tdc-test-changelog-{os.urandom(4).hex()}"
+    storage = storage_with({"TDC_CHANGELOG_URL": f"kafka://{bootstrap}?topic={topic}"})
+    process_history(storage, redis_client, generate_history(20, seed=13))
+    outbox = {(row.order_id, row.version) for row in outbox_rows(storage)}
+    sinks = Sinks.configured(storage.settings)
+    relay_pass(storage, sinks)
+    sinks.close()
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    changes: list[tuple[str, dict[str, Any]]] = []
+    deadline = dt.datetime.now() + dt.timedelta(seconds=60)
+    while len(changes) < len(outbox) and dt.datetime.now() < deadline:
+        message: Any = consumer.poll(1.0)
+        if message is not None and message.error() is None:
+            change = json.loads(message.value())
+            assert message.key().decode() == change["order_id"]
+            changes.append((dict(message.headers())["id"].decode(), change))
+    consumer.close()
+    # One partition per key: each order's changes are in order even across partitions.
+    assert_changelog_complete_and_ordered(changes, outbox)

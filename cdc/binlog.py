@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
@@ -114,6 +115,8 @@ class BinlogTail:
         self.name, self.server_id, self.submit, self.batch = name, server_id, submit, batch
         self.report = TailReport()
         self.source_server_id = 0
+        #: The position of the newest batch handed to the writer (stored once it is in).
+        self.flushed: Checkpoint | None = None
 
     def run(self, position: Checkpoint, stop_when_idle: bool = False, progress: Callable[[str], None] | None = None,
             ) -> TailReport:
@@ -121,6 +124,7 @@ class BinlogTail:
 
         Raises SourceError when no flow follows the source's database."""
         require_followed(self.storage, self.flow, self.source)
+        self.flushed = self.report.position
         self.source_server_id = server_id_of(self.source)
         stream = BinLogStreamReader(
             connection_settings=self.source.connection_settings(), server_id=self.server_id,
@@ -136,6 +140,17 @@ class BinlogTail:
         pending: list[str] = []  # lines of the transaction being read
         boundary = position
         clock, gtid, last_flush = position.clock_ms, position.gtid, time.monotonic()
+        # One batch is stored (intake, then its position) on a writer thread while the next is
+        # decoded here: decoding and the database round trips overlap.  Batches are stored in
+        # order, one at a time, and a position is stored only after its batch committed.
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tdc-tail-writer")
+        storing: Future[None] | None = None
+
+        def flush(lines: list[str], at: Checkpoint) -> None:
+            nonlocal storing
+            if storing is not None:
+                storing.result()  # the batch before must be in (and raises what it raised)
+            storing, self.flushed = writer.submit(self._flush, lines, at, progress), at
         try:
             for event in stream:
                 if isinstance(event, (GtidEvent, MariadbGtidEvent)):
@@ -159,13 +174,16 @@ class BinlogTail:
                 idle = isinstance(event, HeartbeatLogEvent)
                 if committed and (len(committed) >= self.batch or idle
                                   or time.monotonic() - last_flush >= FLUSH_SECONDS):
-                    self._flush(committed, boundary, progress)
+                    flush(committed, boundary)
                     committed, last_flush = [], time.monotonic()
-                elif idle and boundary != self.report.position and not pending:
-                    self._flush([], boundary, progress)
-            if committed or boundary != self.report.position:
-                self._flush(committed, boundary, progress)
+                elif idle and boundary != self.flushed and not pending:
+                    flush([], boundary)
+            if committed or boundary != self.flushed:
+                flush(committed, boundary)
+            if storing is not None:
+                storing.result()
         finally:
+            writer.shutdown(wait=True)
             stream.close()
         return self.report
 
@@ -189,7 +207,8 @@ class BinlogTail:
         return [ddl_line(self.source.database, query, log_file, log_pos, clock)] if followed else []
 
     def _flush(self, lines: list[str], boundary: Checkpoint, progress: Callable[[str], None] | None) -> None:
-        """Ingest whole transactions, submit their tasks, then store the position after them."""
+        """Ingest whole transactions, submit their tasks, then store the position after them (on
+        the writer thread; ``flushed`` is what was handed to it, ``report.position`` what is in)."""
         if lines:
             report = accept_lines(self.storage, self.client, self.flow, "debezium", lines)
             self.report.submitted += self.submit(report.touched)

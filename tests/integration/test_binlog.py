@@ -105,6 +105,39 @@ def test_a_history_run_as_sql_and_tailed_gives_the_rows_its_canal_messages_give(
            {o: {c: r[c] for c in columns} for o, r in binlog_rows.items()}
 
 
+def test_a_batch_that_cannot_be_stored_stops_the_tail_before_any_later_position_is_stored(
+        fresh_storage, redis_client, source_database) -> None:
+    # Given a tail whose batches are stored on a writer thread while the next is read, and a
+    # history of several batches in the binlog
+    storage = fresh_storage()
+    history = generate_history(60, seed=73, displacement=0, duplicate_rate=0)
+    _tail(storage, redis_client, source_database, start="now")
+    begun = load_checkpoint(storage, NAME)
+    _play(source_database, history.changes, per_transaction=3)
+    batches: list[int] = []
+
+    def submit(keys) -> int:  # type: ignore[no-untyped-def]
+        batches.append(len(keys))
+        if len(batches) == 2:
+            raise RuntimeError("the broker went away")
+        return 0
+
+    # When storing its second batch fails
+    tail = BinlogTail(storage, redis_client, ORDER_FLOW, source_of(source_database), NAME, 4244, submit, batch=40)
+    with pytest.raises(RuntimeError, match="the broker went away"):
+        tail.run(start_position(storage, source_of(source_database), NAME, None), stop_when_idle=True)
+    # Then the tail stopped with the error, and the stored position is the first batch's: the
+    # failed batch and everything after it are read again on restart
+    stored = load_checkpoint(storage, NAME)
+    assert len(batches) == 2 and stored is not None and begun is not None
+    assert stored[0] == tail.report.position and stored[0] != begun[0]
+    report, _ = _tail(storage, redis_client, source_database)
+    assert tail.report.intake.lines + report.changes == len(history.changes)
+    # The failed batch was committed by intake before its submit failed: read again, it is a
+    # duplicate, never lost
+    assert report.intake.duplicated >= batches[1]
+
+
 def test_a_tail_killed_mid_stream_resumes_from_its_position_losing_and_doubling_nothing(
         fresh_storage, redis_client, source_database, tmp_path) -> None:
     # Given a source with a history in its binlog after a tail's stored position, and the tail started

@@ -1,4 +1,5 @@
-"""``tdc``: init, ingest, cdc, demo, order show, quarantine list, failed, reconcile, bench, dims load, ads rebuild."""
+"""``tdc``: init, ingest, consume, cdc, demo, order show, quarantine list, failed, reconcile, bench, dims load,
+ads rebuild."""
 
 from __future__ import annotations
 
@@ -215,12 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     load.set_defaults(run=cmd_dims_load)
 
     from cli.cdc import add_commands as add_cdc_commands
+    from cli.consume import add_commands as add_consume_commands
     from cli.outbox import add_commands as add_outbox_commands
     from cli.reconcile import add_commands as add_reconcile_commands
     from cli.search import add_commands as add_search_commands
     from cli.serve import add_commands as add_serve_commands
 
     add_cdc_commands(commands)
+    add_consume_commands(commands, bench)
     add_outbox_commands(commands)
     add_reconcile_commands(commands)
     add_search_commands(commands)

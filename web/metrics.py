@@ -15,9 +15,9 @@ nothing is counted in this process.  What each part costs a scrape:
   tasks pending beside 100,000 DONE.  The result is kept in Redis for FIGURES_SECONDS, so any
   number of Prometheus servers or console pages count at most once per window
   (``tdc_tables_age_seconds`` says how old it is).
-- **redis** (step durations, end-to-end lag, DONE counts, alarms by kind, and the cached table
-  figures): hashes written by the workers (``chain.timings``) and ``raise_alarm``, read in one
-  pipelined round trip.
+- **redis** (step durations, end-to-end lag, DONE counts, alarms by kind, the consumers' counts
+  and lag, and the cached table figures): hashes written by the workers (``chain.timings``),
+  ``raise_alarm`` and ``tdc consume`` (``streams.consume.figures``), read in one pipelined round trip.
 - **tails**: the rows of ``cdc_position`` (one per binlog tail) in shard database 0.
 - **reconcile**: the newest finished ``reconcile_run``, on its ``started_at`` index, in the warehouse.
 - **broker**: one passive declaration per queue of the tdc Celery app (``worker.app``, when this
@@ -53,6 +53,7 @@ from models.sharded import TaskStatus
 from models.shards import database_for_shard, task_table_name
 from models.storage import Storage
 from reliability.alarms import ALARM_COUNTERS
+from streams.consume.figures import CONSUMER_FIGURES, read_consumers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,6 +102,8 @@ class Figures:
     #: The newest finished reconciliation run's row.
     reconcile: dict[str, Any] | None = None
     queues: dict[str, int] | None = None
+    #: consumer name -> its figures (``streams.consume.figures``).
+    consumers: dict[str, dict[str, float]] = field(default_factory=dict)
     ok: dict[str, bool] = field(default_factory=dict)
 
 
@@ -176,7 +179,9 @@ def _read_redis(client: redis.Redis, figures: Figures) -> str | None:
     pipe.hgetall(DONE_COUNTS)
     pipe.hgetall(ALARM_COUNTERS)
     pipe.get(FIGURES_CACHE)
-    *steps, lag, done, alarms, cached = pipe.execute()
+    pipe.hgetall(CONSUMER_FIGURES)
+    *steps, lag, done, alarms, cached, consumers = pipe.execute()
+    figures.consumers = read_consumers(consumers)
     figures.steps = {step: cumulative(STEP_BUCKETS, fields) for step, fields in zip(STEPS, steps, strict=True)}
     figures.lag = cumulative(LAG_BUCKETS, lag)
     figures.done = {_text(k): int(v) for k, v in done.items()}
@@ -282,6 +287,7 @@ def _families(figures: Figures, now: float) -> Iterator[Metric]:
     yield from (steps, lag, done, alarms)
 
     yield from _tail_families(figures.tails or {})
+    yield from _consumer_families(figures.consumers)
     yield from _reconcile_families(figures.reconcile)
 
     queues = GaugeMetricFamily("tdc_queue_messages", "Messages waiting in a tdc broker queue (not those a "
@@ -307,6 +313,18 @@ def _tail_families(tails: dict[str, tuple[float, float]]) -> Iterator[Metric]:
         source.add_metric([name], source_time)
         stored.add_metric([name], stored_time)
     yield from (lag, source, stored)
+
+
+def _consumer_families(consumers: dict[str, dict[str, float]]) -> Iterator[Metric]:
+    messages = CounterMetricFamily("tdc_consumer_messages", "Messages a tdc consume process took in and "
+                                   "acknowledged, by consumer", labels=["consumer"])
+    lag = GaugeMetricFamily("tdc_consumer_lag", "Messages waiting in the broker for a consumer when it last "
+                            "looked (-1: the broker cannot say)", labels=["consumer"])
+    for name, kinds in sorted(consumers.items()):
+        messages.add_metric([name], kinds.get("messages", 0))
+        if "lag" in kinds:
+            lag.add_metric([name], kinds["lag"])
+    yield from (messages, lag)
 
 
 def _reconcile_families(run: dict[str, Any] | None) -> Iterator[Metric]:

@@ -1,0 +1,256 @@
+"""``tdc consume`` on real brokers: Canal flat messages from RabbitMQ, Debezium Server's Redis
+sink (compact and extended entries) and its NATS JetStream sink.  A generated history is
+published before the consumer first starts (a backlog), taken in by ``tdc consume ...
+--idle-exit 10`` as a process, its chains run in-process, and every wide row and ADS cell must
+be exact; again with the consumer killed with SIGKILL mid-stream and started again.  Poison
+messages are quarantined and acknowledged; nothing is left unacknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import amqp
+import pytest
+import redis
+from kombu import Connection
+
+from demo.history import generate_history
+from flows.gqsh import ORDER_FLOW
+from tests.conftest import REDIS, env_of
+from tests.integration.consume_helpers import (
+    POISON,
+    counts,
+    debezium_destination,
+    debezium_key,
+    finished,
+    kill_after,
+    lines_of,
+    problems,
+    publish_canal,
+    quarantined,
+    ready,
+    run_chains_to_rest,
+    tdc_consume,
+)
+from tests.integration.helpers import ingest
+
+pytestmark = pytest.mark.integration
+
+NATS = "nats://127.0.0.1:4222"
+# --- RabbitMQ: Canal's RabbitMQ connector -------------------------------------------------------
+
+@pytest.mark.parametrize("killed", [False, True], ids=["straight", "killed-and-restarted"])
+def test_canal_from_rabbitmq_makes_exact_rows(fresh_storage, redis_client, rabbitmq_vhost, killed: bool) -> None:
+    # Given a history of Canal flat messages (and poison) waiting in Canal's queue, payments in another
+    storage = fresh_storage()
+    history = generate_history(250 if killed else 120, seed=81 if killed else 80, input_format="canal")
+    publish_canal(rabbitmq_vhost, lines_of(history, "canal"), lines_of(history, "business"))
+    # (its chains go to the test's virtual host, where no worker reads; they run in-process below)
+    env = {**env_of(storage), "TDC_BROKER_URL": rabbitmq_vhost}
+    name = f"rabbitmq-{history.run_id}"
+    arguments = ("rabbitmq", "--url", rabbitmq_vhost, "--queue", "canal.gqsh", "--format", "canal", "--name", name,
+                 "--batch", "50", "--idle-exit", "10")
+    # When tdc consume takes them in (killed with SIGKILL part of the way, and started again)
+    if killed:
+        taken = kill_after(tdc_consume(env, *arguments), redis_client, name, 100)
+        assert 0 < taken and ready(rabbitmq_vhost, "canal.gqsh") > 0
+    finished(tdc_consume(env, *arguments))
+    paid = counts(finished(tdc_consume(env, "rabbitmq", "--url", rabbitmq_vhost, "--queue", "payments", "--format",
+                                       "business", "--idle-exit", "10")))
+    run_chains_to_rest(storage, redis_client, history)
+    # Then every message was acknowledged, the poison quarantined with its reason, and every
+    # wide row and ADS cell is exact
+    assert ready(rabbitmq_vhost, "canal.gqsh") == 0 and ready(rabbitmq_vhost, "payments") == 0
+    assert paid["acknowledged"] == len(lines_of(history, "business"))
+    assert quarantined(storage, "message body is not UTF-8 text") == 1
+    assert quarantined(storage, "message body is empty") == 1
+    assert problems(storage, history) == []
+
+
+def test_a_queue_that_does_not_exist_is_refused_not_created(rabbitmq_vhost, storage) -> None:
+    process = tdc_consume({**env_of(storage), "TDC_BROKER_URL": rabbitmq_vhost}, "rabbitmq", "--url", rabbitmq_vhost,
+                          "--queue", "canal.typo", "--format", "canal", "--idle-exit", "1")
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2 and "queue 'canal.typo' does not exist" in err, err[-2000:]
+    with Connection(rabbitmq_vhost) as connection, pytest.raises(amqp.exceptions.NotFound):
+        connection.channel().queue_declare("canal.typo", passive=True)
+
+
+# --- Redis Streams: Debezium Server's Redis sink ------------------------------------------------
+
+@pytest.fixture
+def debezium_prefix(redis_client) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A ``topic.prefix`` of the test's own; its streams are deleted afterwards."""
+    prefix = f"tdc-test-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    for key in redis_client.scan_iter(f"{prefix}.*"):
+        redis_client.delete(key)
+
+
+def _xadd_debezium(client: redis.Redis, prefix: str, lines: list[str], shape: str) -> list[str]:
+    """What the Redis sink does (debezium/debezium-server, RedisStreamChangeConsumer.handleBatch):
+    XADD each event to the stream named by its destination, as a compact entry (one field: key ->
+    value) or an extended one (fields key and value); a null value is the ``null.value``
+    placeholder ``default``.  Lines that are no change event go to the order table's stream.  A
+    tombstone, a value that is not UTF-8 and an entry of neither shape are added.  The streams."""
+    orders = f"{prefix}.gqsh.gqsh_order"
+    pipe = client.pipeline(transaction=False)
+    entries: list[tuple[str, str | bytes, str | bytes]] = []
+    for line in lines:
+        destination = debezium_destination(line, prefix)
+        entries.append((destination or orders, debezium_key(line) if destination else "default", line))
+    entries.insert(len(entries) // 2, (orders, '{"order_id":"D-tombstone"}', "default"))
+    entries.insert(len(entries) // 3, (orders, '{"order_id":"D-poison"}', POISON[0]))
+    for stream, key, value in entries:
+        pipe.xadd(stream, {key: value} if shape == "compact" else {"key": key, "value": value, "TRACEPARENT": "x"})
+    pipe.xadd(orders, {"id": "1", "op": "c", "table": "gqsh_order"})  # neither shape
+    pipe.execute()
+    return sorted({stream for stream, _, _ in entries})
+
+
+def _streams(streams: list[str]) -> list[str]:
+    return [argument for stream in streams for argument in ("--stream", stream)]
+
+
+def test_debezium_compact_entries_from_redis_streams_make_exact_rows(fresh_storage, redis_client, rabbitmq_vhost,
+                                                                     debezium_prefix: str) -> None:
+    # Given a history's Debezium events in the sink's streams, one per table, before any group exists
+    storage = fresh_storage()
+    history = generate_history(120, seed=82, input_format="debezium")
+    streams = _xadd_debezium(redis_client, debezium_prefix, lines_of(history, "debezium"), "compact")
+    env = {**env_of(storage), "TDC_BROKER_URL": rabbitmq_vhost}
+    name = f"redis-{history.run_id}"
+    # When tdc consume reads them through a group it creates
+    out = finished(tdc_consume(env, "redis", "--url", REDIS, *_streams(streams), "--group", "tdc", "--format",
+                               "debezium", "--name", name, "--batch", "100", "--idle-exit", "10"))
+    ingest(storage, redis_client, ORDER_FLOW, "business", lines_of(history, "business"))
+    run_chains_to_rest(storage, redis_client, history)
+    # Then the group started at the streams' beginning: every entry was taken in and acknowledged
+    total = len(lines_of(history, "debezium")) + 3
+    assert counts(out)["acknowledged"] == total
+    for stream in streams:
+        assert redis_client.xpending(stream, "tdc")["pending"] == 0
+        assert redis_client.xinfo_groups(stream)[0]["lag"] == 0
+    assert quarantined(storage, "not a Debezium Server Redis entry") == 1
+    assert quarantined(storage, "message body is not UTF-8 text") == 1
+    assert problems(storage, history) == []
+    # And /metrics shows what it took in and that nothing waits
+    from web.metrics import render_metrics
+
+    body = render_metrics(storage, redis_client, app=object())[0].decode()
+    assert f'tdc_consumer_messages_total{{consumer="{name}"}} {float(total)}' in body
+    assert f'tdc_consumer_lag{{consumer="{name}"}} 0.0' in body
+
+
+def test_debezium_extended_entries_after_a_kill_are_claimed_and_the_rows_exact(
+        fresh_storage, redis_client, rabbitmq_vhost, debezium_prefix: str) -> None:
+    # Given extended entries, and a consumer of the group that died holding 30 of them
+    storage = fresh_storage()
+    history = generate_history(250, seed=83, input_format="debezium")
+    streams = _xadd_debezium(redis_client, debezium_prefix, lines_of(history, "debezium"), "extended")
+    for stream in streams:
+        redis_client.xgroup_create(stream, "tdc", id="0")
+    held = redis_client.xreadgroup("tdc", "dead", {streams[0]: ">"}, count=30)
+    assert len(held[0][1]) == 30
+    env = {**env_of(storage), "TDC_BROKER_URL": rabbitmq_vhost}
+    name = f"redis-{history.run_id}"
+    arguments = ("redis", "--url", REDIS, *_streams(streams), "--group", "tdc", "--format", "debezium", "--name", name,
+                 "--batch", "50", "--claim-idle", "2", "--idle-exit", "10")
+    # When a consumer is killed with SIGKILL part of the way, and another takes over
+    taken = kill_after(tdc_consume(env, *arguments, "--consumer", "a"), redis_client, name, 100)
+    assert taken < len(lines_of(history, "debezium"))
+    finished(tdc_consume(env, *arguments, "--consumer", "b"))
+    ingest(storage, redis_client, ORDER_FLOW, "business", lines_of(history, "business"))
+    run_chains_to_rest(storage, redis_client, history)
+    # Then what the dead consumers held was claimed: nothing is pending, nothing is left
+    for stream in streams:
+        assert redis_client.xpending(stream, "tdc")["pending"] == 0, stream
+        assert redis_client.xinfo_groups(stream)[0]["lag"] == 0, stream
+    assert quarantined(storage, "not a Debezium Server Redis entry") == 1
+    assert problems(storage, history) == []
+
+
+# --- NATS JetStream: Debezium Server's NATS JetStream sink --------------------------------------
+
+@pytest.fixture
+def jetstream() -> Iterator[str]:
+    """A JetStream stream of the test's own on subjects ``<name>.>``, deleted afterwards; its name."""
+    import nats
+
+    from tests.conftest import require
+
+    name = f"tdc-test-{uuid.uuid4().hex[:8]}"
+
+    async def add() -> None:
+        connection = await nats.connect(NATS, connect_timeout=3, max_reconnect_attempts=0)
+        await connection.jetstream().add_stream(name=name, subjects=[f"{name}.>"])
+        await connection.close()
+
+    require("NATS JetStream", lambda: asyncio.run(add()))
+    yield name
+
+    async def delete() -> None:
+        connection = await nats.connect(NATS)
+        await connection.jetstream().delete_stream(name)
+        await connection.close()
+
+    asyncio.run(delete())
+
+
+def _publish_debezium_nats(stream: str, lines: list[str]) -> None:
+    """What the NATS JetStream sink does (debezium/debezium-server, NatsJetStreamChangeConsumer
+    .handleBatch): publish each event's value to the subject named by its destination (records
+    without a value are not sent).  Lines that are no change event, and poison, go to the order
+    table's subject."""
+    import nats
+
+    async def publish() -> None:
+        connection = await nats.connect(NATS)
+        jetstream = connection.jetstream()
+        orders = f"{stream}.gqsh.gqsh_order"
+        payloads = [(debezium_destination(line, stream) or orders, line.encode()) for line in lines]
+        payloads.insert(len(payloads) // 3, (orders, POISON[0]))
+        for subject, payload in payloads:
+            await jetstream.publish(subject, payload)
+        await connection.close()
+
+    asyncio.run(publish())
+
+
+def _consumer_state(stream: str, durable: str) -> tuple[int, int]:
+    import nats
+
+    async def state() -> tuple[int, int]:
+        connection = await nats.connect(NATS)
+        info = await connection.jetstream().consumer_info(stream, durable)
+        await connection.close()
+        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
+
+    return asyncio.run(state())
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["straight", "killed-and-restarted"])
+def test_debezium_from_nats_jetstream_makes_exact_rows(fresh_storage, redis_client, rabbitmq_vhost, jetstream: str,
+                                                       killed: bool) -> None:
+    # Given a history's Debezium events in a JetStream stream before any consumer exists
+    storage = fresh_storage()
+    history = generate_history(250 if killed else 120, seed=85 if killed else 84, input_format="debezium")
+    _publish_debezium_nats(jetstream, lines_of(history, "debezium"))
+    env = {**env_of(storage), "TDC_BROKER_URL": rabbitmq_vhost}
+    name = f"nats-{history.run_id}"
+    arguments = ("nats", "--url", NATS, "--stream", jetstream, "--subject", f"{jetstream}.gqsh.*", "--durable",
+                 "tdc", "--format", "debezium", "--name", name, "--batch", "50", "--ack-wait", "3",
+                 "--idle-exit", "10")
+    # When a new durable consumer takes them in (killed with SIGKILL part of the way, and started again)
+    if killed:
+        taken = kill_after(tdc_consume(env, *arguments), redis_client, name, 100)
+        assert taken < len(lines_of(history, "debezium"))
+    finished(tdc_consume(env, *arguments))
+    ingest(storage, redis_client, ORDER_FLOW, "business", lines_of(history, "business"))
+    run_chains_to_rest(storage, redis_client, history)
+    # Then it delivered everything the stream held, all acknowledged, poison quarantined, rows exact
+    assert _consumer_state(jetstream, "tdc") == (0, 0)
+    assert quarantined(storage, "message body is not UTF-8 text") == 1
+    assert problems(storage, history) == []

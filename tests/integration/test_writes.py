@@ -5,7 +5,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert
 from sqlalchemy.exc import IntegrityError
 
-from models.writes import is_duplicate_key
+from models.writes import insert_if_absent, is_duplicate_key
 
 pytestmark = pytest.mark.integration
 
@@ -38,3 +38,28 @@ def test_a_duplicate_key_is_told_from_a_missing_value(backend: str, request, tmp
     # Then only the first is a duplicate key
     assert is_duplicate_key(duplicate.value)
     assert not is_duplicate_key(missing.value)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mariadb"])
+def test_insert_if_absent_says_whether_it_inserted(backend: str, request, tmp_path) -> None:
+    # The order fence (reliability.fencing.claim_order), the quarantine and the schema-change
+    # log trust this answer: a row already there must answer False on every backend.
+    if backend == "sqlite":
+        engine = create_engine(f"sqlite:///{tmp_path / 'absent.db'}")
+    else:
+        storage = request.getfixturevalue("storage")
+        engine = storage.dws_engine if backend == "postgresql" else storage.shard_engine(0)
+    table = Table("tdc_absent_probe", MetaData(), Column("id", Integer, primary_key=True),
+                  Column("name", String(10), nullable=False))
+    table.drop(engine, checkfirst=True)
+    table.create(engine)
+    try:
+        with engine.begin() as connection:
+            first = insert_if_absent(connection, table, {"id": 1, "name": "a"})
+            again = insert_if_absent(connection, table, {"id": 1, "name": "b"})
+            other = insert_if_absent(connection, table, {"id": 2, "name": "c"})
+            names = dict(connection.execute(table.select()).all())  # type: ignore[arg-type]
+    finally:
+        table.drop(engine)
+    assert (first, again, other) == (True, False, True)
+    assert names == {1: "a", 2: "c"}

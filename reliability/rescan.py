@@ -25,6 +25,7 @@ from models.driver_sql import driver_time, marks, statement, union_all
 from models.sharded import TaskStatus
 from models.shards import database_for_shard, task_table_name
 from models.storage import Storage
+from reliability.transient import retry_on_contention
 
 #: Due tasks of one table, longest due first: a derived table, so UNION ALL can join many.
 _STATUSES = ", ".join(f"'{status}'" for status in TaskStatus.DUE)
@@ -56,15 +57,21 @@ def postpone(storage: Storage, keys: list[TaskKey], now: dt.datetime, seconds: f
     by_database: dict[int, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
     for order_id, _ in keys:
         by_database[storage.database_of(order_id)][storage.shard_of(order_id)].add(order_id)
-    moved = 0
-    for database, shards in sorted(by_database.items()):
+
+    def move(database: int, shards: dict[int, set[str]]) -> int:
+        moved = 0
         with storage.shard_engine(database).begin() as connection:
             for shard, orders in sorted(shards.items()):
                 sql = statement(connection, _POSTPONE, task=task_table_name(shard),
                                 orders=marks(connection, len(orders)))
                 moved += connection.exec_driver_sql(sql, (
                     driver_time(connection, later), *sorted(orders), driver_time(connection, now))).rowcount
-    return moved
+        return moved
+
+    # A deadlock with a chain or an intake on the same rows rolls the whole transaction back; it
+    # only moves rows still due, so running it again is safe.
+    return sum(retry_on_contention(lambda: move(database, shards))  # noqa: B023 - called at once
+               for database, shards in sorted(by_database.items()))
 
 
 def due_tasks(storage: Storage, job: int, jobs: int, now: dt.datetime, per_table: int) -> list[TaskKey]:

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -103,11 +104,11 @@ def add_commands(commands: Any, bench: Any) -> None:
                         "(default: broker and what it reads)")
 
     rabbitmq = consume.add_parser("rabbitmq", parents=[common], help="a RabbitMQ queue (Canal's RabbitMQ connector)")
-    rabbitmq.add_argument("--url", required=True, help="amqp://user:password@host:5672/vhost")
+    _url_arguments(rabbitmq, "amqp://user:password@host:5672/vhost")
     rabbitmq.add_argument("--queue", required=True, help="an existing queue (Canal's rabbitmq.queue)")
 
     redis_ = consume.add_parser("redis", parents=[common], help="Redis Streams (Debezium Server's Redis sink)")
-    redis_.add_argument("--url", required=True, help="redis://[:password@]host:6379/0")
+    _url_arguments(redis_, "redis://[:password@]host:6379/0")
     redis_.add_argument("--stream", required=True, action="append",
                         help="a stream key (the sink writes one per table); repeat for several")
     redis_.add_argument("--group", required=True, help="consumer group (created at the stream's start if absent)")
@@ -119,7 +120,7 @@ def add_commands(commands: Any, bench: Any) -> None:
                         help="the sink's debezium.sink.redis.null.value: a tombstone (default 'default')")
 
     nats = consume.add_parser("nats", parents=[common], help="NATS JetStream (Debezium Server's NATS JetStream sink)")
-    nats.add_argument("--url", required=True, help="nats://host:4222")
+    _url_arguments(nats, "nats://host:4222")
     nats.add_argument("--stream", required=True, help="the JetStream stream (the sink's DebeziumStream)")
     nats.add_argument("--subject", required=True, help="subject filter, wildcards allowed (gqsh-source.gqsh.*)")
     nats.add_argument("--durable", required=True, help="durable consumer (created to deliver all if absent)")
@@ -133,6 +134,9 @@ def add_commands(commands: Any, bench: Any) -> None:
     kafka.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                        help="a librdkafka setting (security.protocol=SASL_SSL, sasl.mechanism=..., "
                             "session.timeout.ms=...); repeat for several")
+    kafka.add_argument("--config-file", type=Path, metavar="PATH",
+                       help="librdkafka settings as KEY=VALUE lines (# comments): for sasl.password and other "
+                            "secrets, kept out of the process list; --config wins over it")
     for parser in (rabbitmq, redis_, nats, kafka):
         parser.set_defaults(run=_with_defaults)
 
@@ -142,6 +146,28 @@ def add_commands(commands: Any, bench: Any) -> None:
     bench_consume.add_argument("--format", choices=["canal", "debezium"], default="canal")
     bench_consume.add_argument("--seed", type=int, default=5)
     bench_consume.set_defaults(run=run_bench)
+
+
+def _url_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    url = parser.add_mutually_exclusive_group(required=True)
+    url.add_argument("--url", help=example)
+    url.add_argument("--url-file", type=Path, metavar="PATH",
+                     help="read the URL from this file (keeps a password out of the process list)")
+
+
+def _secrets(args: argparse.Namespace) -> str | None:
+    """Fill ``args.url`` from ``--url-file`` and add ``--config-file``'s settings to ``--config``;
+    the reason when a file cannot be read."""
+    try:
+        if getattr(args, "url_file", None) is not None:
+            args.url = args.url_file.read_text().strip()
+        if getattr(args, "config_file", None) is not None:
+            lines = args.config_file.read_text().splitlines()
+            args.config = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")] \
+                + args.config
+    except OSError as error:
+        return str(error)
+    return None
 
 
 def _with_defaults(args: argparse.Namespace) -> int:
@@ -154,6 +180,10 @@ def _with_defaults(args: argparse.Namespace) -> int:
         args.ack_wait = ACK_WAIT_SECONDS
     if args.batch < 1:
         print("tdc: --batch must be at least 1", file=sys.stderr)
+        return 2
+    unreadable = _secrets(args)
+    if unreadable:
+        print(f"tdc: {unreadable}", file=sys.stderr)
         return 2
     if any("=" not in setting for setting in getattr(args, "config", [])):
         print("tdc: --config takes KEY=VALUE", file=sys.stderr)

@@ -14,6 +14,7 @@ from tests.integration.consume_helpers import (
     finished,
     kill_after,
     lines_of,
+    no_consumer_left,  # noqa: F401 - a fixture
     publish_canal,
     quarantined,
     ready,

@@ -9,9 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import amqp
+import pytest
 import redis
 from kombu import Connection
 from sqlalchemy import func, select
@@ -76,9 +79,28 @@ def debezium_key(line: str) -> str:
     return json.dumps({table.key: row[table.key]}, separators=(",", ":"))
 
 
-def tdc_consume(env: dict[str, str], *arguments: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "cli.main", "consume", *arguments], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+#: Every consumer process the tests started, so none outlives its test (``no_consumer_left``).
+STARTED: list[subprocess.Popen[str]] = []
+
+
+def tdc_consume(env: dict[str, str], *arguments: str, stderr: Path | None = None) -> subprocess.Popen[str]:
+    """``tdc consume ARGUMENTS`` started in a session of its own; stderr to a pipe or to ``stderr``."""
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "consume", *arguments], env={**os.environ, **env},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE if stderr is None else stderr.open("w"),
+                               text=True, start_new_session=True)
+    STARTED.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def no_consumer_left() -> Iterator[None]:
+    """Kill whatever consumer a test started and left running (a failed assertion, say)."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
 
 
 def finished(process: subprocess.Popen[str], timeout: float = 240) -> str:
@@ -93,16 +115,21 @@ def finished(process: subprocess.Popen[str], timeout: float = 240) -> str:
     return out
 
 
-def kill_after(process: subprocess.Popen[str], client: redis.Redis, name: str, messages: int) -> int:
-    """SIGKILL a consumer once it has acknowledged at least ``messages`` messages; how many it had."""
+def wait_for_messages(process: subprocess.Popen[str], client: redis.Redis, name: str, messages: int) -> int:
+    """Wait until consumer ``name`` has acknowledged at least ``messages`` messages; how many it has."""
     deadline = time.monotonic() + 120
     while True:
         done = int(client.hget(CONSUMER_FIGURES, f"messages:{name}") or 0)
         if done >= messages:
-            break
+            return done
         assert process.poll() is None, process.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the consumer made no progress"
         time.sleep(0.01)
+
+
+def kill_after(process: subprocess.Popen[str], client: redis.Redis, name: str, messages: int) -> int:
+    """SIGKILL a consumer once it has acknowledged at least ``messages`` messages; how many it had."""
+    done = wait_for_messages(process, client, name, messages)
     os.killpg(process.pid, signal.SIGKILL)
     process.communicate()
     return done

@@ -8,8 +8,14 @@ messages are quarantined and acknowledged; nothing is left unacknowledged."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import amqp
 import pytest
@@ -18,6 +24,7 @@ from kombu import Connection
 
 from demo.history import generate_history
 from flows.gqsh import ORDER_FLOW
+from streams.consume.figures import CONSUMER_FIGURES
 from tests.conftest import REDIS, env_of
 from tests.integration.consume_helpers import (
     POISON,
@@ -27,18 +34,20 @@ from tests.integration.consume_helpers import (
     finished,
     kill_after,
     lines_of,
+    no_consumer_left,  # noqa: F401 - a fixture
     problems,
     publish_canal,
     quarantined,
     ready,
     run_chains_to_rest,
     tdc_consume,
+    wait_for_messages,
 )
 from tests.integration.helpers import ingest
 
 pytestmark = pytest.mark.integration
 
-NATS = "nats://127.0.0.1:4222"
+NATS = os.environ.get("TDC_TEST_NATS", "nats://127.0.0.1:4222")
 # --- RabbitMQ: Canal's RabbitMQ connector -------------------------------------------------------
 
 @pytest.mark.parametrize("killed", [False, True], ids=["straight", "killed-and-restarted"])
@@ -66,6 +75,58 @@ def test_canal_from_rabbitmq_makes_exact_rows(fresh_storage, redis_client, rabbi
     assert paid["acknowledged"] == len(lines_of(history, "business"))
     assert quarantined(storage, "message body is not UTF-8 text") == 1
     assert quarantined(storage, "message body is empty") == 1
+    assert problems(storage, history) == []
+
+
+def _close_connections(vhost_url: str) -> int:
+    """Close every client connection to the test's virtual host (only its own), as a broker
+    restart or a network fault would; how many were closed."""
+    vhost = urlsplit(vhost_url).path[1:]
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "vhost"], capture_output=True,
+                            text=True, timeout=60, check=True).stdout
+    pids = [line.rsplit("\t", 1)[0] for line in listed.splitlines() if line.endswith(f"\t{vhost}")]
+    closed = 0
+    for pid in pids:  # (one may have ended meanwhile: a chain publisher's)
+        closed += subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "tdc test: connection lost"],
+                                 capture_output=True, timeout=60).returncode == 0
+    return closed
+
+
+def test_a_lost_connection_is_retried_and_sigterm_ends_after_the_batch_in_hand(
+        fresh_storage, redis_client, rabbitmq_vhost, tmp_path: Path) -> None:
+    # Given Canal's queue holding a history, and a consumer taking it in
+    storage = fresh_storage()
+    history = generate_history(250, seed=89, input_format="canal")
+    publish_canal(rabbitmq_vhost, lines_of(history, "canal"), lines_of(history, "business"))
+    env = {**env_of(storage), "TDC_BROKER_URL": rabbitmq_vhost}
+    name = f"rabbitmq-{history.run_id}"
+    arguments = ("rabbitmq", "--url", rabbitmq_vhost, "--queue", "canal.gqsh", "--format", "canal", "--name", name,
+                 "--batch", "50")
+    log = tmp_path / "consumer.log"
+    consumer = tdc_consume(env, *arguments, stderr=log)
+    # When the broker drops its connection part of the way
+    wait_for_messages(consumer, redis_client, name, 100)
+    assert _close_connections(rabbitmq_vhost) >= 1
+    # Then it connects again and carries on; and SIGTERM later lets it finish its batch and exit 0
+    deadline = time.monotonic() + 60
+    while "connected again" not in log.read_text():
+        assert time.monotonic() < deadline and consumer.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.05)
+    before = int(redis_client.hget(CONSUMER_FIGURES, f"messages:{name}"))
+    consumer.send_signal(signal.SIGTERM)
+    out, _ = consumer.communicate(timeout=120)
+    err = log.read_text()
+    assert consumer.returncode == 0, err[-3000:]
+    assert "connecting again in" in err and "connected again" in err, err[-3000:]
+    acknowledged = counts(out)["acknowledged"]
+    assert "messages acknowledged (stopped)" in out and acknowledged >= before
+    assert int(redis_client.hget(CONSUMER_FIGURES, f"messages:{name}")) == acknowledged
+    # And what it left is taken in by the next run: every row exact
+    finished(tdc_consume(env, *arguments, "--idle-exit", "10"))
+    finished(tdc_consume(env, "rabbitmq", "--url", rabbitmq_vhost, "--queue", "payments", "--format", "business",
+                         "--idle-exit", "10"))
+    run_chains_to_rest(storage, redis_client, history)
+    assert ready(rabbitmq_vhost, "canal.gqsh") == 0
     assert problems(storage, history) == []
 
 

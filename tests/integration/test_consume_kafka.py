@@ -33,6 +33,7 @@ from tests.integration.consume_helpers import (
     finished,
     kill_after,
     lines_of,
+    no_consumer_left,  # noqa: F401 - a fixture
     problems,
     run_chains_to_rest,
     tdc_consume,

@@ -278,3 +278,26 @@ def test_consumer_figures_are_read_back_by_name() -> None:
         "redis:s:g": {"messages": 120, "quarantined": 2, "lag": -1, "seen": 1700000000.5},
         "rabbitmq:q": {"messages": 7},
     }
+
+
+def test_a_url_and_kafka_secrets_can_come_from_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cli.consume import _secrets
+    from cli.main import build_parser
+
+    (tmp_path / "url").write_text("amqp://tdc:secret@mq:5672/canal\n")
+    (tmp_path / "kafka.properties").write_text("# SASL\nsasl.password=secret\nsession.timeout.ms=6000\n")
+    rabbitmq = build_parser().parse_args(["consume", "rabbitmq", "--url-file", str(tmp_path / "url"), "--queue", "q",
+                                          "--format", "canal"])
+    kafka = build_parser().parse_args(["consume", "kafka", "--bootstrap", "k:9092", "--topic", "t", "--group", "g",
+                                       "--format", "debezium", "--config-file", str(tmp_path / "kafka.properties"),
+                                       "--config", "session.timeout.ms=10000"])
+    assert _secrets(rabbitmq) is None and rabbitmq.url == "amqp://tdc:secret@mq:5672/canal"
+    assert _secrets(kafka) is None
+    assert dict(setting.split("=", 1) for setting in kafka.config) == {"sasl.password": "secret",
+                                                                       "session.timeout.ms": "10000"}
+    missing = build_parser().parse_args(["consume", "redis", "--url-file", str(tmp_path / "nope"), "--stream", "s",
+                                         "--group", "g", "--format", "debezium"])
+    assert "nope" in (_secrets(missing) or "")
+    with pytest.raises(SystemExit):  # one of --url and --url-file, not both
+        build_parser().parse_args(["consume", "nats", "--url", "nats://n:4222", "--url-file", str(tmp_path / "url"),
+                                   "--stream", "s", "--subject", "x", "--durable", "d", "--format", "debezium"])

@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cli.cdc import add_commands as add_cdc_commands
     from cli.consume import add_commands as add_consume_commands
+    from cli.flow import add_commands as add_flow_commands
     from cli.outbox import add_commands as add_outbox_commands
     from cli.reconcile import add_commands as add_reconcile_commands
     from cli.search import add_commands as add_search_commands
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cdc_commands(commands)
     add_consume_commands(commands, bench)
+    add_flow_commands(commands)
     add_outbox_commands(commands)
     add_reconcile_commands(commands)
     add_search_commands(commands)

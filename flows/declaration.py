@@ -1,0 +1,337 @@
+"""A flow as one declaration (DESIGN section 11): what it reads, which rows raise which
+operations, its state machine, what each operation waits for, the wide tables it writes and
+where every column comes from, its snapshots, ADS aggregates, index document and events.
+
+Declarations are frozen Python dataclasses, not YAML validated by pydantic, because:
+
+- the flows already are dataclasses (``flows.Flow``, ``flows.SourceTable``), and a declaration
+  reuses their vocabulary: column types as ``inputs.columns`` reads them, operation names and
+  status codes as constants a typo in which mypy and ruff catch before anything runs;
+- everything that varies between flows is still data (predicates are ``Where`` values, not
+  lambdas), so a declaration can be printed (``tdc flow show``), compared with the engine
+  (``tests/unit/test_flow_declarations.py``) and checked as a whole (``flows.validation``);
+- the checks that matter are across fields (a measure naming a wide column, a predecessor naming
+  an operation, a cycle), which pydantic's per-field validation does not give for free: the same
+  checks would be written by hand either way, and no new dependency or file format is needed.
+
+Nothing here is read by the engine yet: ``flows.gqsh`` still drives it.  Issue 19 moves the
+engine onto declarations step by step; ``tests/unit/test_flow_declarations.py`` keeps the
+``gqsh`` declaration equal to what the engine does meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Change types a source row arrives with.
+CHANGES = ("insert", "update", "delete")
+#: Comparison operators of ``Where``; ``is null`` and ``not null`` take no value.
+OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "in", "not in", "is null", "not null")
+
+
+@dataclass(frozen=True)
+class Where:
+    """A column predicate: ``Where("status", "in", (20, 30))``."""
+
+    column: str
+    op: str
+    value: Any = None
+
+    def __str__(self) -> str:
+        return f"{self.column} {self.op}" + ("" if self.op in ("is null", "not null") else f" {self.value!r}")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A CDC source table: its columns (types as ``inputs.columns`` reads them), its unique key,
+    and the column naming the entity (order, document) a row belongs to."""
+
+    name: str
+    key: tuple[str, ...]
+    columns: Mapping[str, str]
+    #: The column naming the entity; each row belongs to exactly one.
+    entity_key: str
+    #: Operation -> the columns it reads of a row (absent: all): a newer row differing only
+    #: elsewhere is stored but does not run that operation again.
+    reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: On the header: the column whose time says when the entity was settled (reconciliation).
+    settled_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Business:
+    """A business system pushing writes for an entity, and the operations it may feed."""
+
+    name: str
+    payload: Mapping[str, str]
+    operations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """A dimension kept in Redis from its source table (CDC and the T+1 reload), by key."""
+
+    name: str
+    table: str
+    key: str
+    columns: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Raise:
+    """Rows of ``table`` (a source, or a business source) with a change in ``changes`` and all
+    of ``when`` true raise ``operations``."""
+
+    table: str
+    operations: tuple[str, ...]
+    when: tuple[Where, ...] = ()
+    changes: tuple[str, ...] = CHANGES
+
+
+# --- completeness: what an operation's data must hold before it may run -------------------------
+
+@dataclass(frozen=True)
+class RowArrived:
+    """A live row of ``table`` (that satisfies ``when``) has arrived."""
+
+    table: str
+    when: tuple[Where, ...] = ()
+
+
+@dataclass(frozen=True)
+class RowsCounted:
+    """The number of live rows of ``table`` equals ``count_column`` of the one row of ``header``."""
+
+    table: str
+    header: str
+    count_column: str
+
+
+@dataclass(frozen=True)
+class ValueMatched:
+    """Some live row of ``table`` has ``column`` equal to ``other_column`` of the one row of ``other``."""
+
+    table: str
+    column: str
+    other: str
+    other_column: str
+
+
+@dataclass(frozen=True)
+class DetailsSum:
+    """For every row of ``header`` satisfying ``when``: the rows of ``details`` with the same
+    ``link`` sum ``column`` to its ``total_column``."""
+
+    details: str
+    column: str
+    header: str
+    total_column: str
+    link: str
+    when: tuple[Where, ...] = ()
+
+
+@dataclass(frozen=True)
+class RowsPaired:
+    """Every live row of ``table`` has a live row of ``other`` with the same ``link`` (an ERP
+    entry and its finance entry)."""
+
+    table: str
+    other: str
+    link: str
+
+
+Completeness = RowArrived | RowsCounted | ValueMatched | DetailsSum | RowsPaired
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One step of the flow's state machine."""
+
+    name: str
+    #: Operations that must be DONE before this one may run.
+    after: tuple[str, ...] = ()
+    #: Operations whose completion makes this one illegal (a data error, not a wait).
+    illegal_after: tuple[str, ...] = ()
+    #: The status the wide row reaches (it keeps the highest); None: it does not move the status.
+    status: int | None = None
+    #: What its data must hold, all of it, before it may run.
+    complete_when: tuple[Completeness, ...] = ()
+
+
+# --- wide tables: where each column comes from -------------------------------------------------
+
+@dataclass(frozen=True)
+class Copy:
+    """The value of ``column`` in the entity's row of ``table`` (a table with several rows per
+    entity: the first live one).  On a child wide row: its own source row, or the row of
+    ``table`` with the same key (an entry's finance entry)."""
+
+    table: str
+    column: str
+
+
+@dataclass(frozen=True)
+class Through:
+    """Only rows whose ``key`` names a row of ``table`` satisfying ``when``."""
+
+    table: str
+    key: str
+    when: tuple[Where, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sum:
+    """The sum of ``column`` (None: the number of rows) over the entity's live rows of ``table``
+    satisfying ``when`` (and ``through``); on a child wide row, only rows whose ``per_row``
+    column equals the child's key."""
+
+    table: str
+    column: str | None
+    when: tuple[Where, ...] = ()
+    through: Through | None = None
+    per_row: str | None = None
+
+
+@dataclass(frozen=True)
+class Looked:
+    """An attribute of a dimension, looked up by one of the wide table's ``lookups``."""
+
+    dimension: str
+    attribute: str
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A child wide row's copy of its parent row's column."""
+
+    column: str
+
+
+@dataclass(frozen=True)
+class Computed:
+    """Computed by the engine from the columns ``reads`` (wide columns of this table, or
+    ``table.column`` of a source): the business date, the status, the write's bookkeeping."""
+
+    rule: str
+    reads: tuple[str, ...] = ()
+
+
+Origin = Copy | Sum | Looked | Parent | Computed
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    origin: Origin
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The wide table looks ``dimension`` up by its column ``by``; ``refreshes``: a change of
+    the dimension re-merges the open entities that used the changed key."""
+
+    dimension: str
+    by: str
+    refreshes: bool = False
+
+
+@dataclass(frozen=True)
+class WideTable:
+    """A wide table: one row per entity, or (``rows_from``) one per live row of a source table,
+    belonging to the row of ``parent``."""
+
+    name: str
+    key: tuple[str, ...]
+    columns: tuple[Column, ...]
+    lookups: tuple[Lookup, ...] = ()
+    rows_from: str | None = None
+    parent: str | None = None
+
+    def column(self, name: str) -> Column | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+@dataclass(frozen=True)
+class Snapshots:
+    """The wide rows of ``tables`` as they were when each operation finished, in ``table``."""
+
+    table: str
+    tables: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A sum of ``column`` (None: 1 per contributing entity) less ``less``."""
+
+    name: str
+    column: str | None = None
+    less: str | None = None
+
+
+@dataclass(frozen=True)
+class Retraction:
+    """How re-processing stays exact: ``ledger`` keeps each entity's last contribution and the
+    wide row's ``version`` it came from, and a newer version applies (new - old)."""
+
+    ledger: str
+    version: str = "version"
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """An ADS table: rows of wide table ``source`` summed by ``keys``; an entity contributes
+    while its root wide row satisfies ``when``."""
+
+    name: str
+    source: str
+    keys: tuple[str, ...]
+    measures: tuple[Measure, ...]
+    when: tuple[Where, ...]
+    retraction: Retraction
+
+
+@dataclass(frozen=True)
+class IndexDocument:
+    """Placeholder: the search document, its index and the wide columns it carries."""
+
+    index: str
+    fields: tuple[str, ...]
+    nested: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PublishedEvent:
+    """Placeholder: an analytics event the flow publishes, from columns of a wide table."""
+
+    name: str
+    table: str
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FlowDeclaration:
+    """Everything a flow is.  The first wide table is the root: one row per entity."""
+
+    name: str
+    description: str
+    databases: tuple[str, ...]
+    sources: tuple[Source, ...]
+    operations: tuple[Operation, ...]
+    raises: tuple[Raise, ...]
+    wide: tuple[WideTable, ...]
+    dimensions: tuple[Dimension, ...] = ()
+    business: tuple[Business, ...] = ()
+    snapshots: Snapshots | None = None
+    aggregates: tuple[Aggregate, ...] = ()
+    index: IndexDocument | None = None
+    events: tuple[PublishedEvent, ...] = ()
+
+    @property
+    def root(self) -> WideTable | None:
+        return self.wide[0] if self.wide else None
+
+    def predecessors(self) -> dict[str, tuple[str, ...]]:
+        return {operation.name: operation.after for operation in self.operations}

@@ -1,0 +1,16 @@
+"""The flow declarations, checked when this package is imported: a declaration that does not
+hold together (alone, or beside the others) raises ``flows.validation.DeclarationError`` with
+every problem.  The engine does not read them yet (issue 19 moves it onto them in steps)."""
+
+from __future__ import annotations
+
+from flows.declaration import FlowDeclaration
+from flows.declared.gqsh import GQSH
+from flows.declared.pos import POS
+from flows.declared.sal_order import SAL_ORDER
+from flows.validation import checked
+
+#: Every declared flow, in the order ``tdc flow list`` shows them.
+DECLARATIONS: tuple[FlowDeclaration, ...] = checked((GQSH, POS, SAL_ORDER))
+#: Name -> declaration.
+BY_NAME: dict[str, FlowDeclaration] = {flow.name: flow for flow in DECLARATIONS}

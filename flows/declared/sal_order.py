@@ -1,0 +1,145 @@
+"""``sal_order``: Kingdee sales orders (SAL_SaleOrder, source database ``jd_erp``).
+
+Kingdee keeps a document in a header (``t_sal_order``, by ``FID``), its entries
+(``t_sal_orderentry``, by ``FENTRYID``) and each entry's finance fields (``t_sal_orderentry_f``,
+same ``FENTRYID``).  ``FDOCUMENTSTATUS`` is Z (temporary), A (created), B (under review), C
+(audited) or D (re-audit); ``FCANCELSTATUS`` A (normal) or B (voided).  Quantities and amounts
+are Kingdee's ``decimal(23,10)``.  The entries get a wide table of their own,
+``dwd_t_sal_order_entry``: the material and stock look-ups and the ADS are per entry.
+"""
+
+from __future__ import annotations
+
+from flows.declaration import (
+    Aggregate,
+    Column,
+    Computed,
+    Copy,
+    FlowDeclaration,
+    Looked,
+    Lookup,
+    Measure,
+    Operation,
+    Parent,
+    Raise,
+    Retraction,
+    RowArrived,
+    RowsPaired,
+    Snapshots,
+    Source,
+    Sum,
+    Where,
+    WideTable,
+)
+from flows.declared.dimensions import JD_MATERIAL, JD_STOCK, STORE_BY_CUSTOMER
+
+ORDER, ENTRY, ENTRY_F = "t_sal_order", "t_sal_orderentry", "t_sal_orderentry_f"
+AUDITED, VOIDED = "C", "B"
+SAVE, AUDIT, CANCEL = "SAVE", "AUDIT", "CANCEL"
+QTY = AMOUNT = "decimal(23,10)"
+
+SOURCES = (
+    Source(ORDER, key=("FID",), entity_key="FID", settled_at="FAPPROVEDATE", columns={
+        "FID": "int", "FBILLNO": "varchar(30)", "FBILLTYPEID": "varchar(36)", "FDATE": "datetime",
+        "FCUSTID": "int", "FSALEORGID": "int", "FSALEDEPTID": "int", "FSALERID": "int",
+        "FDOCUMENTSTATUS": "char(1)", "FCANCELSTATUS": "char(1)", "FCLOSESTATUS": "char(1)",
+        "FCREATEDATE": "datetime", "FMODIFYDATE": "datetime", "FAPPROVEDATE": "datetime", "FNOTE": "varchar(255)"}),
+    Source(ENTRY, key=("FENTRYID",), entity_key="FID", columns={
+        "FENTRYID": "int", "FID": "int", "FSEQ": "int", "FMATERIALID": "int", "FUNITID": "int", "FQTY": QTY,
+        "FSTOCKID": "int", "FDELIVERYDATE": "datetime", "FNOTE": "varchar(255)"}),
+    Source(ENTRY_F, key=("FENTRYID",), entity_key="FID", columns={
+        "FENTRYID": "int", "FID": "int", "FPRICE": AMOUNT, "FTAXPRICE": AMOUNT, "FTAXRATE": "decimal(19,6)",
+        "FAMOUNT": AMOUNT, "FTAXAMOUNT": AMOUNT, "FALLAMOUNT": AMOUNT, "FDISCOUNT": AMOUNT}),
+)
+
+RAISES = (
+    Raise(ORDER, (SAVE,)),
+    Raise(ORDER, (AUDIT,), when=(Where("FDOCUMENTSTATUS", "=", AUDITED),)),
+    Raise(ORDER, (CANCEL,), when=(Where("FCANCELSTATUS", "=", VOIDED),)),
+    Raise(ENTRY, (SAVE,)),
+    Raise(ENTRY_F, (SAVE,)),
+)
+
+OPERATIONS = (
+    Operation(SAVE, status=10, complete_when=(RowArrived(ORDER), RowArrived(ENTRY),
+                                              RowsPaired(ENTRY, ENTRY_F, "FENTRYID"))),
+    Operation(AUDIT, after=(SAVE,), status=20, complete_when=(
+        RowArrived(ORDER, when=(Where("FDOCUMENTSTATUS", "=", AUDITED),)),)),
+    # Kingdee voids only a document that is not audited.
+    Operation(CANCEL, after=(SAVE,), illegal_after=(AUDIT,), status=50, complete_when=(
+        RowArrived(ORDER, when=(Where("FCANCELSTATUS", "=", VOIDED),)),)),
+)
+
+HEADER_TABLE, ENTRY_TABLE = "dwd_t_sal_order", "dwd_t_sal_order_entry"
+
+HEADER = WideTable(HEADER_TABLE, key=("FID",), lookups=(Lookup("store_by_customer", by="FCUSTID", refreshes=True),),
+                   columns=(
+    Column("FID", "int", Copy(ORDER, "FID")),
+    Column("FBILLNO", "varchar(30)", Copy(ORDER, "FBILLNO")),
+    Column("FBILLTYPEID", "varchar(36)", Copy(ORDER, "FBILLTYPEID")),
+    Column("FDATE", "datetime", Copy(ORDER, "FDATE")),
+    Column("FCUSTID", "int", Copy(ORDER, "FCUSTID")),
+    Column("store_id", "varchar(32)", Looked("store_by_customer", "store_id")),
+    Column("store_name", "varchar(128)", Looked("store_by_customer", "store_name")),
+    Column("FSALEORGID", "int", Copy(ORDER, "FSALEORGID")),
+    Column("FSALERID", "int", Copy(ORDER, "FSALERID")),
+    Column("FDOCUMENTSTATUS", "char(1)", Copy(ORDER, "FDOCUMENTSTATUS")),
+    Column("FCANCELSTATUS", "char(1)", Copy(ORDER, "FCANCELSTATUS")),
+    Column("FAPPROVEDATE", "datetime", Copy(ORDER, "FAPPROVEDATE")),
+    Column("entry_count", "int", Sum(ENTRY, None)),
+    Column("FQTY", QTY, Sum(ENTRY, "FQTY")),
+    Column("FAMOUNT", AMOUNT, Sum(ENTRY_F, "FAMOUNT")),
+    Column("FTAXAMOUNT", AMOUNT, Sum(ENTRY_F, "FTAXAMOUNT")),
+    Column("FALLAMOUNT", AMOUNT, Sum(ENTRY_F, "FALLAMOUNT")),
+    Column("status", "int", Computed("the highest status a DONE operation reaches")),
+    Column("biz_date", "date", Computed("the business day of FDATE", ("FDATE",))),
+    Column("last_operation", "varchar(16)", Computed("the operation merged last")),
+    Column("version", "int", Computed("the optimistic lock: one more per change")),
+    Column("updated_at", "datetime(3)", Computed("when the row last changed")),
+))
+
+LINE = WideTable(ENTRY_TABLE, key=("FENTRYID",), rows_from=ENTRY, parent=HEADER_TABLE,
+                 lookups=(Lookup("jd_material", by="FMATERIALID"), Lookup("jd_stock", by="FSTOCKID")), columns=(
+    Column("FENTRYID", "int", Copy(ENTRY, "FENTRYID")),
+    Column("FID", "int", Copy(ENTRY, "FID")),
+    Column("FSEQ", "int", Copy(ENTRY, "FSEQ")),
+    Column("FCUSTID", "int", Parent("FCUSTID")),
+    Column("store_id", "varchar(32)", Parent("store_id")),
+    Column("biz_date", "date", Parent("biz_date")),
+    Column("FMATERIALID", "int", Copy(ENTRY, "FMATERIALID")),
+    Column("material_number", "varchar(80)", Looked("jd_material", "FNUMBER")),
+    Column("material_name", "varchar(255)", Looked("jd_material", "FNAME")),
+    Column("FUNITID", "int", Copy(ENTRY, "FUNITID")),
+    Column("FQTY", QTY, Copy(ENTRY, "FQTY")),
+    Column("FSTOCKID", "int", Copy(ENTRY, "FSTOCKID")),
+    Column("stock_number", "varchar(80)", Looked("jd_stock", "FNUMBER")),
+    Column("stock_name", "varchar(255)", Looked("jd_stock", "FNAME")),
+    Column("FPRICE", AMOUNT, Copy(ENTRY_F, "FPRICE")),
+    Column("FTAXPRICE", AMOUNT, Copy(ENTRY_F, "FTAXPRICE")),
+    Column("FTAXRATE", "decimal(19,6)", Copy(ENTRY_F, "FTAXRATE")),
+    Column("FAMOUNT", AMOUNT, Copy(ENTRY_F, "FAMOUNT")),
+    Column("FTAXAMOUNT", AMOUNT, Copy(ENTRY_F, "FTAXAMOUNT")),
+    Column("FALLAMOUNT", AMOUNT, Copy(ENTRY_F, "FALLAMOUNT")),
+    Column("status", "int", Parent("status")),
+))
+
+#: An order counts once audited and while not voided, on its document date.
+_CONTRIBUTES = (Where("FDOCUMENTSTATUS", "=", AUDITED), Where("FCANCELSTATUS", "!=", VOIDED),
+                Where("biz_date", "not null"))
+
+SAL_ORDER = FlowDeclaration(
+    name="sal_order",
+    description="Kingdee sales orders (SAL_SaleOrder, source database jd_erp)",
+    databases=("jd_erp",),
+    sources=SOURCES,
+    dimensions=(JD_MATERIAL, JD_STOCK, STORE_BY_CUSTOMER),
+    raises=RAISES,
+    operations=OPERATIONS,
+    wide=(HEADER, LINE),
+    snapshots=Snapshots("dwd_t_sal_order_snapshot", (HEADER_TABLE, ENTRY_TABLE)),
+    aggregates=(
+        Aggregate("ads_jd_order_sales", ENTRY_TABLE, ("biz_date", "store_id", "FMATERIALID", "FSTOCKID"), (
+            Measure("qty", "FQTY"), Measure("amount", "FAMOUNT"), Measure("tax_amount", "FTAXAMOUNT"),
+            Measure("all_amount", "FALLAMOUNT")), _CONTRIBUTES, Retraction("ads_jd_order_ledger")),
+    ),
+)

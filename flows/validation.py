@@ -1,0 +1,377 @@
+"""Checking a flow declaration as a whole: every name it uses is declared, every column exists,
+the state machine has no cycle.  ``problems`` lists every error at once, each naming the flow,
+the part and the field: ``flow 'pos': ads 'ads_pos_order_sales' measure 'amount': no column
+'amount' in wide table 'dwd_gqsh_pos_order_t_order_info'``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+from flows.declaration import (
+    CHANGES,
+    OPERATORS,
+    Completeness,
+    Computed,
+    Copy,
+    DetailsSum,
+    FlowDeclaration,
+    Looked,
+    Parent,
+    RowArrived,
+    RowsCounted,
+    RowsPaired,
+    Sum,
+    ValueMatched,
+    Where,
+    WideTable,
+)
+from inputs.columns import column_type
+
+
+class DeclarationError(ValueError):
+    """A declaration does not hold together; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def checked(flows: Iterable[FlowDeclaration]) -> tuple[FlowDeclaration, ...]:
+    """``flows`` when they hold together, alone and side by side; raises DeclarationError."""
+    flows = tuple(flows)
+    found = [problem for flow in flows for problem in problems(flow)] + problems_across(flows)
+    if found:
+        raise DeclarationError(found)
+    return flows
+
+
+def problems_across(flows: Iterable[FlowDeclaration]) -> list[str]:
+    """What is wrong between flows: a name used twice, a source table two flows claim, a
+    dimension declared two ways."""
+    found: list[str] = []
+    owners: dict[str, str] = {}
+    dimensions: dict[str, tuple[str, object]] = {}
+    for flow in flows:
+        if flow.name in owners.values():
+            found.append(f"flow {flow.name!r}: declared twice")
+        for name in [s.name for s in flow.sources] + [b.name for b in flow.business]:
+            if name in owners and owners[name] != flow.name:
+                found.append(f"flow {flow.name!r}: source {name!r}: already a source of flow {owners[name]!r}")
+            owners.setdefault(name, flow.name)
+        for dimension in flow.dimensions:
+            first = dimensions.setdefault(dimension.name, (flow.name, dimension))
+            if first[1] != dimension:
+                found.append(f"flow {flow.name!r}: dimension {dimension.name!r}: declared differently by flow "
+                             f"{first[0]!r}")
+    return found
+
+
+def problems(flow: FlowDeclaration) -> list[str]:
+    """Every error in ``flow``, in declaration order; empty when it holds together."""
+    return _Checker(flow).run()
+
+
+class _Checker:
+    def __init__(self, flow: FlowDeclaration):
+        self.flow = flow
+        self.found: list[str] = []
+        #: Source or business source -> its columns.
+        self.tables: dict[str, Mapping[str, str]] = {s.name: s.columns for s in flow.sources}
+        self.tables.update({b.name: b.payload for b in flow.business})
+        self.dimensions = {d.name: d for d in flow.dimensions}
+        self.operations = {o.name for o in flow.operations}
+        self.wide = {w.name: w for w in flow.wide}
+
+    def error(self, where: str, problem: str) -> None:
+        self.found.append(f"flow {self.flow.name!r}: {where}: {problem}")
+
+    def run(self) -> list[str]:
+        if not self.flow.name.isidentifier():
+            self.error("name", f"{self.flow.name!r} is not a name (letters, digits, _)")
+        self.duplicates()
+        self.sources()
+        self.state_machine()
+        self.raises()
+        for wide in self.flow.wide:
+            self.wide_table(wide)
+        self.outputs()
+        return self.found
+
+    # --- names ---------------------------------------------------------------------------------
+
+    def duplicates(self) -> None:
+        flow = self.flow
+        groups = {
+            "source": [s.name for s in flow.sources] + [b.name for b in flow.business],
+            "dimension": [d.name for d in flow.dimensions], "operation": [o.name for o in flow.operations],
+            "wide table": [w.name for w in flow.wide], "ads": [a.name for a in flow.aggregates],
+            "event": [e.name for e in flow.events]}
+        for what, names in groups.items():
+            for name, count in Counter(names).items():
+                if count > 1:
+                    self.error(f"{what} {name!r}", f"declared {count} times")
+        for name in self.tables.keys() & {d.table for d in flow.dimensions}:
+            self.error(f"source {name!r}", "also the table of a dimension")
+        for wide in flow.wide:
+            for name, count in Counter(c.name for c in wide.columns).items():
+                if count > 1:
+                    self.error(f"wide table {wide.name!r} column {name!r}", f"declared {count} times")
+        for aggregate in flow.aggregates:
+            for name, count in Counter(m.name for m in aggregate.measures).items():
+                if count > 1:
+                    self.error(f"ads {aggregate.name!r} measure {name!r}", f"declared {count} times")
+
+    def types(self, where: str, columns: Mapping[str, str]) -> None:
+        for name, declared in columns.items():
+            try:
+                column_type(declared)
+            except ValueError as error:
+                self.error(f"{where} column {name!r}", str(error))
+
+    def column(self, where: str, table: str, column: str) -> bool:
+        """True when ``column`` is one of source ``table``'s; otherwise says why."""
+        if table not in self.tables:
+            self.error(where, f"no source {table!r}")
+            return False
+        if column not in self.tables[table]:
+            self.error(where, f"no column {column!r} in source {table!r}")
+            return False
+        return True
+
+    def wide_column(self, where: str, wide: str, column: str) -> None:
+        if wide not in self.wide:
+            self.error(where, f"no wide table {wide!r}")
+        elif self.wide[wide].column(column) is None:
+            self.error(where, f"no column {column!r} in wide table {wide!r}")
+
+    def predicates(self, where: str, table: str, when: tuple[Where, ...], wide: bool = False) -> None:
+        for predicate in when:
+            if predicate.op not in OPERATORS:
+                self.error(f"{where} when {str(predicate)!r}", f"no operator {predicate.op!r} "
+                           f"(one of {', '.join(OPERATORS)})")
+            if wide:
+                self.wide_column(f"{where} when {str(predicate)!r}", table, predicate.column)
+            else:
+                self.column(f"{where} when {str(predicate)!r}", table, predicate.column)
+
+    def operation(self, where: str, name: str) -> None:
+        if name not in self.operations:
+            self.error(f"{where} {name!r}", f"no operation {name!r}")
+
+    # --- inputs --------------------------------------------------------------------------------
+
+    def sources(self) -> None:
+        for source in self.flow.sources:
+            where = f"source {source.name!r}"
+            self.types(where, source.columns)
+            if not source.key:
+                self.error(f"{where} key", "no key columns")
+            for key in source.key:
+                self.column(f"{where} key {key!r}", source.name, key)
+            self.column(f"{where} entity_key {source.entity_key!r}", source.name, source.entity_key)
+            if source.settled_at is not None and self.column(f"{where} settled_at {source.settled_at!r}",
+                                                             source.name, source.settled_at):
+                if column_type(source.columns[source.settled_at]).name not in ("datetime", "timestamp"):
+                    self.error(f"{where} settled_at {source.settled_at!r}", "not a datetime or timestamp column")
+            for operation, columns in source.reads.items():
+                self.operation(f"{where} reads", operation)
+                for name in columns:
+                    self.column(f"{where} reads {operation!r}", source.name, name)
+        for business in self.flow.business:
+            self.types(f"source {business.name!r}", business.payload)
+            for operation in business.operations:
+                self.operation(f"source {business.name!r} operations", operation)
+        for dimension in self.flow.dimensions:
+            self.types(f"dimension {dimension.name!r}", dimension.columns)
+            if dimension.key not in dimension.columns:
+                self.error(f"dimension {dimension.name!r} key {dimension.key!r}",
+                           f"no column {dimension.key!r} in dimension table {dimension.table!r}")
+
+    def raises(self) -> None:
+        raised = {name for b in self.flow.business for name in b.operations}
+        for rule in self.flow.raises:
+            where = f"raise on {rule.table!r}"
+            if rule.table not in self.tables:
+                self.error(where, f"no source {rule.table!r}")
+            for change in rule.changes:
+                if change not in CHANGES:
+                    self.error(f"{where} change {change!r}", f"not a change type ({', '.join(CHANGES)})")
+            for name in rule.operations:
+                self.operation(f"{where} operation", name)
+            if rule.table in self.tables:
+                self.predicates(where, rule.table, rule.when)
+            raised.update(rule.operations)
+        for operation in self.flow.operations:
+            if operation.name not in raised:
+                self.error(f"operation {operation.name!r}", "no source row or business write raises it")
+
+    # --- the state machine ---------------------------------------------------------------------
+
+    def state_machine(self) -> None:
+        for operation in self.flow.operations:
+            where = f"operation {operation.name!r}"
+            for before in operation.after:
+                self.operation(f"{where} after", before)
+            for before in operation.illegal_after:
+                self.operation(f"{where} illegal_after", before)
+            for rule in operation.complete_when:
+                self.completeness(f"{where} complete_when {type(rule).__name__}", rule)
+        for cycle in cycles(self.flow.predecessors()):
+            self.error("state machine", f"cycle {' -> '.join(cycle)} (each waits for the next)")
+
+    def completeness(self, where: str, rule: Completeness) -> None:
+        if isinstance(rule, RowArrived):
+            if rule.table not in self.tables:
+                self.error(where, f"no source {rule.table!r}")
+            else:
+                self.predicates(where, rule.table, rule.when)
+        elif isinstance(rule, RowsCounted):
+            if rule.table not in self.tables:
+                self.error(where, f"no source {rule.table!r}")
+            self.column(where, rule.header, rule.count_column)
+        elif isinstance(rule, ValueMatched):
+            self.column(where, rule.table, rule.column)
+            self.column(where, rule.other, rule.other_column)
+        elif isinstance(rule, RowsPaired):
+            self.column(where, rule.table, rule.link)
+            self.column(where, rule.other, rule.link)
+        elif isinstance(rule, DetailsSum):
+            self.column(where, rule.details, rule.column)
+            self.column(where, rule.details, rule.link)
+            self.column(where, rule.header, rule.total_column)
+            self.column(where, rule.header, rule.link)
+            if rule.header in self.tables:
+                self.predicates(where, rule.header, rule.when)
+
+    # --- wide tables ---------------------------------------------------------------------------
+
+    def wide_table(self, wide: WideTable) -> None:
+        where = f"wide table {wide.name!r}"
+        is_root = wide is self.flow.wide[0]
+        if is_root and (wide.rows_from or wide.parent):
+            self.error(where, "the first wide table is the root: one row per entity, no rows_from or parent")
+        if not is_root and not (wide.rows_from and wide.parent):
+            self.error(where, "a child wide table needs rows_from (a source) and parent (a wide table)")
+        if wide.rows_from is not None and wide.rows_from not in self.tables:
+            self.error(f"{where} rows_from {wide.rows_from!r}", f"no source {wide.rows_from!r}")
+        if wide.parent is not None and wide.parent not in self.wide:
+            self.error(f"{where} parent {wide.parent!r}", f"no wide table {wide.parent!r}")
+        for key in wide.key:
+            if wide.column(key) is None:
+                self.error(f"{where} key {key!r}", f"no column {key!r} in wide table {wide.name!r}")
+        looked_up = {lookup.dimension for lookup in wide.lookups}
+        for lookup in wide.lookups:
+            if lookup.dimension not in self.dimensions:
+                self.error(f"{where} lookup {lookup.dimension!r}", f"no dimension {lookup.dimension!r}")
+            if wide.column(lookup.by) is None:
+                self.error(f"{where} lookup {lookup.dimension!r} by {lookup.by!r}",
+                           f"no column {lookup.by!r} in wide table {wide.name!r}")
+        self.types(where, {c.name: c.type for c in wide.columns})
+        for column in wide.columns:
+            self.origin(f"{where} column {column.name!r}", wide, column.origin, looked_up)
+
+    def origin(self, where: str, wide: WideTable, origin: object, looked_up: set[str]) -> None:
+        if isinstance(origin, Copy):
+            self.column(where, origin.table, origin.column)
+        elif isinstance(origin, Sum):
+            if origin.column is not None:
+                self.column(where, origin.table, origin.column)
+            elif origin.table not in self.tables:
+                self.error(where, f"no source {origin.table!r}")
+            if origin.table in self.tables:
+                self.predicates(where, origin.table, origin.when)
+            if origin.through is not None:
+                self.column(f"{where} through", origin.table, origin.through.key)
+                if self.column(f"{where} through", origin.through.table, origin.through.key):
+                    self.predicates(f"{where} through", origin.through.table, origin.through.when)
+            if origin.per_row is not None:
+                if wide.rows_from is None:
+                    self.error(f"{where} per_row {origin.per_row!r}", "only a child wide table has rows")
+                self.column(f"{where} per_row", origin.table, origin.per_row)
+        elif isinstance(origin, Looked):
+            dimension = self.dimensions.get(origin.dimension)
+            if dimension is None:
+                self.error(where, f"no dimension {origin.dimension!r}")
+            elif origin.attribute not in dimension.columns:
+                self.error(where, f"no column {origin.attribute!r} in dimension {origin.dimension!r}")
+            elif origin.dimension not in looked_up:
+                self.error(where, f"wide table {wide.name!r} does not look up dimension {origin.dimension!r}")
+        elif isinstance(origin, Parent):
+            if wide.parent is None:
+                self.error(where, f"wide table {wide.name!r} has no parent")
+            elif wide.parent in self.wide:
+                self.wide_column(where, wide.parent, origin.column)
+        elif isinstance(origin, Computed):
+            for name in origin.reads:
+                table, _, column = name.rpartition(".")
+                if not table:
+                    self.wide_column(where, wide.name, column)
+                elif table in self.wide:
+                    self.wide_column(where, table, column)
+                else:
+                    self.column(where, table, column)
+        else:
+            self.error(where, f"{type(origin).__name__} is not an origin (Copy, Sum, Looked, Parent, Computed)")
+
+    # --- outputs -------------------------------------------------------------------------------
+
+    def outputs(self) -> None:
+        flow, root = self.flow, self.flow.root
+        if root is None:
+            self.error("wide", "no wide table")
+            return
+        if flow.snapshots is not None:
+            for name in flow.snapshots.tables:
+                if name not in self.wide:
+                    self.error(f"snapshots {flow.snapshots.table!r} table {name!r}", f"no wide table {name!r}")
+        for aggregate in flow.aggregates:
+            where = f"ads {aggregate.name!r}"
+            if aggregate.source not in self.wide:
+                self.error(f"{where} source {aggregate.source!r}", f"no wide table {aggregate.source!r}")
+                continue
+            for key in aggregate.keys:
+                self.wide_column(f"{where} key {key!r}", aggregate.source, key)
+            for measure in aggregate.measures:
+                for column in (measure.column, measure.less):
+                    if column is not None:
+                        self.wide_column(f"{where} measure {measure.name!r}", aggregate.source, column)
+            self.predicates(where, root.name, aggregate.when, wide=True)
+            self.wide_column(f"{where} retraction version {aggregate.retraction.version!r}", root.name,
+                             aggregate.retraction.version)
+        if flow.index is not None:
+            for name in flow.index.fields:
+                self.wide_column(f"index {flow.index.index!r} field {name!r}", root.name, name)
+            for table, names in flow.index.nested.items():
+                for name in names:
+                    self.wide_column(f"index {flow.index.index!r} field {table}.{name}", table, name)
+        for event in flow.events:
+            for name in event.fields:
+                table, _, column = name.rpartition(".")
+                self.wide_column(f"event {event.name!r} field {name!r}", table or event.table, column)
+
+
+def cycles(after: Mapping[str, tuple[str, ...]]) -> list[list[str]]:
+    """The cycles of the graph operation -> operations it needs, each once, as paths that end
+    where they start (``['PAY', 'REFUND', 'PAY']``), starting at their smallest name."""
+    found: dict[tuple[str, ...], list[str]] = {}
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in after.get(node, ()):
+            if nxt not in after:
+                continue
+            if state.get(nxt) == 1:
+                loop = path[path.index(nxt):] + [node] if nxt in path else [node]
+                start = loop.index(min(loop))
+                ring = loop[start:] + loop[:start]
+                found.setdefault(tuple(ring), ring + [ring[0]])
+            elif state.get(nxt) is None:
+                visit(nxt, path + [node])
+        state[node] = 2
+
+    for node in after:
+        if node not in state:
+            visit(node, [])
+    return list(found.values())

@@ -1,0 +1,372 @@
+"""Flow declarations (issue 19, first step): the validator's errors, the ``gqsh`` declaration
+equal to what the engine runs today, and ``tdc flow``."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table
+
+from flows.declaration import CHANGES, Aggregate, Copy, FlowDeclaration, Measure, Operation, WideTable
+from flows.declared import BY_NAME, DECLARATIONS
+from flows.declared.dimensions import SKU, STORE
+from flows.declared.gqsh import GQSH
+from flows.declared.pos import POS
+from flows.rules import all_hold, raised_operations
+from flows.validation import DeclarationError, checked, cycles, problems, problems_across
+
+ROOT = Path(__file__).resolve().parents[2]
+POS_HEADER = "dwd_gqsh_pos_order_t_order_info"
+
+
+def _operation(flow: FlowDeclaration, name: str, **changes: Any) -> FlowDeclaration:
+    """``flow`` with operation ``name`` changed."""
+    return replace(flow, operations=tuple(replace(o, **changes) if o.name == name else o for o in flow.operations))
+
+
+def _aggregate(flow: FlowDeclaration, name: str, **changes: Any) -> FlowDeclaration:
+    return replace(flow, aggregates=tuple(replace(a, **changes) if a.name == name else a for a in flow.aggregates))
+
+
+def _measure_on(column: str) -> tuple[Measure, ...]:
+    return (Measure("order_count"), Measure("amount", column))
+
+
+# --- the errors issue 19 names, word for word ------------------------------------------------
+
+def test_every_declared_flow_holds_together() -> None:
+    assert [flow.name for flow in DECLARATIONS] == ["gqsh", "pos", "sal_order"]
+    assert all(problems(flow) == [] for flow in DECLARATIONS)
+    assert problems_across(DECLARATIONS) == []
+
+
+def test_a_predecessor_that_is_not_an_operation_is_named() -> None:
+    broken = _operation(POS, "PAY", after=("SUBMITT",))
+    assert problems(broken) == ["flow 'pos': operation 'PAY' after 'SUBMITT': no operation 'SUBMITT'"]
+
+
+def test_an_unknown_dimension_is_named_where_it_is_looked_up_and_used() -> None:
+    broken = replace(POS, dimensions=(SKU,))
+    assert problems(broken) == [
+        f"flow 'pos': wide table '{POS_HEADER}' lookup 'store': no dimension 'store'",
+        f"flow 'pos': wide table '{POS_HEADER}' column 'store_name': no dimension 'store'",
+        f"flow 'pos': wide table '{POS_HEADER}' column 'city': no dimension 'store'",
+        f"flow 'pos': wide table '{POS_HEADER}' column 'region': no dimension 'store'",
+    ]
+
+
+def test_an_ads_measure_on_an_unknown_column_is_named() -> None:
+    broken = _aggregate(POS, "ads_pos_order_sales", measures=_measure_on("amount"))
+    assert problems(broken) == [
+        f"flow 'pos': ads 'ads_pos_order_sales' measure 'amount': no column 'amount' in wide table '{POS_HEADER}'"]
+
+
+def test_a_cycle_in_the_state_machine_is_drawn() -> None:
+    broken = _operation(POS, "SUBMIT", after=("REFUND",))
+    assert problems(broken) == [
+        "flow 'pos': state machine: cycle PAY -> SUBMIT -> REFUND -> PAY (each waits for the next)"]
+    assert problems(_operation(POS, "PAY", after=("PAY",))) == [
+        "flow 'pos': state machine: cycle PAY -> PAY (each waits for the next)"]
+
+
+def test_several_errors_are_reported_together() -> None:
+    broken = _aggregate(_operation(replace(POS, dimensions=(STORE,)), "VOID", after=("SUBMITT",)),
+                        "ads_pos_order_sales", measures=_measure_on("amount"))
+    expected = [
+        "flow 'pos': operation 'VOID' after 'SUBMITT': no operation 'SUBMITT'",
+        "flow 'pos': wide table 'dwd_gqsh_pos_order_t_order_item' lookup 'sku': no dimension 'sku'",
+        "flow 'pos': wide table 'dwd_gqsh_pos_order_t_order_item' column 'sku_name': no dimension 'sku'",
+        "flow 'pos': wide table 'dwd_gqsh_pos_order_t_order_item' column 'category': no dimension 'sku'",
+        f"flow 'pos': ads 'ads_pos_order_sales' measure 'amount': no column 'amount' in wide table '{POS_HEADER}'",
+    ]
+    assert problems(broken) == expected
+    with pytest.raises(DeclarationError) as raised:
+        checked([GQSH, broken])
+    assert raised.value.problems == expected
+    assert str(raised.value) == "\n".join(expected)
+
+
+# --- other structural checks -----------------------------------------------------------------
+
+def test_names_declared_twice_keys_and_columns_that_do_not_exist() -> None:
+    header, item = POS.sources[0], POS.sources[1]
+    wide = POS.wide[0]
+    broken = replace(
+        POS, sources=(replace(header, key=("order_id",), columns={**header.columns, "pos_no": "varchr(16)"}),
+                      item, item, *POS.sources[2:]),
+        wide=(replace(wide, columns=(replace(wide.columns[0], origin=Copy("t_order", "order_no")),
+                                     replace(wide.columns[1], origin=Copy("t_order_info", "shop")),
+                                     *wide.columns[2:])), POS.wide[1]))
+    assert problems(broken) == [
+        "flow 'pos': source 't_order_item': declared 2 times",
+        "flow 'pos': source 't_order_info' column 'pos_no': 'varchr(16)' is not a column type tdc reads "
+        "(varchar(n), bigint, decimal(p,s), date, datetime(p), timestamp(p), time(p), money)",
+        "flow 'pos': source 't_order_info' key 'order_id': no column 'order_id' in source 't_order_info'",
+        f"flow 'pos': wide table '{POS_HEADER}' column 'order_no': no source 't_order'",
+        f"flow 'pos': wide table '{POS_HEADER}' column 'store_code': no column 'shop' in source 't_order_info'",
+    ]
+
+
+def test_an_operation_nothing_raises_and_a_raise_of_an_unknown_operation() -> None:
+    broken = replace(POS, raises=tuple(r for r in POS.raises if "VOID" not in r.operations)
+                     + (replace(POS.raises[0], operations=("SUMBIT",), changes=("upsert",)),))
+    assert problems(broken) == [
+        "flow 'pos': raise on 't_order_info' change 'upsert': not a change type (insert, update, delete)",
+        "flow 'pos': raise on 't_order_info' operation 'SUMBIT': no operation 'SUMBIT'",
+        "flow 'pos': operation 'VOID': no source row or business write raises it",
+    ]
+
+
+def test_ads_keys_conditions_and_child_tables_are_checked() -> None:
+    child = cast(WideTable, POS.wide[1])
+    broken = _aggregate(POS, "ads_pos_order_item_sales", keys=("biz_date", "sku"), source="dwd_pos_item")
+    broken = _aggregate(broken, "ads_pos_order_sales", keys=("biz_date", "shop"))
+    broken = replace(broken, wide=(POS.wide[0], replace(child, parent=None)))
+    assert problems(broken) == [
+        "flow 'pos': wide table 'dwd_gqsh_pos_order_t_order_item': a child wide table needs rows_from (a source) "
+        "and parent (a wide table)",
+        "flow 'pos': wide table 'dwd_gqsh_pos_order_t_order_item' column 'store_code': "
+        "wide table 'dwd_gqsh_pos_order_t_order_item' has no parent",
+        "flow 'pos': wide table 'dwd_gqsh_pos_order_t_order_item' column 'biz_date': "
+        "wide table 'dwd_gqsh_pos_order_t_order_item' has no parent",
+        "flow 'pos': wide table 'dwd_gqsh_pos_order_t_order_item' column 'order_status': "
+        "wide table 'dwd_gqsh_pos_order_t_order_item' has no parent",
+        f"flow 'pos': ads 'ads_pos_order_sales' key 'shop': no column 'shop' in wide table '{POS_HEADER}'",
+        "flow 'pos': ads 'ads_pos_order_item_sales' source 'dwd_pos_item': no wide table 'dwd_pos_item'",
+    ]
+
+
+def test_two_flows_may_not_claim_one_source_or_declare_a_dimension_two_ways() -> None:
+    other = replace(POS, name="pos_copy", dimensions=(replace(STORE, key="store_name"), SKU))
+    assert problems_across([POS, other])[:2] == [
+        "flow 'pos_copy': source 't_order_info': already a source of flow 'pos'",
+        "flow 'pos_copy': source 't_order_item': already a source of flow 'pos'",
+    ]
+    assert problems_across([POS, other])[-1] == (
+        "flow 'pos_copy': dimension 'store': declared differently by flow 'pos'")
+
+
+def test_cycles_are_found_once_each() -> None:
+    assert cycles({"A": ("B",), "B": ("A",), "C": ("C",), "D": ()}) == [["A", "B", "A"], ["C", "C"]]
+    assert cycles({"A": (), "B": ("A",), "C": ("A", "B")}) == []
+
+
+# --- the gqsh declaration says what the engine does today ----------------------------------------
+
+def test_gqsh_reads_the_tables_and_keys_the_engine_routes() -> None:
+    from flows.gqsh import ORDER_FLOW
+
+    declared = {s.name: s for s in GQSH.sources}
+    dimensions = {d.table: d for d in GQSH.dimensions}
+    assert set(declared) | set(dimensions) == set(ORDER_FLOW.tables)
+    assert GQSH.databases == ORDER_FLOW.databases
+    for name, table in ORDER_FLOW.tables.items():
+        if table.dimension is not None:
+            dimension = dimensions[name]
+            assert (dimension.name, dimension.key, dict(dimension.columns)) == (
+                table.dimension, table.key, dict(table.columns))
+        else:
+            source = declared[name]
+            assert (source.key, source.entity_key, dict(source.columns), source.settled_at) == (
+                (table.key,), table.order_key, dict(table.columns), table.settled_at)
+    assert {b.name: (b.operations, dict(b.payload)) for b in GQSH.business} == {
+        name: (source.operations, dict(source.payload)) for name, source in ORDER_FLOW.business.items()}
+
+
+def test_gqsh_raises_and_reads_what_the_engine_routes() -> None:
+    from flows.gqsh import ORDER_FLOW
+
+    header = {"order_id": "o1", "store_id": "s1", "member_id": "m1", "channel": "app", "item_count": 2,
+              "total_amount": "10.00", "discount_amount": "0.00", "pay_amount": "10.00",
+              "created_at": "2026-01-01T00:00:00", "paid_at": None, "updated_at": None}
+    for name, table in ORDER_FLOW.tables.items():
+        if table.dimension is not None:
+            continue
+        source = next(s for s in GQSH.sources if s.name == name)
+        for status, change in itertools.product([None, 0, 10, 15, 20, 30, 40, 50, 60], CHANGES):
+            row = {**header, "status": status}
+            engine = table.operations(row)
+            assert raised_operations(GQSH, name, change, row) == engine, (name, status, change)
+            for operation in engine:
+                reads = source.reads.get(operation)
+                declared = row if reads is None else {column: row[column] for column in reads}
+                assert declared == (row if table.reads is None else table.reads(operation, row))
+
+
+def test_gqsh_state_machine_is_the_engines() -> None:
+    from flows.state_machine import ILLEGAL_AFTER, PREDECESSOR, STATUS_AFTER
+    from flows.state_machine import Operation as Op
+    from strategies import CHECKERS, GENERATORS
+
+    operations = {o.name: o for o in GQSH.operations}
+    assert tuple(operations) == Op.ALL
+    assert GQSH.predecessors() == {name: (before,) if before else () for name, before in PREDECESSOR.items()}
+    assert {name: o.illegal_after for name, o in operations.items() if o.illegal_after} == {
+        name: (before,) for name, before in ILLEGAL_AFTER.items()}
+    assert {name: o.status for name, o in operations.items() if o.status is not None} == STATUS_AFTER
+    assert set(CHECKERS) == set(GENERATORS) == set(operations)
+
+
+def _kind(declared: str) -> str:
+    from inputs.columns import column_type
+
+    kind = column_type(declared)
+    return {"decimal": "money", "datetime": "time", "timestamp": "time"}.get(kind.name, kind.kind)
+
+
+def test_gqsh_wide_columns_are_the_dwd_models() -> None:
+    from chain.wide_rows import DIMENSION_COLUMNS
+    from models.digests import kind_of
+    from models.orders import DwdOrder, DwdOrderItem, OrderSnapshot
+
+    for wide, model in zip(GQSH.wide, (DwdOrder, DwdOrderItem), strict=True):
+        table = cast(Table, model.__table__)
+        assert wide.name == table.name
+        assert [(c.name, _kind(c.type)) for c in wide.columns] == [(c.name, kind_of(c)) for c in table.columns]
+        assert wide.key == tuple(c.name for c in table.primary_key.columns)
+    looked = {c.name for wide in GQSH.wide for c in wide.columns if type(c.origin).__name__ == "Looked"}
+    assert looked == DIMENSION_COLUMNS
+    assert GQSH.snapshots is not None and GQSH.snapshots.table == OrderSnapshot.__tablename__
+
+
+def test_gqsh_aggregates_are_the_warehouses() -> None:
+    from models.warehouse import AdsOrderLedger, WarehouseBase
+    from warehouse.contributions import AGGREGATES, contribution_of
+
+    assert {a.name: (a.keys, tuple(m.name for m in a.measures)) for a in GQSH.aggregates} == AGGREGATES
+    ads_tables = {name for name in WarehouseBase.metadata.tables if name.startswith("ads_")}
+    assert ads_tables - {AdsOrderLedger.__tablename__} == {a.name for a in GQSH.aggregates}
+    assert {a.retraction.ledger for a in GQSH.aggregates} == {AdsOrderLedger.__tablename__}
+    for paid_at, status, biz_date, store_id in itertools.product(
+            [None, "2026-01-01"], [10, 20, 40, 50], [None, "2026-01-01"], [None, "s1"]):
+        order = {"paid_at": paid_at, "status": status, "biz_date": biz_date, "store_id": store_id}
+        expected = contribution_of(order, []) is not None
+        assert all(all_hold(a.when, order) == expected for a in GQSH.aggregates), order
+
+
+def test_gqsh_index_and_events_carry_what_search_and_streams_send() -> None:
+    from search.documents import ITEM_FIELDS, NOT_INDEXED
+    from streams import events
+
+    assert GQSH.index is not None and GQSH.root is not None
+    assert GQSH.index.fields == tuple(c.name for c in GQSH.root.columns if c.name not in NOT_INDEXED)
+    assert GQSH.index.nested == {"dwd_order_item": ITEM_FIELDS}
+    declared = {e.name: e.fields for e in GQSH.events}
+    head = "dwd_order."
+    assert declared == {
+        "PayOrderDetail": tuple(head + f for f in events.PAY_ORDER_FIELDS) + events.PAY_LINE_FIELDS,
+        "CancelOrder": events.CANCEL_FIELDS,
+        "ApplyReturn": tuple(head + f for f in events.RETURN_ORDER_FIELDS) + events.RETURN_LINE_FIELDS,
+    }
+    assert set(declared) == set(events.ORDER_FACTS)
+
+
+# --- the other flows ---------------------------------------------------------------------------
+
+def test_pos_raises_operations_by_status_and_refunds() -> None:
+    assert raised_operations(POS, "t_order_info", "insert", {"order_status": 10}) == ("SUBMIT",)
+    assert raised_operations(POS, "t_order_info", "update", {"order_status": 20}) == ("SUBMIT", "PAY")
+    assert raised_operations(POS, "t_order_info", "update", {"order_status": 90}) == ("SUBMIT", "VOID")
+    assert raised_operations(POS, "t_order_item_refund", "delete", {}) == ("REFUND",)
+    sal = BY_NAME["sal_order"]
+    assert raised_operations(sal, "t_sal_order", "update", {"FDOCUMENTSTATUS": "C", "FCANCELSTATUS": "A"}) == (
+        "SAVE", "AUDIT")
+    assert isinstance(POS.operations[0], Operation) and isinstance(POS.aggregates[0], Aggregate)
+
+
+# --- tdc flow ----------------------------------------------------------------------------------
+
+def _tdc(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli.main", "flow", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_flow_list_names_every_flow_with_its_sources_and_outputs() -> None:
+    listed = _tdc("list")
+    assert listed.returncode == 0, listed.stderr
+    for flow in DECLARATIONS:
+        assert f"\n{flow.name} " in "\n" + listed.stdout
+    assert "t_order_refund_info" in listed.stdout and "ads_pos_order_item_sales" in listed.stdout
+    assert "dim_store_shop (dimension store)" in listed.stdout
+
+
+def test_flow_show_draws_the_state_machine() -> None:
+    shown = _tdc("show", "gqsh")
+    assert shown.returncode == 0, shown.stderr
+    assert "\n".join(["  SUBMIT", "  ├── PAY", "  │   ├── DELIVER", "  │   ├── COMPLETE", "  │   └── REFUND",
+                      "  └── CANCEL  (illegal after PAY)"]) in shown.stdout
+    assert "    refund_amount    money         sum of gqsh_order_after_sales.refund_amount where status = 20" in (
+        shown.stdout)
+    missing = _tdc("show", "kingdee")
+    assert missing.returncode == 2 and "no flow 'kingdee' (declared: gqsh, pos, sal_order)" in missing.stderr
+
+
+BROKEN = """
+    from dataclasses import replace
+
+    from flows.declaration import Measure
+    from flows.declared.pos import POS
+
+    FLOW = replace(
+        POS,
+        operations=tuple(replace(o, after=("SUBMITT",)) if o.name == "PAY" else o for o in POS.operations),
+        aggregates=tuple(replace(a, measures=(Measure("amount", "amount"),)) if a.name == "ads_pos_order_sales"
+                         else a for a in POS.aggregates))
+"""
+
+GOOD = """
+    from flows.declaration import (Column, Copy, FlowDeclaration, Looked, Lookup, Operation, Raise, RowArrived,
+                                   Source, WideTable)
+    from flows.declared.dimensions import STORE
+
+    VISITS = FlowDeclaration(
+        name="store_visit", description="Footfall counters", databases=("counter",),
+        sources=(Source("t_visit", key=("id",), entity_key="id",
+                        columns={"id": "bigint", "store_id": "varchar(32)", "visitors": "int"}),),
+        operations=(Operation("COUNT", complete_when=(RowArrived("t_visit"),)),),
+        raises=(Raise("t_visit", ("COUNT",)),),
+        dimensions=(STORE,),
+        wide=(WideTable("dwd_visit", key=("id",), lookups=(Lookup("store", by="store_id"),), columns=(
+            Column("id", "bigint", Copy("t_visit", "id")),
+            Column("store_id", "varchar(32)", Copy("t_visit", "store_id")),
+            Column("store_name", "varchar(128)", Looked("store", "store_name")),
+            Column("visitors", "int", Copy("t_visit", "visitors")))),))
+"""
+
+
+def test_flow_validate_rejects_a_broken_file_with_every_problem(tmp_path: Path) -> None:
+    broken = tmp_path / "broken_pos.py"
+    broken.write_text(textwrap.dedent(BROKEN))
+    result = _tdc("validate", str(broken))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "flow 'pos': operation 'PAY' after 'SUBMITT': no operation 'SUBMITT'",
+        f"flow 'pos': ads 'ads_pos_order_sales' measure 'amount': no column 'amount' in wide table '{POS_HEADER}'",
+    ]
+
+
+def test_flow_validate_accepts_a_good_file_and_the_declared_flows(tmp_path: Path) -> None:
+    good = tmp_path / "visits.py"
+    good.write_text(textwrap.dedent(GOOD))
+    result = _tdc("validate", str(good))
+    assert (result.returncode, result.stdout) == (0, "ok: 'store_visit' holds together\n"), result.stderr
+    declared = _tdc("validate")
+    assert (declared.returncode, declared.stdout) == (0, "ok: 3 flows hold together (gqsh, pos, sal_order)\n")
+
+
+def test_flow_validate_reports_a_file_that_does_not_run_or_declares_nothing(tmp_path: Path) -> None:
+    crashing = tmp_path / "crashing.py"
+    crashing.write_text("from flows.declaration import Source\nSource('t', key=('id',))\n")
+    result = _tdc("validate", str(crashing))
+    assert result.returncode == 1 and "TypeError" in result.stderr and str(crashing) in result.stderr
+    empty = tmp_path / "empty.py"
+    empty.write_text("X = 1\n")
+    assert _tdc("validate", str(empty)).stderr == f"tdc: {empty}: no FlowDeclaration at module level\n"
+    assert _tdc("validate", str(tmp_path / "absent.py")).returncode == 2

@@ -233,6 +233,39 @@ def test_debezium_extended_entries_after_a_kill_are_claimed_and_the_rows_exact(
     assert problems(storage, history) == []
 
 
+def test_a_redis_restart_mid_stream_is_ridden_out(fresh_storage, redis_client, rabbitmq_vhost, tmp_path: Path) -> None:
+    # Given the sink's streams on a Redis server of the test's own (fsync'ed append-only file)
+    from tests.e2e.helpers import PrivateRedis
+
+    storage = fresh_storage()
+    history = generate_history(250, seed=90, input_format="debezium")
+    with PrivateRedis(tmp_path / "redis") as server:
+        broker = redis.Redis.from_url(server.url)
+        streams = _xadd_debezium(broker, "gqsh-source", lines_of(history, "debezium"), "compact")
+        env = {**env_of(storage), "TDC_BROKER_URL": rabbitmq_vhost}
+        name = f"redis-{history.run_id}"
+        log = tmp_path / "consumer.log"
+        consumer = tdc_consume(env, "redis", "--url", server.url, *_streams(streams), "--group", "tdc", "--format",
+                               "debezium", "--name", name, "--batch", "50", "--idle-exit", "10", stderr=log)
+        # When the server stops part of the way and comes back three seconds later
+        wait_for_messages(consumer, redis_client, name, 100)
+        server.stop()
+        time.sleep(3)
+        server.start()
+        # Then the consumer logs the loss, connects again, and finishes: nothing pending, rows exact
+        out = finished(consumer)
+        # (lost while fetching, or while acknowledging: both connect again after a pause)
+        assert "connecting again in" in log.read_text() and "connected again" in log.read_text(), log.read_text()
+        for stream in streams:
+            assert broker.xpending(stream, "tdc")["pending"] == 0, stream
+            assert broker.xinfo_groups(stream)[0]["lag"] == 0, stream
+        broker.close()
+    assert "messages acknowledged (idle)" in out
+    ingest(storage, redis_client, ORDER_FLOW, "business", lines_of(history, "business"))
+    run_chains_to_rest(storage, redis_client, history)
+    assert problems(storage, history) == []
+
+
 # --- NATS JetStream: Debezium Server's NATS JetStream sink --------------------------------------
 
 @pytest.fixture

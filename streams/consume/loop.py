@@ -143,7 +143,10 @@ def consume(source: Source, take_in: TakeIn, submit: Submit, client: redis.Redis
             continue
         consumed.messages += len(messages)
         consumed.report.add(report)
-        consumed.report.outcomes.clear()  # not needed, and would grow without bound
+        # Per-line verdicts and touched keys are the batch's business: a consumer that runs for
+        # months keeps only the counts.
+        consumed.report.outcomes.clear()
+        consumed.report.touched.clear()
         if client is not None:
             record_batch(client, source.name, len(messages), report.quarantined)
         shown(consumed, len(messages))

@@ -145,15 +145,53 @@ class _Checker:
         elif self.wide[wide].column(column) is None:
             self.error(where, f"no column {column!r} in wide table {wide!r}")
 
+    def measured(self, where: str, wide: WideTable, name: str) -> None:
+        """``name`` is a number column of ``wide``."""
+        column = wide.column(name)
+        if column is None:
+            self.error(where, f"no column {name!r} in wide table {wide.name!r}")
+            return
+        try:
+            kind = column_type(column.type).kind
+        except ValueError:
+            return  # said where the column is declared
+        if kind not in ("int", "decimal"):
+            self.error(where, f"column {name!r} of wide table {wide.name!r} is not a number ({column.type})")
+
     def predicates(self, where: str, table: str, when: tuple[Where, ...], wide: bool = False) -> None:
         for predicate in when:
+            here = f"{where} when {str(predicate)!r}"
             if predicate.op not in OPERATORS:
-                self.error(f"{where} when {str(predicate)!r}", f"no operator {predicate.op!r} "
-                           f"(one of {', '.join(OPERATORS)})")
+                self.error(here, f"no operator {predicate.op!r} (one of {', '.join(OPERATORS)})")
+                continue
             if wide:
-                self.wide_column(f"{where} when {str(predicate)!r}", table, predicate.column)
+                self.wide_column(here, table, predicate.column)
+                column = self.wide[table].column(predicate.column) if table in self.wide else None
+                declared = None if column is None else column.type
             else:
-                self.column(f"{where} when {str(predicate)!r}", table, predicate.column)
+                found = self.column(here, table, predicate.column)
+                declared = self.tables[table][predicate.column] if found else None
+            if declared is not None:
+                self.compared(here, predicate, declared)
+
+    def compared(self, where: str, predicate: Where, declared: str) -> None:
+        """The predicate's value fits its operator and the column's type."""
+        op, value = predicate.op, predicate.value
+        if op in ("is null", "not null"):
+            if value is not None:
+                self.error(where, f"{op!r} takes no value")
+            return
+        if op in ("in", "not in") and not (isinstance(value, tuple | list | frozenset) and value):
+            self.error(where, f"{op!r} takes a non-empty tuple of values")
+            return
+        try:
+            kind = column_type(declared).kind
+        except ValueError:
+            return  # said where the column is declared
+        for one in value if op in ("in", "not in") else (value,):
+            fits = {"int": isinstance(one, int) and not isinstance(one, bool), "text": isinstance(one, str)}
+            if not fits.get(kind, one is not None):
+                self.error(where, f"{one!r} is not a value of {declared} column {predicate.column!r}")
 
     def operation(self, where: str, name: str) -> None:
         if name not in self.operations:
@@ -335,7 +373,7 @@ class _Checker:
             for measure in aggregate.measures:
                 for column in (measure.column, measure.less):
                     if column is not None:
-                        self.wide_column(f"{where} measure {measure.name!r}", aggregate.source, column)
+                        self.measured(f"{where} measure {measure.name!r}", self.wide[aggregate.source], column)
             self.predicates(where, root.name, aggregate.when, wide=True)
             self.wide_column(f"{where} retraction version {aggregate.retraction.version!r}", root.name,
                              aggregate.retraction.version)

@@ -14,7 +14,17 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import Table
 
-from flows.declaration import CHANGES, Aggregate, Copy, FlowDeclaration, Measure, Operation, WideTable
+from flows.declaration import (
+    CHANGES,
+    Aggregate,
+    Copy,
+    FlowDeclaration,
+    Measure,
+    Operation,
+    Raise,
+    Where,
+    WideTable,
+)
 from flows.declared import BY_NAME, DECLARATIONS
 from flows.declared.dimensions import SKU, STORE
 from flows.declared.gqsh import GQSH
@@ -140,6 +150,27 @@ def test_ads_keys_conditions_and_child_tables_are_checked() -> None:
         "wide table 'dwd_gqsh_pos_order_t_order_item' has no parent",
         f"flow 'pos': ads 'ads_pos_order_sales' key 'shop': no column 'shop' in wide table '{POS_HEADER}'",
         "flow 'pos': ads 'ads_pos_order_item_sales' source 'dwd_pos_item': no wide table 'dwd_pos_item'",
+    ]
+
+
+def test_predicate_values_fit_their_operator_and_column_and_measures_are_numbers() -> None:
+    broken = replace(POS, raises=(
+        Raise("t_order_info", ("SUBMIT",), when=(Where("order_status", "in", 10),)),
+        Raise("t_order_info", ("PAY",), when=(Where("order_status", "=", "20"), Where("pay_time", "not null", 1))),
+        Raise("t_order_info", ("VOID",), when=(Where("store_code", "in", ("S1", 2)), Where("pos_no", "like", "P%"))),
+        *POS.raises[3:]))
+    broken = _aggregate(broken, "ads_pos_order_sales", measures=(Measure("cashiers", "cashier_name"),))
+    assert problems(broken) == [
+        "flow 'pos': raise on 't_order_info' when 'order_status in 10': 'in' takes a non-empty tuple of values",
+        "flow 'pos': raise on 't_order_info' when \"order_status = '20'\": '20' is not a value of tinyint column "
+        "'order_status'",
+        "flow 'pos': raise on 't_order_info' when 'pay_time not null': 'not null' takes no value",
+        "flow 'pos': raise on 't_order_info' when \"store_code in ('S1', 2)\": 2 is not a value of varchar(32) "
+        "column 'store_code'",
+        "flow 'pos': raise on 't_order_info' when \"pos_no like 'P%'\": no operator 'like' (one of =, !=, <, <=, >, "
+        ">=, in, not in, is null, not null)",
+        f"flow 'pos': ads 'ads_pos_order_sales' measure 'cashiers': column 'cashier_name' of wide table "
+        f"'{POS_HEADER}' is not a number (varchar(64))",
     ]
 
 

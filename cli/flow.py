@@ -99,11 +99,17 @@ def _declared_beside(flows: list[FlowDeclaration]) -> list[FlowDeclaration]:
 
 
 def cmd_flow(args: argparse.Namespace) -> int:
-    if args.flow_command == "list":
-        return list_flows()
-    if args.flow_command == "show":
-        return show_flow(args.name)
-    return validate(args.file)
+    from flows.validation import DeclarationError
+
+    try:
+        if args.flow_command == "list":
+            return list_flows()
+        if args.flow_command == "show":
+            return show_flow(args.name)
+        return validate(args.file)
+    except DeclarationError as error:  # the declared flows themselves do not hold together
+        print("\n".join(error.problems), file=sys.stderr)
+        return 1
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

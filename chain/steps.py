@@ -41,6 +41,7 @@ from chain.task_state import (
     park,
     parked_by,
     pending_of,
+    rerun_on_change,
     resolve_failures,
     tasks_of,
     wake,
@@ -271,6 +272,7 @@ def _check_order(connection: Connection, settings: Settings, shard: int, token: 
     done = {op for op, t in tasks.items() if t.status == TaskStatus.DONE}
     ever_done = {op for op, t in tasks.items() if t.done_version > 0}
     ready: list[Key] = []
+    running: list[Any] = []
     for key in _in_order(keys):
         operation = key["operation_type"]
         task = tasks.get(operation)
@@ -290,11 +292,14 @@ def _check_order(connection: Connection, settings: Settings, shard: int, token: 
             if park(connection, shard, task, reason, settings, now, sources, token):
                 alarms.append(("task_failed", f"out of attempts: {reason}", key["order_id"], operation))
             continue
-        if mark_running(connection, shard, task, settings, now):
-            # The newest event behind it goes along, for the end-to-end lag finish records.
-            ready.append({**key, "version": task.version, "event_ms": newest_event_ms(sources, operation)})
-            done.add(operation)
-            ever_done.add(operation)
+        # Counted as done for the keys after it; all of them become RUNNING at once below, and
+        # if one changed since the read, the whole transaction runs again (TasksChanged).
+        running.append(task)
+        # The newest event behind it goes along, for the end-to-end lag finish records.
+        ready.append({**key, "version": task.version, "event_ms": newest_event_ms(sources, operation)})
+        done.add(operation)
+        ever_done.add(operation)
+    mark_running(connection, shard, running, settings, now)
     return ready
 
 
@@ -308,7 +313,8 @@ def check_tasks(storage: Storage, leases: OrderLeases, settings: Settings,
     stopped: dict[str, int] = {}
     with leases.kept(owned(keys)) as lost:
         checks = _per_database(storage, leases, settings, _live(leases, keys, lost),
-                               lambda group: retry_on_contention(lambda: _check_database(storage, settings, group)))
+                               lambda group: retry_on_contention(
+                                   lambda: rerun_on_change(lambda: _check_database(storage, settings, group))))
         for group, checked in checks:
             if checked is None:
                 stopped.update(owned(group))
@@ -455,10 +461,14 @@ def _finish_database(storage: Storage, keys: list[Key]) -> tuple[list[TaskKey], 
                         park(connection, shard, read[operation], f"{WAITING_FOR}{predecessor}", storage.settings,
                              now, [], token)
                     continue
-                if mark_done(connection, shard, order_id, operation, key["version"], now):
+                task = read.get(operation)
+                if task is not None and task.status == TaskStatus.RUNNING and task.version == key["version"]:
+                    # No newer data since the chain took it: DONE (all of the order's at once
+                    # below; if one changed since the read, the transaction runs again).
                     marked.append(operation)
                     complete.add(operation)
                     done_keys.append(key)
+            mark_done(connection, shard, order_id, [(op, read[op].version) for op in marked], now)
             done += [(order_id, operation) for operation in marked]
             # A successor this chain parked was checked with its predecessor done: waking it
             # would only check it again.
@@ -480,7 +490,7 @@ def finish_tasks(storage: Storage, leases: OrderLeases, keys: list[Key]) -> list
         with leases.kept(owned(keys)) as lost:
             for group in _by_database(storage, _live(leases, keys, lost)):
                 woken, done, fenced, marked = retry_on_contention(
-                    lambda: _finish_database(storage, group))  # noqa: B023
+                    lambda: rerun_on_change(lambda: _finish_database(storage, group)))  # noqa: B023
                 if fenced:
                     _fence_off(leases, fenced, "order claimed by a newer holder")
                 again += woken

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import random
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row, insert, select, tuple_, update
 
@@ -21,6 +23,9 @@ from models.sharded import TaskStatus, meta_table, task_table
 from models.shards import meta_table_name, task_table_name
 from settings import Settings
 from strategies.facts import OrderFacts
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Entries kept in a task's attempt history.
 HISTORY_LIMIT = 20
@@ -98,13 +103,34 @@ def pending_of(connection: Connection, shards: dict[str, int]) -> list[tuple[str
     return [(row.order_id, row.operation_type) for row in union_all(connection, _PENDING, terms)]
 
 
-_MARK_RUNNING = "UPDATE {task} SET status = 'RUNNING', next_run_at = ?, updated_at = ? WHERE id = ? AND version = ?"
+_MARK_RUNNING = "UPDATE {task} SET status = 'RUNNING', next_run_at = ?, updated_at = ? WHERE order_id = ?"
 _PARK = ("UPDATE {task} SET status = 'WAITING', attempts = ?, last_error = ?, history = ?, next_run_at = ?, "
          "updated_at = ? WHERE id = ? AND version = ?")
 _FAIL = ("UPDATE {task} SET status = 'FAILED', attempts = ?, last_error = ?, history = ?, updated_at = ? "
          "WHERE id = ? AND version = ?")
 _MARK_DONE = ("UPDATE {task} SET status = 'DONE', done_version = version, attempts = 0, last_error = NULL, "
-              "updated_at = ? WHERE order_id = ? AND operation_type = ? AND version = ? AND status = 'RUNNING'")
+              "updated_at = ? WHERE order_id = ? AND status = 'RUNNING'")
+
+
+class TasksChanged(RuntimeError):
+    """A task row changed between its read and its compare-and-set (new data bumped it): the
+    transaction's decisions rest on the read, so it is run again (``rerun_on_change``)."""
+
+
+#: Transactions run again after TasksChanged before the step falls back to one order at a time.
+CHANGE_ATTEMPTS = 3
+
+
+def rerun_on_change(work: Callable[[], T]) -> T:
+    """Run ``work`` (one whole transaction) again while a task row changed under it."""
+    for attempt in range(CHANGE_ATTEMPTS):
+        try:
+            return work()
+        except TasksChanged:
+            if attempt == CHANGE_ATTEMPTS - 1:
+                raise
+            log.info("a task row changed under the step; running its transaction again")
+    raise AssertionError("unreachable")
 
 
 def _write(connection: Connection, template: str, shard: int, parameters: tuple[Any, ...]) -> bool:
@@ -112,11 +138,21 @@ def _write(connection: Connection, template: str, shard: int, parameters: tuple[
     return bool(connection.exec_driver_sql(sql, parameters).rowcount)
 
 
-def mark_running(connection: Connection, shard: int, task: Row[Any], settings: Settings, now: dt.datetime) -> bool:
-    """RUNNING with a lease; False when the task changed since it was read."""
+def mark_running(connection: Connection, shard: int, tasks: list[Row[Any]], settings: Settings,
+                 now: dt.datetime) -> None:
+    """Make an order's ``tasks`` (as read, all in table ``shard``) RUNNING with a lease, in one
+    compare-and-set; TasksChanged when any of them changed since it was read."""
+    if not tasks:
+        return
     lease_end = now + dt.timedelta(seconds=settings.lease_seconds)
-    return _write(connection, _MARK_RUNNING, shard, (
-        driver_time(connection, lease_end), driver_time(connection, now), task.id, task.version))
+    matches = " OR ".join(["(id = ? AND version = ?)"] * len(tasks))
+    sql = statement(connection, _MARK_RUNNING + " AND (" + matches + ")", task=task_table_name(shard))
+    changed = connection.exec_driver_sql(sql, (
+        driver_time(connection, lease_end), driver_time(connection, now), tasks[0].order_id,
+        *(value for task in tasks for value in (task.id, task.version)))).rowcount
+    if changed != len(tasks):
+        raise TasksChanged(f"{tasks[0].order_id}: {len(tasks) - changed} of {len(tasks)} tasks changed before "
+                           "they could run")
 
 
 def park(connection: Connection, shard: int, task: Row[Any], reason: str, settings: Settings,
@@ -166,11 +202,20 @@ def record_failure(connection: Connection, task: Row[Any], reason: str, attempts
             order_id=task.order_id, operation_type=task.operation_type, **values))
 
 
-def mark_done(connection: Connection, shard: int, order_id: str, operation: str, version: int,
-              now: dt.datetime) -> bool:
-    """DONE only if no newer version arrived while the chain ran; True when marked.  (Its row in
-    the failed-task table, if any, is resolved by ``resolve_failures``.)"""
-    return _write(connection, _MARK_DONE, shard, (driver_time(connection, now), order_id, operation, version))
+def mark_done(connection: Connection, shard: int, order_id: str, done: list[tuple[str, int]],
+              now: dt.datetime) -> None:
+    """Mark an order's (operation, version) tasks DONE in one compare-and-set, each only if it
+    is still RUNNING at that version (the caller read so); TasksChanged when any is not any
+    more (newer data arrived since the read).  (Their rows in the failed-task table, if any,
+    are resolved by ``resolve_failures``.)"""
+    if not done:
+        return
+    matches = " OR ".join(["(operation_type = ? AND version = ?)"] * len(done))
+    sql = statement(connection, _MARK_DONE + " AND (" + matches + ")", task=task_table_name(shard))
+    changed = connection.exec_driver_sql(sql, (driver_time(connection, now), order_id,
+                                               *(value for pair in done for value in pair))).rowcount
+    if changed != len(done):
+        raise TasksChanged(f"{order_id}: {len(done) - changed} of {len(done)} tasks changed before they were done")
 
 
 def resolve_failures(connection: Connection, done: list[tuple[str, str]], now: dt.datetime) -> None:

@@ -133,3 +133,50 @@ def test_a_backlog_of_held_tasks_never_hides_an_orphan_from_the_rescan(fresh_sto
     assert later > utcnow()
     with storage.engine_for_shard(shard).begin() as connection:  # (leave nothing due behind)
         connection.execute(update(table).where(table.c.order_id.in_([*held, orphan])).values(status="DONE"))
+
+
+def _bump_before(storage, order_id: str, operation: str, marker: str):  # type: ignore[no-untyped-def]
+    """Have new data bump (order_id, operation) once, from another connection, just before the
+    step's first statement containing ``marker`` runs: between the step's read and its
+    compare-and-set.  Returns the list the bumped versions are appended to, and the remover."""
+    engine = storage.engine_for_order(order_id)
+    shard = storage.shard_of(order_id)
+    bumped: list[int] = []
+
+    def before(conn, cursor, sql, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if bumped or marker not in sql or order_id not in (parameters or ()):
+            return
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as other:
+            bump_task(other, shard, order_id, operation, utcnow())
+            bumped.append(load_task(other, shard, order_id, operation).version)
+
+    event.listen(engine, "before_cursor_execute", before)
+    return bumped, lambda: event.remove(engine, "before_cursor_execute", before)
+
+
+@pytest.mark.parametrize("step, marker", [("check", "SET status = 'RUNNING'"), ("finish", "SET status = 'DONE'")])
+def test_a_task_bumped_between_a_steps_read_and_its_write_runs_the_step_again(
+        storage, redis_client, step: str, marker: str) -> None:
+    # Given an order whose SUBMIT and PAY are due in one chain
+    header = OrderHeaderFactory(status=20, paid_at=T0 + dt.timedelta(minutes=2))
+    order_id = header["order_id"]
+    touched = ingest(storage, redis_client, ORDER_FLOW, "canal", [
+        canal("gqsh_order", header), canal("gqsh_order_item", OrderItemFactory(order_id=order_id))]).touched
+    touched |= ingest(storage, redis_client, ORDER_FLOW, "business",
+                      [business(PaymentWriteFactory(order_id=order_id))]).touched
+    # When new data bumps SUBMIT after the step read it and before it writes (the step marks an
+    # order's tasks in one compare-and-set, which then finds a newer version)
+    bumped, remove = _bump_before(storage, order_id, "SUBMIT", marker)
+    try:
+        run_chains(storage, redis_client, touched)
+    finally:
+        remove()
+    # Then the step ran again on what is there now: both tasks end DONE, SUBMIT at its newer
+    # version, and the wide row is whole
+    assert len(bumped) == 1, f"the {step} step never wrote SUBMIT"
+    submit, pay = _task(storage, order_id, "SUBMIT"), _task(storage, order_id, "PAY")
+    assert (submit.status, submit.done_version) == (TaskStatus.DONE, bumped[0])
+    assert pay.status == TaskStatus.DONE
+    orders, items = read_orders(storage, [order_id])
+    assert orders[order_id]["status"] == 20 and orders[order_id]["pay_txn_id"]
+    assert [item["order_id"] for item in items.values()] == [order_id]

@@ -29,12 +29,18 @@ Image = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 class ChangelogOutbox(ShardBase):
     """One committed change of an order's wide rows, waiting for the relay (``published_at``
-    NULL) or published and kept until the retention period ends."""
+    NULL) or published to every configured sink and kept until the retention period ends.  Each
+    sink is marked on its own (``changelog_published_at``, ``events_published_at``), so one sink
+    that is away neither holds back nor repeats the other."""
 
     __tablename__ = "changelog_outbox"
     __table_args__ = (UniqueConstraint("order_id", "version", name="uq_changelog_order_version"),
-                      # The relay's read (unpublished, oldest first) and the purge (published before).
-                      Index("ix_changelog_published", "published_at", "id"))
+                      # Status and the purge (published before).
+                      Index("ix_changelog_published", "published_at", "id"),
+                      # Each sink's read (not yet published to it, oldest first), even when the
+                      # other sink is away and rows it has not taken pile up.
+                      Index("ix_changelog_changes_waiting", "published_at", "changelog_published_at", "id"),
+                      Index("ix_changelog_events_waiting", "published_at", "events_published_at", "id"))
 
     #: Order of writing within the database: per order, the order of versions (a writer of an
     #: order inserts only after the previous writer of that order committed: the optimistic lock).
@@ -50,7 +56,12 @@ class ChangelogOutbox(ShardBase):
     before_image: Mapped[str | None] = mapped_column(Image)
     after_image: Mapped[str] = mapped_column(Image)
     changed_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    #: When every configured sink had it (what the purge and ``tdc outbox status`` go by).
     published_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    #: When the changelog sink confirmed it, and the events sink its events.  NULL in rows an
+    #: older tdc kept (``tdc init`` adds the columns): those have ``published_at`` when published.
+    changelog_published_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    events_published_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
 
 class FirstConsume(WarehouseBase):

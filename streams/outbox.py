@@ -1,11 +1,14 @@
 """The changelog relay: publish the outbox rows of each shard database (``models.changelog``) to
 the changelog sink, and the events they make to the events sink, in order per order; mark them
-published once the sinks confirmed; purge what was published longer ago than the retention.
+published once a sink confirmed; purge what was published longer ago than the retention.
 
-Per database, one relay at a time (``streams.relay_lock``): it reads the oldest unpublished rows
-and publishes them in rounds that hold at most one change per order, each round confirmed before
-the next, so an order's versions reach the sink in order.  A round is marked published only after
-both sinks confirmed it; a relay that dies between publishing and marking publishes the round
+Per database, one relay at a time (``streams.relay_lock``): it reads the oldest rows not yet
+published to a sink and publishes them in rounds that hold at most one change per order, each
+round confirmed before the next, so an order's versions reach the sink in order.  Each sink is
+relayed and marked on its own (``changelog_published_at``, ``events_published_at``): a sink that
+is away fails only its own rounds, and the other goes on without repeating anything; a row is
+``published_at`` (and later purged) once every configured sink has it.  A round is marked only
+after its sink confirmed it; a relay that dies between publishing and marking publishes the round
 again on its next pass (before anything newer of those orders), so a consumer sees an order's
 versions in order, possibly one of them twice: consumers de-duplicate on (order id, version), and
 on (event id, version) for events.
@@ -18,18 +21,18 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 
 from intake.receiver import utcnow
 from models.changelog import CHANGELOG
 from models.storage import Storage
 from settings import Settings
 from streams.events import Change, Event, first_consume_events, order_events
-from streams.relay_lock import relay_lock
+from streams.relay_lock import LockLost, relay_lock
 from streams.sinks import Message, Sink, open_sink
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 PURGE_CHUNK = 5000
 #: The kind of every changelog message (AMQP routing key, Kafka header).
 CHANGELOG_TOPIC = "dwd_order"
+#: Sink kind -> the outbox column that marks a change published to it.
+SINK_MARKS = {"changelog": CHANGELOG.c.changelog_published_at, "events": CHANGELOG.c.events_published_at}
 
 
 @dataclass
@@ -61,6 +66,11 @@ class Sinks:
             raise
         return sinks
 
+    def by_kind(self) -> dict[str, Sink]:
+        """The configured sinks by kind (``SINK_MARKS``'s keys), the changelog first."""
+        return {kind: sink for kind, sink in (("changelog", self.changelog), ("events", self.events))
+                if sink is not None}
+
     def close(self) -> None:
         for sink in (self.changelog, self.events):
             if sink is not None:
@@ -68,6 +78,16 @@ class Sinks:
                     sink.close()
                 except Exception:  # noqa: BLE001 - closing a broken connection may fail too
                     log.debug("closing a sink failed", exc_info=True)
+
+
+class RelayFailed(RuntimeError):
+    """A sink failed in a relay pass: its round in hand stays unmarked; the other sink and the
+    other databases were relayed (``report``)."""
+
+    def __init__(self, report: RelayReport):
+        super().__init__("; ".join(f"the {kind} sink failed: {type(error).__name__}: {error}"
+                                   for kind, error in report.failures.items()))
+        self.report = report
 
 
 @dataclass
@@ -79,12 +99,21 @@ class RelayReport:
     purged: int = 0
     #: Databases another relay held.
     skipped: list[int] = field(default_factory=list)
+    #: Sinks that failed (by kind), with what they raised.
+    failures: dict[str, Exception] = field(default_factory=dict)
 
     def add(self, other: RelayReport) -> None:
         self.published += other.published
         self.events += other.events
         self.purged += other.purged
         self.skipped += other.skipped
+        self.failures = other.failures | self.failures
+
+    def raise_failures(self) -> None:
+        """RelayFailed (from the first failure) when a sink failed."""
+        if self.failures:
+            error = next(iter(self.failures.values()))
+            raise RelayFailed(self) from error
 
     def as_dict(self) -> dict[str, Any]:
         return {"published": self.published, "events": self.events, "purged": self.purged, "skipped": self.skipped}
@@ -103,10 +132,12 @@ def change_message(change: Change) -> Message:
                    body=json.dumps(change_document(change), separators=(",", ":"), sort_keys=True))
 
 
-def pending_changes(storage: Storage, database: int, limit: int) -> list[Change]:
-    """The oldest ``limit`` unpublished changes of ``database``, in the order they were written."""
+def pending_changes(storage: Storage, database: int, sink: str, limit: int) -> list[Change]:
+    """The oldest ``limit`` changes of ``database`` not yet published to ``sink`` (a key of
+    ``SINK_MARKS``), in the order they were written."""
     with storage.read_engine(database).connect() as connection:
-        rows = connection.execute(select(CHANGELOG).where(CHANGELOG.c.published_at.is_(None))
+        rows = connection.execute(select(CHANGELOG)
+                                  .where(CHANGELOG.c.published_at.is_(None), SINK_MARKS[sink].is_(None))
                                   .order_by(CHANGELOG.c.id).limit(limit)).all()
     return [Change(row.id, row.order_id, row.version, row.operation, row.operations,
                    json.loads(row.before_image) if row.before_image else None, json.loads(row.after_image),
@@ -127,9 +158,24 @@ def rounds(changes: list[Change]) -> list[list[Change]]:
     return by_round
 
 
-def _mark_published(storage: Storage, database: int, ids: list[int], now: dt.datetime) -> None:
+def _all_published(configured: Sequence[str]) -> list[ColumnElement[bool]]:
+    return [CHANGELOG.c.published_at.is_(None), *(SINK_MARKS[sink].is_not(None) for sink in configured)]
+
+
+def _mark_published(storage: Storage, database: int, sink: str, ids: list[int], configured: Sequence[str],
+                    now: dt.datetime) -> None:
+    """Mark ``ids`` published to ``sink``, and published (to every ``configured`` sink) where so."""
     with storage.shard_engine(database).begin() as connection:
-        connection.execute(update(CHANGELOG).where(CHANGELOG.c.id.in_(ids)).values(published_at=now))
+        connection.execute(update(CHANGELOG).where(CHANGELOG.c.id.in_(ids)).values({SINK_MARKS[sink].name: now}))
+        connection.execute(update(CHANGELOG).where(CHANGELOG.c.id.in_(ids), *_all_published(configured))
+                           .values(published_at=now))
+
+
+def _settle(storage: Storage, database: int, configured: Sequence[str], now: dt.datetime) -> None:
+    """Mark published the rows every ``configured`` sink already has: after a sink was taken out
+    of the configuration, its rows waited only for it."""
+    with storage.shard_engine(database).begin() as connection:
+        connection.execute(update(CHANGELOG).where(*_all_published(configured)).values(published_at=now))
 
 
 def purge_published(storage: Storage, database: int, now: dt.datetime, keep_hours: float) -> int:
@@ -147,8 +193,8 @@ def purge_published(storage: Storage, database: int, now: dt.datetime, keep_hour
             return purged
 
 
-#: Called after a round was published and before it is marked, with the round's number in the
-#: pass (from 1): where a test kills the relay.
+#: Called after a round was published and before it is marked, with the number of rounds that
+#: sink has published from the database in this pass (from 1): where a test kills the relay.
 AfterPublish = Callable[[int], None]
 
 
@@ -162,46 +208,81 @@ def _never() -> bool:
 
 def relay_database(storage: Storage, database: int, sinks: Sinks, stop: Stop = _never,
                    after_publish: AfterPublish | None = None) -> RelayReport:
-    """Publish ``database``'s unpublished changes until none is left or ``stop()``, then purge;
-    nothing when another relay holds the database (it is listed as skipped).  Raises what a
-    sink or the database raises (or ``relay_lock.LockLost``): the round in hand stays unmarked,
-    and is published again by the next pass."""
-    settings = storage.settings
+    """Publish ``database``'s waiting changes to each sink until none is left or ``stop()``, then
+    purge; nothing when another relay holds the database (it is listed as skipped).  Raises
+    RelayFailed when a sink failed (its round stays unmarked and is published again by the next
+    pass; the other sink went on meanwhile), and ``relay_lock.LockLost`` or what the database
+    raises at once."""
+    report = _relay_database(storage, database, sinks, stop, after_publish, {})
+    report.raise_failures()
+    return report
+
+
+def _relay_database(storage: Storage, database: int, sinks: Sinks, stop: Stop, after_publish: AfterPublish | None,
+                    failed: dict[str, Exception]) -> RelayReport:
+    """``relay_database`` without raising a sink's failure: it is added to ``failed`` (and the
+    report), and sinks already in ``failed`` are left alone."""
+    configured = sinks.by_kind()
     report = RelayReport()
     with relay_lock(storage.shard_engine(database)) as lock:
         if lock is None:
             report.skipped.append(database)
             return report
-        published_rounds = 0
+        published_rounds: dict[str, int] = defaultdict(int)
         while not stop():
-            changes = pending_changes(storage, database, settings.changelog_batch)
-            if not changes:
+            progressed = False
+            for kind, sink in configured.items():
+                if kind in failed or stop():
+                    continue
+                changes = pending_changes(storage, database, kind, storage.settings.changelog_batch)
+                if not changes:
+                    continue
+                progressed = True
+                try:
+                    # Events of the whole read at once: one warehouse transaction for its first consumptions.
+                    events = _events_of(storage, changes) if kind == "events" else {}
+                    for batch in rounds(changes):
+                        if stop():
+                            break
+                        lock.check()
+                        published = _publish_round(kind, sink, batch, events)
+                        published_rounds[kind] += 1
+                        if after_publish is not None:
+                            after_publish(published_rounds[kind])
+                        _mark_published(storage, database, kind, [change.id for change in batch], list(configured),
+                                        utcnow())
+                        if kind == "changelog" or "changelog" not in configured:
+                            report.published += len(batch)
+                        if kind == "events":
+                            report.events += published
+                except LockLost:
+                    raise
+                except Exception as error:  # noqa: BLE001 - this sink is away; the other goes on
+                    log.warning("database %s: the %s sink failed: %s: %s", database, kind, type(error).__name__, error)
+                    failed[kind] = error
+                    report.failures[kind] = error
+            if not progressed:
                 break
-            events = _events_of(storage, sinks, changes)
-            for batch in rounds(changes):
-                if stop():
-                    break
-                lock.check()
-                if sinks.changelog is not None:
-                    sinks.changelog.publish([change_message(change) for change in batch])
-                messages = sorted((e for change in batch for e in events.get(change.id, [])),
-                                  key=lambda e: (e.version, e.type, e.event_id))
-                if sinks.events is not None and messages:
-                    sinks.events.publish([event.message() for event in messages])
-                published_rounds += 1
-                if after_publish is not None:
-                    after_publish(published_rounds)
-                _mark_published(storage, database, [change.id for change in batch], utcnow())
-                report.published += len(batch)
-                report.events += len(messages)
-        report.purged = purge_published(storage, database, utcnow(), settings.changelog_retention_hours)
+        _settle(storage, database, list(configured), utcnow())
+        report.purged = purge_published(storage, database, utcnow(), storage.settings.changelog_retention_hours)
     return report
 
 
-def _events_of(storage: Storage, sinks: Sinks, changes: list[Change]) -> dict[int, list[Event]]:
-    """The events of each change (by change id); none without an events sink."""
-    if sinks.events is None:
-        return {}
+def _publish_round(kind: str, sink: Sink, batch: list[Change], events: dict[int, list[Event]]) -> int:
+    """Publish one round of changes to the ``kind`` sink: the changes, or their ``events``; how
+    many messages."""
+    if kind == "changelog":
+        messages = [change_message(change) for change in batch]
+    else:
+        messages = [event.message() for event in sorted((e for change in batch for e in events.get(change.id, [])),
+                                                        key=lambda e: (e.version, e.type, e.event_id))]
+    if messages:
+        sink.publish(messages)
+    return len(messages)
+
+
+def _events_of(storage: Storage, changes: list[Change]) -> dict[int, list[Event]]:
+    """The events of each change (by change id)."""
     events: dict[int, list[Event]] = {change.id: order_events(change) for change in changes}
     for change_id, more in first_consume_events(storage, changes, utcnow()).items():
         events[change_id] += more
@@ -210,12 +291,16 @@ def _events_of(storage: Storage, sinks: Sinks, changes: list[Change]) -> dict[in
 
 def relay_pass(storage: Storage, sinks: Sinks, stop: Stop = _never,
                after_publish: AfterPublish | None = None) -> RelayReport:
-    """``relay_database`` for every shard database, one after the other."""
+    """``relay_database`` for every shard database, one after the other.  A sink that failed is
+    not tried again in the pass, and the other sink goes on through every database; RelayFailed
+    is raised at the end then."""
     report = RelayReport()
+    failed: dict[str, Exception] = {}
     for database in storage.distinct_databases():
         if stop():
             break
-        report.add(relay_database(storage, database, sinks, stop, after_publish))
+        report.add(_relay_database(storage, database, sinks, stop, after_publish, failed))
+    report.raise_failures()
     return report
 
 

@@ -129,7 +129,8 @@ def test_event_counts_follow_the_history_and_a_replay_makes_no_new_event(relayed
     process_history(storage, redis_client, history)
     for database in storage.distinct_databases():
         with storage.shard_engine(database).begin() as connection:
-            connection.execute(update(CHANGELOG).values(published_at=None))
+            connection.execute(update(CHANGELOG).values(published_at=None, changelog_published_at=None,
+                                                          events_published_at=None))
     relay(storage)
 
     # Then the replay sent the same (id, version) pairs again and nothing else: no new fact, no

@@ -12,10 +12,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import inspect, select, text, update
 
 from chain.wide_rows import read_orders
 from demo.history import generate_history
@@ -23,8 +24,9 @@ from models.changelog import CHANGELOG, image
 from models.schema import init_storage
 from models.storage import Storage
 from settings import load_settings
-from streams.outbox import Sinks, relay_database, relay_pass
+from streams.outbox import RelayFailed, Sinks, relay_database, relay_pass
 from streams.relay_lock import LockLost, relay_lock
+from streams.sinks import Message, SinkError
 from tests.conftest import REDIS, env_of
 from tests.integration.helpers import process_history, run_tdc
 from tests.integration.streams_helpers import (
@@ -100,7 +102,7 @@ def test_every_change_reaches_the_sink_in_order_across_a_relay_killed_between_pu
     # When a relay is killed after publishing its second round, before marking it
     killed = run_tdc(env, "outbox", "relay", "--once", "--kill-after-rounds", "2")
     assert killed.returncode == -9, killed.stderr
-    unmarked = {(row.order_id, row.version) for row in outbox_rows(storage) if row.published_at is None}
+    unmarked = {(row.order_id, row.version) for row in outbox_rows(storage) if row.changelog_published_at is None}
     in_sink = {(c["order_id"], c["version"]) for _, c in sinks.changes()}
     republished = in_sink & unmarked
     assert republished, "the killed relay published a round it had not marked"
@@ -123,6 +125,92 @@ def test_every_change_reaches_the_sink_in_order_across_a_relay_killed_between_pu
     # And the last change of every order is its wide row, and every row is marked
     assert_last_after_images_are_the_wide_rows(storage, deduplicated(changes))
     assert all(row.published_at is not None for row in outbox_rows(storage))
+
+
+class RecordingSink:
+    """A sink that keeps what it was sent, or refuses everything while ``down``."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.down = False
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        if self.down:
+            raise SinkError("the broker is away")
+        self.messages += messages
+
+    def close(self) -> None:
+        pass
+
+
+def _ids(sink: RecordingSink) -> list[str]:
+    return [message.dedup_id for message in sink.messages]
+
+
+@pytest.mark.parametrize("away", ["events", "changelog"])
+def test_a_sink_that_is_away_neither_holds_back_nor_repeats_the_other(storage_with, redis_client, away) -> None:
+    # Given changes in every database, and of the changelog and events sinks the one named away down
+    storage = storage_with({"TDC_CHANGELOG_URL": f"{REDIS}?stream=unused-changes",
+                            "TDC_EVENTS_URL": f"{REDIS}?stream=unused-events"})
+    process_history(storage, redis_client, generate_history(12, seed=21))
+    outbox = {f"{row.order_id}:{row.version}" for row in outbox_rows(storage)}
+    changelog, events = RecordingSink(), RecordingSink()
+    sinks = Sinks(changelog=changelog, events=events)  # type: ignore[arg-type]
+    down, up = (events, changelog) if away == "events" else (changelog, events)
+    down.down = True
+
+    # When two relay passes run
+    for _ in range(2):
+        with pytest.raises(RelayFailed, match=f"the {away} sink failed: SinkError"):
+            relay_pass(storage, sinks, after_publish=lambda _: None)
+
+    # Then the sink that is up got everything of every database once, and the changes wait for
+    # the other (every change for the changelog, those that make events for the events)
+    sent = _ids(up)
+    assert sent and len(sent) == len(set(sent))
+    if up is changelog:
+        assert set(sent) == outbox
+    waiting = [row for row in outbox_rows(storage) if row.published_at is None]
+    assert waiting if away == "events" else len(waiting) == len(outbox)
+
+    # When the sink is back
+    down.down = False
+    report = relay_pass(storage, sinks)
+
+    # Then it gets everything once, the other nothing more, and every change is published
+    assert _ids(up) == sent
+    assert len(_ids(down)) == len(set(_ids(down))) > 0
+    assert set(_ids(changelog)) == outbox
+    assert report.published == (len(outbox) if away == "changelog" else 0)
+    assert all(row.published_at is not None for row in outbox_rows(storage))
+
+
+def test_init_adds_the_per_sink_marks_to_an_outbox_an_older_tdc_made(storage_with, redis_client) -> None:
+    # Given an outbox table without the per-sink marks, one change published by an older relay
+    # and one still waiting
+    storage = storage_with({"TDC_CHANGELOG_URL": f"{REDIS}?stream=unused-changes"})
+    process_history(storage, redis_client, generate_history(3, seed=4))
+    database = storage.database_of(outbox_rows(storage)[0].order_id)
+    with storage.shard_engine(database).begin() as connection:
+        connection.execute(text("ALTER TABLE changelog_outbox DROP INDEX ix_changelog_changes_waiting, "
+                                "DROP INDEX ix_changelog_events_waiting, DROP COLUMN changelog_published_at, "
+                                "DROP COLUMN events_published_at"))
+        first, *rest = connection.execute(text("SELECT id FROM changelog_outbox ORDER BY id")).scalars().all()
+        connection.execute(text("UPDATE changelog_outbox SET published_at = NOW() WHERE id = :id"), {"id": first})
+
+    # When tdc init runs again
+    init_storage(storage)
+
+    # Then the marks and their indexes are there, and a relay publishes only what waited
+    columns = {column["name"] for column in inspect(storage.shard_engine(database)).get_columns("changelog_outbox")}
+    assert {"changelog_published_at", "events_published_at"} <= columns
+    indexes = {index["name"] for index in inspect(storage.shard_engine(database)).get_indexes("changelog_outbox")}
+    assert {"ix_changelog_changes_waiting", "ix_changelog_events_waiting"} <= indexes
+    sink = RecordingSink()
+    assert relay_database(storage, database, Sinks(changelog=sink)).published == len(rest)  # type: ignore[arg-type]
+    assert len(sink.messages) == len(rest)
+    assert all(row.published_at is not None for row in outbox_rows(storage) if storage.database_of(row.order_id)
+               == database)
 
 
 def test_two_relays_at_once_publish_each_change_once_in_order(storage_with, redis_client) -> None:
@@ -219,7 +307,7 @@ def test_published_changes_are_purged_after_the_retention_and_waiting_ones_never
         waiting = recent[0]
         with storage.engine_for_order(waiting.order_id).begin() as connection:
             connection.execute(update(CHANGELOG).where(CHANGELOG.c.id == waiting.id).values(
-                published_at=None, changed_at=long_ago))
+                published_at=None, changelog_published_at=None, events_published_at=None, changed_at=long_ago))
         # When the relay passes
         report = relay_pass(storage, sinks)
         sinks.close()
@@ -332,6 +420,6 @@ def test_a_running_relay_rides_out_a_sink_outage_and_stops_on_sigterm(storage_wi
             out, err = relay.communicate(timeout=60)
         assert relay.returncode == 0, err
         assert "relay pass failed" in err and out.strip().splitlines()[-1].startswith("done:")
-        client = redis.Redis.from_url(sink_redis.url, decode_responses=True)
+        client: Any = redis.Redis.from_url(sink_redis.url, decode_responses=True)
         changes = [(entry["id"], json.loads(entry["change"])) for _, entry in client.xrange("changelog")]
         assert_changelog_complete_and_ordered(changes, {(row.order_id, row.version) for row in outbox_rows(storage)})

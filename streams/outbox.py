@@ -10,8 +10,10 @@ is away fails only its own rounds, and the other goes on without repeating anyth
 ``published_at`` (and later purged) once every configured sink has it.  A round is marked only
 after its sink confirmed it; a relay that dies between publishing and marking publishes the round
 again on its next pass (before anything newer of those orders), so a consumer sees an order's
-versions in order, possibly one of them twice: consumers de-duplicate on (order id, version), and
-on (event id, version) for events.
+versions in order, possibly one of them twice.  The lock is no fence either: a relay whose lock
+connection died between its check and its publish still sends its round, possibly after newer
+versions another relay published (``streams.relay_lock``).  So consumers de-duplicate on (order
+id, version), keeping the highest version, and on (event id, version) for events.
 """
 
 from __future__ import annotations

@@ -5,9 +5,13 @@ the file system) releases by itself when the holder's connection or process dies
 - PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a connection of its own;
 - SQLite: ``flock`` on a file beside the database file.
 
-No lease runs out under a relay that is merely slow, so a stalled relay can never publish after
-another has taken over; a relay whose lock connection was lost stops at its next round
-(``RelayLock.check``), before it publishes again.
+No lease runs out under a relay that is merely slow: the lock goes only with its connection.  A
+relay checks it before every round (``RelayLock.check``) and stops at the first check after its
+lock connection was lost.  That is not a fence: a relay whose lock connection dies between the
+check and the publish still publishes that round (and marks it), possibly after another relay
+took the database over and published newer versions of the same orders.  Consumers therefore
+de-duplicate on (order id, version) and keep the highest version, which they must do anyway for a
+relay killed between publishing and marking.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from models.schema import init_storage
 from models.storage import Storage
 from settings import load_settings
 from streams.outbox import RelayFailed, Sinks, relay_database, relay_pass
-from streams.relay_lock import LockLost, relay_lock
+from streams.relay_lock import LockLost, lock_name, relay_lock
 from streams.sinks import Message, SinkError
 from tests.conftest import REDIS, env_of
 from tests.integration.helpers import process_history, run_tdc
@@ -260,6 +260,52 @@ def test_a_held_database_is_skipped_and_its_changes_wait(storage_with, redis_cli
         sinks.close()
     finally:
         pair.close()
+
+
+def test_a_relay_that_loses_its_lock_between_check_and_publish_still_publishes_its_round(storage_with,
+                                                                                        redis_client) -> None:
+    """What the relay lock does not do (streams.relay_lock's docstring, README's guarantees): fence
+    a publish.  Consumers keep the highest version per order, and that is enough."""
+    storage = storage_with({"TDC_CHANGELOG_URL": f"{REDIS}?stream=unused-changes"})
+    process_history(storage, redis_client, generate_history(6, seed=4))
+    database = storage.database_of(outbox_rows(storage)[0].order_id)
+    engine = storage.shard_engine(database)
+    broker = RecordingSink()
+
+    class TakenOverWhilePublishing(RecordingSink):
+        """The first relay's sink: its first publish comes after the relay's lock connection died
+        and a second relay published everything."""
+
+        def publish(self, messages: Sequence[Message]) -> None:
+            if not broker.messages:
+                with engine.connect() as other:
+                    holder = other.execute(text("SELECT IS_USED_LOCK(:name)"), {"name": lock_name(engine)}).scalar()
+                    other.execute(text(f"KILL {int(holder)}"))
+                assert relay_database(storage, database, Sinks(changelog=broker)).published > 0  # type: ignore[arg-type]
+            broker.publish(messages)
+
+    # Given a relay whose lock connection dies after its check, while a second relay publishes
+    # every change of the database
+    with pytest.raises(LockLost):
+        relay_database(storage, database, Sinks(changelog=TakenOverWhilePublishing()))  # type: ignore[arg-type]
+
+    # Then the first relay's round still reached the broker, after newer versions of its orders,
+    # and stopped at its next check
+    seen: dict[str, int] = {}
+    older_after_newer = []
+    for message in broker.messages:
+        order_id, version = message.dedup_id.rsplit(":", 1)
+        if int(version) < seen.get(order_id, 0):
+            older_after_newer.append(message.dedup_id)
+        seen[order_id] = max(seen.get(order_id, 0), int(version))
+    assert older_after_newer
+    # And a consumer that keeps the highest version of each order holds every order's wide row
+    highest: dict[str, dict[str, Any]] = {}
+    for message in broker.messages:
+        change = json.loads(message.body)
+        if change["version"] > highest.get(change["order_id"], {"version": 0})["version"]:
+            highest[change["order_id"]] = change
+    assert_last_after_images_are_the_wide_rows(storage, list(highest.values()))
 
 
 @pytest.mark.parametrize("backend", ["mariadb", "postgresql"])

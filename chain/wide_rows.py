@@ -143,12 +143,14 @@ def merge_operations(current: dict[str, Any] | None, current_items: dict[int, di
     return merge
 
 
-def write_merges(connection: Connection, merges: list[Merge], outbox: bool = False, changelog: bool = False) -> None:
+def write_merges(connection: Connection, merges: list[Merge], *, changelog: bool, outbox: bool = False) -> None:
     """Write the changed wide rows (each under the optimistic lock: OptimisticLockConflict when
     another writer got there first; the caller reads again) and every snapshot, in a few
-    statements for the whole batch.  ``outbox``: also record each changed order for the search
-    index, in the same transaction (``models.orders.IndexOutbox``); ``changelog``: also each
-    change, with its before and after images, for the changelog relay (``models.changelog``)."""
+    statements for the whole batch.  ``changelog`` (``Settings.changelog_outbox``; required, so
+    no caller can leave changes out of the changelog by forgetting it): also record each change,
+    with its before and after images, for the changelog relay (``models.changelog``);
+    ``outbox``: also each changed order for the search index, in the same transaction
+    (``models.orders.IndexOutbox``)."""
     changed = [merge for merge in merges if merge.changed]
     _write_orders(connection, changed)
     if changelog:
@@ -172,15 +174,16 @@ def write_merges(connection: Connection, merges: list[Merge], outbox: bool = Fal
 
 
 def merge_order_rows(connection: Connection, facts: OrderFacts, operation: str, task_version: int,
-                     dims: Dimensions, now: dt.datetime, business_zone: ZoneInfo = UTC) -> bool:
-    """Apply ``operation`` to the order's wide rows and write them and the snapshot.
+                     dims: Dimensions, now: dt.datetime, business_zone: ZoneInfo = UTC, *, changelog: bool) -> bool:
+    """Apply ``operation`` to the order's wide rows and write them and the snapshot (and, with
+    ``changelog``, the change for the changelog relay: ``write_merges``).
 
     Returns False when the rows were already up to date (nothing but the snapshot written).
     Raises OptimisticLockConflict when another writer got there first; the caller re-reads.
     """
     current, current_items = read_wide_rows(connection, facts.order_id)
     merge = merge_operations(current, current_items, facts, [(operation, task_version)], dims, now, business_zone)
-    write_merges(connection, [merge])
+    write_merges(connection, [merge], changelog=changelog)
     return merge.changed
 
 

@@ -98,7 +98,8 @@ def test_optimistic_lock_refuses_a_write_based_on_a_stale_version(storage) -> No
         "created_at": "2026-11-02T10:00:00.000", "paid_at": None, "updated_at": None}}})
     engine = storage.engine_for_order(order_id)
     with engine.begin() as connection:
-        merge_order_rows(connection, facts, "SUBMIT", 1, NoDimensions(), dt.datetime(2026, 11, 2))
+        merge_order_rows(connection, facts, "SUBMIT", 1, NoDimensions(), dt.datetime(2026, 11, 2),
+                         changelog=storage.settings.changelog_outbox)
     # When two real sessions both read version 1 and then both write
     first, second = engine.connect(), engine.connect()
     first.begin()
@@ -226,7 +227,8 @@ class CommitsBehindOurBack:
         self.calls += 1
         if self.calls == 1:
             with self.storage.engine_for_order(self.order_id).begin() as other_session:
-                merge_order_rows(other_session, self.facts, "DELIVER", 1, NoDimensions(), dt.datetime(2026, 11, 5))
+                merge_order_rows(other_session, self.facts, "DELIVER", 1, NoDimensions(), dt.datetime(2026, 11, 5),
+                                 changelog=self.storage.settings.changelog_outbox)
         return {}
 
     def sku(self, sku_id):  # type: ignore[no-untyped-def]
@@ -243,7 +245,8 @@ def test_a_conflicting_merge_is_retried_on_the_new_version_and_neither_update_is
             "created_at": "2026-11-02T10:00:00.000", "paid_at": None, "updated_at": None}},
         "perf_record": {"1": {"id": 1, "order_id": order_id, "staff_id": "E7", "perf_amount": "0.20"}}})
     with storage.engine_for_order(order_id).begin() as connection:
-        merge_order_rows(connection, facts, "SUBMIT", 1, NoDimensions(), dt.datetime(2026, 11, 2))
+        merge_order_rows(connection, facts, "SUBMIT", 1, NoDimensions(), dt.datetime(2026, 11, 2),
+                         changelog=storage.settings.changelog_outbox)
     shard = storage.shard_of(order_id)
     with storage.engine_for_order(order_id).begin() as connection:
         connection.execute(meta_table(shard).insert().values(

@@ -13,17 +13,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from inspect import Parameter
+from inspect import signature as inspect_signature
 from typing import Any
 
 import pytest
 from sqlalchemy import inspect, select, text, update
 
-from chain.wide_rows import read_orders
+from chain.wide_rows import merge_order_rows, read_orders, write_merges
 from demo.history import generate_history
 from models.changelog import CHANGELOG, image
 from models.schema import init_storage
 from models.storage import Storage
 from settings import load_settings
+from strategies.facts import OrderFacts
 from streams.outbox import RelayFailed, Sinks, relay_database, relay_pass
 from streams.relay_lock import LockLost, lock_name, relay_lock
 from streams.sinks import Message, SinkError
@@ -394,6 +397,38 @@ def test_nothing_is_written_to_the_outbox_without_a_sink(fresh_storage, redis_cl
     storage = fresh_storage()
     process_history(storage, redis_client, generate_history(5, seed=2))
     assert outbox_rows(storage) == []
+
+
+class NoDimensions:
+    def store(self, store_id: str | None) -> dict[str, Any]:
+        return {}
+
+    def sku(self, sku_id: str | None) -> dict[str, Any]:
+        return {}
+
+
+def _submitted_order(order_id: str) -> OrderFacts:
+    return OrderFacts(order_id, {"gqsh_order": {order_id: {
+        "order_id": order_id, "store_id": "S001", "member_id": "M1", "channel": "app", "status": 10,
+        "item_count": 0, "total_amount": "10.00", "discount_amount": "0.00", "pay_amount": "10.00",
+        "created_at": "2026-11-02T10:00:00.000", "paid_at": None, "updated_at": None}}})
+
+
+def test_every_writer_of_wide_rows_says_whether_changes_go_to_the_changelog(storage_with) -> None:
+    # Given the changelog flag is required by both writers of wide rows
+    for writer in (write_merges, merge_order_rows):
+        assert inspect_signature(writer).parameters["changelog"].default is Parameter.empty, writer.__name__
+    # When one order is merged on its own with the flag set
+    storage = storage_with({"TDC_CHANGELOG_URL": f"{REDIS}?stream=unused-changes"})
+    order_id = f"CL{os.urandom(6).hex()}"
+    with storage.engine_for_order(order_id).begin() as connection:
+        merge_order_rows(connection, _submitted_order(order_id), "SUBMIT", 1, NoDimensions(),
+                         dt.datetime(2026, 11, 2), changelog=storage.settings.changelog_outbox)
+    # Then its change is in the outbox, with the wide row as its after-image
+    (row,) = outbox_rows(storage)
+    assert (row.order_id, row.version, row.operation, row.operations) == (order_id, 1, "insert", "SUBMIT")
+    orders, _ = read_orders(storage, [order_id])
+    assert json.loads(row.after_image) == image(orders[order_id], [])
 
 
 def test_kafka_every_change_in_order_per_order(storage_with, redis_client, kafka_bootstrap) -> None:  # noqa: F811

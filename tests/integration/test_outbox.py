@@ -18,7 +18,7 @@ from inspect import signature as inspect_signature
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, select, text, update
+from sqlalchemy import event, inspect, select, text, update
 
 from chain.wide_rows import merge_order_rows, read_orders, write_merges
 from demo.history import generate_history
@@ -429,6 +429,45 @@ def test_every_writer_of_wide_rows_says_whether_changes_go_to_the_changelog(stor
     assert (row.order_id, row.version, row.operation, row.operations) == (order_id, 1, "insert", "SUBMIT")
     orders, _ = read_orders(storage, [order_id])
     assert json.loads(row.after_image) == image(orders[order_id], [])
+
+
+class WriteFailed(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("failing", ["INSERT INTO dwd_order_snapshot", "DELETE FROM dwd_order_item"])
+def test_the_outbox_row_is_rolled_back_with_a_merge_that_fails_after_writing_it(storage_with, failing) -> None:
+    # Given an order merged once, its change in the outbox
+    storage = storage_with({"TDC_CHANGELOG_URL": f"{REDIS}?stream=unused-changes"})
+    order_id = f"TX{os.urandom(6).hex()}"
+    facts = _submitted_order(order_id)
+    engine = storage.engine_for_order(order_id)
+    with engine.begin() as connection:
+        merge_order_rows(connection, facts, "SUBMIT", 1, NoDimensions(), dt.datetime(2026, 11, 2), changelog=True)
+    before, _ = read_orders(storage, [order_id])
+    facts.rows["gqsh_order"][order_id].update(status=50, total_amount="12.00", pay_amount="12.00")
+
+    # When a second merge of it fails on the statement failing, after its outbox row was written
+    statements: list[str] = []
+
+    def fail_on_the_write(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+        if " ".join(statement.split()).startswith(failing):
+            raise WriteFailed(failing)
+
+    event.listen(engine, "before_cursor_execute", fail_on_the_write)
+    try:
+        with pytest.raises(WriteFailed), engine.begin() as connection:
+            merge_order_rows(connection, facts, "CANCEL", 2, NoDimensions(), dt.datetime(2026, 11, 3),
+                             changelog=True)
+    finally:
+        event.remove(engine, "before_cursor_execute", fail_on_the_write)
+    assert any("INTO changelog_outbox" in statement for statement in statements), statements
+
+    # Then no outbox row of the failed merge exists, and the wide row is as it was
+    assert [(row.order_id, row.version) for row in outbox_rows(storage)] == [(order_id, 1)]
+    after, _ = read_orders(storage, [order_id])
+    assert after == before
 
 
 def test_kafka_every_change_in_order_per_order(storage_with, redis_client, kafka_bootstrap) -> None:  # noqa: F811

@@ -20,7 +20,7 @@ def relay(once: bool, kill_after_rounds: int | None = None) -> int:
     """Publish the changelog outbox: once (everything waiting now, then exit), or every
     TDC_CHANGELOG_RELAY_SECONDS until SIGTERM/SIGINT, which end it after the round in hand."""
     from models.storage import get_storage
-    from settings import get_settings
+    from settings import SettingsError, get_settings
     from streams.outbox import RelayFailed, RelayReport, Sinks, relay_pass, until
 
     settings = get_settings()
@@ -47,7 +47,11 @@ def relay(once: bool, kill_after_rounds: int | None = None) -> int:
     try:
         while not stopping:
             try:
-                sinks = sinks or Sinks.configured(settings)
+                try:
+                    sinks = sinks or Sinks.configured(settings)
+                except SettingsError as error:  # a sink URL no retry mends
+                    print(f"tdc: {error}", file=sys.stderr)
+                    return 2
                 # A pass ends on a signal (after the round in hand); a relay that runs on also
                 # ends it now and then, so the purge and the report come round.
                 report = relay_pass(storage, sinks, until(float("inf") if once else PASS_SECONDS, lambda: stopping),

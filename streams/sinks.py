@@ -16,8 +16,9 @@ URL forms (``settings.SINK_TARGETS``):
   topic exchange, confirmed by publisher confirms, routing key = the message's topic (``dwd_order``, the
   event type), ``message_id`` = the de-duplication id; with ``queue=``, a durable queue bound to
   everything is declared, so nothing is dropped before the first consumer binds;
-- ``kafka://HOST:9092[,HOST:9092]?topic=NAME``: idempotent producer (acks=all), key = the message
-  key (the order), so one order's messages stay in one partition, in order.
+- ``kafka://[USER:PASSWORD@]HOST:9092[,HOST:9092]?topic=NAME[&sasl_mechanism=M][&security_protocol=P]``:
+  idempotent producer (acks=all), key = the message key (the order), so one order's messages stay
+  in one partition, in order; a user and password log in with SASL (``kafka_config``).
 """
 
 from __future__ import annotations
@@ -28,12 +29,22 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from settings import SettingsError
 
 #: Seconds a publish waits for the broker's confirmation of a whole call.
 CONFIRM_TIMEOUT = 30.0
 #: Query parameters that are tdc's, not the client library's: taken off the URL it is given.
-OWN_PARAMETERS = frozenset({"stream", "maxlen", "subject", "exchange", "exchange_type", "queue", "topic"})
+OWN_PARAMETERS = frozenset({"stream", "maxlen", "subject", "exchange", "exchange_type", "queue", "topic",
+                            "sasl_mechanism", "security_protocol"})
+#: The variable each kind of sink is configured by (``open_sink``'s field), for error messages.
+SINK_VARIABLES = {"change": "TDC_CHANGELOG_URL", "event": "TDC_EVENTS_URL"}
+#: SASL mechanisms a kafka:// URL with a user may name (librdkafka's ``sasl.mechanisms``); PLAIN unless told.
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: Security protocols a kafka:// URL with a user may name; SASL_SSL unless told, so a password
+#: never crosses the network in the clear by default.
+KAFKA_SASL_PROTOCOLS = ("SASL_SSL", "SASL_PLAINTEXT")
 
 T = TypeVar("T")
 
@@ -219,18 +230,44 @@ class AmqpSink:
         self.connection.release()
 
 
+def kafka_config(url: str, variable: str) -> dict[str, Any]:
+    """The producer settings of a kafka:// sink URL: its brokers, and with ``USER:PASSWORD@`` a
+    SASL login (``security_protocol=`` SASL_SSL or SASL_PLAINTEXT, ``sasl_mechanism=`` PLAIN,
+    SCRAM-SHA-256 or SCRAM-SHA-512; user and password percent-decoded).  Raises SettingsError,
+    naming ``variable`` and never the password, for a user without a password, an unknown
+    mechanism or protocol, or either of them without a user."""
+    parts = urlsplit(url)
+    _, own = split_url(url)
+    config: dict[str, Any] = {"bootstrap.servers": parts.netloc.rsplit("@", 1)[-1], "enable.idempotence": True,
+                              "acks": "all", "linger.ms": 5, "message.timeout.ms": int(CONFIRM_TIMEOUT * 1000)}
+    mechanism, protocol = own.get("sasl_mechanism"), own.get("security_protocol")
+    if parts.username is None:
+        if mechanism or protocol:
+            raise SettingsError(f"{variable}: sasl_mechanism and security_protocol need a login: "
+                                "kafka://USER:PASSWORD@HOST:9092?topic=NAME")
+        return config
+    if parts.password is None:
+        raise SettingsError(f"{variable}: a kafka:// sink with a user needs its password: "
+                            "kafka://USER:PASSWORD@HOST:9092?topic=NAME")
+    mechanism, protocol = (mechanism or KAFKA_SASL_MECHANISMS[0]).upper(), (protocol or KAFKA_SASL_PROTOCOLS[0]).upper()
+    if mechanism not in KAFKA_SASL_MECHANISMS:
+        raise SettingsError(f"{variable}: sasl_mechanism must be one of {', '.join(KAFKA_SASL_MECHANISMS)}")
+    if protocol not in KAFKA_SASL_PROTOCOLS:
+        raise SettingsError(f"{variable}: security_protocol must be one of {', '.join(KAFKA_SASL_PROTOCOLS)}")
+    return config | {"security.protocol": protocol, "sasl.mechanisms": mechanism,
+                     "sasl.username": unquote(parts.username), "sasl.password": unquote(parts.password)}
+
+
 class KafkaSink:
     """An idempotent producer: a call is produced, flushed, and confirmed by its delivery reports."""
 
     def __init__(self, url: str, field: str):
         from confluent_kafka import Producer
 
-        parts = urlsplit(url)
+        config = kafka_config(url, SINK_VARIABLES.get(field, "the sink URL"))
         _, own = split_url(url)
         self.topic, self.field = own["topic"], field
-        self.producer = Producer({"bootstrap.servers": parts.netloc.rsplit("@", 1)[-1], "enable.idempotence": True,
-                                  "acks": "all", "linger.ms": 5,
-                                  "message.timeout.ms": int(CONFIRM_TIMEOUT * 1000)})
+        self.producer = Producer(config)
 
     def publish(self, messages: Sequence[Message]) -> None:
         errors: list[str] = []

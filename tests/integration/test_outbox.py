@@ -509,6 +509,17 @@ def test_kafka_every_change_in_order_per_order(storage_with, redis_client, kafka
     assert_changelog_complete_and_ordered(changes, outbox)
 
 
+def test_the_relay_refuses_a_kafka_login_it_cannot_use_instead_of_retrying(tmp_path) -> None:
+    # Given a Kafka changelog URL with a user but no password (the embedded mode otherwise)
+    env = {"TDC_HOME": str(tmp_path), "TDC_REDIS_URL": REDIS,
+           "TDC_CHANGELOG_URL": "kafka://tdc@127.0.0.1:9?topic=changes"}
+    # When a relay that would run until stopped starts
+    refused = run_tdc(env, "outbox", "relay")
+    # Then it exits 2 at once, naming the variable
+    assert refused.returncode == 2, refused.stderr
+    assert "TDC_CHANGELOG_URL: a kafka:// sink with a user needs its password" in refused.stderr
+
+
 def _waiting(storage: Storage) -> int:
     return sum(1 for row in outbox_rows(storage) if row.published_at is None)
 

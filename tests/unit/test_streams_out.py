@@ -12,7 +12,7 @@ from models.changelog import image
 from settings import SettingsError, load_settings
 from streams.events import Change, event_id, order_events
 from streams.outbox import change_message, rounds
-from streams.sinks import split_url
+from streams.sinks import KafkaSink, kafka_config, open_sink, split_url
 
 AT = dt.datetime(2026, 11, 2, 10, 0, 0, 123456)
 
@@ -103,3 +103,35 @@ def test_sink_settings_default_to_nothing_published() -> None:
     assert (settings.changelog_url, settings.events_url, settings.changelog_outbox) == (None, None, False)
     assert (settings.changelog_retention_hours, settings.changelog_batch) == (72.0, 500)
     assert load_settings({"TDC_EVENTS_URL": "kafka://k:9092?topic=e"}).changelog_outbox
+
+
+def test_a_kafka_url_with_a_login_logs_in_with_sasl(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a producer that keeps its settings instead of connecting
+    made: list[dict] = []
+    monkeypatch.setattr("confluent_kafka.Producer", lambda config: made.append(config))
+    # When kafka:// sinks with a login are opened
+    sink = open_sink("kafka://tdc:p%40ss@k1:9092,k2:9092?topic=changes", "change")
+    open_sink("kafka://tdc:pw@k1:9092?topic=events&sasl_mechanism=scram-sha-512&security_protocol=SASL_PLAINTEXT",
+              "event")
+    # Then the login becomes SASL settings (SASL_SSL and PLAIN unless told), nothing is dropped
+    assert isinstance(sink, KafkaSink) and sink.topic == "changes"
+    assert {k: made[0][k] for k in ("bootstrap.servers", "security.protocol", "sasl.mechanisms", "sasl.username",
+                                    "sasl.password")} == {
+        "bootstrap.servers": "k1:9092,k2:9092", "security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN",
+        "sasl.username": "tdc", "sasl.password": "p@ss"}
+    assert (made[1]["security.protocol"], made[1]["sasl.mechanisms"]) == ("SASL_PLAINTEXT", "SCRAM-SHA-512")
+    assert "security.protocol" not in kafka_config("kafka://k1:9092?topic=t", "TDC_CHANGELOG_URL")
+
+
+@pytest.mark.parametrize(("url", "field", "message"), [
+    ("kafka://tdc@k:9092?topic=t", "change", "TDC_CHANGELOG_URL: a kafka:// sink with a user needs its password"),
+    ("kafka://tdc:secret@k:9092?topic=t&sasl_mechanism=GSSAPI", "event",
+     "TDC_EVENTS_URL: sasl_mechanism must be one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+    ("kafka://tdc:secret@k:9092?topic=t&security_protocol=SSL", "change",
+     "TDC_CHANGELOG_URL: security_protocol must be one of SASL_SSL, SASL_PLAINTEXT"),
+    ("kafka://k:9092?topic=t&sasl_mechanism=PLAIN", "event", "TDC_EVENTS_URL: sasl_mechanism and security_protocol"),
+])
+def test_a_kafka_login_tdc_cannot_use_is_refused_naming_the_variable(url: str, field: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message) as refused:
+        open_sink(url, field)
+    assert "secret" not in str(refused.value)

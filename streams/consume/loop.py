@@ -100,7 +100,8 @@ def consume(source: Source, take_in: TakeIn, submit: Submit, client: redis.Redis
             poll: float = POLL_SECONDS, backoff: Backoff | None = None) -> Consumed:
     """Run ``source`` until ``stop`` is set or, with ``idle_exit``, until nothing new arrived for
     that many seconds.  ``take_in`` commits a batch, ``submit`` sends its chains, ``client`` keeps
-    the figures for ``/metrics`` (None: not kept); ``shown`` hears each acknowledged batch.
+    the figures for ``/metrics`` (None: not kept); ``shown`` hears each acknowledged batch (and,
+    with 0 messages, each new look at the lag).
     Raises ``SourceError`` when the source cannot work as configured."""
     consumed = Consumed()
     backoff = backoff or Backoff()
@@ -119,6 +120,7 @@ def consume(source: Source, take_in: TakeIn, submit: Submit, client: redis.Redis
                 consumed.lag, lag_at = source.lag(), time.monotonic()
                 if client is not None:
                     record_lag(client, source.name, consumed.lag)
+                shown(consumed, 0)
             messages = source.fetch(batch, poll)
         except source.lost as error:
             connected = _lost(source, backoff, stop, f"lost the broker connection ({type(error).__name__}: {error})")

@@ -15,6 +15,7 @@ again once their ``ack_wait`` has passed.  The client reconnects by itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ from streams.consume.batches import Message
 from streams.consume.loop import SourceError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Seconds a message delivered to a consumer that has not acknowledged it waits before it is
 #: delivered again (for a consumer this creates): longer than a batch takes to store, short
@@ -48,6 +50,7 @@ class NatsJetStreamSource:
         self._loop = asyncio.new_event_loop()
         self._connection: Any = None
         self._subscription: Any = None
+        self._closing = False
 
     def _run(self, work: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(work)
@@ -58,7 +61,8 @@ class NatsJetStreamSource:
 
     async def _connect(self) -> None:
         self._connection = await nats.connect(self.url, connect_timeout=10, max_reconnect_attempts=-1,
-                                              allow_reconnect=True)
+                                              allow_reconnect=True, error_cb=self._error,
+                                              disconnected_cb=self._disconnected, reconnected_cb=self._reconnected)
         jetstream = self._connection.jetstream()
         try:
             await jetstream.stream_info(self.stream)
@@ -71,10 +75,21 @@ class NatsJetStreamSource:
         self._subscription = await jetstream.pull_subscribe(self.subject, durable=self.durable, stream=self.stream,
                                                             config=config)
 
+    # The client reconnects by itself; these say so in one line each instead of its tracebacks.
+    async def _error(self, error: Exception) -> None:
+        log.warning("consumer %s: NATS: %s: %s", self.name, type(error).__name__, error)
+
+    async def _disconnected(self) -> None:
+        if not self._closing:
+            log.warning("consumer %s: NATS connection lost; the client reconnects by itself", self.name)
+
+    async def _reconnected(self) -> None:
+        log.warning("consumer %s: NATS connection made again", self.name)
+
     def fetch(self, most: int, wait: float) -> list[Message]:
         try:
             received = self._run(self._subscription.fetch(batch=most, timeout=wait))
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nothing came (nats' TimeoutError, or asyncio's from inside the client)
             return []
         return [Message(m.data, m) for m in received]
 
@@ -96,7 +111,10 @@ class NatsJetStreamSource:
     def close(self) -> None:
         if self._connection is not None:
             connection, self._connection, self._subscription = self._connection, None, None
+            self._closing = True
             try:
                 self._run(connection.close())
             except (nats.errors.Error, OSError):
                 pass  # gone already
+            finally:
+                self._closing = False

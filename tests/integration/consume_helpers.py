@@ -110,8 +110,8 @@ def finished(process: subprocess.Popen[str], timeout: float = 240) -> str:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         out, err = process.communicate()
-        raise AssertionError(f"tdc consume did not exit:\n{err[-3000:]}") from None
-    assert process.returncode == 0, f"exit {process.returncode}\n{out[-2000:]}\n{err[-3000:]}"
+        raise AssertionError(f"tdc consume did not exit:\n{(err or '')[-3000:]}") from None
+    assert process.returncode == 0, f"exit {process.returncode}\n{out[-2000:]}\n{(err or '')[-3000:]}"
     return out
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -293,7 +295,7 @@ def jetstream() -> Iterator[str]:
     asyncio.run(delete())
 
 
-def _publish_debezium_nats(stream: str, lines: list[str]) -> None:
+def _publish_debezium_nats(prefix: str, lines: list[str], url: str = NATS) -> None:
     """What the NATS JetStream sink does (debezium/debezium-server, NatsJetStreamChangeConsumer
     .handleBatch): publish each event's value to the subject named by its destination (records
     without a value are not sent).  Lines that are no change event, and poison, go to the order
@@ -301,10 +303,10 @@ def _publish_debezium_nats(stream: str, lines: list[str]) -> None:
     import nats
 
     async def publish() -> None:
-        connection = await nats.connect(NATS)
+        connection = await nats.connect(url)
         jetstream = connection.jetstream()
-        orders = f"{stream}.gqsh.gqsh_order"
-        payloads = [(debezium_destination(line, stream) or orders, line.encode()) for line in lines]
+        orders = f"{prefix}.gqsh.gqsh_order"
+        payloads = [(debezium_destination(line, prefix) or orders, line.encode()) for line in lines]
         payloads.insert(len(payloads) // 3, (orders, POISON[0]))
         for subject, payload in payloads:
             await jetstream.publish(subject, payload)
@@ -313,11 +315,11 @@ def _publish_debezium_nats(stream: str, lines: list[str]) -> None:
     asyncio.run(publish())
 
 
-def _consumer_state(stream: str, durable: str) -> tuple[int, int]:
+def _consumer_state(stream: str, durable: str, url: str = NATS) -> tuple[int, int]:
     import nats
 
     async def state() -> tuple[int, int]:
-        connection = await nats.connect(NATS)
+        connection = await nats.connect(url)
         info = await connection.jetstream().consumer_info(stream, durable)
         await connection.close()
         return int(info.num_pending or 0), int(info.num_ack_pending or 0)
@@ -348,3 +350,87 @@ def test_debezium_from_nats_jetstream_makes_exact_rows(fresh_storage, redis_clie
     assert _consumer_state(jetstream, "tdc") == (0, 0)
     assert quarantined(storage, "message body is not UTF-8 text") == 1
     assert problems(storage, history) == []
+
+
+class PrivateNats:
+    """A nats-server with JetStream of the test's own on a free port, its store in ``directory``,
+    so stopping it disturbs no other test."""
+
+    def __init__(self, directory: Path):
+        from demo.processes import free_port
+
+        self.directory, self.port = directory, free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("nats-server")
+        if binary is None:  # a missing service skips locally and fails in CI, as conftest's do
+            (pytest.fail if os.environ.get("CI") else pytest.skip)("nats-server is not installed")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen([binary, "-js", "-sd", str(self.directory), "-a", "127.0.0.1", "-p",
+                                         str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "nats-server did not start"
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+def test_a_nats_restart_mid_stream_is_ridden_out(fresh_storage, redis_client, rabbitmq_vhost, tmp_path: Path) -> None:
+    # Given a JetStream stream on a nats-server of the test's own, its store on disk
+    import nats
+
+    storage = fresh_storage()
+    history = generate_history(250, seed=91, input_format="debezium")
+    server = PrivateNats(tmp_path / "nats")
+    server.start()
+    try:
+        async def add() -> None:
+            connection = await nats.connect(server.url)
+            await connection.jetstream().add_stream(name="DebeziumStream", subjects=["gqsh-source.>"],
+                                                    storage="file")
+            await connection.close()
+
+        asyncio.run(add())
+        _publish_debezium_nats("gqsh-source", lines_of(history, "debezium"), server.url)
+        env = {**env_of(storage), "TDC_BROKER_URL": rabbitmq_vhost}
+        name = f"nats-{history.run_id}"
+        log = tmp_path / "consumer.log"
+        consumer = tdc_consume(env, "nats", "--url", server.url, "--stream", "DebeziumStream", "--subject",
+                               "gqsh-source.gqsh.*", "--durable", "tdc", "--format", "debezium", "--name", name,
+                               "--batch", "50", "--ack-wait", "3", "--idle-exit", "10", stderr=log)
+        # When the server stops part of the way and comes back three seconds later
+        wait_for_messages(consumer, redis_client, name, 100)
+        server.stop()
+        time.sleep(3)
+        server.start()
+        # Then the consumer finishes: everything delivered and acknowledged, rows exact
+        out = finished(consumer)
+        assert "messages acknowledged (idle)" in out, log.read_text()[-3000:]
+        assert _consumer_state("DebeziumStream", "tdc", server.url) == (0, 0)
+    finally:
+        server.stop()
+    ingest(storage, redis_client, ORDER_FLOW, "business", lines_of(history, "business"))
+    run_chains_to_rest(storage, redis_client, history)
+    assert problems(storage, history) == []
+
+
+def test_bench_consume_runs_both_sides_and_prints_the_ratio(storage) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    from tests.integration.helpers import run_tdc
+
+    result = run_tdc(env_of(storage), "bench", "consume", "--orders", "40")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.fullmatch(r"consume: ratio \d+\.\d\d \(consume [\d,]+ lines/s vs ingest [\d,]+ lines/s\)",
+                        result.stdout.strip().splitlines()[-1]), result.stdout

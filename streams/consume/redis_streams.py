@@ -66,6 +66,8 @@ class RedisStreamSource:
         self.client: redis.Redis | None = None
         #: Streams whose own pending entries are still to be read again (after a restart).
         self._own_pending: set[str] = set()
+        #: Entries read beyond the batch asked for (XREADGROUP's COUNT is per stream).
+        self._buffer: list[Message] = []
         self._claimed_at = 0.0
 
     def connect(self) -> None:
@@ -80,6 +82,7 @@ class RedisStreamSource:
                 if "BUSYGROUP" not in str(error):
                     raise SourceError(f"cannot create group {self.group} on {stream}: {error}") from error
         self._own_pending = set(self.streams)
+        self._buffer = []  # pending under this consumer's name: read again from its own pending list
         self._claimed_at = 0.0
 
     def _redis(self) -> redis.Redis:
@@ -87,25 +90,35 @@ class RedisStreamSource:
         return self.client
 
     def fetch(self, most: int, wait: float) -> list[Message]:
-        if self._own_pending:
-            return self._read_own_pending(most)
+        if self._buffer:
+            taken, self._buffer = self._buffer[:most], self._buffer[most:]
+            return taken
+        while self._own_pending:
+            pending = self._read_own_pending(most)
+            if pending:
+                return pending
         if time.monotonic() - self._claimed_at >= min(self.claim_idle, 10.0):
             self._claimed_at = time.monotonic()
             claimed = self._claim(most)
             if claimed:
                 return claimed
+        # COUNT is per stream: what is over ``most`` waits here for the next batch.
         answer = self._redis().xreadgroup(self.group, self.consumer, dict.fromkeys(self.streams, ">"), count=most,
                                           block=max(1, int(wait * 1000)))
-        return [self._message(*entry) for entry in _entries(answer) if entry[2] is not None]
+        messages = [self._message(*entry) for entry in _entries(answer) if entry[2] is not None]
+        taken, self._buffer = messages[:most], messages[most:]
+        return taken
 
     def _read_own_pending(self, most: int) -> list[Message]:
-        answer = _entries(self._redis().xreadgroup(self.group, self.consumer,
-                                                   dict.fromkeys(self._own_pending, "0"), count=most))
-        seen = {stream for stream, _, _ in answer}
-        self._own_pending &= seen  # a stream whose answer is empty has nothing pending left
-        gone = [(stream, entry_id) for stream, entry_id, fields in answer if fields is None]
-        for stream, entry_id in gone:  # trimmed from the stream while pending: nothing to take in
-            self._redis().xack(stream, self.group, entry_id)
+        """The next entries this consumer was given before and never acknowledged, one stream at
+        a time (they stay pending until acknowledged, so each read starts from the first)."""
+        stream = min(self._own_pending)
+        answer = _entries(self._redis().xreadgroup(self.group, self.consumer, {stream: "0"}, count=most))
+        if not answer:
+            self._own_pending.discard(stream)
+        gone = [entry_id for _, entry_id, fields in answer if fields is None]
+        if gone:  # trimmed from the stream while pending: nothing to take in
+            self._redis().xack(stream, self.group, *gone)
         messages = [self._message(*entry) for entry in answer if entry[2] is not None]
         if messages:
             log.info("consumer %s: %d entries it was given before and never acknowledged", self.name, len(messages))

@@ -268,6 +268,35 @@ def test_a_redis_restart_mid_stream_is_ridden_out(fresh_storage, redis_client, r
     assert problems(storage, history) == []
 
 
+def test_a_redis_batch_holds_at_most_batch_entries_over_several_streams_and_a_restart_rereads_them_once(
+        redis_client, debezium_prefix: str) -> None:
+    from streams.consume.redis_streams import RedisStreamSource
+
+    # Given three streams of 30 entries each
+    streams = [f"{debezium_prefix}.gqsh.t{n}" for n in range(3)]
+    for stream in streams:
+        for n in range(30):
+            redis_client.xadd(stream, {f'{{"id":{n}}}': f'{{"n":{n}}}'})
+    source = RedisStreamSource(REDIS, streams, "tdc", "one", "test")
+    source.connect()
+    # When they are read in batches of 20, none acknowledged
+    first = [source.fetch(20, 0.1) for _ in range(6)]
+    # Then no batch is over 20, and every entry came once
+    assert [len(batch) for batch in first] == [20, 20, 20, 20, 10, 0]
+    assert len({m.handle for batch in first for m in batch}) == 90
+    # And a restart under the same name reads all 90 again from its pending list, once each
+    source.connect()
+    again = []
+    while batch := source.fetch(20, 0.1):
+        assert len(batch) <= 20
+        source.ack(batch)
+        again.append(batch)
+    assert {m.handle for batch in again for m in batch} == {m.handle for batch in first for m in batch}
+    assert sum(len(batch) for batch in again) == 90
+    assert all(redis_client.xpending(stream, "tdc")["pending"] == 0 for stream in streams)
+    source.close()
+
+
 # --- NATS JetStream: Debezium Server's NATS JetStream sink --------------------------------------
 
 @pytest.fixture

@@ -6,8 +6,9 @@ a new fact is ``create``, a fact whose data changed is ``update``, a fact gone i
 An event's id is a UUID5 of its type and natural key, so a replay or a correction of the same
 fact never makes a second id; its ``version`` is the order's wide-row version of the change
 (consumers keep the highest).  ``FirstConsumeDate`` is the exception: the first paid order of a
-member in a channel spans orders, so it is kept in the warehouse (``models.changelog.FirstConsume``)
-and its version is the record's revision.
+member in a channel spans orders, so it is kept in the warehouse (``models.changelog.FirstConsume``,
+chosen from every paid order kept in ``FirstConsumeOrder``) and its version is the record's
+revision.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, and_, select, update
 
-from models.changelog import FIRST_CONSUME
+from models.changelog import FIRST_CONSUME, FIRST_CONSUME_ORDERS
 from models.storage import Storage
 from models.writes import insert_if_absent
 from reliability.transient import retry_on_contention
@@ -143,11 +145,14 @@ def order_events(change: Change) -> list[Event]:
     return events
 
 
-@dataclass(frozen=True)
-class Payment:
-    """A paid order, offered as the first of its member in its channel."""
+#: A member and a channel: what a first consumption is per.
+Key = tuple[str, str]
 
-    change_id: int
+
+@dataclass(frozen=True)
+class PaidOrder:
+    """A paid order as a first consumption: who paid, in which channel, when."""
+
     member_id: str
     channel: str
     order_id: str
@@ -155,69 +160,148 @@ class Payment:
     first_date: dt.date | None
     store_id: str | None
 
+    @property
+    def key(self) -> Key:
+        return (self.member_id, self.channel)
 
-def new_payments(changes: Iterable[Change]) -> list[Payment]:
-    """The changes that make an order paid, or change who paid, in which channel or when."""
-    offered: list[Payment] = []
-    for change in changes:
-        after = change.after["order"]
-        if not _paid(after) or not after.get("member_id"):
-            continue
-        before = change.before["order"] if change.before else None
-        same = before is not None and _paid(before) and all(
-            before.get(name) == after.get(name) for name in ("member_id", "channel", "paid_at"))
-        if not same:
-            day = after.get("biz_date")
-            offered.append(Payment(change.id, after["member_id"], after.get("channel") or "", change.order_id,
-                                   dt.datetime.fromisoformat(after["paid_at"]),
-                                   dt.date.fromisoformat(day) if day else None, after.get("store_id")))
-    return offered
+    @property
+    def rank(self) -> tuple[dt.datetime, str]:
+        """What the first is the smallest of: the payment time, then the order id."""
+        return (self.paid_at, self.order_id)
 
 
-def _offer(connection: Connection, payment: Payment, now: dt.datetime) -> Any:
-    """Make ``payment`` its member's first in its channel if none is kept or it is earlier than
-    the one kept (ties: the smaller order id); returns the record as it is now.  The insert's
-    outcome is not relied on (a skipped insert's row count is -1 through psycopg 3 and
-    SQLAlchemy 2.1): the conditional update after it changes nothing when the insert was ours."""
+def paid_order(image: Image | None) -> PaidOrder | None:
+    """The paid order an image shows (None: not paid, cancelled, or no member)."""
+    if image is None:
+        return None
+    order = image["order"]
+    if not _paid(order) or not order.get("member_id"):
+        return None
+    day = order.get("biz_date")
+    return PaidOrder(order["member_id"], order.get("channel") or "", order["order_id"],
+                     dt.datetime.fromisoformat(order["paid_at"]), dt.date.fromisoformat(day) if day else None,
+                     order.get("store_id"))
+
+
+def _paid_row(row: Any) -> PaidOrder | None:
+    """A ``first_consume_order`` row's paid order."""
+    if row is None or row.paid_at is None:
+        return None
+    return PaidOrder(row.member_id, row.channel, row.order_id, row.paid_at, row.first_date, row.store_id)
+
+
+def _record_order(connection: Connection, change: Change, paid: PaidOrder | None, now: dt.datetime) -> PaidOrder | None:
+    """Keep ``change``'s order as ``paid`` (None: not a paid order), unless a newer version of it
+    is kept already; returns what was kept before."""
+    table = FIRST_CONSUME_ORDERS
+    kept = connection.execute(select(table).where(table.c.order_id == change.order_id).with_for_update()).first()
+    values = dict(version=change.version, member_id=paid.member_id if paid else None,
+                  channel=paid.channel if paid else None, paid_at=paid.paid_at if paid else None,
+                  first_date=paid.first_date if paid else None, store_id=paid.store_id if paid else None,
+                  updated_at=now)
+    if kept is None and insert_if_absent(connection, table, dict(values, order_id=change.order_id)):
+        return None
+    connection.execute(update(table).where(table.c.order_id == change.order_id, table.c.version < change.version)
+                       .values(values))
+    return _paid_row(kept)
+
+
+def _first_paid(connection: Connection, key: Key, record: Any) -> PaidOrder | None:
+    """The earliest paid order of ``key`` (a locking read: what other relays committed since this
+    transaction began counts).  A first an older tdc recorded without keeping its order counts
+    too, until that order changes."""
+    table = FIRST_CONSUME_ORDERS
+    first = _paid_row(connection.execute(
+        select(table).where(table.c.member_id == key[0], table.c.channel == key[1], table.c.paid_at.is_not(None))
+        .order_by(table.c.paid_at, table.c.order_id).limit(1).with_for_update(read=True)).first())
+    if record is None or record.gone_at is not None or record.moved_by_order is not None:
+        return first
+    if connection.execute(select(table.c.order_id).where(table.c.order_id == record.order_id)).first() is not None:
+        return first
+    legacy = _recorded(record)
+    return legacy if first is None or legacy.rank < first.rank else first
+
+
+def _recorded(record: Any) -> PaidOrder:
+    return PaidOrder(record.member_id, record.channel, record.order_id, record.first_paid_at, record.first_date,
+                     record.store_id)
+
+
+def _first_consume_event(key: Key, first: PaidOrder, revision: int, op: str, change: Change) -> Event:
+    kind = "FirstConsumeDate"
+    return Event(kind, event_id(kind, *key), revision, op, change.changed_at, first.order_id, f"{key[0]}:{key[1]}",
+                 {"member_id": key[0], "channel": key[1],
+                  "first_paid_at": first.paid_at.isoformat(timespec="milliseconds"),
+                  "first_date": first.first_date.isoformat() if first.first_date else None,
+                  "order_id": first.order_id, "store_id": first.store_id})
+
+
+def _settle(connection: Connection, key: Key, changes: list[Change], now: dt.datetime) -> tuple[Change, Event] | None:
+    """Make ``key``'s record the earliest of its paid orders after ``changes`` (the relay's
+    changes that touched it, in order); the event to send, and with which change: a change of the
+    record (create, update, or delete when no paid order is left) goes with the last of
+    ``changes``; an unchanged record's event goes again with the change that made it, if that is
+    one of ``changes`` (the relay sends it again), else nothing."""
     table = FIRST_CONSUME
-    where = and_(table.c.member_id == payment.member_id, table.c.channel == payment.channel)
-    values = dict(order_id=payment.order_id, first_paid_at=payment.paid_at, first_date=payment.first_date,
-                  store_id=payment.store_id, updated_at=now)
-    insert_if_absent(connection, table, dict(values, member_id=payment.member_id, channel=payment.channel, revision=1))
-    connection.execute(update(table).where(where, or_(
-        table.c.first_paid_at > payment.paid_at,
-        and_(table.c.first_paid_at == payment.paid_at, table.c.order_id > payment.order_id),
-    )).values(dict(values, revision=table.c.revision + 1)))
-    return connection.execute(select(table).where(where)).one()
+    where = and_(table.c.member_id == key[0], table.c.channel == key[1])
+    last = changes[-1]
+    made_by = dict(moved_by_order=last.order_id, moved_by_version=last.version, updated_at=now)
+    while True:
+        record = connection.execute(select(table).where(where).with_for_update()).first()
+        first = _first_paid(connection, key, record)
+        if record is None:
+            if first is None:
+                return None
+            if not insert_if_absent(connection, table, dict(_first_values(first), member_id=key[0], channel=key[1],
+                                                            revision=1, gone_at=None, **made_by)):
+                continue  # another relay recorded it meanwhile: lock it and look again
+            return last, _first_consume_event(key, first, 1, "create", last)
+        shown = None if record.gone_at is not None else _recorded(record)
+        if first != shown:
+            revision = record.revision + 1
+            values = dict(_first_values(first), gone_at=None) if first is not None else dict(gone_at=now)
+            connection.execute(update(table).where(where).values(revision=revision, **values, **made_by))
+            if first is None:
+                return last, _first_consume_event(key, _recorded(record), revision, "delete", last)
+            return last, _first_consume_event(key, first, revision, "update", last)
+        maker = next((c for c in changes if (c.order_id, c.version) == (record.moved_by_order,
+                                                                         record.moved_by_version)), None)
+        if maker is None:
+            return None
+        op = "delete" if record.gone_at is not None else "create" if record.revision == 1 else "update"
+        return maker, _first_consume_event(key, _recorded(record), record.revision, op, maker)
+
+
+def _first_values(first: PaidOrder) -> dict[str, Any]:
+    return dict(order_id=first.order_id, first_paid_at=first.paid_at, first_date=first.first_date,
+                store_id=first.store_id)
 
 
 def first_consume_events(storage: Storage, changes: list[Change], now: dt.datetime) -> dict[int, list[Event]]:
-    """Offer the payments of ``changes`` to the warehouse's first-consumption records (one
-    transaction, records in key order); a change whose order is (still) the first of its member
-    and channel gets a ``FirstConsumeDate`` event with the record's revision as its version, by
-    change id.  Offering the same change again yields the same event, so a relay that crashed
-    after this commit publishes it on its next pass."""
-    payments = sorted(new_payments(changes), key=lambda p: (p.member_id, p.channel, p.paid_at, p.order_id))
-    if not payments:
+    """Keep the paid orders ``changes`` make, take back or move (whose member, channel, payment
+    time, business date or store changes), and settle the first-consumption record of every
+    (member, channel) they touch, before or after (one warehouse transaction, records in key
+    order); the ``FirstConsumeDate`` events, by change id.  Relaying the same changes again
+    yields the same events, so a relay that crashed after this commit publishes them on its
+    next pass."""
+    moves = [(change, paid_order(change.before), paid_order(change.after))
+             for change in sorted(changes, key=lambda c: c.id)]
+    moves = [(change, before, after) for change, before, after in moves if before != after]
+    if not moves:
         return {}
-    occurred = {change.id: change.changed_at for change in changes}
 
-    def offer_all() -> dict[int, list[Event]]:
+    def settle_all() -> dict[int, list[Event]]:
         events: dict[int, list[Event]] = {}
+        touched: dict[Key, list[Change]] = defaultdict(list)
         with storage.dws_engine.begin() as connection:
-            for payment in payments:
-                record = _offer(connection, payment, now)
-                if record.order_id != payment.order_id or record.first_paid_at != payment.paid_at:
-                    continue  # an earlier payment is the first
-                kind = "FirstConsumeDate"
-                events.setdefault(payment.change_id, []).append(Event(
-                    kind, event_id(kind, payment.member_id, payment.channel), record.revision,
-                    "create" if record.revision == 1 else "update", occurred[payment.change_id], payment.order_id,
-                    f"{payment.member_id}:{payment.channel}",
-                    {"member_id": payment.member_id, "channel": payment.channel,
-                     "first_paid_at": payment.paid_at.isoformat(timespec="milliseconds"),
-                     "first_date": payment.first_date.isoformat() if payment.first_date else None,
-                     "order_id": payment.order_id, "store_id": payment.store_id}))
+            for change, before, after in moves:
+                kept = _record_order(connection, change, after, now)
+                for paid in {p.key for p in (before, kept, after) if p is not None}:
+                    touched[paid].append(change)
+            for key in sorted(touched):
+                settled = _settle(connection, key, touched[key], now)
+                if settled is not None:
+                    events.setdefault(settled[0].id, []).append(settled[1])
         return events
 
-    return retry_on_contention(offer_all)
+    return retry_on_contention(settle_all)

@@ -14,11 +14,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from demo.history import SourceChange, generate_history, render_canal
 from flows.gqsh import ORDER_FLOW
-from models.changelog import CHANGELOG
+from models.changelog import CHANGELOG, FIRST_CONSUME, FIRST_CONSUME_ORDERS
 from models.storage import Storage
 from streams.events import event_id
 from streams.outbox import Sinks, relay_pass
@@ -36,10 +36,10 @@ def relayed(fresh_storage, redis_client):  # type: ignore[no-untyped-def]
     pairs = []
     made: list[Storage] = []
 
-    def make() -> tuple[Storage, Any]:
+    def make(warehouse: str = "postgresql") -> tuple[Storage, Any]:
         pair = make_sinks("redis")
         pairs.append(pair)
-        base = fresh_storage()
+        base = fresh_storage(warehouse)
         storage = Storage(dataclasses.replace(base.settings, changelog_url=pair.changelog_url,
                                               events_url=pair.events_url))
         made.append(storage)
@@ -223,3 +223,125 @@ def test_a_payment_found_later_moves_the_first_consumption_earlier(relayed, redi
     assert (event["data"]["order_id"], event["data"]["first_paid_at"]) == (
         new_first[1], new_first[0].isoformat(timespec="milliseconds"))
     assert len(by_type(sinks.events())["FirstConsumeDate"]) == len(first)
+
+
+class Corrections:
+    """Source corrections of orders already relayed: header updates through Canal, payments
+    through business writes; chains run and the relay passes after each."""
+
+    def __init__(self, storage: Storage, redis_client: Any, history: Any) -> None:
+        self.storage, self.redis, self.history, self.position = storage, redis_client, history, 10**6
+        self.headers: dict[str, dict[str, Any]] = {}
+
+    def header(self, order_id: str, **changes: Any) -> None:
+        before = self.headers.get(order_id) or _last_change(self.history, "gqsh_order", order_id=order_id).row
+        after = {**before, **changes, "updated_at": before["updated_at"] + dt.timedelta(hours=1)}
+        self.headers[order_id] = after
+        self.position += 1
+        self._run("canal", [render_canal(SourceChange("gqsh_order", "update", after, after["updated_at"], before),
+                                         self.position)])
+
+    def paid_at(self, order_id: str, paid_at: dt.datetime) -> None:
+        payment = next(json.loads(raw) for fmt, raw in self.history.lines
+                       if fmt == "business" and json.loads(raw)["order_id"] == order_id)
+        key = f"FIX{uuid.uuid4().hex[:8]}"
+        moment = paid_at.isoformat(timespec="milliseconds")
+        self._run("business", [json.dumps({**payment, "unique_key": key, "occurred_at": moment,
+                                           "payload": {**payment["payload"], "pay_txn_id": key, "paid_at": moment}})])
+
+    def _run(self, fmt: str, lines: list[str]) -> None:
+        run_chains(self.storage, self.redis, ingest(self.storage, self.redis, ORDER_FLOW, fmt, lines).touched)
+        relay(self.storage)
+
+
+def _two_paid_orders(history: Any) -> tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]]:
+    """Two paid orders, not cancelled nor refunded, of different members, the earlier paid first."""
+    paid = sorted(((o, order) for o, order in history.expected_orders.items()
+                   if order["paid_at"] is not None and order["status"] != 50 and not order["refund_count"]),
+                  key=lambda item: item[1]["paid_at"])
+    first = paid[0]
+    second = next(item for item in paid[1:] if item[1]["member_id"] != first[1]["member_id"])
+    return first, second
+
+
+def _first_consumption(sinks: Any, member: str, channel: str) -> dict[str, Any]:
+    return latest(sinks.events())[event_id("FirstConsumeDate", member, channel)]
+
+
+@pytest.mark.parametrize("warehouse", ["postgresql", "mariadb"])
+def test_a_member_correction_moves_the_first_consumption_both_ways(relayed, redis_client, warehouse) -> None:
+    # Given two paid orders A (paid first) and B of two members, each its member's first in its channel
+    storage, sinks = relayed(warehouse)
+    history = generate_history(15, seed=9, span_minutes=3 * 24 * 60)
+    process_history(storage, redis_client, history)
+    relay(storage)
+    (a, order_a), (b, order_b) = _two_paid_orders(history)
+    key_a, key_b = (order_a["member_id"], order_a["channel"]), (order_b["member_id"], order_b["channel"])
+    assert _first_consumption(sinks, *key_a)["data"]["order_id"] == a
+    assert _first_consumption(sinks, *key_b)["data"]["order_id"] == b
+    corrections = Corrections(storage, redis_client, history)
+
+    # When A's member and channel are corrected to B's
+    corrections.header(a, member_id=key_b[0], channel=key_b[1])
+    # Then A is B's member's first there (it was paid earlier), and A's old member has no first
+    # consumption left in its channel: a delete with a newer version
+    moved, gone = _first_consumption(sinks, *key_b), _first_consumption(sinks, *key_a)
+    assert (moved["op"], moved["data"]["order_id"], moved["version"]) == ("update", a, 2)
+    assert (gone["op"], gone["version"]) == ("delete", 2)
+
+    # When the correction is taken back
+    corrections.header(a, member_id=key_a[0], channel=key_a[1])
+    # Then B is its member's first again (later than A: the first moved later), and A its own
+    # member's again, each with a newer version
+    back, again = _first_consumption(sinks, *key_b), _first_consumption(sinks, *key_a)
+    assert (back["op"], back["data"]["order_id"], back["version"]) == ("update", b, 3)
+    assert (again["op"], again["data"]["order_id"], again["version"]) == ("update", a, 3)
+    assert again["data"]["first_paid_at"] == order_a["paid_at"].isoformat(timespec="milliseconds")
+
+
+def test_a_later_paid_time_of_the_first_order_moves_the_first_consumption_later(relayed, redis_client) -> None:
+    # Given a member's two paid orders in a channel, A paid before B, A the first
+    storage, sinks = relayed()
+    history = generate_history(15, seed=9, span_minutes=3 * 24 * 60)
+    process_history(storage, redis_client, history)
+    relay(storage)
+    (a, _), (b, order_b) = _two_paid_orders(history)
+    key = (order_b["member_id"], order_b["channel"])
+    corrections = Corrections(storage, redis_client, history)
+    corrections.header(a, member_id=key[0], channel=key[1])
+    assert _first_consumption(sinks, *key)["data"]["order_id"] == a
+
+    # When A's payment time is corrected to after B's
+    corrections.paid_at(a, order_b["paid_at"] + dt.timedelta(minutes=5))
+    # Then B is the first, with a newer version of the same fact
+    event = _first_consumption(sinks, *key)
+    assert (event["op"], event["data"]["order_id"], event["version"]) == ("update", b, 3)
+    assert event["data"]["first_paid_at"] == order_b["paid_at"].isoformat(timespec="milliseconds")
+    # And every (member, channel) still has one fact id
+    assert len(by_type(sinks.events())["FirstConsumeDate"]) == len(
+        {(o["member_id"], o["channel"]) for o in history.expected_orders.values() if o["paid_at"] is not None})
+
+
+def test_a_first_consumption_an_older_tdc_recorded_holds_until_its_order_changes(relayed, redis_client) -> None:
+    # Given first consumptions recorded by an older tdc, which kept no paid orders beside them
+    storage, sinks = relayed()
+    history = generate_history(15, seed=9, span_minutes=3 * 24 * 60)
+    process_history(storage, redis_client, history)
+    relay(storage)
+    with storage.dws_engine.begin() as connection:
+        connection.execute(delete(FIRST_CONSUME_ORDERS))
+        connection.execute(update(FIRST_CONSUME).values(moved_by_order=None, moved_by_version=None))
+    (a, order_a), (b, _) = _two_paid_orders(history)
+    key = (order_a["member_id"], order_a["channel"])
+    corrections = Corrections(storage, redis_client, history)
+
+    # When B, paid later, becomes an order of A's member and channel
+    corrections.header(b, member_id=key[0], channel=key[1])
+    # Then A stays the first: nothing new is sent for it
+    assert (_first_consumption(sinks, *key)["data"]["order_id"], _first_consumption(sinks, *key)["version"]) == (a, 1)
+
+    # When A itself moves to another member
+    corrections.header(a, member_id="MOVED", channel=key[1])
+    # Then B is the first
+    event = _first_consumption(sinks, *key)
+    assert (event["op"], event["data"]["order_id"], event["version"]) == ("update", b, 2)

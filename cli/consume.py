@@ -59,10 +59,6 @@ def run_consume(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop_after_batch)
     signal.signal(signal.SIGINT, stop_after_batch)
-    # cli.main lets SIGPIPE end a command piped into `head`; here it would kill the consumer the
-    # moment it writes to a broker connection the broker has just closed, instead of the write
-    # failing and the connection being made again.
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     def taken(messages: list[Message]) -> Any:
         return take_in(storage, client, ACCEPTED, args.format, messages)

@@ -4,6 +4,8 @@ ads rebuild."""
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import signal
 import sys
 import time
@@ -239,17 +241,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # `tdc order show X | head` should end quietly, as other command-line tools do.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
+    except BrokenPipeError:
+        # `tdc order show X | head` ends quietly, as other command-line tools do.  Not by letting
+        # SIGPIPE kill the process: a long-running command (the tail, a consumer, the relay,
+        # the server) would then die without a word when a database or broker closes a socket.
+        if not _stdout_closed():
+            raise
+        return 128 + signal.SIGPIPE
     except SettingsError as error:
         print(f"tdc: configuration error: {error}", file=sys.stderr)
         return 2
     except FileNotFoundError as error:
         print(f"tdc: {error}", file=sys.stderr)
         return 2
+
+
+def _stdout_closed() -> bool:
+    """True when standard output is a pipe whose reader went away (poll says POLLERR); stdout
+    then points at /dev/null, so the interpreter's own flush at exit does not complain again."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):
+        return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return gone
 
 
 if __name__ == "__main__":

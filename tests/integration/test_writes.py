@@ -10,14 +10,19 @@ from models.writes import insert_if_absent, is_duplicate_key
 pytestmark = pytest.mark.integration
 
 
+def _engine(backend: str, request, tmp_path):  # type: ignore[no-untyped-def]
+    """A real database of ``backend``: a SQLite file, or the session's PostgreSQL warehouse or
+    first MariaDB shard database."""
+    if backend == "sqlite":
+        return create_engine(f"sqlite:///{tmp_path / 'writes.db'}")
+    storage = request.getfixturevalue("storage")
+    return storage.dws_engine if backend == "postgresql" else storage.shard_engine(0)
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mariadb"])
 def test_a_duplicate_key_is_told_from_a_missing_value(backend: str, request, tmp_path) -> None:
     # Given a table with a key and a NOT NULL column, on a real database of each backend
-    if backend == "sqlite":
-        engine = create_engine(f"sqlite:///{tmp_path / 'writes.db'}")
-    else:
-        storage = request.getfixturevalue("storage")  # MariaDB shards, PostgreSQL warehouse
-        engine = storage.dws_engine if backend == "postgresql" else storage.shard_engine(0)
+    engine = _engine(backend, request, tmp_path)
     table = Table("tdc_writes_probe", MetaData(), Column("id", Integer, primary_key=True),
                   Column("name", String(10), nullable=False))
     table.drop(engine, checkfirst=True)
@@ -44,11 +49,7 @@ def test_a_duplicate_key_is_told_from_a_missing_value(backend: str, request, tmp
 def test_insert_if_absent_says_whether_it_inserted(backend: str, request, tmp_path) -> None:
     # The order fence (reliability.fencing.claim_order), the quarantine and the schema-change
     # log trust this answer: a row already there must answer False on every backend.
-    if backend == "sqlite":
-        engine = create_engine(f"sqlite:///{tmp_path / 'absent.db'}")
-    else:
-        storage = request.getfixturevalue("storage")
-        engine = storage.dws_engine if backend == "postgresql" else storage.shard_engine(0)
+    engine = _engine(backend, request, tmp_path)
     table = Table("tdc_absent_probe", MetaData(), Column("id", Integer, primary_key=True),
                   Column("name", String(10), nullable=False))
     table.drop(engine, checkfirst=True)

@@ -192,6 +192,8 @@ class Sum:
     when: tuple[Where, ...] = ()
     through: Through | None = None
     per_row: str | None = None
+    #: What a sum over no rows is: 0, or NULL (a column that only has a value once rows exist).
+    null_when_empty: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,19 +212,55 @@ class Parent:
 
 
 @dataclass(frozen=True)
-class Computed:
-    """Computed by the engine from the columns ``reads`` (wide columns of this table, or
-    ``table.column`` of a source): the business date, the status, the write's bookkeeping."""
-
-    rule: str
-    reads: tuple[str, ...] = ()
+class Status:
+    """The highest ``Operation.status`` of the operations merged so far (a row never goes back)."""
 
 
-Origin = Copy | Sum | Looked | Parent | Computed
+@dataclass(frozen=True)
+class BusinessDay:
+    """The business day, in the deployment's business time zone, of the first of ``columns``
+    (datetime columns of this wide row) that is not NULL."""
+
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """``column`` of one live row of ``table``: of the rows satisfying ``when`` (narrowed, when
+    any match, to those whose ``match[0]`` equals this wide row's ``match[1]``), the newest by
+    ``newest_by``; NULL when there is none.  The payment a merge takes, the last refund."""
+
+    table: str
+    column: str
+    newest_by: str
+    when: tuple[Where, ...] = ()
+    match: tuple[str, str] | None = None
+
+
+#: What ``Bookkeeping`` may record.
+BOOKKEEPING = ("last_operation", "version", "updated_at", "source_digest")
+
+
+@dataclass(frozen=True)
+class Bookkeeping:
+    """Written by the engine about the write itself, not the entity: ``last_operation`` (the
+    operation merged last), ``version`` (the optimistic lock: one more per change),
+    ``updated_at`` (when the row last changed) or ``source_digest`` (a digest of the row's
+    source columns and its child rows', which reconciliation recomputes in SQL)."""
+
+    kind: str
+
+
+Origin = Copy | Sum | Looked | Parent | Status | BusinessDay | Chosen | Bookkeeping
 
 
 @dataclass(frozen=True)
 class Column:
+    """A wide column and where its value comes from.  A value from a source table (``Copy``,
+    ``Sum``, ``Chosen``) is written when an operation that table raises is merged, so an
+    operation's columns change only once its own completeness rules hold (a refund's amount
+    waits for REFUND, not for the next SUBMIT); the other origins are written at every merge."""
+
     name: str
     type: str
     origin: Origin
@@ -249,6 +287,8 @@ class WideTable:
     lookups: tuple[Lookup, ...] = ()
     rows_from: str | None = None
     parent: str | None = None
+    #: Secondary indexes, name -> columns (what search and reconciliation read by).
+    indexes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)

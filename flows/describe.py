@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from flows.declaration import (
+    Bookkeeping,
+    BusinessDay,
+    Chosen,
     Completeness,
-    Computed,
     Copy,
     DetailsSum,
     FlowDeclaration,
@@ -18,6 +20,7 @@ from flows.declaration import (
     RowArrived,
     RowsCounted,
     RowsPaired,
+    Status,
     Sum,
     ValueMatched,
     Where,
@@ -47,13 +50,26 @@ def origin_text(origin: Origin) -> str:
                 f" with {_where(through.when)}" if through.when else "")
         if origin.per_row is not None:
             what += f", per line by {origin.per_row}"
+        if origin.null_when_empty:
+            what += " (NULL when none)"
         return what
     if isinstance(origin, Looked):
         return f"dimension {origin.dimension}.{origin.attribute}"
     if isinstance(origin, Parent):
         return f"parent row's {origin.column}"
-    if isinstance(origin, Computed):
-        return origin.rule + (f" (reads {', '.join(origin.reads)})" if origin.reads else "")
+    if isinstance(origin, Status):
+        return "the highest status of the operations merged"
+    if isinstance(origin, BusinessDay):
+        return f"business day of {', else '.join(origin.columns)}"
+    if isinstance(origin, Chosen):
+        what = f"{origin.table}.{origin.column} of the newest row by {origin.newest_by}"
+        if origin.when:
+            what += f" where {_where(origin.when)}"
+        if origin.match is not None:
+            what += f", preferring {origin.match[0]} = {origin.match[1]}"
+        return what
+    if isinstance(origin, Bookkeeping):
+        return f"bookkeeping: {origin.kind}"
     return repr(origin)
 
 

@@ -9,10 +9,13 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from flows.declaration import (
+    BOOKKEEPING,
     CHANGES,
     OPERATORS,
+    Bookkeeping,
+    BusinessDay,
+    Chosen,
     Completeness,
-    Computed,
     Copy,
     DetailsSum,
     FlowDeclaration,
@@ -21,6 +24,7 @@ from flows.declaration import (
     RowArrived,
     RowsCounted,
     RowsPaired,
+    Status,
     Sum,
     ValueMatched,
     Where,
@@ -340,17 +344,29 @@ class _Checker:
                 self.error(where, f"wide table {wide.name!r} has no parent")
             elif wide.parent in self.wide:
                 self.wide_column(where, wide.parent, origin.column)
-        elif isinstance(origin, Computed):
-            for name in origin.reads:
-                table, _, column = name.rpartition(".")
-                if not table:
-                    self.wide_column(where, wide.name, column)
-                elif table in self.wide:
-                    self.wide_column(where, table, column)
-                else:
-                    self.column(where, table, column)
+        elif isinstance(origin, Status):
+            if not any(operation.status is not None for operation in self.flow.operations):
+                self.error(where, "no operation reaches a status")
+        elif isinstance(origin, BusinessDay):
+            for name in origin.columns:
+                self.wide_column(where, wide.name, name)
+        elif isinstance(origin, Chosen):
+            for name in (origin.column, origin.newest_by):
+                self.column(where, origin.table, name)
+            if origin.table in self.tables:
+                self.predicates(where, origin.table, origin.when)
+            if origin.match is not None:
+                self.column(f"{where} match", origin.table, origin.match[0])
+                self.wide_column(f"{where} match", wide.name, origin.match[1])
+        elif isinstance(origin, Bookkeeping):
+            if origin.kind not in BOOKKEEPING:
+                self.error(where, f"bookkeeping {origin.kind!r} is not one of {', '.join(BOOKKEEPING)}")
         else:
-            self.error(where, f"{type(origin).__name__} is not an origin (Copy, Sum, Looked, Parent, Computed)")
+            self.error(where, f"{type(origin).__name__} is not an origin (Copy, Sum, Looked, Parent, Status, "
+                              "BusinessDay, Chosen, Bookkeeping)")
+        for name, columns in wide.indexes.items():
+            for column in columns:
+                self.wide_column(f"wide table {wide.name!r} index {name!r}", wide.name, column)
 
     # --- outputs -------------------------------------------------------------------------------
 

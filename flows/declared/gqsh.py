@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from flows.declaration import (
     Aggregate,
+    Bookkeeping,
     Business,
+    BusinessDay,
+    Chosen,
     Column,
-    Computed,
     Copy,
     DetailsSum,
     FlowDeclaration,
@@ -29,6 +31,7 @@ from flows.declaration import (
     RowsCounted,
     Snapshots,
     Source,
+    Status,
     Sum,
     Through,
     ValueMatched,
@@ -102,10 +105,19 @@ OPERATIONS = (
 
 _REFUNDED = (Where("status", "=", REFUNDED),)
 _REFUNDED_DETAIL = Through(AFTER_SALES, "after_sales_id", _REFUNDED)
-#: The payment a merge takes: the newest whose paid_amount equals pay_amount, else the newest.
-_PAYMENT = ("payment.paid_amount", "payment.paid_at", "pay_amount")
 
-ORDER = WideTable("dwd_order", key=("order_id",), lookups=(Lookup("store", by="store_id", refreshes=True),), columns=(
+
+def _payment(column: str) -> Chosen:
+    """The payment a merge takes: the newest whose paid_amount equals pay_amount, else the newest."""
+    return Chosen(PAYMENT, column, newest_by="paid_at", match=("paid_amount", "pay_amount"))
+
+
+#: What search reads by (``search.sql``: a store's days, a member's orders, newest first) and
+#: reconciliation (a day's orders).
+_ORDER_INDEXES = {"ix_dwd_order_store_day": ("store_id", "biz_date"), "ix_dwd_order_member": ("member_id",),
+                  "ix_dwd_order_created": ("created_at",), "ix_dwd_order_biz_date": ("biz_date",)}
+ORDER = WideTable("dwd_order", key=("order_id",), lookups=(Lookup("store", by="store_id", refreshes=True),),
+                  indexes=_ORDER_INDEXES, columns=(
     Column("order_id", "varchar(64)", Copy(HEADER, "order_id")),
     Column("store_id", "varchar(32)", Copy(HEADER, "store_id")),
     Column("store_name", "varchar(128)", Looked("store", "store_name")),
@@ -113,29 +125,32 @@ ORDER = WideTable("dwd_order", key=("order_id",), lookups=(Lookup("store", by="s
     Column("region", "varchar(64)", Looked("store", "region")),
     Column("member_id", "varchar(32)", Copy(HEADER, "member_id")),
     Column("channel", "varchar(16)", Copy(HEADER, "channel")),
-    Column("status", "int", Computed("the highest status a DONE operation reaches")),
+    Column("status", "int", Status()),
     Column("item_count", "int", Copy(HEADER, "item_count")),
     Column("total_amount", "money", Copy(HEADER, "total_amount")),
     Column("discount_amount", "money", Copy(HEADER, "discount_amount")),
     Column("pay_amount", "money", Copy(HEADER, "pay_amount")),
-    Column("pay_channel", "varchar(32)", Computed("the payment's", (*_PAYMENT, "payment.pay_channel"))),
-    Column("pay_txn_id", "varchar(64)", Computed("the payment's", (*_PAYMENT, "payment.pay_txn_id"))),
-    Column("paid_at", "datetime(3)", Computed("the payment's", _PAYMENT)),
+    Column("pay_channel", "varchar(32)", _payment("pay_channel")),
+    Column("pay_txn_id", "varchar(64)", _payment("pay_txn_id")),
+    Column("paid_at", "datetime(3)", _payment("paid_at")),
     Column("delivery_type", "varchar(32)", Copy(EXT, "delivery_type")),
     Column("refund_amount", "money", Sum(AFTER_SALES, "refund_amount", when=_REFUNDED)),
     Column("refund_count", "int", Sum(AFTER_SALES, None, when=_REFUNDED)),
     Column("perf_staff_id", "varchar(32)", Copy(PERF, "staff_id")),
-    Column("perf_amount", "money", Sum(PERF, "perf_amount")),
+    Column("perf_amount", "money", Sum(PERF, "perf_amount", null_when_empty=True)),
     Column("created_at", "datetime(3)", Copy(HEADER, "created_at")),
-    Column("biz_date", "date", Computed("the business day of paid_at, else created_at", ("paid_at", "created_at"))),
-    Column("last_operation", "varchar(16)", Computed("the operation merged last")),
-    Column("version", "int", Computed("the optimistic lock: one more per change")),
-    Column("updated_at", "datetime(3)", Computed("when the row last changed")),
-    Column("source_digest", "bigint", Computed("digest of the source columns and lines, for reconciliation")),
+    Column("biz_date", "date", BusinessDay(("paid_at", "created_at"))),
+    Column("last_operation", "varchar(16)", Bookkeeping("last_operation")),
+    Column("version", "int", Bookkeeping("version")),
+    Column("updated_at", "datetime(3)", Bookkeeping("updated_at")),
+    Column("source_digest", "bigint", Bookkeeping("source_digest")),
 ))
 
 ORDER_ITEM = WideTable(
     "dwd_order_item", key=("item_id",), rows_from=ITEM, parent="dwd_order", lookups=(Lookup("sku", by="sku_id"),),
+    # A day's lines (reconciliation), the orders with a line of a SKU (search).
+    indexes={"ix_dwd_order_item_order_id": ("order_id",), "ix_dwd_order_item_biz_date": ("biz_date",),
+             "ix_dwd_order_item_sku_id": ("sku_id",)},
     columns=(
         Column("item_id", "bigint", Copy(ITEM, "item_id")),
         Column("order_id", "varchar(64)", Copy(ITEM, "order_id")),

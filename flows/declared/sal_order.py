@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from flows.declaration import (
     Aggregate,
+    Bookkeeping,
+    BusinessDay,
     Column,
-    Computed,
     Copy,
     FlowDeclaration,
     Looked,
@@ -27,6 +28,7 @@ from flows.declaration import (
     RowsPaired,
     Snapshots,
     Source,
+    Status,
     Sum,
     Where,
     WideTable,
@@ -91,11 +93,11 @@ HEADER = WideTable(HEADER_TABLE, key=("FID",), lookups=(Lookup("store_by_custome
     Column("FAMOUNT", AMOUNT, Sum(ENTRY_F, "FAMOUNT")),
     Column("FTAXAMOUNT", AMOUNT, Sum(ENTRY_F, "FTAXAMOUNT")),
     Column("FALLAMOUNT", AMOUNT, Sum(ENTRY_F, "FALLAMOUNT")),
-    Column("status", "int", Computed("the highest status a DONE operation reaches")),
-    Column("biz_date", "date", Computed("the business day of FDATE", ("FDATE",))),
-    Column("last_operation", "varchar(16)", Computed("the operation merged last")),
-    Column("version", "int", Computed("the optimistic lock: one more per change")),
-    Column("updated_at", "datetime(3)", Computed("when the row last changed")),
+    Column("status", "int", Status()),
+    Column("biz_date", "date", BusinessDay(("FDATE",))),
+    Column("last_operation", "varchar(16)", Bookkeeping("last_operation")),
+    Column("version", "int", Bookkeeping("version")),
+    Column("updated_at", "datetime(3)", Bookkeeping("updated_at")),
 ))
 
 LINE = WideTable(ENTRY_TABLE, key=("FENTRYID",), rows_from=ENTRY, parent=HEADER_TABLE,

@@ -52,7 +52,7 @@ def _measure_on(column: str) -> tuple[Measure, ...]:
 # --- the errors issue 19 names, word for word ------------------------------------------------
 
 def test_every_declared_flow_holds_together() -> None:
-    assert [flow.name for flow in DECLARATIONS] == ["gqsh", "pos", "sal_order"]
+    assert [flow.name for flow in DECLARATIONS] == ["gqsh", "pos", "sal_order", "pur_mrb", "stk_inventory"]
     assert all(problems(flow) == [] for flow in DECLARATIONS)
     assert problems_across(DECLARATIONS) == []
 
@@ -336,7 +336,8 @@ def test_flow_show_draws_the_state_machine() -> None:
     assert "    refund_amount    money         sum of gqsh_order_after_sales.refund_amount where status = 20" in (
         shown.stdout)
     missing = _tdc("show", "kingdee")
-    assert missing.returncode == 2 and "no flow 'kingdee' (declared: gqsh, pos, sal_order)" in missing.stderr
+    assert missing.returncode == 2 and (
+        "no flow 'kingdee' (declared: gqsh, pos, sal_order, pur_mrb, stk_inventory)" in missing.stderr)
 
 
 BROKEN = """
@@ -389,7 +390,8 @@ def test_flow_validate_accepts_a_good_file_and_the_declared_flows(tmp_path: Path
     result = _tdc("validate", str(good))
     assert (result.returncode, result.stdout) == (0, "ok: 'store_visit' holds together\n"), result.stderr
     declared = _tdc("validate")
-    assert (declared.returncode, declared.stdout) == (0, "ok: 3 flows hold together (gqsh, pos, sal_order)\n")
+    assert (declared.returncode, declared.stdout) == (
+        0, "ok: 5 flows hold together (gqsh, pos, sal_order, pur_mrb, stk_inventory)\n")
 
 
 def test_flow_validate_reports_a_file_that_does_not_run_or_declares_nothing(tmp_path: Path) -> None:
@@ -401,3 +403,94 @@ def test_flow_validate_reports_a_file_that_does_not_run_or_declares_nothing(tmp_
     empty.write_text("X = 1\n")
     assert _tdc("validate", str(empty)).stderr == f"tdc: {empty}: no FlowDeclaration at module level\n"
     assert _tdc("validate", str(tmp_path / "absent.py")).returncode == 2
+
+# --- the Kingdee purchase returns and inventory --------------------------------------------------
+
+PUR_MRB_ENTRY, STK_BALANCES = "dwd_t_pur_mrb_entry", "dwd_t_stk_inventory"
+
+
+def test_pur_mrb_and_stk_inventory_hold_together_beside_the_other_flows() -> None:
+    pur_mrb, inventory = BY_NAME["pur_mrb"], BY_NAME["stk_inventory"]
+    assert problems(pur_mrb) == problems(inventory) == []
+    assert problems_across(DECLARATIONS) == []
+    assert (pur_mrb.databases, inventory.databases) == (("jd_erp",), ("jd_erp",))
+    ledgers = {a.name: a.retraction.ledger for flow in DECLARATIONS for a in flow.aggregates}
+    assert (ledgers["ads_jd_instock"], ledgers["ads_jd_stock_balance"]) == (
+        "ads_jd_instock_ledger", "ads_jd_stock_balance_ledger")
+    owners: dict[str, set[str]] = {}
+    for flow in DECLARATIONS:
+        for aggregate in flow.aggregates:
+            owners.setdefault(aggregate.retraction.ledger, set()).add(flow.name)
+    assert all(len(flows) == 1 for flows in owners.values())  # no flow retracts into another's ledger
+
+
+def test_pur_mrb_raises_by_document_and_cancel_status() -> None:
+    # given the Kingdee purchase return flow
+    flow = BY_NAME["pur_mrb"]
+    created, audited = {"FDOCUMENTSTATUS": "A", "FCANCELSTATUS": "A"}, {"FDOCUMENTSTATUS": "C", "FCANCELSTATUS": "A"}
+    voided = {"FDOCUMENTSTATUS": "A", "FCANCELSTATUS": "B"}
+    # then a saved return raises SAVE, an audited one AUDIT, a voided one CANCEL, a deleted one DELETE
+    assert raised_operations(flow, "t_pur_mrb", "insert", created) == ("SAVE",)
+    assert raised_operations(flow, "t_pur_mrb", "update", audited) == ("SAVE", "AUDIT")
+    assert raised_operations(flow, "t_pur_mrb", "update", voided) == ("SAVE", "CANCEL")
+    assert raised_operations(flow, "t_pur_mrb", "delete", created) == ("DELETE",)
+    assert raised_operations(flow, "t_pur_mrbentry", "delete", {}) == ("SAVE",)
+    assert raised_operations(flow, "t_pur_mrbentry_f", "update", {}) == ("SAVE",)
+    # and Kingdee's rule: neither void nor delete after the audit
+    operations = {o.name: o for o in flow.operations}
+    assert operations["CANCEL"].illegal_after == operations["DELETE"].illegal_after == ("AUDIT",)
+    ads = flow.aggregates[0]
+    assert all_hold(ads.when, {**audited, "status": 20, "biz_date": "2026-01-05"})
+    for row in (created, voided, {**audited, "status": 90}):
+        assert not all_hold(ads.when, {**row, "status": row.get("status", 20), "biz_date": "2026-01-05"})
+
+
+def test_stk_inventory_raises_a_balance_per_change_and_counts_each_row_once() -> None:
+    # given the Kingdee inventory flow
+    flow = BY_NAME["stk_inventory"]
+    row = {"FID": "9f1c", "FKEEPERTYPEID": "BD_Customer", "FKEEPERID": 100231, "FBASEQTY": "12.0000000000"}
+    # then every insert or update is a BALANCE, a delete CLEAR
+    assert raised_operations(flow, "t_stk_inventory", "insert", row) == ("BALANCE",)
+    assert raised_operations(flow, "t_stk_inventory", "update", row) == ("BALANCE",)
+    assert raised_operations(flow, "t_stk_inventory", "delete", row) == ("CLEAR",)
+    # and the ADS takes each row's latest state through a ledger keyed by the row, not by day
+    ads = flow.aggregates[0]
+    assert (ads.name, ads.keys) == ("ads_jd_stock_balance", ("FSTOCKORGID", "store_id", "FMATERIALID", "FSTOCKID"))
+    assert all_hold(ads.when, {"status": 10, "FBASEQTY": "12.0000000000"})
+    assert not all_hold(ads.when, {"status": 90, "FBASEQTY": "12.0000000000"})
+    assert flow.root is not None and flow.root.column("FCUSTID") is not None
+
+
+def test_tdc_flow_show_draws_the_kingdee_state_machines() -> None:
+    returns = _tdc("show", "pur_mrb")
+    assert returns.returncode == 0, returns.stderr
+    assert "\n".join(["  SAVE", "  ├── AUDIT", "  ├── CANCEL  (illegal after AUDIT)",
+                      "  └── DELETE  (illegal after AUDIT)"]) in returns.stdout
+    assert "  t_pur_mrb (delete) -> DELETE" in returns.stdout
+    assert "    complete when a t_pur_mrbentry_f row for every t_pur_mrbentry row (by FENTRYID)" in returns.stdout
+    inventory = _tdc("show", "stk_inventory")
+    assert inventory.returncode == 0, inventory.stderr
+    assert "\n".join(["  BALANCE  (illegal after CLEAR)", "  └── CLEAR"]) in inventory.stdout
+    assert ("    FCUSTID          int             t_stk_inventory.FKEEPERID of the newest row by FUPDATETIME where "
+            "FKEEPERTYPEID = 'BD_Customer'") in inventory.stdout
+    assert "    retraction: ledger ads_jd_stock_balance_ledger by version" in inventory.stdout
+
+
+def test_broken_pur_mrb_and_stk_inventory_are_rejected_precisely() -> None:
+    pur_mrb, inventory = BY_NAME["pur_mrb"], BY_NAME["stk_inventory"]
+    returns = _aggregate(pur_mrb, "ads_jd_instock", measures=(Measure("return_qty", "FQTY"),))
+    assert problems(returns) == [
+        f"flow 'pur_mrb': ads 'ads_jd_instock' measure 'return_qty': no column 'FQTY' in wide table '{PUR_MRB_ENTRY}'"]
+    balances = _aggregate(inventory, "ads_jd_stock_balance", keys=("store_code", "FMATERIALID"),
+                          when=(Where("FISEFFECTIVED", "=", "1"),))
+    assert problems(balances) == [
+        f"flow 'stk_inventory': ads 'ads_jd_stock_balance' key 'store_code': no column 'store_code' in wide table "
+        f"'{STK_BALANCES}'",
+        f"flow 'stk_inventory': ads 'ads_jd_stock_balance' when \"FISEFFECTIVED = '1'\": no column 'FISEFFECTIVED' "
+        f"in wide table '{STK_BALANCES}'",
+    ]
+    # a shared dimension declared another way than sal_order declares it
+    other_stock = replace(inventory.dimensions[1], columns={"FSTOCKID": "int", "FNAME": "varchar(255)"})
+    drifted = replace(inventory, dimensions=(inventory.dimensions[0], other_stock, inventory.dimensions[2]))
+    assert problems_across([BY_NAME["sal_order"], drifted]) == [
+        "flow 'stk_inventory': dimension 'jd_stock': declared differently by flow 'sal_order'"]

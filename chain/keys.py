@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from flows.state_machine import SUCCESSORS
+from flows.registry import operations_run
 
 Key = dict[str, Any]
 
@@ -14,7 +14,7 @@ Key = dict[str, Any]
 def well_formed(key: Any) -> bool:
     """A task key: an order id and an operation of the state machine."""
     return (isinstance(key, dict) and isinstance(key.get("order_id"), str)
-            and isinstance(key.get("operation_type"), str) and key["operation_type"] in SUCCESSORS)
+            and isinstance(key.get("operation_type"), str) and key["operation_type"] in operations_run())
 
 
 def has_token(key: Key) -> bool:

@@ -49,7 +49,8 @@ from chain.task_state import (
 )
 from chain.timings import newest_event_ms, timed, timed_step
 from chain.wide_rows import OptimisticLockConflict, merge_operations, read_wide, write_merges
-from flows.state_machine import PREDECESSOR, SUCCESSORS, WAITING_FOR, Illegal, blocking_reason
+from flows.machine import WAITING_FOR, Illegal
+from flows.registry import flow_of, machine_of
 from inputs.events import BadInput
 from intake.receiver import TaskKey, quarantine, utcnow
 from models.sharded import TaskStatus
@@ -60,7 +61,7 @@ from reliability.fencing import claim_order, claim_orders, held_orders
 from reliability.leases import OrderLeases
 from reliability.transient import TRANSIENT_ERRORS, retry_on_contention
 from settings import Settings
-from strategies import CHECKERS
+from strategies.checkers import check
 from strategies.generators import Dimensions, dimension_keys
 from warehouse.aggregates import apply_orders
 
@@ -71,8 +72,6 @@ Alarm = tuple[str, str, str, str]
 
 #: Read-modify-write rounds of one merge before the conflict is left to Celery's retry.
 MERGE_ATTEMPTS = 8
-#: Operations in state-machine order: an order's keys are checked in this order.
-OPERATION_ORDER = {operation: index for index, operation in enumerate(SUCCESSORS)}
 
 
 def _by_order(keys: Iterable[Key]) -> dict[tuple[str, int], list[Key]]:
@@ -189,7 +188,8 @@ def _by_database(storage: Storage, keys: Iterable[Key]) -> list[list[Key]]:
 
 
 def _in_order(keys: Iterable[Key]) -> list[Key]:
-    return sorted(keys, key=lambda k: OPERATION_ORDER[k["operation_type"]])
+    """Keys in their flow's state-machine order (an order's keys are checked in this order)."""
+    return sorted(keys, key=lambda k: machine_of(k["order_id"]).rank(k["operation_type"]))
 
 
 T = TypeVar("T")
@@ -269,6 +269,7 @@ def _check_order(connection: Connection, settings: Settings, shard: int, token: 
     A key that passes counts as done for the keys after it: the chain merges and finishes them
     in this order, so an order's due operations take one chain, not one chain each."""
     order_facts, sources = facts
+    flow, machine = flow_of(order_facts.order_id), machine_of(order_facts.order_id)
     done = {op for op, t in tasks.items() if t.status == TaskStatus.DONE}
     ever_done = {op for op, t in tasks.items() if t.done_version > 0}
     ready: list[Key] = []
@@ -279,7 +280,7 @@ def _check_order(connection: Connection, settings: Settings, shard: int, token: 
         if task is None or task.status in (TaskStatus.DONE, TaskStatus.FAILED):
             continue  # already processed, or failed until revived
         try:
-            reason = blocking_reason(operation, done, ever_done) or CHECKERS[operation].check(order_facts)
+            reason = machine.blocking_reason(operation, done, ever_done) or check(flow, operation, order_facts)
         except Illegal as illegal:
             reason = f"data error: {illegal}"
             # The order stays as it is: the task fails, its input is kept in quarantine.
@@ -341,7 +342,8 @@ def _merge_database(storage: Storage, dims: Dimensions, keys: list[Key]) -> tupl
         orders, items = read_wide(connection, list(shards))
         prefetch = getattr(dims, "prefetch", None)
         if prefetch is not None:
-            prefetch(entry for order_facts, _ in facts.values() for entry in dimension_keys(order_facts))
+            prefetch(entry for order_id, (order_facts, _) in facts.items()
+                     for entry in dimension_keys(flow_of(order_id), order_facts))
         merges = [
             merge_operations(orders.get(order_id), items.get(order_id, {}), facts[order_id][0],
                              [(k["operation_type"], k["version"]) for k in _in_order(group)], dims, now,
@@ -451,10 +453,11 @@ def _finish_database(storage: Storage, keys: list[Key]) -> tuple[list[TaskKey], 
             complete = {op for op, task in read.items() if task.status == TaskStatus.DONE}
             marked: list[str] = []
             in_chain = {key["operation_type"] for key in group}
+            machine = machine_of(order_id)
             for key in _in_order(group):
                 operation = key["operation_type"]
-                predecessor = PREDECESSOR[operation]
-                if predecessor in in_chain and predecessor not in complete:
+                predecessor = next((p for p in machine.after[operation] if p in in_chain and p not in complete), None)
+                if predecessor is not None:
                     # Its predecessor ran in this chain but newer data stopped it from finishing:
                     # this one waits for it, as it would have in a chain of its own.
                     if operation in read and read[operation].version == key["version"]:
@@ -473,7 +476,7 @@ def _finish_database(storage: Storage, keys: list[Key]) -> tuple[list[TaskKey], 
             # A successor this chain parked was checked with its predecessor done: waking it
             # would only check it again.
             waiting = [op for op in wakeable(read, tuple(
-                dict.fromkeys(s for operation in marked for s in SUCCESSORS[operation])))
+                dict.fromkeys(s for operation in marked for s in machine.successors[operation])))
                 if op not in marked and parked_by(read[op]) != token]
             woken += [(order_id, op) for op in wake(connection, shard, order_id, tuple(waiting), now)]
         resolve_failures(connection, done, now)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row, insert, select, tuple_, update
 
-from flows.state_machine import WAITING_FOR
+from flows.machine import WAITING_FOR
 from models.driver_sql import driver_time, marks, statement, union_all
 from models.orders import FailedTask
 from models.sharded import TaskStatus, meta_table, task_table

@@ -15,15 +15,14 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from flows.state_machine import STATUS_AFTER
+from flows.registry import flow_of
 from models.changelog import record_changes
 from models.digests import Columns, kind_of, row_digest
 from models.orders import DwdOrder, DwdOrderItem, IndexOutbox, OrderSnapshot
 from models.storage import Storage
 from models.writes import is_duplicate_key, upsert
-from strategies import GENERATORS
 from strategies.facts import OrderFacts
-from strategies.generators import UTC, Dimensions, apply_operation
+from strategies.generators import UTC, Dimensions, apply_operation, shape_of
 
 ORDER_TABLE = cast(Table, DwdOrder.__table__)
 SNAPSHOT_TABLE = cast(Table, OrderSnapshot.__table__)
@@ -123,15 +122,15 @@ def merge_operations(current: dict[str, Any] | None, current_items: dict[int, di
     as read: each as if it had been merged and written on its own (a change gives the row its
     next version, a re-run that changes nothing keeps it), each leaving its snapshot.  Nothing
     is written here (``write_merges``)."""
-    order = dict(current) if current else {c: None for c in ORDER_COLUMNS} | {
-        "order_id": facts.order_id, "status": 0, "refund_amount": Decimal("0.00"), "refund_count": 0}
+    flow = flow_of(facts.order_id)
+    shape = shape_of(flow)
+    order = dict(current) if current else shape.new_row(shape.root) | {shape.root.key[0]: facts.order_id}
     items = copy.deepcopy(current_items)
     merge = Merge(order, items, current, changed=False, current_items=current_items)
     version = current["version"] if current else 0
     for operation, task_version in operations:
         substance, lines = _substance(order), _normal_items(items)
-        apply_operation(GENERATORS[operation], STATUS_AFTER.get(operation), operation, order, items, facts, dims,
-                        business_zone)
+        apply_operation(flow, operation, order, items, facts, dims, business_zone)
         if version == 0 or _substance(order) != substance or _normal_items(items) != lines:
             version += 1
             order["updated_at"] = now

@@ -24,7 +24,7 @@ from cli.progress import Progress, progress
 from demo.binlog_server import BinlogServer
 from demo.history import generate_history
 from demo.source import play_changes, source_metadata
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from models.redis_store import get_redis
 from models.storage import Storage, get_storage
 from settings import get_settings

@@ -114,16 +114,16 @@ def _attributes(stored: dict[Any, Any]) -> dict[str, Any]:
 
 
 class RedisDimensions:
-    """Store and SKU attributes for one merge batch (a task's run): each entry is fetched at
-    most once per batch, so no value served is older than the batch."""
+    """Dimension attributes for one merge batch (a task's run): each entry is fetched at most
+    once per batch, so no value served is older than the batch."""
 
     def __init__(self, client: redis.Redis):
         self.client = client
         self._cache: dict[str, dict[str, Any]] = {}
 
-    def prefetch(self, entries: Iterable[tuple[str, str | None]]) -> None:
+    def prefetch(self, entries: Iterable[tuple[str, Any]]) -> None:
         """Fetch the (dimension, key) entries a batch will look up in one pipelined round trip."""
-        names = list(dict.fromkeys(dimension_key(dimension, key) for dimension, key in entries if key is not None))
+        names = list(dict.fromkeys(dimension_key(dimension, str(key)) for dimension, key in entries if key is not None))
         names = [name for name in names if name not in self._cache]
         if not names:
             return
@@ -133,16 +133,11 @@ class RedisDimensions:
         for name, stored in zip(names, reads.execute(), strict=True):
             self._cache[name] = _attributes(stored)
 
-    def _get(self, dimension: str, key: str | None) -> dict[str, Any]:
+    def get(self, dimension: str, key: Any) -> dict[str, Any]:
+        """The attributes of one entry (none when it is missing, deleted, or ``key`` is None)."""
         if key is None:
             return {}
-        name = dimension_key(dimension, key)
+        name = dimension_key(dimension, str(key))
         if name not in self._cache:
             self._cache[name] = _attributes(self.client.hgetall(name))
         return self._cache[name]
-
-    def store(self, store_id: str | None) -> dict[str, Any]:
-        return self._get("store", store_id)
-
-    def sku(self, sku_id: str | None) -> dict[str, Any]:
-        return self._get("sku", sku_id)

@@ -19,7 +19,8 @@ from inputs.columns import UTC, ColumnType, Reading, column_type, read_instant
 from inputs.events import BadInput, BusinessWrite, ChangeEvent, Ignored, Parsed, SchemaChange
 from inputs.positions import Position, encode
 
-RowOperations = Callable[[Mapping[str, Any]], tuple[str, ...]]
+#: (row, change: insert, update or delete) -> the operations it raises.
+RowOperations = Callable[[Mapping[str, Any], str], tuple[str, ...]]
 #: (operation, row) -> what of the row that operation reads.
 RowReads = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
 
@@ -44,7 +45,7 @@ class SourceTable:
     name: str
     key: str
     columns: Mapping[str, str]
-    operations: RowOperations = lambda row: ()
+    operations: RowOperations = lambda row, change: ()
     order_key: str | None = "order_id"
     #: Set for a dimension table: changes go to this Redis dimension, not to tasks.
     dimension: str | None = None
@@ -221,7 +222,7 @@ def _route_change(flow: Flow, event: ChangeEvent, input_format: str, route_: Rou
     order_id = row.get(table.order_key)
     if order_id is None:
         raise BadInput(f"{what} row {key} has no {table.order_key!r}")
-    operations = table.operations(row)
+    operations = table.operations(row, event.kind)
     if not operations:
         raise BadInput(f"{what} row {key} feeds no operation (status {row.get('status')!r})", str(order_id))
     for operation in operations:

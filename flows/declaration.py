@@ -14,9 +14,8 @@ Declarations are frozen Python dataclasses, not YAML validated by pydantic, beca
   an operation, a cycle), which pydantic's per-field validation does not give for free: the same
   checks would be written by hand either way, and no new dependency or file format is needed.
 
-Nothing here is read by the engine yet: ``flows.gqsh`` still drives it.  Issue 19 moves the
-engine onto declarations step by step; ``tests/unit/test_flow_declarations.py`` keeps the
-``gqsh`` declaration equal to what the engine does meanwhile.
+The engine reads declarations through ``flows.registry`` (routing, state machines) and
+``strategies`` (completeness checks, wide rows).
 """
 
 from __future__ import annotations

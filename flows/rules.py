@@ -1,6 +1,5 @@
 """Reading a declaration's rules: does a row satisfy a predicate, which operations does a source
-row raise.  The engine does not call these yet (``flows.gqsh`` still routes); the tests use them
-to prove the ``gqsh`` declaration raises what the engine raises."""
+row raise (intake routes by it: ``flows.registry``)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from sqlalchemy import BigInteger, Column, Date, Integer, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from flows import SourceTable
-from flows.registry import FLOWS
+from flows.registry import ACCEPTED
 from models.types import Money, Timestamp, column_sql_type
 
 
@@ -81,5 +81,5 @@ def _offline_dimension_table(source: SourceTable) -> Table:
 #: Dimension name -> (its source table declaration, the warehouse table the T+1 reload reads).
 OFFLINE_DIMENSIONS: dict[str, tuple[SourceTable, Table]] = {
     source.dimension: (source, _offline_dimension_table(source))
-    for flow in FLOWS for source in flow.tables.values() if source.dimension is not None
+    for source in ACCEPTED.tables.values() if source.dimension is not None
 }

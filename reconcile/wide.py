@@ -33,7 +33,6 @@ from typing import Any, cast
 
 from sqlalchemy import Table, case, func, select, text
 
-from chain.steps import OPERATION_ORDER
 from chain.task_state import facts_of, tasks_of
 from chain.wide_rows import (
     ITEM_TABLE,
@@ -44,8 +43,9 @@ from chain.wide_rows import (
     read_wide,
     source_digest,
 )
-from flows.gqsh import CANCELLED, PAID
-from flows.state_machine import Illegal, blocking_reason
+from flows.declared.gqsh import CANCELLED, PAID
+from flows.machine import Illegal
+from flows.registry import machine_of
 from models.digests import bucket_of, canonical, sql_bucket, sql_row_digest
 from models.sharded import TaskStatus
 from models.storage import Storage
@@ -99,10 +99,7 @@ class Expected:
 class _NoDimensions:
     """Dimension columns are not compared: look nothing up."""
 
-    def store(self, store_id: str | None) -> dict[str, Any]:
-        return {}
-
-    def sku(self, sku_id: str | None) -> dict[str, Any]:
+    def get(self, dimension: str, key: Any) -> dict[str, Any]:
         return {}
 
 
@@ -209,12 +206,14 @@ def _expected_key(entry: Expected) -> BucketKey | None:
     return (as_date(entry.order["biz_date"]), bucket_of(entry.order["order_id"], BUCKETS))
 
 
-def applicable(tasks: Iterable[str]) -> list[str]:
-    """The operations of ``tasks`` the state machine lets run, in its order (as the chain would)."""
+def applicable(order_id: str, tasks: Iterable[str]) -> list[str]:
+    """The operations of ``tasks`` the order's state machine lets run, in its order (as the chain
+    would)."""
+    machine = machine_of(order_id)
     done: list[str] = []
-    for operation in sorted(tasks, key=OPERATION_ORDER.__getitem__):
+    for operation in sorted(tasks, key=machine.rank):
         try:
-            if blocking_reason(operation, done, done) is None:
+            if machine.blocking_reason(operation, done, done) is None:
                 done.append(operation)
         except Illegal:
             continue
@@ -235,7 +234,7 @@ def expected_orders(storage: Storage, order_ids: Iterable[str]) -> dict[str, Exp
                 tasks = tasks_of(connection, shards)
                 facts = facts_of(connection, shards)
             for order_id in shards:
-                operations = [(op, tasks[order_id][op].version) for op in applicable(tasks[order_id])]
+                operations = [(op, tasks[order_id][op].version) for op in applicable(order_id, tasks[order_id])]
                 in_flight = [op for op, task in tasks[order_id].items()
                              if task.status != TaskStatus.DONE or task.done_version < task.version]
                 if not operations:

@@ -32,7 +32,7 @@ from streams.sinks import Message
 
 #: Namespace of every event id (uuid5 of ``TYPE|KEY|...``): fixed forever, or ids change.
 EVENT_NAMESPACE = uuid.UUID("4f1f2d0c-0b7e-5d35-9a57-6c1f0d6e7a11")
-#: ``dwd_order.status`` of a cancelled order (``flows.state_machine.STATUS_AFTER``).
+#: ``dwd_order.status`` of a cancelled order (``flows.declared.gqsh``).
 CANCELLED = 50
 #: Fields of the order and of the line each event carries; a change of any of them is an update.
 PAY_ORDER_FIELDS = ("store_id", "member_id", "channel", "biz_date", "paid_at", "pay_channel", "pay_txn_id",

@@ -224,7 +224,7 @@ def source_database(binlog_server):  # type: ignore[no-untyped-def]
     from sqlalchemy import create_engine
 
     from demo.source import source_metadata
-    from flows.gqsh import ORDER_FLOW
+    from flows.registry import ACCEPTED as ORDER_FLOW
 
     name = f"gqsh_src_{uuid.uuid4().hex[:8]}"
     with binlog_server.connect() as connection, connection.cursor() as cursor:

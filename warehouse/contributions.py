@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from flows.gqsh import CANCELLED
+from flows.declared.gqsh import CANCELLED
 
 ZERO = Decimal("0.00")
 CENT = Decimal("0.01")

@@ -1,6 +1,6 @@
 """The flow declarations, checked when this package is imported: a declaration that does not
 hold together (alone, or beside the others) raises ``flows.validation.DeclarationError`` with
-every problem.  The engine does not read them yet (issue 19 moves it onto them in steps)."""
+every problem.  The engine runs the ones ``flows.registry.RUNNING`` lists."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""``gqsh``: the online order flow (DESIGN sections 2-4) as a declaration.
-
-The engine still runs it from ``flows.gqsh``, ``flows.state_machine``, ``strategies``,
-``chain.wide_rows`` and ``warehouse.contributions``; ``tests/unit/test_flow_declarations.py``
-proves this declaration says the same (tables, keys, raised operations, state machine, wide
-columns, ADS) until the engine reads it.
-"""
+"""``gqsh``: the online order flow of the order centre (DESIGN sections 2-4): orders, their lines,
+extension, after-sales and performance records from the source database ``gqsh``, and the
+payment system's writes."""
 
 from __future__ import annotations
 
@@ -39,8 +35,17 @@ from flows.declaration import (
     WideTable,
 )
 from flows.declared.dimensions import SKU, STORE
-from flows.gqsh import CANCELLED, COMPLETED, DELIVERED, PAID, REFUNDED, SUBMITTED
-from flows.state_machine import Operation as Op
+
+#: Order status codes of ``gqsh_order.status``.
+SUBMITTED, PAID, DELIVERED, COMPLETED, CANCELLED = 10, 20, 30, 40, 50
+#: After-sales status codes: only REFUNDED moves money.
+APPLIED, REFUNDED, REJECTED = 10, 20, 30
+
+
+class Op:
+    """The operations of the flow."""
+
+    SUBMIT, PAY, DELIVER, COMPLETE, REFUND, CANCEL = "SUBMIT", "PAY", "DELIVER", "COMPLETE", "REFUND", "CANCEL"
 
 HEADER, ITEM, EXT = "gqsh_order", "gqsh_order_item", "gqsh_order_ext"
 AFTER_SALES, AFTER_SALES_DTL, PERF, PAYMENT = (

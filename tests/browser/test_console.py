@@ -22,7 +22,7 @@ import pytest
 from chain.steps import give_up
 from chain.task_state import load_task
 from demo.processes import free_port, running, start_console, start_worker
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from models.sharded import TaskStatus
 from models.storage import Storage
 from reliability.leases import OrderLeases

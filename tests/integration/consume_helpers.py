@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from chain.wide_rows import read_orders
 from demo.check import aggregate_differences, differences, expected_aggregates
 from demo.history import History
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from models.orders import QuarantinedInput
 from models.storage import Storage
 from streams.consume.figures import CONSUMER_FIGURES

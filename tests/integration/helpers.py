@@ -45,7 +45,7 @@ def ingest(storage, client, flow, input_format: str, lines: list[str]):  # type:
 
 def process_history(storage, client, history) -> None:  # type: ignore[no-untyped-def]
     """Ingest a generated history (its change lines, then its payments) and run every chain to rest."""
-    from flows.gqsh import ORDER_FLOW
+    from flows.registry import ACCEPTED as ORDER_FLOW
 
     formats = dict.fromkeys(f for f, _ in history.lines)
     for fmt in formats:

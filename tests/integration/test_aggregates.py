@@ -12,7 +12,7 @@ from chain.steps import aggregate_orders
 from chain.task_state import load_task
 from demo.check import differences, expected_aggregates
 from demo.history import generate_history
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from models.sharded import TaskStatus, task_table
 from models.warehouse import AdsOrderLedger
 from reliability.leases import OrderLeases

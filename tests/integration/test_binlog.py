@@ -29,7 +29,7 @@ from chain.wide_rows import read_orders
 from demo.check import differences
 from demo.history import History, generate_history
 from demo.source import play_changes, source_metadata
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from models.cdc import CdcPosition, SchemaChangeRecord
 from models.sharded import meta_table
 from models.storage import Storage

@@ -22,7 +22,7 @@ from chain.wide_rows import (
 )
 from demo.check import differences
 from demo.history import generate_history
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from inputs.positions import Position, encode
 from intake.receiver import IntakeReport
 from models.orders import DwdOrder, OrderSnapshot
@@ -36,10 +36,7 @@ pytestmark = pytest.mark.integration
 
 
 class NoDimensions:
-    def store(self, store_id):  # type: ignore[no-untyped-def]
-        return {}
-
-    def sku(self, sku_id):  # type: ignore[no-untyped-def]
+    def get(self, dimension, key):  # type: ignore[no-untyped-def]
         return {}
 
 
@@ -223,15 +220,12 @@ class CommitsBehindOurBack:
     def __init__(self, storage, order_id: str, facts: OrderFacts) -> None:  # type: ignore[no-untyped-def]
         self.storage, self.order_id, self.facts, self.calls = storage, order_id, facts, 0
 
-    def store(self, store_id):  # type: ignore[no-untyped-def]
+    def get(self, dimension, key):  # type: ignore[no-untyped-def]
         self.calls += 1
         if self.calls == 1:
             with self.storage.engine_for_order(self.order_id).begin() as other_session:
                 merge_order_rows(other_session, self.facts, "DELIVER", 1, NoDimensions(), dt.datetime(2026, 11, 5),
                                  changelog=self.storage.settings.changelog_outbox)
-        return {}
-
-    def sku(self, sku_id):  # type: ignore[no-untyped-def]
         return {}
 
 

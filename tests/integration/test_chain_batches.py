@@ -16,7 +16,7 @@ from chain.wide_rows import read_orders
 from demo.check import aggregate_differences, expected_aggregates, matching_orders
 from demo.history import generate_history
 from dimensions.lookup import RedisDimensions
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from models.orders import OrderSnapshot
 from models.sharded import TaskStatus
 from reliability.leases import OrderLeases
@@ -86,7 +86,7 @@ def test_a_successor_waits_when_its_predecessor_is_not_ready_in_the_same_chain(s
     # Then nothing ran: SUBMIT waits for its item, the others wait for their predecessors
     assert done == []
     reasons = {op: _task(storage, order_id, op).last_error for op in ("SUBMIT", "PAY", "DELIVER")}
-    assert reasons == {"SUBMIT": "0 of 1 item rows have arrived", "PAY": "waiting for SUBMIT",
+    assert reasons == {"SUBMIT": "0 of 1 gqsh_order_item rows have arrived", "PAY": "waiting for SUBMIT",
                        "DELIVER": "waiting for PAY"}
 
 
@@ -96,12 +96,9 @@ class FailingFor:
     def __init__(self, store_id: str):
         self.store_id = store_id
 
-    def store(self, store_id):  # type: ignore[no-untyped-def]
-        if store_id == self.store_id:
-            raise ValueError(f"store {store_id} cannot be read")
-        return {}
-
-    def sku(self, sku_id):  # type: ignore[no-untyped-def]
+    def get(self, dimension, key):  # type: ignore[no-untyped-def]
+        if dimension == "store" and key == self.store_id:
+            raise ValueError(f"store {key} cannot be read")
         return {}
 
 

@@ -14,7 +14,7 @@ from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_order
 from chain.task_state import load_task
 from chain.wide_rows import read_orders
 from dimensions.lookup import RedisDimensions
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from intake.receiver import bump_task, utcnow
 from models.sharded import TaskStatus, task_table
 from reliability.leases import OrderLeases

@@ -10,7 +10,7 @@ from sqlalchemy import insert, text
 
 from demo.history import generate_history
 from dimensions.lookup import dimension_key
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from models.warehouse import OFFLINE_DIMENSIONS
 from tests.conftest import env_of
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
@@ -40,7 +40,7 @@ def test_order_show_tells_an_order_that_waited_for_its_predecessor(service_env, 
     # Then `tdc order show` shows both tasks done and what each waited for
     shown = tdc_output(service_env, "order", "show", order_id)
     assert "SUBMIT    DONE" in shown and "PAY       DONE" in shown
-    assert "attempt 1: 0 of 1 item rows have arrived" in shown
+    assert "attempt 1: 0 of 1 gqsh_order_item rows have arrived" in shown
     assert "attempt 1: waiting for SUBMIT" in shown
     as_json = json.loads(tdc_output(service_env, "order", "show", order_id, "--json"))
     assert as_json["dwd_order"]["status"] == 20

@@ -25,7 +25,7 @@ import redis
 from kombu import Connection
 
 from demo.history import generate_history
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from streams.consume.figures import CONSUMER_FIGURES
 from tests.conftest import REDIS, env_of
 from tests.integration.consume_helpers import (

@@ -6,7 +6,7 @@ import threading
 import pytest
 from sqlalchemy import create_engine, event, func, select, text
 
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from intake.receiver import Effect, store_record
 from models.cdc import SchemaChangeRecord
 from models.orders import QuarantinedInput

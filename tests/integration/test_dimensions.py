@@ -13,7 +13,7 @@ from sqlalchemy import insert, select
 from chain.wide_rows import read_orders
 from dimensions.lookup import RedisDimensions, dimension_key
 from dimensions.offline import load_offline_dimensions
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from models.orders import QuarantinedInput
 from models.warehouse import OFFLINE_DIMENSIONS
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
@@ -114,9 +114,9 @@ def test_the_offline_reload_replaces_older_entries_in_place_and_keeps_newer_ones
     # Then older entries were replaced, the newer CDC value kept, the unseen one added, none missed
     dims = RedisDimensions(redis_client)
     assert misses == []
-    assert dims.store(known[7])["store_name"] == f"{known[7]} v2"
-    assert dims.store(cdc_renamed)["store_name"] == "renamed by CDC"
-    assert dims.store(unseen)["store_name"] == "brand new"
+    assert dims.get("store", known[7])["store_name"] == f"{known[7]} v2"
+    assert dims.get("store", cdc_renamed)["store_name"] == "renamed by CDC"
+    assert dims.get("store", unseen)["store_name"] == "brand new"
     assert loads[0].written >= len(known) + 1
 
 
@@ -142,4 +142,4 @@ def test_each_dimension_change_gets_a_verdict_and_an_ambiguous_one_is_kept(stora
         kept = connection.execute(select(QuarantinedInput.reason).where(
             QuarantinedInput.raw == change("Other", 0))).scalars().all()
     assert len(kept) == 1 and kept[0].startswith("ambiguous order: store")
-    assert RedisDimensions(redis_client).store(store_id)["store_name"] == "New"
+    assert RedisDimensions(redis_client).get("store", store_id)["store_name"] == "New"

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import delete, update
 
 from demo.history import SourceChange, generate_history, render_canal
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from models.changelog import CHANGELOG, FIRST_CONSUME, FIRST_CONSUME_ORDERS
 from models.storage import Storage
 from streams.events import event_id

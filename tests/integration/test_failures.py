@@ -14,7 +14,7 @@ import pytest
 from chain.steps import give_up, valid_keys
 from chain.task_state import load_task
 from chain.wide_rows import read_orders
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from models.sharded import TaskStatus
 from models.storage import Storage
 from reliability.alarms import ALARM_COUNTERS, flush_alarms
@@ -90,7 +90,7 @@ def test_a_task_whose_predecessor_never_comes_fails_alarms_and_completes_when_it
     assert pay is not None and pay["reason"] == "waiting for SUBMIT" and pay["attempts"] == 4
     assert [a["attempt"] for a in pay["history"]] == [1, 2, 3, 4]
     assert any(source.startswith("business:payment:") for source in pay["sources"])
-    assert get_failure(impatient, order_id, "SUBMIT")["reason"] == "0 of 1 item rows have arrived"
+    assert get_failure(impatient, order_id, "SUBMIT")["reason"] == "0 of 1 gqsh_order_item rows have arrived"
     assert int(redis_client.hget(ALARM_COUNTERS, "task_failed")) >= alarms_before + 2
     assert flush_alarms(10)
     posted = [a for a in webhook if a.get("order_id") == order_id]
@@ -144,8 +144,8 @@ def test_tdc_failed_lists_shows_and_retries_a_failure(service_env, impatient, re
     shown = tdc_output(service_env, "failed", "show", f"{order_id}/SUBMIT")
     retried = tdc_output(service_env, "failed", "retry", f"{order_id}/submit", "NOPE/PAY")
     # Then each says what a user needs, and the task is due again with fresh attempts
-    assert f"{order_id}/SUBMIT" in listing and "0 of 1 item rows have arrived" in listing
-    assert "attempt 4: 0 of 1 item rows have arrived" in shown and "canal:gqsh_order:" in shown
+    assert f"{order_id}/SUBMIT" in listing and "0 of 1 gqsh_order_item rows have arrived" in listing
+    assert "attempt 4: 0 of 1 gqsh_order_item rows have arrived" in shown and "canal:gqsh_order:" in shown
     assert "1 failed tasks revived, 1 submitted" in retried and "NOPE/PAY: not failed" in retried
     task = _task(impatient, order_id, "SUBMIT")
     assert (task.status, task.attempts) == (TaskStatus.PENDING, 0)

@@ -6,7 +6,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from models.orders import QuarantinedInput
 from models.sharded import meta_table, task_table
 from tests.conftest import new_order_id

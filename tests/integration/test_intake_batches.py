@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import event, select
 
 from demo.history import generate_history
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from intake.receiver import accept_lines, store_record, utcnow
 from models.sharded import meta_table
 from tests.conftest import new_order_id

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders
 from demo.history import generate_history
 from dimensions.lookup import RedisDimensions
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from models.orders import DwdOrder, OrderSnapshot
 from models.sharded import TaskStatus, task_table
 from models.warehouse import AdsOrderLedger

@@ -23,7 +23,7 @@ from sqlalchemy import insert
 import chain.inline
 from cdc.source import Checkpoint, store_checkpoint
 from chain.timings import record
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from intake.receiver import utcnow
 from models.shards import task_table_name
 from reliability.alarms import ALARM_COUNTERS, raise_alarm

@@ -413,10 +413,7 @@ def test_nothing_is_written_to_the_outbox_without_a_sink(fresh_storage, redis_cl
 
 
 class NoDimensions:
-    def store(self, store_id: str | None) -> dict[str, Any]:
-        return {}
-
-    def sku(self, sku_id: str | None) -> dict[str, Any]:
+    def get(self, dimension: str, key: Any) -> dict[str, Any]:
         return {}
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from intake.receive_caps import KEPT_CHARACTERS, MAX_WRITE_BYTES, receive_batch
 from models.orders import QuarantinedInput
 from models.sharded import meta_table

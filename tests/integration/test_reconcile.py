@@ -449,7 +449,7 @@ def test_the_order_center_is_compared_with_what_tdc_accepted_and_taken_in_again(
     from cdc.snapshot import take_snapshot
     from cdc.source import load_checkpoint, source_of
     from demo.source import play_changes, source_metadata
-    from flows.gqsh import ORDER_FLOW
+    from flows.registry import ACCEPTED as ORDER_FLOW
     from models.storage import Storage
     from tests.integration.helpers import ingest
 

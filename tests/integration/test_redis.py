@@ -29,14 +29,14 @@ def test_dimension_writes_keep_the_newest_position_and_a_delete_is_not_undone(re
         DimensionChange("store", key, {"store_name": "Middle", "city": "Y"}, _at(200)),
     ])
     assert written == 1
-    assert RedisDimensions(redis_client).store(key) == {"store_name": "New", "city": "X"}
+    assert RedisDimensions(redis_client).get("store", key) == {"store_name": "New", "city": "X"}
     assert apply_dimension_changes(redis_client, [DimensionChange("store", key, {"store_name": "Mid"}, _at(250))]) == 0
     apply_dimension_changes(redis_client, [DimensionChange("store", key, None, _at(400))])
-    assert RedisDimensions(redis_client).store(key) == {}
+    assert RedisDimensions(redis_client).get("store", key) == {}
     apply_dimension_changes(redis_client, [DimensionChange("store", key, {"store_name": "Late"}, _at(350))])
-    assert RedisDimensions(redis_client).store(key) == {}
+    assert RedisDimensions(redis_client).get("store", key) == {}
     apply_dimension_changes(redis_client, [DimensionChange("store", key, {"store_name": "Again"}, _at(500))])
-    assert RedisDimensions(redis_client).store(key) == {"store_name": "Again"}
+    assert RedisDimensions(redis_client).get("store", key) == {"store_name": "Again"}
 
 
 def _write_every(keys: list[str], offsets: range) -> None:
@@ -61,7 +61,7 @@ def test_processes_racing_on_the_same_entries_leave_the_newest(redis_client) -> 
     # Then every entry holds the newest version written by any of them
     assert [writer.exitcode for writer in writers] == [0, 0, 0]
     dims = RedisDimensions(redis_client)
-    assert [dims.sku(key)["sku_name"] for key in keys] == ["v599"] * 5
+    assert [dims.get("sku", key)["sku_name"] for key in keys] == ["v599"] * 5
 
 
 def test_a_newer_write_between_our_read_and_our_write_is_kept(redis_client) -> None:
@@ -93,4 +93,4 @@ def test_a_newer_write_between_our_read_and_our_write_is_kept(redis_client) -> N
     written = apply_dimension_changes(racing, [DimensionChange("store", key, {"store_name": "v200"}, _at(200))])
     # Then it saw the newer version and wrote nothing over it
     assert interleaved and written == 0
-    assert RedisDimensions(redis_client).store(key) == {"store_name": "v300"}
+    assert RedisDimensions(redis_client).get("store", key) == {"store_name": "v300"}

@@ -15,7 +15,7 @@ from cdc.snapshot import quoted, take_snapshot
 from cdc.source import source_of
 from demo.history import generate_history
 from demo.source import play_changes, source_metadata
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from flows import Flow, Route, SourceTable, route
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from inputs.columns import Reading, column_type
 from inputs.events import BadInput
 from inputs.formats import parse_line
@@ -84,7 +84,7 @@ def test_a_declaration_is_checked_when_the_flow_is_declared() -> None:
 
 def test_the_same_instant_as_timestamp_and_datetime_is_stored_the_same_in_any_source_zone() -> None:
     table = SourceTable("t", key="id", columns={"id": "bigint", "made": "datetime(3)", "changed": "timestamp(3)"},
-                        operations=lambda row: ("SUBMIT",), order_key="id")
+                        operations=lambda row, change: ("SUBMIT",), order_key="id")
     flow = Flow("f", {"t": table}, databases=("shop",))
     # 09:30 wall clock in Shanghai is 01:30 UTC: the DATETIME as Debezium's Timestamp, the TIMESTAMP as UTC text
     line = json.dumps({"op": "c", "after": {"id": 1, "made": 1793611800000, "changed": "2026-11-02T01:30:00Z"},

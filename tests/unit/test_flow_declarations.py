@@ -192,7 +192,7 @@ def test_cycles_are_found_once_each() -> None:
 # --- the gqsh declaration says what the engine does today ----------------------------------------
 
 def test_gqsh_reads_the_tables_and_keys_the_engine_routes() -> None:
-    from flows.gqsh import ORDER_FLOW
+    from flows.registry import ACCEPTED as ORDER_FLOW
 
     declared = {s.name: s for s in GQSH.sources}
     dimensions = {d.table: d for d in GQSH.dimensions}
@@ -211,38 +211,25 @@ def test_gqsh_reads_the_tables_and_keys_the_engine_routes() -> None:
         name: (source.operations, dict(source.payload)) for name, source in ORDER_FLOW.business.items()}
 
 
-def test_gqsh_raises_and_reads_what_the_engine_routes() -> None:
-    from flows.gqsh import ORDER_FLOW
+def test_gqsh_header_status_raises_its_operations_and_each_reads_its_columns() -> None:
+    from flows.registry import ACCEPTED
 
     header = {"order_id": "o1", "store_id": "s1", "member_id": "m1", "channel": "app", "item_count": 2,
               "total_amount": "10.00", "discount_amount": "0.00", "pay_amount": "10.00",
               "created_at": "2026-01-01T00:00:00", "paid_at": None, "updated_at": None}
-    for name, table in ORDER_FLOW.tables.items():
-        if table.dimension is not None:
-            continue
-        source = next(s for s in GQSH.sources if s.name == name)
-        for status, change in itertools.product([None, 0, 10, 15, 20, 30, 40, 50, 60], CHANGES):
-            row = {**header, "status": status}
-            engine = table.operations(row)
-            assert raised_operations(GQSH, name, change, row) == engine, (name, status, change)
-            for operation in engine:
-                reads = source.reads.get(operation)
-                declared = row if reads is None else {column: row[column] for column in reads}
-                assert declared == (row if table.reads is None else table.reads(operation, row))
-
-
-def test_gqsh_state_machine_is_the_engines() -> None:
-    from flows.state_machine import ILLEGAL_AFTER, PREDECESSOR, STATUS_AFTER
-    from flows.state_machine import Operation as Op
-    from strategies import CHECKERS, GENERATORS
-
-    operations = {o.name: o for o in GQSH.operations}
-    assert tuple(operations) == Op.ALL
-    assert GQSH.predecessors() == {name: (before,) if before else () for name, before in PREDECESSOR.items()}
-    assert {name: o.illegal_after for name, o in operations.items() if o.illegal_after} == {
-        name: (before,) for name, before in ILLEGAL_AFTER.items()}
-    assert {name: o.status for name, o in operations.items() if o.status is not None} == STATUS_AFTER
-    assert set(CHECKERS) == set(GENERATORS) == set(operations)
+    raised = {10: ("SUBMIT",), 20: ("SUBMIT", "PAY"), 30: ("SUBMIT", "PAY", "DELIVER"),
+              40: ("SUBMIT", "PAY", "COMPLETE"), 50: ("SUBMIT", "CANCEL")}
+    table = ACCEPTED.tables["gqsh_order"]
+    for status, change in itertools.product([None, 0, 10, 15, 20, 30, 40, 50, 60], CHANGES):
+        row = {**header, "status": status}
+        assert table.operations(row, change) == raised.get(status, ()), (status, change)  # type: ignore[arg-type]
+    assert table.reads is not None
+    row = {**header, "status": 20}
+    submit = table.reads("SUBMIT", row)
+    assert "status" not in submit and "paid_at" not in submit and submit["member_id"] == "m1"
+    assert table.reads("PAY", row) == {"pay_amount": "10.00"}
+    assert ACCEPTED.tables["gqsh_order_item"].operations({"item_id": 1}, "delete") == ("SUBMIT",)
+    assert ACCEPTED.tables["gqsh_order_item"].reads is None
 
 
 def _kind(declared: str) -> str:
@@ -403,6 +390,7 @@ def test_flow_validate_reports_a_file_that_does_not_run_or_declares_nothing(tmp_
     empty.write_text("X = 1\n")
     assert _tdc("validate", str(empty)).stderr == f"tdc: {empty}: no FlowDeclaration at module level\n"
     assert _tdc("validate", str(tmp_path / "absent.py")).returncode == 2
+
 
 # --- the Kingdee purchase returns and inventory --------------------------------------------------
 

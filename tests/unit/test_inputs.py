@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from flows import route
-from flows.gqsh import ORDER_FLOW
+from flows.registry import ACCEPTED as ORDER_FLOW
 from inputs.ddl import ddl_tables
 from inputs.events import BadInput, ChangeEvent, Ignored, SchemaChange
 from inputs.formats import parse_line

@@ -1,4 +1,5 @@
-"""The state machine, checkers and generators on facts built in memory."""
+"""State machines, completeness checks and wide-row generators read from flow declarations, on
+facts built in memory."""
 
 import datetime as dt
 import json
@@ -7,11 +8,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from flows.state_machine import SUCCESSORS, Illegal, blocking_reason
+from flows.declared.gqsh import GQSH
+from flows.declared.pos import POS
+from flows.declared.sal_order import SAL_ORDER
+from flows.machine import Illegal, StateMachine
 from inputs.positions import Position, encode
-from strategies import CHECKERS
+from strategies.checkers import check
 from strategies.facts import OrderFacts
-from strategies.generators import business_date
+from strategies.generators import apply_operation, business_date, shape_of
+
+MACHINE = StateMachine.of(GQSH)
 
 
 def _at(sequence: str) -> str:
@@ -19,24 +25,36 @@ def _at(sequence: str) -> str:
     return encode(Position(1_700_000_000_000, binlog=(1, int(sequence))))
 
 
-def facts(*rows: tuple[str, str, dict, str], deleted: tuple[str, str, str] | None = None) -> OrderFacts:
+def facts(*rows: tuple[str, str, dict, str], deleted: tuple[str, str, str] | None = None,
+          order_id: str = "O1") -> OrderFacts:
     metadata = [{"source": s, "unique_key": k, "kind": "insert", "content": json.dumps(c), "position": _at(p)}
                 for s, k, c, p in rows]
     if deleted:
         metadata.append({"source": deleted[0], "unique_key": deleted[1], "kind": "delete", "content": "{}",
                          "position": _at(deleted[2])})
-    return OrderFacts.from_metadata("O1", metadata)
+    return OrderFacts.from_metadata(order_id, metadata)
 
 
 HEADER = {"order_id": "O1", "status": 20, "item_count": 2, "pay_amount": "30.00"}
 
 
 def test_pay_waits_for_submit_and_cancel_after_pay_is_illegal() -> None:
-    assert blocking_reason("PAY", done=set(), ever_done=set()) == "waiting for SUBMIT"
-    assert blocking_reason("PAY", done={"SUBMIT"}, ever_done={"SUBMIT"}) is None
+    assert MACHINE.blocking_reason("PAY", done=set(), ever_done=set()) == "waiting for SUBMIT"
+    assert MACHINE.blocking_reason("PAY", done={"SUBMIT"}, ever_done={"SUBMIT"}) is None
     with pytest.raises(Illegal, match="CANCEL after PAY"):
-        blocking_reason("CANCEL", done={"SUBMIT"}, ever_done={"SUBMIT", "PAY"})
-    assert SUCCESSORS["PAY"] == ("DELIVER", "COMPLETE", "REFUND")
+        MACHINE.blocking_reason("CANCEL", done={"SUBMIT"}, ever_done={"SUBMIT", "PAY"})
+    assert MACHINE.successors["PAY"] == ("DELIVER", "COMPLETE", "REFUND")
+    assert MACHINE.order == ("SUBMIT", "PAY", "DELIVER", "COMPLETE", "REFUND", "CANCEL")
+    assert MACHINE.status_after == {"SUBMIT": 10, "PAY": 20, "DELIVER": 30, "COMPLETE": 40, "CANCEL": 50}
+
+
+def test_an_operation_declared_before_its_predecessor_still_runs_after_it() -> None:
+    from dataclasses import replace
+
+    reordered = replace(POS, operations=tuple(reversed(POS.operations)))
+    order = StateMachine.of(reordered).order
+    assert order.index("SUBMIT") < order.index("PAY") < order.index("REFUND")
+    assert order.index("SUBMIT") < order.index("VOID")
 
 
 def test_newest_position_wins_and_a_delete_removes_the_row() -> None:
@@ -48,26 +66,31 @@ def test_newest_position_wins_and_a_delete_removes_the_row() -> None:
 
 def test_submit_needs_exactly_item_count_lines() -> None:
     one_line = facts(("gqsh_order", "O1", HEADER, "1"), ("gqsh_order_item", "1", {"item_id": 1}, "1"))
-    assert CHECKERS["SUBMIT"].check(one_line) == "1 of 2 item rows have arrived"
+    assert check(GQSH, "SUBMIT", one_line) == "1 of 2 gqsh_order_item rows have arrived"
     both = facts(("gqsh_order", "O1", HEADER, "1"), ("gqsh_order_item", "1", {"item_id": 1}, "1"),
                  ("gqsh_order_item", "2", {"item_id": 2}, "1"))
-    assert CHECKERS["SUBMIT"].check(both) is None
+    assert check(GQSH, "SUBMIT", both) is None
+    assert check(GQSH, "SUBMIT", facts(("gqsh_order_item", "1", {"item_id": 1}, "1"))) == "no gqsh_order row yet"
 
 
 def test_pay_needs_a_payment_of_exactly_the_pay_amount() -> None:
     wrong = facts(("gqsh_order", "O1", HEADER, "1"), ("payment", "T1", {"paid_amount": "29.99"}, "1"))
-    assert "does not match pay_amount 30.00" in CHECKERS["PAY"].check(wrong)
+    assert check(GQSH, "PAY", wrong) == "payment paid_amount 29.99 does not match gqsh_order.pay_amount 30.00"
     right = facts(("gqsh_order", "O1", HEADER, "1"), ("payment", "T1", {"paid_amount": "30.00"}, "1"))
-    assert CHECKERS["PAY"].check(right) is None
+    assert check(GQSH, "PAY", right) is None
+    unpaid = facts(("gqsh_order", "O1", {**HEADER, "status": 10}, "1"),
+                   ("payment", "T1", {"paid_amount": "30.00"}, "1"))
+    assert check(GQSH, "PAY", unpaid) == "no gqsh_order row with status in (20, 30, 40) yet"
 
 
 def test_refund_waits_until_details_sum_to_the_refund_amount() -> None:
     after_sales = {"after_sales_id": "A1", "status": 20, "refund_amount": "10.00"}
     partial = facts(("gqsh_order_after_sales", "A1", after_sales, "1"),
                     ("gqsh_order_after_sales_dtl", "1", {"after_sales_id": "A1", "refund_amount": "4.00"}, "1"))
-    assert CHECKERS["REFUND"].check(partial) == "after-sales A1: details sum to 4.00 of 10.00"
+    assert check(GQSH, "REFUND", partial) == (
+        "gqsh_order_after_sales A1: gqsh_order_after_sales_dtl refund_amount sums to 4.00 of 10.00")
     applied_only = facts(("gqsh_order_after_sales", "A1", {**after_sales, "status": 10}, "1"))
-    assert CHECKERS["REFUND"].check(applied_only) is None
+    assert check(GQSH, "REFUND", applied_only) is None
     assert Decimal("10.00") == Decimal(after_sales["refund_amount"])
 
 
@@ -78,3 +101,82 @@ def test_the_business_day_is_the_calendar_day_in_the_business_zone() -> None:
     assert str(business_date(paid, ZoneInfo("Asia/Shanghai"))) == "2026-11-02"
     assert str(business_date(paid, ZoneInfo("America/New_York"))) == "2026-11-01"
     assert business_date(None, ZoneInfo("UTC")) is None
+
+
+def test_kingdee_entries_wait_for_their_finance_rows() -> None:
+    header = {"FID": 7, "FDOCUMENTSTATUS": "A", "FCANCELSTATUS": "A"}
+    entry = ("t_sal_orderentry", "71", {"FENTRYID": 71, "FID": 7}, "1")
+    unpaired = facts(("t_sal_order", "7", header, "1"), entry, order_id="7")
+    assert check(SAL_ORDER, "SAVE", unpaired) == "t_sal_orderentry 71: no t_sal_orderentry_f row yet"
+    paired = facts(("t_sal_order", "7", header, "1"), entry, ("t_sal_orderentry_f", "71", {"FENTRYID": 71}, "1"),
+                   order_id="7")
+    assert check(SAL_ORDER, "SAVE", paired) is None
+
+
+DIMENSIONS = {("store", "S1"): {"store_name": "Bund", "city": "Shanghai", "region": "East"},
+              ("sku", "K1"): {"sku_name": "Beef", "category": "meat"}}
+
+
+class _Dims:
+    def get(self, dimension: str, key: object) -> dict:
+        return DIMENSIONS.get((dimension, key), {})
+
+
+ORDER = {"order_id": "O1", "store_id": "S1", "member_id": "M1", "channel": "app", "status": 20, "item_count": 1,
+         "total_amount": "30.00", "discount_amount": "0.00", "pay_amount": "30.00",
+         "created_at": "2026-11-01T20:00:00.000", "paid_at": None, "updated_at": None}
+LINE = {"item_id": 5, "order_id": "O1", "sku_id": "K1", "quantity": 2, "unit_price": "15.00", "amount": "30.00"}
+
+
+def test_a_merge_writes_only_the_columns_whose_tables_raise_the_operation() -> None:
+    after_sales = {"after_sales_id": "A1", "order_id": "O1", "status": 20, "refund_amount": "15.00"}
+    detail = {"id": 1, "after_sales_id": "A1", "order_id": "O1", "item_id": 5, "refund_quantity": 1,
+              "refund_amount": "15.00"}
+    payment = {"pay_txn_id": "T1", "pay_channel": "card", "paid_amount": "30.00", "paid_at": "2026-11-01T21:00:00.000"}
+    known = facts(("gqsh_order", "O1", ORDER, "1"), ("gqsh_order_item", "5", LINE, "1"),
+                  ("gqsh_order_after_sales", "A1", after_sales, "2"), ("gqsh_order_after_sales_dtl", "1", detail, "2"),
+                  ("payment", "T1", payment, "3"))
+    shape = shape_of(GQSH)
+    order, items = shape.new_row(shape.root) | {"order_id": "O1"}, {}
+    zone = ZoneInfo("Asia/Shanghai")
+    apply_operation(GQSH, "SUBMIT", order, items, known, _Dims(), zone)
+    # The refund has arrived, but SUBMIT does not write it: REFUND has not run.
+    assert (order["status"], order["refund_amount"], order["paid_at"], order["store_name"]) == (
+        10, Decimal("0.00"), None, "Bund")
+    assert order["biz_date"] == dt.date(2026, 11, 2)  # 20:00 UTC is the next day in Shanghai
+    assert items[5]["sku_name"] == "Beef" and items[5]["refund_amount"] == Decimal("0.00")
+    apply_operation(GQSH, "PAY", order, items, known, _Dims(), zone)
+    assert (order["status"], order["pay_channel"], order["paid_at"]) == (20, "card", dt.datetime(2026, 11, 1, 21))
+    apply_operation(GQSH, "REFUND", order, items, known, _Dims(), zone)
+    assert (order["refund_amount"], order["refund_count"], order["status"], order["last_operation"]) == (
+        Decimal("15.00"), 1, 20, "REFUND")
+    assert (items[5]["refund_quantity"], items[5]["refund_amount"], items[5]["status"]) == (1, Decimal("15.00"), 20)
+    assert order["perf_amount"] is None  # a sum declared NULL when there are no rows
+
+
+def test_a_child_row_copies_from_its_paired_table_by_key() -> None:
+    header = {"FID": 7, "FBILLNO": "XSDD0001", "FDATE": "2026-11-03T00:00:00.000", "FCUSTID": 9,
+              "FDOCUMENTSTATUS": "C", "FCANCELSTATUS": "A"}
+    entries = [("t_sal_orderentry", str(n), {"FENTRYID": n, "FID": 7, "FSEQ": n, "FMATERIALID": 100 + n,
+                                             "FQTY": "2.0000000000", "FSTOCKID": 3}, "1") for n in (71, 72)]
+    finance = [("t_sal_orderentry_f", str(n), {"FENTRYID": n, "FID": 7, "FAMOUNT": f"{n}.5000000000"}, "1")
+               for n in (72, 71)]
+    known = facts(("t_sal_order", "7", header, "1"), *entries, *finance, order_id="7")
+    shape = shape_of(SAL_ORDER)
+    order, items = shape.new_row(shape.root) | {"FID": 7}, {}
+    apply_operation(SAL_ORDER, "SAVE", order, items, known, _Dims())
+    assert {key: item["FAMOUNT"] for key, item in items.items()} == {71: Decimal("71.5"), 72: Decimal("72.5")}
+    assert (order["entry_count"], order["FQTY"], order["FAMOUNT"], order["biz_date"]) == (
+        2, Decimal("4"), Decimal("144.0"), dt.date(2026, 11, 3))
+    assert {item["biz_date"] for item in items.values()} == {dt.date(2026, 11, 3)}
+
+
+def test_every_declared_flow_compiles_into_what_the_engine_runs() -> None:
+    from flows.declared import DECLARATIONS
+    from flows.registry import routing
+
+    for flow in DECLARATIONS:
+        machine, shape, routed = StateMachine.of(flow), shape_of(flow), routing(flow)
+        assert set(machine.order) == {o.name for o in flow.operations}
+        assert shape.root is flow.root
+        assert set(routed.tables) == {s.name for s in flow.sources} | {d.table for d in flow.dimensions}

@@ -2,14 +2,13 @@
 
 The expected rows are computed here from the generator's own model of each order, not by
 tdc's code, so comparing them with ``dwd_order`` tests the pipeline.  Source changes are
-rendered as Canal flat messages or Debezium events; payments as business writes.  Arrival is
-displaced (each change moved up to ``displacement`` places), some lines duplicated, and a few
-malformed lines mixed in.
+rendered as Canal flat messages or Debezium events (``demo.render``, for the gqsh source as
+``GQSH_SOURCE`` says); payments as business writes.  Arrival is displaced (each change moved
+up to ``displacement`` places), some lines duplicated, and a few malformed lines mixed in.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import random
@@ -19,25 +18,15 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from demo import render
+from demo.flows.master_data import SKUS, STORES
+from demo.render import SourceChange, SourceDatabase
 from strategies.generators import business_date
 
 CENT = Decimal("0.01")
-STORES = [(f"S{n:03d}", f"Store {n}", city, region) for n, (city, region) in enumerate(
-    [("Shanghai", "East"), ("Hangzhou", "East"), ("Beijing", "North"), ("Tianjin", "North"),
-     ("Guangzhou", "South"), ("Shenzhen", "South"), ("Chengdu", "West"), ("Wuhan", "Central")], start=1)]
-CATEGORIES = ["hotpot base", "meat", "seafood", "vegetables", "noodles", "drinks"]
-SKUS = [(f"K{n:04d}", f"SKU {n}", CATEGORIES[n % len(CATEGORIES)], "pack") for n in range(1, 41)]
-
-
-@dataclass
-class SourceChange:
-    """One row change at the source, with native values."""
-
-    table: str
-    kind: str  # insert | update | delete
-    row: dict[str, Any]
-    at: dt.datetime
-    before: dict[str, Any] | None = None
+#: The gqsh source as its lines have always been rendered: no table declared to the renderer
+#: (key: the first column; decimals at two places), ``updated_at`` sent as a TIMESTAMP.
+GQSH_SOURCE = SourceDatabase("gqsh", undeclared_timestamps=frozenset({"updated_at"}))
 
 
 @dataclass
@@ -226,72 +215,14 @@ class _OrderBuilder:
                 refunds[detail["item_id"]] = (quantity + detail["refund_quantity"], value + detail["refund_amount"])
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    return str(value)
+def render_canal(change: SourceChange, sequence: int, source: SourceDatabase = GQSH_SOURCE) -> str:
+    """``demo.render.render_canal``, by default for the gqsh source."""
+    return render.render_canal(change, sequence, source)
 
 
-def _millis(moment: dt.datetime) -> int:
-    return int(moment.replace(tzinfo=dt.UTC).timestamp() * 1000)
-
-
-#: The source server's uuid in the rendered GTIDs (every source runs with GTIDs, as recommended).
-SOURCE_UUID = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
-#: Columns the source declares TIMESTAMP: Debezium sends them as UTC text (ZonedTimestamp).
-ZONED = {"updated_at"}
-
-
-def render_canal(change: SourceChange, sequence: int) -> str:
-    """A Canal 1.1.7 flat message; ``sequence`` is the transaction's place in commit order, so
-    ``gtid`` (the executed GTID set up to it) orders it."""
-    message = {
-        "id": sequence, "database": "gqsh", "table": change.table, "isDdl": False,
-        "type": change.kind.upper(), "es": _millis(change.at), "ts": _millis(change.at) + 5,
-        "pkNames": [next(iter(change.row))],
-        "data": [{k: _text(v) for k, v in change.row.items()}],
-        "old": None, "gtid": f"{SOURCE_UUID}:1-{sequence + 1}", "sql": "",
-    }
-    if change.kind == "update" and change.before is not None:
-        message["old"] = [{k: _text(v) for k, v in change.before.items() if change.row.get(k) != v}]
-    return json.dumps(message)
-
-
-def _typed(row: dict[str, Any]) -> dict[str, Any]:
-    """Values as the Debezium MySQL connector sends them by default, without the schema envelope."""
-    def one(name: str, value: Any) -> Any:
-        if isinstance(value, dt.datetime) and name in ZONED:
-            return value.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"  # io.debezium.time.ZonedTimestamp
-        if isinstance(value, dt.datetime):
-            return _millis(value)  # DATETIME(3): io.debezium.time.Timestamp
-        if isinstance(value, Decimal):
-            # decimal.handling.mode=precise: the unscaled value's two's complement bytes, base64
-            unscaled = int(value.scaleb(2).to_integral_value())
-            size = max(1, (unscaled.bit_length() + 8) // 8)
-            return base64.b64encode(unscaled.to_bytes(size, "big", signed=True)).decode()
-        return value
-    return {k: one(k, v) for k, v in row.items()}
-
-
-def render_debezium(change: SourceChange, sequence: int) -> str:
-    """A Debezium 2.x MySQL change event (schemas.enable=false); ``sequence`` is the
-    transaction's place in commit order."""
-    op = {"insert": "c", "update": "u", "delete": "d"}[change.kind]
-    event = {
-        "before": _typed(change.before) if change.before else (_typed(change.row) if op == "d" else None),
-        "after": None if op == "d" else _typed(change.row),
-        "op": op,
-        "ts_ms": _millis(change.at) + 5,
-        "source": {"version": "2.5.4.Final", "connector": "mysql", "name": "gqsh-source", "ts_ms": _millis(change.at),
-                   "snapshot": "false", "db": "gqsh", "sequence": None, "table": change.table, "server_id": 1,
-                   "gtid": f"{SOURCE_UUID}:{sequence + 1}", "file": f"mysql-bin.{1 + sequence // 10**6:06d}",
-                   "pos": 4 + sequence % 10**6 * 256,
-                   "row": 0, "thread": 7, "query": None},
-        "transaction": None,
-    }
-    return json.dumps(event)
+def render_debezium(change: SourceChange, sequence: int, source: SourceDatabase = GQSH_SOURCE) -> str:
+    """``demo.render.render_debezium``, by default for the gqsh source."""
+    return render.render_debezium(change, sequence, source)
 
 
 def _dimension_changes(at: dt.datetime) -> list[SourceChange]:
@@ -342,24 +273,18 @@ def generate_history(orders: int, seed: int | None = None, input_format: str = "
         changes += builder.changes
         payments += [(dt.datetime.fromisoformat(p["occurred_at"]), p) for p in builder.payments]
 
-    render = render_canal if input_format == "canal" else render_debezium
-    history.lines += [(input_format, render(change, n)) for n, change in enumerate(_dimension_changes(base))]
+    rendered = render_canal if input_format == "canal" else render_debezium
+    history.lines += [(input_format, rendered(change, n)) for n, change in enumerate(_dimension_changes(base))]
     timeline: list[tuple[dt.datetime, int, str, str]] = []
     changes.sort(key=lambda c: c.at)
     history.changes = _dimension_changes(base) + changes
     for sequence, change in enumerate(changes, start=1000):
-        timeline.append((change.at, sequence, input_format, render(change, sequence)))
+        timeline.append((change.at, sequence, input_format, rendered(change, sequence)))
     for at, payment in payments:
         timeline.append((at, 0, "business", json.dumps(payment)))
     timeline.sort(key=lambda entry: (entry[0], entry[1]))
-    arrivals = [(fmt, line) for _, _, fmt, line in timeline]
-    # Displace: each line moves up to `displacement` places from where it was committed.
-    keyed = sorted(enumerate(arrivals), key=lambda pair: pair[0] + rng.uniform(0, displacement))
-    arrivals = [line for _, line in keyed]
-    for _ in range(int(len(arrivals) * duplicate_rate)):
-        index = rng.randrange(len(arrivals))
-        arrivals.insert(min(len(arrivals), index + rng.randint(1, displacement)), arrivals[index])
-        history.duplicated += 1
+    arrivals, history.duplicated = render.disorder([(fmt, line) for _, _, fmt, line in timeline], rng,
+                                                   displacement, duplicate_rate)
     for n in range(malformed):
         bad = MALFORMED[n % len(MALFORMED)]
         arrivals.insert(rng.randrange(len(arrivals)), ("business" if "payment" in bad else input_format, bad))

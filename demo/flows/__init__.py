@@ -1,1 +1,121 @@
-"""Demo histories of the declared flows, and the master data their dimension rows carry."""
+"""Demo histories of the declared flows the engine does not run yet (``pos``, ``sal_order``).
+
+Each flow's module plays out realistic lives of its entities, renders the source changes as
+Canal or Debezium lines (``demo.render``) that arrive out of order, some twice, with a few
+malformed ones, and computes what the engine must produce from its own model of each entity:
+the wide rows (every declared column but the write's bookkeeping) and the ADS cells.  Nothing
+here calls engine code, so a comparison with what the engine wrote tests the engine.
+
+The semantics the expected rows follow, which the engine is to implement:
+
+- every operation a row raises runs, in state-machine order; the wide row is what the final
+  live source rows give, its status the highest status of the operations that ran;
+- a sum over no rows is 0 (at the column's scale); a business day is the day, in the business
+  zone, of a time stored as naive UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from demo import render
+from demo.render import SourceChange, SourceDatabase, SourceTable
+
+if TYPE_CHECKING:
+    from flows.declaration import FlowDeclaration
+
+UTC = ZoneInfo("UTC")
+#: Where a run's ids start at the lowest: below are the malformed lines' ids.
+_LOWEST_ID = 10**6
+
+#: (ADS table, key values) -> measure -> value.
+Cells = dict[tuple[str, tuple[Any, ...]], dict[str, Any]]
+
+
+@dataclass
+class FlowHistory:
+    """A generated history of one flow and what it must produce."""
+
+    flow: str
+    run_id: str
+    #: (input format, JSON line), in arrival order; the dimension rows come first.
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    #: The source changes the lines render, in commit order (the dimension rows first).
+    changes: list[SourceChange] = field(default_factory=list)
+    #: Wide table -> key value -> the row: every declared column but the engine's bookkeeping
+    #: (``flows.declaration.Bookkeeping``: last_operation, version, updated_at, source_digest).
+    expected: dict[str, dict[Any, dict[str, Any]]] = field(default_factory=dict)
+    #: (ADS table, key values) -> measure -> value, over the entities that contribute.
+    expected_ads: Cells = field(default_factory=dict)
+    malformed: int = 0
+    duplicated: int = 0
+
+
+def source_database(declaration: FlowDeclaration) -> SourceDatabase:
+    """The flow's first source database as the readers see it: its source tables and its
+    dimensions' tables, each with its declared key and column types."""
+    tables = {source.name: SourceTable.declared(source.key, source.columns) for source in declaration.sources}
+    tables.update((dimension.table, SourceTable.declared((dimension.key,), dimension.columns))
+                  for dimension in declaration.dimensions)
+    return SourceDatabase(declaration.databases[0], tables)
+
+
+def id_start(run_id: str, name: str, span: int, limit: int = 2**31 - 1) -> int:
+    """The first of ``span`` ids a run takes for ``name``: placed by the run id within
+    [10**6, limit), so runs sharing a warehouse almost never meet (``int`` keys have room for
+    little more)."""
+    digest = int.from_bytes(hashlib.sha256(f"{run_id}/{name}".encode()).digest()[:8], "big")
+    room = limit - span - _LOWEST_ID
+    if room <= 0:
+        raise ValueError(f"{span} ids of {name!r} do not fit below {limit}")
+    return _LOWEST_ID + digest % room
+
+
+def scaled(value: Decimal, places: int) -> Decimal:
+    """``value`` at ``places`` decimal places (half up, as MySQL rounds on insert)."""
+    return value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+
+
+def business_day(moment: dt.datetime | None, zone: ZoneInfo) -> dt.date | None:
+    """The day, in ``zone``, of a time stored as naive UTC."""
+    return None if moment is None else moment.replace(tzinfo=UTC).astimezone(zone).date()
+
+
+def add_cell(cells: Cells, table: str, key: tuple[Any, ...], **measures: Any) -> None:
+    """Add ``measures`` to the ADS cell (table, key)."""
+    row = cells.setdefault((table, key), {})
+    for name, value in measures.items():
+        row[name] = row[name] + value if name in row else value
+
+
+def assemble(history: FlowHistory, source: SourceDatabase, dimensions: list[SourceChange],
+             changes: Iterable[SourceChange], malformed: list[SourceChange | str], rng: random.Random,
+             input_format: str, displacement: int, duplicate_rate: float) -> None:
+    """Fill ``history``'s lines and changes: the dimension rows in order first, then the
+    entities' changes in commit order, displaced and duplicated (``demo.render.disorder``),
+    with ``malformed`` (a change, or raw text) put in at random places."""
+    ordered = sorted(changes, key=lambda change: change.at)
+    history.changes = dimensions + ordered
+    history.lines = [(input_format, render.render(input_format, change, n, source))
+                     for n, change in enumerate(dimensions)]
+    first = max(1000, len(dimensions))
+    committed = [(input_format, render.render(input_format, change, sequence, source))
+                 for sequence, change in enumerate(ordered, start=first)]
+    arrivals, history.duplicated = render.disorder(committed, rng, displacement, duplicate_rate)
+    for n, bad in enumerate(malformed):
+        text = bad if isinstance(bad, str) else render.render(input_format, bad, first + len(ordered) + n, source)
+        arrivals.insert(rng.randrange(len(arrivals) + 1), (input_format, text))
+    history.malformed = len(malformed)
+    history.lines += arrivals
+
+
+def cycle(kinds: list[Any], count: int) -> list[Any]:
+    """``count`` of ``kinds``, round and round (the malformed lines of a history)."""
+    return [kinds[n % len(kinds)] for n in range(count)]

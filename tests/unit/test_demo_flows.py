@@ -1,4 +1,4 @@
-"""The demo histories of the declared flows (``demo.flows``: ``pos``), and the
+"""The demo histories of the declared flows ``pos`` and ``sal_order`` (``demo.flows``), and the
 shared rendering (``demo.render``) the gqsh history now goes through.
 
 The generators' expected rows are checked against a second reading of the same history: the
@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from demo.flows import FlowHistory, pos
+from demo.flows import FlowHistory, pos, sal_order
 from demo.render import SourceChange, SourceDatabase, SourceTable, render_canal, render_debezium
 from flows.declaration import (
     Bookkeeping,
@@ -37,13 +37,14 @@ from flows.declaration import (
     WideTable,
 )
 from flows.declared.pos import POS
+from flows.declared.sal_order import SAL_ORDER
 from inputs.canal import parse_canal
 from inputs.columns import Reading, column_type
 from inputs.debezium import parse_debezium
 from inputs.events import BadInput, ChangeEvent
 
 GENERATORS: dict[str, tuple[Callable[..., FlowHistory], FlowDeclaration]] = {
-    "pos": (pos.generate, POS)}
+    "pos": (pos.generate, POS), "sal_order": (sal_order.generate, SAL_ORDER)}
 FORMATS = ("canal", "debezium")
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 #: Digests of demo.history's lines for generate_history(120, seed=20261101, run_id="r0000001")
@@ -493,3 +494,15 @@ def test_pos_lives_are_varied() -> None:
             for row in headers if row["pay_time"] is not None}
     assert any(paid != opened for paid, opened in days), "no sale paid the day after it was rung up"
 
+
+def test_sal_order_lives_are_varied() -> None:
+    made = history("sal_order")
+    headers = made.expected[SAL_ORDER.wide[0].name].values()
+    assert {row["status"] for row in headers} == {10, 20, 50}
+    assert {row["FDOCUMENTSTATUS"] for row in headers} == {"A", "B", "C"}
+    assert all(row["FAPPROVEDATE"] is not None for row in headers if row["FDOCUMENTSTATUS"] == "C")
+    assert {row["FDOCUMENTSTATUS"] for row in headers if row["FCANCELSTATUS"] == "B"} == {"A", "B"}
+    assert any(c.table == "t_sal_orderentry" and c.kind == "update" for c in made.changes)
+    assert all(row["FBILLNO"].startswith("XSDD") and len(row["FBILLNO"]) == 10 for row in headers)
+    entries = made.expected[SAL_ORDER.wide[1].name].values()
+    assert any(row["FAMOUNT"].as_tuple().digits[-1] for row in entries), "no amount uses its tenth place"

@@ -1,0 +1,274 @@
+"""A demo history of the ``sal_order`` flow (Kingdee sales orders) and what it must produce.
+
+The head office sells to its stores, which are Kingdee customers.  An order is saved (A,
+created) with its entries and their finance rows in one transaction, sometimes has an entry
+edited while still created, is mostly submitted (B) and audited (C, with FAPPROVEDATE); some
+are voided (FCANCELSTATUS B) before they are audited, a few wait.  Quantities and amounts are
+Kingdee's ``decimal(23,10)``: a price without tax is the price with tax over 1 + the rate, to
+ten places.  Kingdee keeps whole seconds (``datetime``).
+
+The expected rows follow ``demo.flows``' semantics; for this flow: the status is the highest
+of SAVE 10, AUDIT 20 and CANCEL 50; ``biz_date`` is the day of FDATE.  An order counts in the
+ADS, per entry, once audited and while not voided.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import uuid
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from demo.flows import (
+    UTC,
+    Cells,
+    FlowHistory,
+    add_cell,
+    assemble,
+    business_day,
+    cycle,
+    id_start,
+    scaled,
+    source_database,
+)
+from demo.flows.master_data import CUSTOMERS, MATERIALS, STOCKS, STORES, WEIGHED_UNIT
+from demo.render import SourceChange
+from flows.declared.sal_order import AUDITED, ENTRY, ENTRY_F, ENTRY_TABLE, HEADER_TABLE, ORDER, SAL_ORDER, VOIDED
+
+#: The status each operation gives the wide row.
+SAVE_STATUS, AUDIT_STATUS, CANCEL_STATUS = 10, 20, 50
+CREATED, UNDER_REVIEW, NORMAL = "A", "B", "A"
+SALES = "ads_jd_order_sales"
+#: Kingdee's standard sales order bill type (XSDD01_SYS).
+BILL_TYPE = "eacb50844fc84a10b03d7b841f3a6278"
+_PLACES, _RATE_PLACES = 10, 6
+_MOST_ENTRIES = 6
+_MATERIAL = {m[0]: m for m in MATERIALS}
+_STOCK = {s[0]: s for s in STOCKS}
+_CUSTOMER = {c[0]: c for c in CUSTOMERS}
+#: Frozen goods leave from the cold store, the rest from the central warehouse of the store's
+#: region; frozen farm produce pays the reduced VAT rate (9%), the rest 13%.
+_COLD_STORE = STOCKS[1][0]
+_FROZEN = {m[0] for m in MATERIALS if m[2].startswith("Frozen")}
+_REGIONAL_STOCK = {"East": STOCKS[0][0], "North": STOCKS[2][0], "South": STOCKS[3][0], "West": STOCKS[4][0],
+                   "Central": STOCKS[0][0]}
+_REGION = {store[0]: store[3] for store in STORES}
+_NOTES = [None, None, "", "Deliver before 10:00", "Call the store manager on arrival", "Promotion stock"]
+
+
+def _amount(value: Decimal) -> Decimal:
+    return scaled(value, _PLACES)
+
+
+class _SalesOrder:
+    """Plays out one sales order's life in Kingdee, recording its source changes and final rows."""
+
+    def __init__(self, rng: random.Random, fid: int, saved: dt.datetime, ids: dict[str, int],
+                 prices: dict[int, Decimal], zone: ZoneInfo):
+        self.rng = rng
+        self.fid = fid
+        self.now = saved
+        self.ids = ids
+        self.prices = prices
+        self.zone = zone
+        self.changes: list[SourceChange] = []
+        self.header: dict[str, Any] = {}
+        #: Each entry's row and its finance row.
+        self.entries: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self.statuses = [SAVE_STATUS]
+
+    def _tick(self, low: int, high: int) -> dt.datetime:
+        self.now += dt.timedelta(seconds=self.rng.randint(low, high))
+        return self.now
+
+    def _update(self, table: str, row: dict[str, Any], **values: Any) -> None:
+        before = dict(row)
+        row.update(values)
+        self.changes.append(SourceChange(table, "update", dict(row), self.now, before))
+
+    def _quantity(self, material: int) -> Decimal:
+        if _MATERIAL[material][5] == WEIGHED_UNIT:
+            return _amount(Decimal(self.rng.randint(5_000, 80_000)).scaleb(-3))
+        return _amount(Decimal(self.rng.randint(1, 40)))
+
+    @staticmethod
+    def _priced(finance: dict[str, Any], quantity: Decimal) -> None:
+        """Kingdee's amounts from the price with tax and the rate, each to ten places."""
+        rate = 1 + finance["FTAXRATE"] / 100
+        finance["FPRICE"] = _amount(finance["FTAXPRICE"] / rate)
+        finance["FALLAMOUNT"] = _amount(finance["FTAXPRICE"] * quantity)
+        finance["FAMOUNT"] = _amount(finance["FALLAMOUNT"] / rate)
+        finance["FTAXAMOUNT"] = finance["FALLAMOUNT"] - finance["FAMOUNT"]
+
+    def save(self, customer: tuple[int, str, str, str, str], stock: int) -> None:
+        """The order saved (A): header, entries and finance entries in one transaction."""
+        rng, saved = self.rng, self.now
+        document_day = dt.datetime.combine(saved.date(), dt.time())
+        self.header = {
+            "FID": self.fid, "FBILLNO": f"XSDD{self.fid % 1_000_000:06d}", "FBILLTYPEID": BILL_TYPE,
+            "FDATE": document_day, "FCUSTID": customer[0], "FSALEORGID": 100_001,
+            "FSALEDEPTID": 100_200 + rng.randint(1, 4), "FSALERID": 100_300 + rng.randint(1, 12),
+            "FDOCUMENTSTATUS": CREATED, "FCANCELSTATUS": NORMAL, "FCLOSESTATUS": "A",
+            "FCREATEDATE": saved, "FMODIFYDATE": saved, "FAPPROVEDATE": None, "FNOTE": rng.choice(_NOTES),
+        }
+        materials = rng.sample(sorted(_MATERIAL), rng.randint(1, _MOST_ENTRIES))
+        for seq, material in enumerate(materials, start=1):
+            self.ids["entry"] += 1
+            entry: dict[str, Any] = {
+                "FENTRYID": self.ids["entry"], "FID": self.fid, "FSEQ": seq, "FMATERIALID": material,
+                "FUNITID": _MATERIAL[material][5], "FQTY": self._quantity(material),
+                "FSTOCKID": _COLD_STORE if material in _FROZEN else stock,
+                "FDELIVERYDATE": document_day + dt.timedelta(days=rng.randint(1, 3)), "FNOTE": None}
+            finance: dict[str, Any] = {"FENTRYID": entry["FENTRYID"], "FID": self.fid, "FPRICE": None,
+                       "FTAXPRICE": _amount(self.prices[material]),
+                       "FTAXRATE": scaled(Decimal(9 if material in _FROZEN else 13), _RATE_PLACES), "FAMOUNT": None,
+                       "FTAXAMOUNT": None, "FALLAMOUNT": None, "FDISCOUNT": _amount(Decimal(0))}
+            self._priced(finance, entry["FQTY"])
+            self.entries.append((entry, finance))
+        self.changes.append(SourceChange(ORDER, "insert", dict(self.header), saved))
+        for entry, finance in self.entries:
+            self.changes.append(SourceChange(ENTRY, "insert", dict(entry), saved))
+            self.changes.append(SourceChange(ENTRY_F, "insert", dict(finance), saved))
+
+    def edit(self) -> None:
+        """While still created: one entry's quantity changed, its amounts with it."""
+        entry, finance = self.rng.choice(self.entries)
+        self._tick(60, 4 * 3600)
+        quantity = entry["FQTY"]
+        while quantity == entry["FQTY"]:
+            quantity = self._quantity(entry["FMATERIALID"])
+        self._update(ENTRY, entry, FQTY=quantity)
+        updated = dict(finance)
+        self._priced(updated, entry["FQTY"])
+        self._update(ENTRY_F, finance, **updated)
+        self._update(ORDER, self.header, FMODIFYDATE=self.now)
+
+    def submit(self) -> None:
+        self._tick(60, 2 * 3600)
+        self._update(ORDER, self.header, FDOCUMENTSTATUS=UNDER_REVIEW, FMODIFYDATE=self.now)
+
+    def audit(self) -> None:
+        self._tick(300, 8 * 3600)
+        self._update(ORDER, self.header, FDOCUMENTSTATUS=AUDITED, FAPPROVEDATE=self.now, FMODIFYDATE=self.now)
+        self.statuses.append(AUDIT_STATUS)
+
+    def void(self) -> None:
+        self._tick(300, 24 * 3600)
+        self._update(ORDER, self.header, FCANCELSTATUS=VOIDED, FMODIFYDATE=self.now)
+        self.statuses.append(CANCEL_STATUS)
+
+    def live(self) -> None:
+        """Created, maybe edited, then mostly submitted and audited; some voided first; a few wait."""
+        rng = self.rng
+        if rng.random() < 0.2:
+            self.edit()
+        fate = rng.random()
+        if fate < 0.1:
+            if rng.random() < 0.5:
+                self.submit()
+            self.void()
+        elif fate < 0.85:
+            self.submit()
+            self.audit()
+        elif fate < 0.93:
+            self.submit()
+
+    # --- what it must produce ------------------------------------------------------------------
+
+    def expected(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The header's wide row and its entries'."""
+        h = self.header
+        customer = _CUSTOMER[h["FCUSTID"]]
+        status = max(self.statuses)
+        day = business_day(h["FDATE"], self.zone)
+        header = {name: h[name] for name in ("FID", "FBILLNO", "FBILLTYPEID", "FDATE", "FCUSTID", "FSALEORGID",
+                                             "FSALERID", "FDOCUMENTSTATUS", "FCANCELSTATUS", "FAPPROVEDATE")}
+        zero = _amount(Decimal(0))
+        header.update(
+            store_id=customer[3], store_name=customer[4], entry_count=len(self.entries),
+            FQTY=sum((entry["FQTY"] for entry, _ in self.entries), zero),
+            FAMOUNT=sum((finance["FAMOUNT"] for _, finance in self.entries), zero),
+            FTAXAMOUNT=sum((finance["FTAXAMOUNT"] for _, finance in self.entries), zero),
+            FALLAMOUNT=sum((finance["FALLAMOUNT"] for _, finance in self.entries), zero),
+            status=status, biz_date=day)
+        rows = []
+        for entry, finance in self.entries:
+            material, stock = _MATERIAL[entry["FMATERIALID"]], _STOCK[entry["FSTOCKID"]]
+            row = {name: entry[name] for name in ("FENTRYID", "FID", "FSEQ", "FMATERIALID", "FUNITID", "FQTY",
+                                                  "FSTOCKID")}
+            row.update({name: finance[name] for name in ("FPRICE", "FTAXPRICE", "FTAXRATE", "FAMOUNT",
+                                                         "FTAXAMOUNT", "FALLAMOUNT")})
+            row.update(FCUSTID=h["FCUSTID"], store_id=customer[3], biz_date=day, material_number=material[1],
+                       material_name=material[2], stock_number=stock[1], stock_name=stock[2], status=status)
+            rows.append(row)
+        return header, rows
+
+    def contribute(self, cells: Cells) -> None:
+        """Add the order's entries to the ADS cells, from its source rows: audited and not
+        voided, on its document date."""
+        if self.header["FDOCUMENTSTATUS"] != AUDITED or self.header["FCANCELSTATUS"] == VOIDED:
+            return
+        day = business_day(self.header["FDATE"], self.zone)
+        store = _CUSTOMER[self.header["FCUSTID"]][3]
+        for entry, finance in self.entries:
+            add_cell(cells, SALES, (day, store, entry["FMATERIALID"], entry["FSTOCKID"]), qty=entry["FQTY"],
+                     amount=finance["FAMOUNT"], tax_amount=finance["FTAXAMOUNT"], all_amount=finance["FALLAMOUNT"])
+
+
+def _saved(rng: random.Random) -> dt.datetime:
+    """When an order is saved: office hours over a week from 1 November 2026, whole seconds."""
+    day = dt.datetime(2026, 11, 1) + dt.timedelta(days=rng.randrange(7))
+    return day + dt.timedelta(seconds=rng.randint(8 * 3600 + 30 * 60, 18 * 3600))
+
+
+def _dimensions(at: dt.datetime) -> list[SourceChange]:
+    tables: list[tuple[str, tuple[str, ...], list[tuple[Any, ...]]]] = [
+        ("dim_jd_erp_material", ("FMATERIALID", "FNUMBER", "FNAME", "FSPECIFICATION", "FMATERIALGROUP",
+                                 "FBASEUNITID"), list(MATERIALS)),
+        ("dim_jd_erp_stock", ("FSTOCKID", "FNUMBER", "FNAME", "FSTOCKPROPERTY", "FUSEORGID"), list(STOCKS)),
+        ("dim_store_shop_fcustid", ("FCUSTID", "FNUMBER", "FNAME", "store_id", "store_name"), list(CUSTOMERS)),
+    ]
+    return [SourceChange(table, "insert", dict(zip(names, row, strict=True)), at)
+            for table, names, rows in tables for row in rows]
+
+
+def _malformed(at: dt.datetime) -> list[SourceChange | str]:
+    """Lines the engine must quarantine: not JSON, an amount that is no number, an entry without its id."""
+    return [
+        "{not json",
+        SourceChange(ENTRY_F, "insert", {"FENTRYID": 11, "FID": 7, "FTAXPRICE": "35,00", "FTAXRATE": "13"}, at),
+        SourceChange(ENTRY, "insert", {"FID": 7, "FSEQ": 1, "FMATERIALID": MATERIALS[0][0],
+                                       "FQTY": _amount(Decimal(1))}, at),
+    ]
+
+
+def generate(entities: int, seed: int | None = None, input_format: str = "canal", displacement: int = 40,
+             duplicate_rate: float = 0.03, malformed: int = 6, zone: ZoneInfo = UTC,
+             run_id: str | None = None) -> FlowHistory:
+    """A history of ``entities`` Kingdee sales orders as ``input_format`` ('canal' or 'debezium')
+    lines, with the wide rows and ADS cells it must produce.  ``run_id`` (default: a fresh one)
+    places the FIDs and FENTRYIDs; the same seed and run id give the same lines."""
+    rng = random.Random(seed)
+    run_id = run_id or uuid.uuid4().hex[:8]
+    history = FlowHistory(flow=SAL_ORDER.name, run_id=run_id, expected={HEADER_TABLE: {}, ENTRY_TABLE: {}})
+    first_fid = id_start(run_id, ORDER, entities + 1)
+    ids = {"entry": id_start(run_id, ENTRY, entities * _MOST_ENTRIES + 1)}
+    prices = {m[0]: Decimal(rng.randint(1_800, 9_800) if m[5] == WEIGHED_UNIT else rng.randint(4_500, 68_000))
+              .scaleb(-2) for m in MATERIALS}
+    changes: list[SourceChange] = []
+    for n in range(entities):
+        order = _SalesOrder(rng, first_fid + n, _saved(rng), ids, prices, zone)
+        customer = rng.choice(CUSTOMERS)
+        order.save(customer, _REGIONAL_STOCK[_REGION[customer[3]]])
+        order.live()
+        header, rows = order.expected()
+        history.expected[HEADER_TABLE][order.fid] = header
+        history.expected[ENTRY_TABLE].update((row["FENTRYID"], row) for row in rows)
+        order.contribute(history.expected_ads)
+        changes += order.changes
+    start = dt.datetime(2026, 11, 1)
+    assemble(history, source_database(SAL_ORDER), _dimensions(start), changes, cycle(_malformed(start), malformed),
+             rng, input_format, displacement, duplicate_rate)
+    return history

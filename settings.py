@@ -110,6 +110,13 @@ class Settings:
     business_zone: ZoneInfo = ZoneInfo("UTC")
     #: Source databases followed instead of the flows' own (``*`` wildcards); None: the flows'.
     source_databases: tuple[str, ...] | None = None
+    #: The declared flows whose input tdc accepts (``tdc flow list`` names them).
+    flows: tuple[str, ...] = ("gqsh",)
+    #: An entity merged within this many days is open: a change of a refreshing dimension it
+    #: uses merges it again (``dimensions.refresh``).
+    refresh_days: float = 7.0
+    #: Seconds between passes over pending dimension refreshes (beat).
+    refresh_interval_seconds: float = 5.0
     #: Console users of ``tdc serve``: name -> password hash (``tdc serve --hash-password``).
     web_users: Mapping[str, str] = field(default_factory=dict)
     #: Key signing the console's session cookies; None: a random key per process (logins
@@ -190,6 +197,16 @@ def _databases(env: Mapping[str, str]) -> tuple[str, ...] | None:
     if bad:
         raise SettingsError(f"TDC_SOURCE_DATABASES: {', '.join(map(repr, bad))} is not a database name "
                             f"(letters, digits, _ $ -, and * ? wildcards)")
+    return names
+
+
+def _flows(env: Mapping[str, str]) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in env.get("TDC_FLOWS", "gqsh").split(",") if name.strip()))
+    if not names:
+        raise SettingsError("TDC_FLOWS names no flow (e.g. TDC_FLOWS=gqsh,pos; `tdc flow list` shows them)")
+    bad = [name for name in names if not name.replace("_", "").isalnum()]
+    if bad:
+        raise SettingsError(f"TDC_FLOWS: {', '.join(map(repr, bad))} is not a flow name")
     return names
 
 
@@ -348,6 +365,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         source_zone=source_zone,
         business_zone=_zone(env, "TDC_BUSINESS_TIMEZONE", source_zone),
         source_databases=_databases(env),
+        flows=_flows(env),
+        refresh_days=_number(env, "TDC_REFRESH_DAYS", 7.0),
+        refresh_interval_seconds=_number(env, "TDC_REFRESH_INTERVAL_SECONDS", 5.0),
         web_users=_pairs(env, "TDC_WEB_USERS", ":", "NAME:PASSWORD_HASH (from `tdc serve --hash-password`)"),
         web_secret=env.get("TDC_WEB_SECRET", "").strip() or None,
         receiver_tokens=_pairs(env, "TDC_RECEIVER_TOKENS", "=", "SOURCE=TOKEN"),

@@ -10,9 +10,11 @@ from sqlalchemy import select
 
 from chain.task_state import load_facts, order_tasks
 from chain.wide_rows import read_wide_rows
+from flows.registry import flow_of
 from inputs.positions import decode
-from models.orders import FailedTask, OrderSnapshot, QuarantinedInput
+from models.orders import FailedTask, QuarantinedInput
 from models.storage import Storage
+from models.wide import schema_of
 
 
 def order_lineage(storage: Storage, order_id: str) -> dict[str, Any]:
@@ -22,7 +24,9 @@ def order_lineage(storage: Storage, order_id: str) -> dict[str, Any]:
         _, metadata = load_facts(connection, shard, order_id)
         tasks = order_tasks(connection, shard, order_id)
         order, items = read_wide_rows(connection, order_id)
-        snapshots = connection.execute(select(OrderSnapshot.__table__).where(OrderSnapshot.order_id == order_id))
+        table = schema_of(flow_of(order_id)).snapshots
+        snapshots: list[Any] = [] if table is None else list(
+            connection.execute(select(table).where(table.c.order_id == order_id)))
         quarantined = connection.execute(
             select(QuarantinedInput.__table__).where(QuarantinedInput.order_id == order_id))
         failures = connection.execute(select(FailedTask.__table__).where(FailedTask.order_id == order_id))

@@ -1,4 +1,5 @@
-"""Writing ``dwd_order``/``dwd_order_item`` under the optimistic lock, and the snapshot."""
+"""Writing a flow's wide rows (its root row per entity and its child rows) under the optimistic
+lock, and the snapshot."""
 
 from __future__ import annotations
 
@@ -15,35 +16,85 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from flows.declaration import Bookkeeping, FlowDeclaration, Looked
 from flows.registry import flow_of
 from models.changelog import record_changes
 from models.digests import Columns, kind_of, row_digest
-from models.orders import DwdOrder, DwdOrderItem, IndexOutbox, OrderSnapshot
+from models.orders import DimensionUse, IndexOutbox
 from models.storage import Storage
+from models.wide import DEFAULT_SCHEMA, SCHEMAS, WideSchema, schema_of
 from models.writes import is_duplicate_key, upsert
 from strategies.facts import OrderFacts
 from strategies.generators import UTC, Dimensions, apply_operation, shape_of
 
-ORDER_TABLE = cast(Table, DwdOrder.__table__)
-SNAPSHOT_TABLE = cast(Table, OrderSnapshot.__table__)
 OUTBOX_TABLE = cast(Table, IndexOutbox.__table__)
-ITEM_TABLE = cast(Table, DwdOrderItem.__table__)
-ORDER_COLUMNS = [c.name for c in DwdOrder.__table__.columns]
-ITEM_COLUMNS = [c.name for c in DwdOrderItem.__table__.columns]
-#: Columns that record the write, not the order: a merge changing only these is a no-op.
-BOOKKEEPING = {"version", "updated_at", "last_operation", "source_digest"}
-#: Columns looked up in dimensions: the dimension, not the order's source, decides them.
-DIMENSION_COLUMNS = frozenset({"store_name", "city", "region", "sku_name", "category"})
-#: The columns that come from the order's source, in the order they are digested.
-SOURCE_ORDER_COLUMNS: Columns = [(c.name, kind_of(c)) for c in ORDER_TABLE.columns
-                                 if c.name not in BOOKKEEPING | DIMENSION_COLUMNS]
-SOURCE_ITEM_COLUMNS: Columns = [(c.name, kind_of(c)) for c in ITEM_TABLE.columns if c.name not in DIMENSION_COLUMNS]
+USES_TABLE = cast(Table, DimensionUse.__table__)
 
 
-def source_digest(order: dict[str, Any], items: Iterable[dict[str, Any]]) -> int:
-    """The digest of an order's source columns and its lines: the row's digest plus its lines'
-    (``models.digests``), so a database can add up the same from the stored rows."""
-    return row_digest(SOURCE_ORDER_COLUMNS, order) + sum(row_digest(SOURCE_ITEM_COLUMNS, item) for item in items)
+@dataclass(frozen=True)
+class Layout:
+    """What writing a flow's wide rows needs, worked out once per flow."""
+
+    schema: WideSchema
+    root_columns: tuple[str, ...]
+    child_columns: tuple[str, ...]
+    #: The columns that come from the entity's source (not dimensions, not bookkeeping), in the
+    #: order they are digested (``models.digests``).
+    source_root: Columns
+    source_child: Columns
+    #: Columns that record the write, not the entity: a merge changing only these is a no-op.
+    bookkeeping: frozenset[str]
+    #: The optimistic write of a known root row: every column, where it still has the version read.
+    update: Any
+
+    @classmethod
+    def of(cls, flow: FlowDeclaration) -> Layout:
+        schema = schema_of(flow)
+        assert flow.root is not None
+        looked = {c.name for wide in flow.wide for c in wide.columns if isinstance(c.origin, Looked)}
+        bookkeeping = frozenset(c.name for c in flow.root.columns if isinstance(c.origin, Bookkeeping))
+        root, child = schema.root, schema.child
+        return cls(
+            schema=schema,
+            root_columns=tuple(c.name for c in root.columns),
+            child_columns=tuple(c.name for c in child.columns) if child is not None else (),
+            source_root=[(c.name, kind_of(c)) for c in root.columns if c.name not in bookkeeping | looked],
+            source_child=[(c.name, kind_of(c)) for c in child.columns if c.name not in looked]
+            if child is not None else [],
+            bookkeeping=bookkeeping,
+            update=update(root).where((root.c[schema.entity] == bindparam("key_entity"))
+                                      & (root.c.version == bindparam("key_version")))
+            .values({c.name: bindparam(c.name) for c in root.columns if c.name != schema.entity}))
+
+
+_LAYOUTS: dict[str, Layout] = {}
+
+
+def layout_of(flow: FlowDeclaration) -> Layout:
+    layout = _LAYOUTS.get(flow.name)
+    if layout is None:
+        layout = _LAYOUTS[flow.name] = Layout.of(flow)
+    return layout
+
+
+_DEFAULT = layout_of(DEFAULT_SCHEMA.flow)
+#: The first running flow's tables and columns, for the readers not yet made flow-aware.
+ORDER_TABLE: Table = DEFAULT_SCHEMA.root
+ITEM_TABLE: Table = cast(Table, DEFAULT_SCHEMA.child)
+ORDER_COLUMNS = list(_DEFAULT.root_columns)
+ITEM_COLUMNS = list(_DEFAULT.child_columns)
+SOURCE_ORDER_COLUMNS: Columns = _DEFAULT.source_root
+SOURCE_ITEM_COLUMNS: Columns = _DEFAULT.source_child
+DIMENSION_COLUMNS = frozenset(name for name in ORDER_COLUMNS + ITEM_COLUMNS
+                              if name not in {n for n, _ in [*SOURCE_ORDER_COLUMNS, *SOURCE_ITEM_COLUMNS]}
+                              and name not in _DEFAULT.bookkeeping)
+
+
+def source_digest(order: dict[str, Any], items: Iterable[dict[str, Any]], flow: FlowDeclaration | None = None) -> int:
+    """The digest of an entity's source columns and its child rows: the row's digest plus its
+    children's (``models.digests``), so a database can add up the same from the stored rows."""
+    layout = layout_of(flow) if flow is not None else _DEFAULT
+    return row_digest(layout.source_root, order) + sum(row_digest(layout.source_child, item) for item in items)
 
 
 class OptimisticLockConflict(Exception):
@@ -60,7 +111,7 @@ def to_json(value: Any) -> str:
     return json.dumps(value, default=_json_default, sort_keys=True)
 
 
-def read_wide_rows(connection: Connection, order_id: str) -> tuple[dict[str, Any] | None, dict[int, dict[str, Any]]]:
+def read_wide_rows(connection: Connection, order_id: str) -> tuple[dict[str, Any] | None, dict[Any, dict[str, Any]]]:
     orders, items = read_wide(connection, [order_id])
     return orders.get(order_id), items.get(order_id, {})
 
@@ -69,25 +120,52 @@ def read_wide_rows(connection: Connection, order_id: str) -> tuple[dict[str, Any
 READ_CHUNK = 500
 
 
+def _by_flow(order_ids: Iterable[str]) -> dict[str, tuple[FlowDeclaration, list[str]]]:
+    groups: dict[str, tuple[FlowDeclaration, list[str]]] = {}
+    for order_id in order_ids:
+        flow = flow_of(order_id)
+        groups.setdefault(flow.name, (flow, []))[1].append(order_id)
+    return groups
+
+
+def _entity_values(layout: Layout, order_ids: list[str]) -> list[Any]:
+    """Entity ids (text in task keys, with the flow's prefix) as the root's key column holds them."""
+    cut = len(layout.schema.flow.entity_prefix)
+    kind = layout.schema.root.c[layout.schema.entity].type
+    keys = [order_id[cut:] for order_id in order_ids]
+    return [int(key) for key in keys] if getattr(kind, "python_type", str) is int else keys
+
+
+def entity_id(flow: FlowDeclaration, key: Any) -> str:
+    """The entity id of a wide row's key value."""
+    return flow.entity_prefix + str(key)
+
+
 def read_wide(connection: Connection, order_ids: list[str]) -> tuple[dict[str, dict[str, Any]],
-                                                                     dict[str, dict[int, dict[str, Any]]]]:
-    """The ``dwd_order`` row and the ``dwd_order_item`` rows (by item id) of each of ``order_ids``
-    that has them, in two statements per READ_CHUNK orders."""
+                                                                     dict[str, dict[Any, dict[str, Any]]]]:
+    """The root wide row and the child rows (by their key) of each of ``order_ids`` that has
+    them, in two statements per READ_CHUNK entities of a flow."""
     orders: dict[str, dict[str, Any]] = {}
-    items: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
-    for start in range(0, len(order_ids), READ_CHUNK):
-        chunk = order_ids[start : start + READ_CHUNK]
-        for row in connection.execute(select(ORDER_TABLE).where(DwdOrder.order_id.in_(chunk))):
-            orders[row.order_id] = dict(row._mapping)
-        for row in connection.execute(select(ITEM_TABLE).where(DwdOrderItem.order_id.in_(chunk))):
-            items[row.order_id][row.item_id] = dict(row._mapping)
+    items: dict[str, dict[Any, dict[str, Any]]] = defaultdict(dict)
+    for flow, ids in _by_flow(order_ids).values():
+        layout = layout_of(flow)
+        schema = layout.schema
+        for start in range(0, len(ids), READ_CHUNK):
+            chunk = _entity_values(layout, ids[start : start + READ_CHUNK])
+            for row in connection.execute(select(schema.root).where(schema.root.c[schema.entity].in_(chunk))):
+                orders[entity_id(flow, row._mapping[schema.entity])] = dict(row._mapping)
+            if schema.child is None:
+                continue
+            child, entity, key = schema.child, cast(str, schema.child_entity), cast(str, schema.child_key)
+            for row in connection.execute(select(child).where(child.c[entity].in_(chunk))):
+                items[entity_id(flow, row._mapping[entity])][row._mapping[key]] = dict(row._mapping)
     return orders, dict(items)
 
 
-def read_orders(storage: Storage, order_ids: list[str]) -> tuple[dict[str, dict[str, Any]], dict[int, dict[str, Any]]]:
-    """The ``dwd_order`` and ``dwd_order_item`` rows of ``order_ids``."""
+def read_orders(storage: Storage, order_ids: list[str]) -> tuple[dict[str, dict[str, Any]], dict[Any, dict[str, Any]]]:
+    """The root wide rows and the child rows of ``order_ids``."""
     orders: dict[str, dict[str, Any]] = {}
-    items: dict[int, dict[str, Any]] = {}
+    items: dict[Any, dict[str, Any]] = {}
     for database, shards in storage.orders_by_database(order_ids).items():
         with storage.read_engine(database).connect() as connection:
             found, lines = read_wide(connection, list(shards))
@@ -97,48 +175,52 @@ def read_orders(storage: Storage, order_ids: list[str]) -> tuple[dict[str, dict[
     return orders, items
 
 
-def _substance(order: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in order.items() if k not in BOOKKEEPING}
-
-
 @dataclass
 class Merge:
-    """One order's wide rows after the operations of one chain, what they were, and the
+    """One entity's wide rows after the operations of one chain, what they were, and the
     snapshot each operation leaves."""
 
     order: dict[str, Any]
-    items: dict[int, dict[str, Any]]
+    items: dict[Any, dict[str, Any]]
     current: dict[str, Any] | None
     changed: bool
     snapshots: list[dict[str, Any]] = field(default_factory=list)
-    #: The lines as read, for the changelog's before-image.
-    current_items: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: The child rows as read, for the changelog's before-image.
+    current_items: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    flow: FlowDeclaration | None = None
+    #: The entity id, as task keys carry it.
+    order_id: str = ""
 
 
-def merge_operations(current: dict[str, Any] | None, current_items: dict[int, dict[str, Any]], facts: OrderFacts,
+def merge_operations(current: dict[str, Any] | None, current_items: dict[Any, dict[str, Any]], facts: OrderFacts,
                      operations: list[tuple[str, int]], dims: Dimensions, now: dt.datetime,
                      business_zone: ZoneInfo = UTC) -> Merge:
-    """Apply ``(operation, task version)`` pairs, in state-machine order, to the order's wide rows
-    as read: each as if it had been merged and written on its own (a change gives the row its
-    next version, a re-run that changes nothing keeps it), each leaving its snapshot.  Nothing
-    is written here (``write_merges``)."""
+    """Apply ``(operation, task version)`` pairs, in state-machine order, to the entity's wide
+    rows as read: each as if it had been merged and written on its own (a change gives the row
+    its next version, a re-run that changes nothing keeps it), each leaving its snapshot.
+    Nothing is written here (``write_merges``)."""
     flow = flow_of(facts.order_id)
-    shape = shape_of(flow)
-    order = dict(current) if current else shape.new_row(shape.root) | {shape.root.key[0]: facts.order_id}
+    shape, layout = shape_of(flow), layout_of(flow)
+    entity = layout.schema.entity
+    order = dict(current) if current else shape.new_row(shape.root) | {
+        entity: _entity_values(layout, [facts.order_id])[0]}
     items = copy.deepcopy(current_items)
-    merge = Merge(order, items, current, changed=False, current_items=current_items)
+    merge = Merge(order, items, current, changed=False, current_items=current_items, flow=flow,
+                  order_id=facts.order_id)
     version = current["version"] if current else 0
+    child_key = layout.schema.child_key
     for operation, task_version in operations:
-        substance, lines = _substance(order), _normal_items(items)
+        substance, lines = _substance(layout, order), _normal_items(layout, items)
         apply_operation(flow, operation, order, items, facts, dims, business_zone)
-        if version == 0 or _substance(order) != substance or _normal_items(items) != lines:
+        if version == 0 or _substance(layout, order) != substance or _normal_items(layout, items) != lines:
             version += 1
             order["updated_at"] = now
             merge.changed = True
         order["version"] = version
         merge.snapshots.append(dict(
             order_id=facts.order_id, operation_type=operation, task_version=task_version, order_row=to_json(order),
-            item_rows=to_json(sorted(items.values(), key=lambda i: i["item_id"])), taken_at=now))
+            item_rows=to_json(sorted(items.values(), key=lambda i: i[child_key]) if child_key else []),
+            taken_at=now))
     return merge
 
 
@@ -148,33 +230,84 @@ def write_merges(connection: Connection, merges: list[Merge], *, changelog: bool
     statements for the whole batch.  ``changelog`` (``Settings.changelog_outbox``; required, so
     no caller can leave changes out of the changelog by forgetting it): also record each change,
     with its before and after images, for the changelog relay (``models.changelog``);
-    ``outbox``: also each changed order for the search index, in the same transaction
+    ``outbox``: also each changed entity for the search index, in the same transaction
     (``models.orders.IndexOutbox``)."""
     changed = [merge for merge in merges if merge.changed]
-    _write_orders(connection, changed)
+    by_flow: dict[str, list[Merge]] = defaultdict(list)
+    for merge in changed:
+        by_flow[_flow_of(merge).name].append(merge)
+    for group in by_flow.values():
+        _write_orders(connection, group)
+    # The changelog images, its events and the search index are written for the online order
+    # flow alone so far: the other flows' changes are not sent to them.
+    changed_default = by_flow.get(DEFAULT_SCHEMA.flow.name, [])
     if changelog:
-        record_changes(connection, changed)
-    if outbox and changed:
+        record_changes(connection, changed_default)
+    if outbox and changed_default:
         # Due when written: the chain's index task sends it at once, the outbox scan if that fails.
         upsert(connection, OUTBOX_TABLE, ("order_id",), [
-            dict(order_id=m.order["order_id"], version=m.order["version"], due_at=m.order["updated_at"], attempts=0,
+            dict(order_id=m.order_id, version=m.order["version"], due_at=m.order["updated_at"], attempts=0,
                  last_error=None)
-            for m in sorted(changed, key=lambda m: m.order["order_id"])],
+            for m in sorted(changed_default, key=lambda m: m.order_id)],
             lambda new: {"version": new.version, "due_at": new.due_at, "attempts": 0, "last_error": None})
-    if changed:
-        connection.execute(delete(ITEM_TABLE).where(DwdOrderItem.order_id.in_([m.order["order_id"] for m in changed])))
-        lines = [_item_values(item) for merge in changed for item in merge.items.values()]
+    _record_dimension_uses(connection, changed)
+    for group in by_flow.values():
+        layout = layout_of(_flow_of(group[0]))
+        child = layout.schema.child
+        if child is None:
+            continue
+        entity = cast(str, layout.schema.child_entity)
+        connection.execute(delete(child).where(child.c[entity].in_(
+            _entity_values(layout, [m.order_id for m in group]))))
+        lines = [_item_values(layout, item) for merge in group for item in merge.items.values()]
         if lines:
-            connection.execute(insert(ITEM_TABLE), lines)
-    snapshots = [snapshot for merge in merges for snapshot in merge.snapshots]
-    if snapshots:
-        upsert(connection, SNAPSHOT_TABLE, ("order_id", "operation_type"), snapshots, lambda new: {
-            name: new[name] for name in ("task_version", "order_row", "item_rows", "taken_at")})
+            connection.execute(insert(child), lines)
+    snapshots: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for merge in merges:
+        snapshots[_flow_of(merge).name] += merge.snapshots
+    for flow_name, rows in snapshots.items():
+        table = SCHEMAS[flow_name].snapshots
+        if table is not None and rows:
+            upsert(connection, table, ("order_id", "operation_type"), rows, lambda new: {
+                name: new[name] for name in ("task_version", "order_row", "item_rows", "taken_at")})
+
+
+def dimension_uses(merge: Merge) -> set[tuple[str, str]]:
+    """The (dimension, key) entries of refreshing look-ups (``Lookup.refreshes``) the entity's
+    merged wide rows use."""
+    flow = _flow_of(merge)
+    uses: set[tuple[str, str]] = set()
+    for wide in flow.wide:
+        rows = [merge.order] if wide is flow.root else list(merge.items.values())
+        for lookup in wide.lookups:
+            if lookup.refreshes:
+                uses.update((lookup.dimension, str(row[lookup.by])) for row in rows if row.get(lookup.by) is not None)
+    return uses
+
+
+def _record_dimension_uses(connection: Connection, merges: list[Merge]) -> None:
+    """Keep the reverse index of refreshing dimensions (``models.orders.DimensionUse``) in the
+    merge's transaction: each changed entity's entries now, then drop the ones it no longer uses."""
+    rows = [dict(dimension=dimension, dim_key=key, order_id=merge.order_id, used_at=merge.order["updated_at"])
+            for merge in sorted(merges, key=lambda m: m.order_id) for dimension, key in sorted(dimension_uses(merge))]
+    if not rows:
+        return
+    upsert(connection, USES_TABLE, ("dimension", "dim_key", "order_id"), rows, lambda new: {"used_at": new.used_at})
+    # Kept to the millisecond (MariaDB truncates DATETIME(3), others keep more): anything older
+    # than the millisecond of this write is a key the entity no longer uses.
+    at = rows[0]["used_at"]
+    at = at.replace(microsecond=at.microsecond // 1000 * 1000)
+    connection.execute(delete(USES_TABLE).where(USES_TABLE.c.order_id.in_([m.order_id for m in merges])
+                                                & (USES_TABLE.c.used_at < at)))
+
+
+def _flow_of(merge: Merge) -> FlowDeclaration:
+    return merge.flow if merge.flow is not None else flow_of(merge.order_id)
 
 
 def merge_order_rows(connection: Connection, facts: OrderFacts, operation: str, task_version: int,
                      dims: Dimensions, now: dt.datetime, business_zone: ZoneInfo = UTC, *, changelog: bool) -> bool:
-    """Apply ``operation`` to the order's wide rows and write them and the snapshot (and, with
+    """Apply ``operation`` to the entity's wide rows and write them and the snapshot (and, with
     ``changelog``, the change for the changelog relay: ``write_merges``).
 
     Returns False when the rows were already up to date (nothing but the snapshot written).
@@ -186,43 +319,44 @@ def merge_order_rows(connection: Connection, facts: OrderFacts, operation: str, 
     return merge.changed
 
 
-def _normal_items(items: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    return {item_id: {c: item.get(c) for c in ITEM_COLUMNS} for item_id, item in items.items()}
+def _substance(layout: Layout, order: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in order.items() if k not in layout.bookkeeping}
 
 
-def _item_values(item: dict[str, Any]) -> dict[str, Any]:
-    return {c: item.get(c) for c in ITEM_COLUMNS}
+def _normal_items(layout: Layout, items: dict[Any, dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    return {key: {c: item.get(c) for c in layout.child_columns} for key, item in items.items()}
 
 
-#: The optimistic write of a known wide row: every column, where it still has the version read.
-_UPDATE_ORDER = (
-    update(ORDER_TABLE)
-    .where((DwdOrder.order_id == bindparam("key_order_id")) & (DwdOrder.version == bindparam("key_version")))
-    .values({c: bindparam(c) for c in ORDER_COLUMNS if c != "order_id"}))
+def _item_values(layout: Layout, item: dict[str, Any]) -> dict[str, Any]:
+    return {c: item.get(c) for c in layout.child_columns}
 
 
 def _write_orders(connection: Connection, merges: list[Merge]) -> None:
-    """Insert the new wide rows in one statement and update the known ones in one batch, each
-    only if it still has the version read; either way a row's version grows (by the number of
-    changes a chain merged at once, at least one).  OptimisticLockConflict when another writer
-    got to any of them first: the caller rolls back and reads again."""
+    """Insert the new root rows of one flow in one statement and update the known ones in one
+    batch, each only if it still has the version read; either way a row's version grows (by the
+    number of changes a chain merged at once, at least one).  OptimisticLockConflict when
+    another writer got to any of them first: the caller rolls back and reads again."""
+    flow = _flow_of(merges[0])
+    layout = layout_of(flow)
+    entity = layout.schema.entity
     new: list[dict[str, Any]] = []
     known: list[dict[str, Any]] = []
     for merge in merges:
         order, current = merge.order, merge.current
         order["version"] = max(order.get("version") or 0, (current["version"] if current else 0) + 1)
-        values = {c: order.get(c) for c in ORDER_COLUMNS}
-        values["source_digest"] = source_digest(order, merge.items.values())
+        values = {c: order.get(c) for c in layout.root_columns}
+        if "source_digest" in values:
+            values["source_digest"] = source_digest(order, merge.items.values(), flow)
         if current is None:
             new.append(values)
         else:
-            known.append(values | {"key_order_id": order["order_id"], "key_version": current["version"]})
+            known.append(values | {"key_entity": order[entity], "key_version": current["version"]})
     if new:
         try:
-            connection.execute(insert(ORDER_TABLE), new)
+            connection.execute(insert(layout.schema.root), new)
         except IntegrityError as error:
             if not is_duplicate_key(error):
                 raise
-            raise OptimisticLockConflict(f"{len(new)} new orders, one written meanwhile") from error
-    if known and connection.execute(_UPDATE_ORDER, known).rowcount != len(known):
-        raise OptimisticLockConflict(f"{len(known)} known orders, one changed meanwhile")
+            raise OptimisticLockConflict(f"{len(new)} new rows of {flow.name}, one written meanwhile") from error
+    if known and connection.execute(layout.update, known).rowcount != len(known):
+        raise OptimisticLockConflict(f"{len(known)} known rows of {flow.name}, one changed meanwhile")

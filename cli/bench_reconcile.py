@@ -18,9 +18,9 @@ from cli.bench_intake import measure_intake
 from cli.progress import progress
 from demo.history import generate_history
 from dimensions.lookup import RedisDimensions
-from models.orders import DwdOrder
 from models.redis_store import get_redis
 from models.storage import get_storage
+from models.wide import DEFAULT_SCHEMA
 from reconcile.run import Outcome, reconcile
 
 #: DESIGN target for a day with no differences.
@@ -72,9 +72,10 @@ def bench_reconcile(orders: int, seed: int) -> int:
 
     counted = sorted(o for o, row in history.expected_orders.items() if row["paid_at"] and row["status"] != 50)
     damaged = counted[:: max(1, 100 // DAMAGED_PERCENT)]
+    wide = DEFAULT_SCHEMA.root
     for order_id in damaged:
         with storage.order_transaction(order_id) as connection:
-            connection.execute(update(DwdOrder).where(DwdOrder.order_id == order_id).values(member_id="BENCH-EDIT"))
+            connection.execute(update(wide).where(wide.c.order_id == order_id).values(member_id="BENCH-EDIT"))
     with progress("damaged run") as shown:
         found = reconcile(storage, client, first, last, alarm=False, progress=shown.note)
     named = {d.order_id for d in found.diffs if d.layer == "wide"}

@@ -35,6 +35,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.flow != "gqsh":
+        # Before anything reads the setting: intake here and the workers must route the flow.
+        running = [name.strip() for name in os.environ.get("TDC_FLOWS", "gqsh").split(",") if name.strip()]
+        os.environ["TDC_FLOWS"] = ",".join(dict.fromkeys([*running, args.flow]))
+        from demo.flow_run import FLOW_DEMOS, run_flow_demo
+
+        if args.flow not in FLOW_DEMOS:
+            print(f"tdc demo: no demo for flow {args.flow!r}; flows with one: gqsh, {', '.join(FLOW_DEMOS)}",
+                  file=sys.stderr)
+            return 2
+        return run_flow_demo(args.flow, entities=args.orders, seed=args.seed, workers=args.workers,
+                             timeout=args.timeout)
     from demo.run import run_demo
 
     return run_demo(orders=args.orders, seed=args.seed, workers=args.workers, timeout=args.timeout)
@@ -142,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(run=cmd_ingest)
 
     demo = commands.add_parser("demo", help="generate an order history, process it with real workers, check")
-    demo.add_argument("--orders", type=int, default=300)
+    demo.add_argument("--flow", default="gqsh", help="the flow to demonstrate (gqsh, pos, sal_order)")
+    demo.add_argument("--orders", type=int, default=300, help="orders (documents) to generate")
     demo.add_argument("--seed", type=int, default=None)
     demo.add_argument("--workers", type=int, default=2, help="worker process concurrency")
     demo.add_argument("--timeout", type=float, default=600, help="seconds to wait for the pipeline to drain")

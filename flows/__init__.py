@@ -55,6 +55,8 @@ class SourceTable:
     #: On an order's header table: the column whose time says when the order was settled (paid),
     #: which reconciliation uses to find a day's orders in the source database.
     settled_at: str | None = None
+    #: What the entity ids of its flow start with (``FlowDeclaration.entity_prefix``).
+    entity_prefix: str = ""
     #: ``columns`` read: name -> ColumnType.
     types: Mapping[str, ColumnType] = field(init=False, repr=False, compare=False)
 
@@ -77,6 +79,7 @@ class BusinessSource:
     name: str
     operations: tuple[str, ...]
     payload: Mapping[str, str]
+    entity_prefix: str = ""
     types: Mapping[str, ColumnType] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +94,9 @@ class Flow:
     #: The source databases whose tables it follows (a deployment may override them:
     #: ``TDC_SOURCE_DATABASES``).  Rows of the same tables in other databases are not its own.
     databases: tuple[str, ...] = ()
+    #: The entity prefixes of the flows routed together: an id of a flow without one must not
+    #: read as another flow's.
+    prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,7 @@ def _route_change(flow: Flow, event: ChangeEvent, input_format: str, route_: Rou
     what = f"{event.table}"
     raw_order_id = event.row.get(table.order_key) if table.order_key else None
     # Errors about this row keep its order id, so the line shows up in that order's lineage.
-    order_hint = None if raw_order_id is None else str(raw_order_id)
+    order_hint = None if raw_order_id is None else table.entity_prefix + str(raw_order_id)
     try:
         row = typed_row(table.types, event.row, what, route_.reading(input_format))
     except BadInput as error:
@@ -219,9 +225,10 @@ def _route_change(flow: Flow, event: ChangeEvent, input_format: str, route_: Rou
         routed.dimensions.append(DimensionChange(table.dimension, str(key), attributes, event.position))
         return
     assert table.order_key is not None
-    order_id = row.get(table.order_key)
-    if order_id is None:
+    raw = row.get(table.order_key)
+    if raw is None:
         raise BadInput(f"{what} row {key} has no {table.order_key!r}")
+    order_id = _entity_id(flow, table.entity_prefix, str(raw), what)
     operations = table.operations(row, event.kind)
     if not operations:
         raise BadInput(f"{what} row {key} feeds no operation (status {row.get('status')!r})", str(order_id))
@@ -232,10 +239,21 @@ def _route_change(flow: Flow, event: ChangeEvent, input_format: str, route_: Rou
         )
 
 
+def _entity_id(flow: Flow, prefix: str, key: str, what: str) -> str:
+    """The entity id of a row or write: its flow's prefix and its key.  A key of a flow without
+    a prefix that reads as another flow's entity is refused."""
+    if not prefix:
+        taken = next((other for other in flow.prefixes if other and key.startswith(other)), None)
+        if taken is not None:
+            raise BadInput(f"{what} id {key!r} starts with {taken!r}, another flow's entity prefix", key)
+    return prefix + key
+
+
 def _route_write(flow: Flow, write: BusinessWrite, input_format: str, route_: Route, routed: Routed) -> None:
     source = flow.business.get(write.source)
     if source is None:
         raise BadInput(f"business source {write.source!r} is not part of flow {flow.name!r}", write.order_id)
+    order_id = _entity_id(flow, source.entity_prefix, write.order_id, f"{write.source} order")
     if write.operation_type not in source.operations:
         raise BadInput(
             f"business source {write.source!r} cannot feed {write.operation_type}; "
@@ -247,12 +265,12 @@ def _route_write(flow: Flow, write: BusinessWrite, input_format: str, route_: Ro
         occurred_at = read_instant(write.occurred_at, reading, "business write 'occurred_at'")
         payload = typed_row(source.types, write.payload, f"{write.source} payload", reading)
     except BadInput as error:
-        raise BadInput(error.reason, write.order_id) from None
+        raise BadInput(error.reason, order_id) from None
     missing = [name for name, value in payload.items() if value is None]
     if missing:
-        raise BadInput(f"{write.source} payload has no {', '.join(map(repr, missing))}", write.order_id)
+        raise BadInput(f"{write.source} payload has no {', '.join(map(repr, missing))}", order_id)
     routed.records.append(
-        MetadataRecord(write.order_id, write.operation_type, write.source, write.unique_key, "insert",
+        MetadataRecord(order_id, write.operation_type, write.source, write.unique_key, "insert",
                        payload, Position(int(occurred_at.timestamp() * 1000)), input_format)
     )
 

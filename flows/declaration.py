@@ -367,6 +367,10 @@ class FlowDeclaration:
     aggregates: tuple[Aggregate, ...] = ()
     index: IndexDocument | None = None
     events: tuple[PublishedEvent, ...] = ()
+    #: What the ids of this flow's entities start with where flows share tdc's tables (task
+    #: tables, leases, failures, ledgers): ``pos:`` makes till sale ``T1`` the entity ``pos:T1``.
+    #: At most one flow has none: ``gqsh``, whose ids tdc stored before flows shared them.
+    entity_prefix: str = ""
 
     @property
     def root(self) -> WideTable | None:

@@ -1,8 +1,9 @@
 """The flows tdc runs, compiled from their declarations: what intake routes by (``ACCEPTED``) and,
 for an entity, its flow and state machine.  The engine reads only these.
 
-Running another flow means listing its declaration in ``RUNNING``.  Until entities of two flows
-can share the task tables (issue 19's next step), one flow runs at a time.
+Every declared flow has its tables (``models.wide``, ``models.warehouse``); the ones named in
+``TDC_FLOWS`` (default ``gqsh``) are run: intake accepts their input.  An entity's id names its
+flow (``FlowDeclaration.entity_prefix``), so the flows share the task tables, leases and queues.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Any
 
 from flows import BusinessSource, Flow, SourceTable
 from flows.declaration import FlowDeclaration, Source
-from flows.declared import BY_NAME
+from flows.declared import BY_NAME, DECLARATIONS
 from flows.machine import StateMachine
 from flows.rules import raised_operations
+from settings import get_settings
 
 
 def _reads(source: Source) -> Any:
@@ -40,38 +42,63 @@ def routing(flow: FlowDeclaration) -> Flow:
             return raised_operations(flow, table, change, row)
         tables[source.name] = SourceTable(source.name, key=source.key[0], columns=source.columns,
                                           operations=operations, order_key=source.entity_key,
-                                          reads=_reads(source), settled_at=source.settled_at)
+                                          reads=_reads(source), settled_at=source.settled_at,
+                                          entity_prefix=flow.entity_prefix)
     for dimension in flow.dimensions:
         tables[dimension.table] = SourceTable(dimension.table, key=dimension.key, columns=dimension.columns,
                                               order_key=None, dimension=dimension.name)
-    business = {b.name: BusinessSource(b.name, operations=b.operations, payload=b.payload) for b in flow.business}
-    return Flow(name=flow.name, tables=tables, business=business, databases=flow.databases)
+    business = {b.name: BusinessSource(b.name, operations=b.operations, payload=b.payload,
+                                       entity_prefix=flow.entity_prefix) for b in flow.business}
+    return Flow(name=flow.name, tables=tables, business=business, databases=flow.databases,
+                prefixes=(flow.entity_prefix,))
 
 
 def combine(flows: tuple[Flow, ...]) -> Flow:
-    """One routing table over ``flows``; raises ValueError when two claim the same source."""
+    """One routing table over ``flows``; raises ValueError when two claim the same source (a
+    dimension table two flows declare alike is one table: the store master of the online
+    orders and the tills)."""
     tables: dict = {}
     business: dict = {}
     for flow in flows:
         for registry, names in ((tables, flow.tables), (business, flow.business)):
-            clash = registry.keys() & names.keys()
+            clash = {name for name in registry.keys() & names.keys()
+                     if not (registry[name].dimension is not None if registry is tables else False)
+                     or registry[name] != names[name]}
             if clash:
                 raise ValueError(f"flow {flow.name!r} redeclares {', '.join(sorted(clash))}")
             registry.update(names)
     databases = tuple(dict.fromkeys(name for flow in flows for name in flow.databases))
-    return Flow(name="+".join(f.name for f in flows), tables=tables, business=business, databases=databases)
+    prefixes = tuple(dict.fromkeys(prefix for flow in flows for prefix in flow.prefixes))
+    return Flow(name="+".join(f.name for f in flows), tables=tables, business=business, databases=databases,
+                prefixes=prefixes)
 
 
-#: The declarations the engine runs.
-RUNNING: tuple[FlowDeclaration, ...] = (BY_NAME["gqsh"],)
+def running(names: tuple[str, ...]) -> tuple[FlowDeclaration, ...]:
+    """The declarations of ``names``; ValueError naming an unknown one and the declared ones."""
+    unknown = [name for name in names if name not in BY_NAME]
+    if unknown:
+        raise ValueError(f"TDC_FLOWS: no flow {', '.join(map(repr, unknown))}; declared: {', '.join(BY_NAME)}")
+    return tuple(BY_NAME[name] for name in names)
+
+
+#: The declarations the engine runs (``TDC_FLOWS``).
+RUNNING: tuple[FlowDeclaration, ...] = running(get_settings().flows)
 #: What intake routes by.
 ACCEPTED = combine(tuple(routing(flow) for flow in RUNNING))
-_MACHINES = {flow.name: StateMachine.of(flow) for flow in RUNNING}
+_MACHINES = {flow.name: StateMachine.of(flow) for flow in DECLARATIONS}
+
+
+#: Declared flows, longest entity prefix first: the first whose prefix an id starts with owns it.
+_BY_PREFIX = sorted(DECLARATIONS, key=lambda flow: len(flow.entity_prefix), reverse=True)
 
 
 def flow_of(entity_id: str) -> FlowDeclaration:
-    """The flow an entity (an order, a document) belongs to."""
-    return RUNNING[0]
+    """The flow an entity (an order, a document) belongs to, by its id's prefix.  Raises
+    KeyError for an id no declared flow owns."""
+    for flow in _BY_PREFIX:
+        if entity_id.startswith(flow.entity_prefix):
+            return flow
+    raise KeyError(f"no declared flow owns entity {entity_id!r}")
 
 
 def machine_of(entity_id: str) -> StateMachine:
@@ -80,5 +107,8 @@ def machine_of(entity_id: str) -> StateMachine:
 
 
 def operations_run() -> frozenset[str]:
-    """Every operation name of the flows run: what a chain key may carry."""
-    return frozenset(name for machine in _MACHINES.values() for name in machine.order)
+    """Every operation name of the declared flows: what a chain key may carry."""
+    return _OPERATIONS
+
+
+_OPERATIONS = frozenset(name for machine in _MACHINES.values() for name in machine.order)

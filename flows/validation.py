@@ -52,13 +52,30 @@ def checked(flows: Iterable[FlowDeclaration]) -> tuple[FlowDeclaration, ...]:
 
 def problems_across(flows: Iterable[FlowDeclaration]) -> list[str]:
     """What is wrong between flows: a name used twice, a source table two flows claim, a
-    dimension declared two ways."""
+    dimension declared two ways, entity ids that could belong to two flows, a table two flows
+    write."""
     found: list[str] = []
     owners: dict[str, str] = {}
     dimensions: dict[str, tuple[str, object]] = {}
+    prefixes: dict[str, str] = {}
+    outputs: dict[str, str] = {}
     for flow in flows:
         if flow.name in owners.values():
             found.append(f"flow {flow.name!r}: declared twice")
+        mine = flow.entity_prefix
+        if mine and not mine.endswith(":"):
+            found.append(f"flow {flow.name!r}: entity_prefix {mine!r}: end it with ':' (pos:)")
+        clash = next((prefix for prefix in prefixes
+                      if prefix == mine or (prefix and mine and (prefix.startswith(mine) or mine.startswith(prefix)))),
+                     None)
+        if clash is not None:
+            found.append(f"flow {flow.name!r}: entity_prefix {mine!r}: flow {prefixes[clash]!r} has {clash!r}; "
+                         "an entity id must name one flow")
+        prefixes.setdefault(mine, flow.name)
+        for table in _outputs(flow):
+            if table in outputs and outputs[table] != flow.name:
+                found.append(f"flow {flow.name!r}: table {table!r}: already written by flow {outputs[table]!r}")
+            outputs.setdefault(table, flow.name)
         for name in [s.name for s in flow.sources] + [b.name for b in flow.business]:
             if name in owners and owners[name] != flow.name:
                 found.append(f"flow {flow.name!r}: source {name!r}: already a source of flow {owners[name]!r}")
@@ -69,6 +86,13 @@ def problems_across(flows: Iterable[FlowDeclaration]) -> list[str]:
                 found.append(f"flow {flow.name!r}: dimension {dimension.name!r}: declared differently by flow "
                              f"{first[0]!r}")
     return found
+
+
+def _outputs(flow: FlowDeclaration) -> list[str]:
+    """The tables a flow writes: wide tables, snapshots, ADS and their ledger."""
+    names = [wide.name for wide in flow.wide] + [a.name for a in flow.aggregates]
+    names += list(dict.fromkeys(a.retraction.ledger for a in flow.aggregates))
+    return names + ([flow.snapshots.table] if flow.snapshots is not None else [])
 
 
 def problems(flow: FlowDeclaration) -> list[str]:

@@ -19,9 +19,10 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.digests import kind_of
-from models.orders import DwdOrder, DwdOrderItem, ShardBase
+from models.orders import ShardBase
 from models.types import BigId, Timestamp
 from models.warehouse import WarehouseBase
+from models.wide import DEFAULT_SCHEMA
 
 #: An image of an order with a few lines is 1-3 kB; MySQL's TEXT stops at 64 kB, MEDIUMTEXT at 16 MB.
 Image = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
@@ -114,9 +115,9 @@ FIRST_CONSUME = cast(Table, FirstConsume.__table__)
 FIRST_CONSUME_ORDERS = cast(Table, FirstConsumeOrder.__table__)
 #: The columns of an image and how each is written: the wide row's, without the reconciliation
 #: digest (bookkeeping the row's readers never see).
-IMAGE_ORDER_COLUMNS = tuple((c.name, kind_of(c)) for c in cast(Table, DwdOrder.__table__).columns
+IMAGE_ORDER_COLUMNS = tuple((c.name, kind_of(c)) for c in DEFAULT_SCHEMA.root.columns
                             if c.name != "source_digest")
-IMAGE_ITEM_COLUMNS = tuple((c.name, kind_of(c)) for c in cast(Table, DwdOrderItem.__table__).columns)
+IMAGE_ITEM_COLUMNS = tuple((c.name, kind_of(c)) for c in cast(Table, DEFAULT_SCHEMA.child).columns)
 CENT = Decimal("0.01")
 
 

@@ -1,94 +1,18 @@
-"""Tables that live once in every shard database: wide rows, snapshots, failures, quarantine."""
+"""Tables that live once in every shard database: the index outbox, fences, failures, quarantine
+(the wide tables and snapshots are made from the flows' declarations: ``models.wide``)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
 
-from sqlalchemy import BigInteger, Date, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from models.types import BigId, Money, Timestamp
+from models.types import BigId, Timestamp
 
 
 class ShardBase(DeclarativeBase):
     """Declarative base of the fixed tables in each shard database."""
-
-
-class DwdOrder(ShardBase):
-    """One row per order, always the latest and fullest state; ``version`` is the optimistic lock."""
-
-    __tablename__ = "dwd_order"
-    #: What search needs (``search.sql``): a store's days, a member's orders, newest first.
-    __table_args__ = (Index("ix_dwd_order_store_day", "store_id", "biz_date"),
-                      Index("ix_dwd_order_member", "member_id"), Index("ix_dwd_order_created", "created_at"))
-
-    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    store_id: Mapped[str | None] = mapped_column(String(32))
-    store_name: Mapped[str | None] = mapped_column(String(128))
-    city: Mapped[str | None] = mapped_column(String(64))
-    region: Mapped[str | None] = mapped_column(String(64))
-    member_id: Mapped[str | None] = mapped_column(String(32))
-    channel: Mapped[str | None] = mapped_column(String(16))
-    status: Mapped[int] = mapped_column(Integer, default=0)
-    item_count: Mapped[int | None] = mapped_column(Integer)
-    total_amount: Mapped[Decimal | None] = mapped_column(Money)
-    discount_amount: Mapped[Decimal | None] = mapped_column(Money)
-    pay_amount: Mapped[Decimal | None] = mapped_column(Money)
-    pay_channel: Mapped[str | None] = mapped_column(String(32))
-    pay_txn_id: Mapped[str | None] = mapped_column(String(64))
-    paid_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
-    delivery_type: Mapped[str | None] = mapped_column(String(32))
-    refund_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
-    refund_count: Mapped[int] = mapped_column(Integer, default=0)
-    perf_staff_id: Mapped[str | None] = mapped_column(String(32))
-    perf_amount: Mapped[Decimal | None] = mapped_column(Money)
-    created_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
-    biz_date: Mapped[dt.date | None] = mapped_column(Date, index=True)
-    last_operation: Mapped[str | None] = mapped_column(String(16))
-    version: Mapped[int] = mapped_column(Integer, default=0)
-    updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
-    #: The digest of the source columns of this row and its lines as the chain wrote them
-    #: (``chain.wide_rows.source_digest``): reconciliation proves a row unchanged by comparing it
-    #: with the same digest of the stored columns, in SQL.  NULL on rows written before it existed.
-    source_digest: Mapped[int | None] = mapped_column(BigInteger)
-
-
-class DwdOrderItem(ShardBase):
-    """One row per order line, with its SKU attributes and refunds."""
-
-    __tablename__ = "dwd_order_item"
-
-    item_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    order_id: Mapped[str] = mapped_column(String(64), index=True)
-    store_id: Mapped[str | None] = mapped_column(String(32))
-    #: Indexed: reconciliation sums a day's lines by their own copy of the order's day.
-    biz_date: Mapped[dt.date | None] = mapped_column(Date, index=True)
-    #: Indexed: search finds the orders with a line of a SKU.
-    sku_id: Mapped[str | None] = mapped_column(String(32), index=True)
-    sku_name: Mapped[str | None] = mapped_column(String(128))
-    category: Mapped[str | None] = mapped_column(String(64))
-    quantity: Mapped[int] = mapped_column(Integer, default=0)
-    unit_price: Mapped[Decimal | None] = mapped_column(Money)
-    amount: Mapped[Decimal | None] = mapped_column(Money)
-    refund_quantity: Mapped[int] = mapped_column(Integer, default=0)
-    refund_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
-    status: Mapped[int] = mapped_column(Integer, default=0)
-
-
-class OrderSnapshot(ShardBase):
-    """The wide row as it was when one operation finished; a re-run overwrites it."""
-
-    __tablename__ = "dwd_order_snapshot"
-    __table_args__ = (UniqueConstraint("order_id", "operation_type", name="uq_snapshot_order_op"),)
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    order_id: Mapped[str] = mapped_column(String(64))
-    operation_type: Mapped[str] = mapped_column(String(16))
-    task_version: Mapped[int] = mapped_column(Integer)
-    order_row: Mapped[str] = mapped_column(Text)
-    item_rows: Mapped[str] = mapped_column(Text)
-    taken_at: Mapped[dt.datetime] = mapped_column(Timestamp, index=True)
 
 
 class IndexOutbox(ShardBase):
@@ -104,6 +28,21 @@ class IndexOutbox(ShardBase):
     due_at: Mapped[dt.datetime] = mapped_column(Timestamp, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class DimensionUse(ShardBase):
+    """Which entity's wide rows used which key of a dimension that refreshes open entities
+    (``Lookup.refreshes``): written in the merge's transaction, so a rename finds exactly the
+    entities to merge again (``dimensions.refresh``).  ``used_at`` is the merge's time: an entity
+    not merged within ``TDC_REFRESH_DAYS`` is settled and left alone."""
+
+    __tablename__ = "dimension_use"
+    __table_args__ = (Index("ix_dimension_use_order", "order_id"),)
+
+    dimension: Mapped[str] = mapped_column(String(32), primary_key=True)
+    dim_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    used_at: Mapped[dt.datetime] = mapped_column(Timestamp, index=True)
 
 
 class OrderFence(ShardBase):

@@ -17,6 +17,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 import models.cdc  # noqa: F401 - declares the CDC tables on ShardBase
 import models.changelog  # noqa: F401 - declares the changelog outbox (shards) and first consumption (warehouse)
 import models.reconcile  # noqa: F401 - declares the reconciliation tables on WarehouseBase
+import models.wide  # noqa: F401 - declares the running flows' wide tables on ShardBase
 from models.driver_sql import marks
 from models.orders import ShardBase
 from models.sharded import build_meta_table, build_task_table

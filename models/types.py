@@ -34,3 +34,15 @@ def column_sql_type(kind: ColumnType) -> TypeEngine[Any]:
         return Time().with_variant(mysql.TIME(fsp=kind.size), "mysql", "mariadb")
     exact = mysql.TIMESTAMP(fsp=kind.size) if kind.name == "timestamp" else mysql.DATETIME(fsp=kind.size)
     return DateTime().with_variant(exact, "mysql", "mariadb")
+
+
+def sql_type_of(kind: ColumnType) -> TypeEngine[Any]:
+    """The SQL type of a declared wide or ADS column, on any backend: like ``column_sql_type``,
+    but every time is a DATETIME with its fractional seconds (never MySQL's TIMESTAMP, which
+    rewrites itself on update) and ``money`` is ``Money``."""
+    if kind.kind == "decimal":
+        return Money if (kind.size, kind.scale) == (12, 2) else Numeric(kind.size, kind.scale, asdecimal=True)
+    if kind.kind in ("datetime", "timestamp"):
+        return Timestamp if kind.size == 3 else DateTime().with_variant(mysql.DATETIME(fsp=kind.size), "mysql",
+                                                                         "mariadb")
+    return column_sql_type(kind)

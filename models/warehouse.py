@@ -4,70 +4,54 @@ dimension tables that the T+1 reload reads."""
 
 from __future__ import annotations
 
-import datetime as dt
-from decimal import Decimal
-
 from sqlalchemy import BigInteger, Column, Date, Integer, String, Table, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase
 
 from flows import SourceTable
+from flows.ads import DECLARED, Declared
+from flows.declared import DECLARATIONS
 from flows.registry import ACCEPTED
-from models.types import Money, Timestamp, column_sql_type
+from models.types import Timestamp, column_sql_type, sql_type_of
 
 
 class WarehouseBase(DeclarativeBase):
     """Declarative base of the warehouse tables."""
 
 
-class AdsOrderSales(WarehouseBase):
-    __tablename__ = "ads_order_sales"
-
-    biz_date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
-    store_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    order_count: Mapped[int] = mapped_column(Integer, default=0)
-    pay_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
-    refund_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
-    net_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
+def _ads_table(declared: Declared) -> Table:
+    """An ADS table as its flow declares it: the keys are the primary key, each measure NOT NULL."""
+    keys = [Column(name, sql_type_of(kind), primary_key=True, autoincrement=False)
+            for name, kind in declared.key_types.items()]
+    measures = [Column(name, Integer() if kind is None or kind.kind == "int" else sql_type_of(kind), nullable=False,
+                       default=0) for name, kind in declared.measure_types.items()]
+    return Table(declared.name, WarehouseBase.metadata, *keys, *measures)
 
 
-class AdsOrderItemSales(WarehouseBase):
-    __tablename__ = "ads_order_item_sales"
-
-    biz_date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
-    sku_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    quantity: Mapped[int] = mapped_column(Integer, default=0)
-    amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
-    refund_quantity: Mapped[int] = mapped_column(Integer, default=0)
-    refund_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
+#: ADS table name -> its table, for every declared aggregate.
+ADS_TABLES: dict[str, Table] = {name: _ads_table(declared) for name, declared in DECLARED.items()}
 
 
-class AdsOrderSalesSum(WarehouseBase):
-    __tablename__ = "ads_order_sales_sum"
+def ledger_table(name: str) -> Table:
+    """A flow's ledger: what each entity last added to the flow's aggregates, and from which
+    version of its wide row.  Updated in the same transaction as the aggregates, so (new - old)
+    is applied exactly once."""
+    return Table(name, WarehouseBase.metadata,
+                 Column("order_id", String(64), primary_key=True),
+                 # The root wide row's version the contribution was computed from; 0 before the first.
+                 Column("wide_version", Integer, default=0),
+                 # The day the contribution is on (NULL: the entity contributes nothing).
+                 Column("biz_date", Date, index=True),
+                 Column("contribution", Text),
+                 # The largest fencing token of a chain that wrote this entity's contribution.
+                 Column("fence", BigInteger),
+                 Column("updated_at", Timestamp))
 
-    biz_date: Mapped[dt.date] = mapped_column(Date, primary_key=True)
-    order_count: Mapped[int] = mapped_column(Integer, default=0)
-    pay_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
-    refund_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
-    net_amount: Mapped[Decimal] = mapped_column(Money, default=Decimal("0.00"))
 
-
-class AdsOrderLedger(WarehouseBase):
-    """What each order last added to the aggregates, and from which version of its wide row.
-
-    Updated in the same transaction as the aggregates, so (new - old) is applied exactly once.
-    """
-
-    __tablename__ = "ads_order_ledger"
-
-    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    #: ``dwd_order.version`` the contribution was computed from; 0 before the first.
-    wide_version: Mapped[int] = mapped_column(Integer, default=0)
-    #: The day the contribution is on (None: the order contributes nothing).
-    biz_date: Mapped[dt.date | None] = mapped_column(Date, index=True)
-    contribution: Mapped[str | None] = mapped_column(Text)
-    #: The largest fencing token of a chain that wrote this order's contribution (NULL: none yet).
-    fence: Mapped[int | None] = mapped_column(BigInteger)
-    updated_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+#: Flow name -> its ledger (``Retraction.ledger``), for every declared flow with aggregates.
+LEDGERS: dict[str, Table] = {flow.name: ledger_table(flow.aggregates[0].retraction.ledger)
+                             for flow in DECLARATIONS if flow.aggregates}
+#: The online order flow's ledger (reconciliation is still written for it alone).
+DEFAULT_LEDGER = LEDGERS["gqsh"]
 
 
 def _offline_dimension_table(source: SourceTable) -> Table:

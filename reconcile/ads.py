@@ -21,9 +21,12 @@ from models.storage import Storage
 from reconcile.diffs import Diff, LayerResult, as_date, days_between
 from reconcile.wide import settled_where
 from warehouse.aggregates import read_aggregates
-from warehouse.contributions import AGGREGATES, ITEM_SALES, SALES, SALES_SUM, Cells, money
+from warehouse.contributions import AGGREGATES, Cells, money
 
 LAYER = "ads"
+#: The online order flow's aggregates, which this layer recomputes in SQL (the layer is not yet
+#: read from the declarations).
+SALES, ITEM_SALES, SALES_SUM = "ads_order_sales", "ads_order_item_sales", "ads_order_sales_sum"
 MONEY = frozenset({"pay_amount", "refund_amount", "net_amount", "amount"})
 
 

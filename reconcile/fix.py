@@ -16,17 +16,17 @@ import datetime as dt
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, update
+from sqlalchemy import update
 
 from chain.task_state import tasks_of
 from intake.receiver import TaskKey, bump_tasks, utcnow
 from models.sharded import TaskStatus
 from models.storage import Storage
-from models.warehouse import AdsOrderLedger
+from models.warehouse import DEFAULT_LEDGER
 
-LEDGER = cast(Table, AdsOrderLedger.__table__)
+LEDGER = DEFAULT_LEDGER
 #: Seconds between looks at the task rows of orders sent round again.
 POLL_SECONDS = 1.0
 

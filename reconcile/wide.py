@@ -29,9 +29,9 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, case, func, select, text
+from sqlalchemy import case, func, select, text
 
 from chain.task_state import facts_of, tasks_of
 from chain.wide_rows import (
@@ -49,7 +49,7 @@ from flows.registry import machine_of
 from models.digests import bucket_of, canonical, sql_bucket, sql_row_digest
 from models.sharded import TaskStatus
 from models.storage import Storage
-from models.warehouse import AdsOrderLedger
+from models.warehouse import DEFAULT_LEDGER
 from reconcile.diffs import Diff, LayerResult, as_date
 
 LAYER = "wide"
@@ -57,7 +57,7 @@ LAYER = "wide"
 BUCKETS = 256
 #: Orders per read of metadata, tasks or wide rows.
 CHUNK = 500
-LEDGER = cast(Table, AdsOrderLedger.__table__)
+LEDGER = DEFAULT_LEDGER
 
 Row = dict[str, Any]
 BucketKey = tuple[dt.date, int]

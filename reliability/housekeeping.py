@@ -11,8 +11,8 @@ from typing import TypeVar
 import redis
 from sqlalchemy import delete, select
 
-from models.orders import OrderSnapshot
 from models.storage import Storage
+from models.wide import SCHEMAS
 from reliability.alarms import raise_alarm
 from reliability.failures import list_failures
 
@@ -52,13 +52,14 @@ def purge_snapshots(storage: Storage, now: dt.datetime, keep_days: int) -> int:
     """Delete snapshots taken more than ``keep_days`` ago, in chunks; returns how many."""
     cutoff = now - dt.timedelta(days=keep_days)
     purged = 0
-    for database in storage.distinct_databases():
+    tables = [schema.snapshots for schema in SCHEMAS.values() if schema.snapshots is not None]
+    for database, table in ((database, table) for database in storage.distinct_databases() for table in tables):
         while True:
             with storage.shard_engine(database).begin() as connection:
-                ids = connection.execute(select(OrderSnapshot.id).where(OrderSnapshot.taken_at < cutoff)
+                ids = connection.execute(select(table.c.id).where(table.c.taken_at < cutoff)
                                          .limit(PURGE_CHUNK)).scalars().all()
                 if ids:
-                    connection.execute(delete(OrderSnapshot).where(OrderSnapshot.id.in_(ids)))
+                    connection.execute(delete(table).where(table.c.id.in_(ids)))
             purged += len(ids)
             if len(ids) < PURGE_CHUNK:
                 break

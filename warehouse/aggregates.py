@@ -16,21 +16,25 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table, and_, bindparam, delete, func, select, tuple_, update
 
-from chain.wide_rows import READ_CHUNK, read_orders
-from models.orders import DwdOrder
+from chain.wide_rows import READ_CHUNK, read_wide
+from flows.registry import flow_of
 from models.storage import Storage
-from models.warehouse import AdsOrderLedger, WarehouseBase
+from models.warehouse import ADS_TABLES, LEDGERS, WarehouseBase
+from models.wide import DEFAULT_SCHEMA
 from models.writes import upsert
 from reliability.transient import retry_on_contention
 from warehouse.contributions import AGGREGATES, Cells, Contribution, contribution_of, delta
 
 log = logging.getLogger(__name__)
 
-LEDGER = cast(Table, AdsOrderLedger.__table__)
+#: The online order flow's ledger, which the day rebuild reads (it is not flow-aware yet).
+LEDGER = LEDGERS[DEFAULT_SCHEMA.flow.name]
+#: The wide rows the aggregates are summed from.
+ORDERS = DEFAULT_SCHEMA.root
 #: |amount| below half a cent is zero (SQLite keeps decimals as floating point).
 HALF_CENT = 0.005
 
@@ -58,13 +62,15 @@ class AggregateReport:
 
 
 def wide_state(storage: Storage, order_ids: Iterable[str]) -> WideState:
-    """Each order's wide-row version and contribution, read from its shard database."""
+    """Each entity's wide-row version and contribution, read from its shard database."""
     ids = list(dict.fromkeys(order_ids))
-    orders, items = read_orders(storage, ids)
-    lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for item in items.values():
-        lines[item["order_id"]].append(item)
-    return {o: (orders[o]["version"] if o in orders else 0, contribution_of(orders.get(o), lines[o])) for o in ids}
+    state: WideState = {}
+    for database, shards in storage.orders_by_database(ids).items():
+        with storage.read_engine(database).connect() as connection:
+            orders, items = read_wide(connection, list(shards))
+        state.update((o, (orders[o]["version"] if o in orders else 0,
+                          contribution_of(flow_of(o), orders.get(o), items.get(o, {}).values()))) for o in shards)
+    return {o: state[o] for o in ids}
 
 
 def _write_cells(connection: Connection, cells: Cells) -> None:
@@ -77,7 +83,7 @@ def _write_cells(connection: Connection, cells: Cells) -> None:
         if name not in by_table:
             continue
         keys, measures = AGGREGATES[name]
-        table = WarehouseBase.metadata.tables[name]
+        table = ADS_TABLES[name]
         entries = sorted(by_table[name], key=lambda entry: entry[0])
         rows = [dict(zip(keys, key, strict=True)) | {m: values.get(m, 0) for m in measures} for key, values in entries]
 
@@ -91,11 +97,19 @@ def _write_cells(connection: Connection, cells: Cells) -> None:
             connection.execute(delete(table).where(tuple_(*(table.c[k] for k in keys)).in_(chunk)).where(empty))
 
 
-def _claim_ledger(connection: Connection, order_ids: list[str], now: dt.datetime) -> None:
-    """Make sure each order has a ledger row and lock it (insert, or a no-op update that takes
+def _claim_ledger(connection: Connection, ledger: Table, order_ids: list[str], now: dt.datetime) -> None:
+    """Make sure each entity has a ledger row and lock it (insert, or a no-op update that takes
     the row lock), in key order."""
     rows = [dict(order_id=o, wide_version=0, biz_date=None, contribution=None, updated_at=now) for o in order_ids]
-    upsert(connection, LEDGER, ("order_id",), rows, lambda new: {"wide_version": LEDGER.c.wide_version})
+    upsert(connection, ledger, ("order_id",), rows, lambda new: {"wide_version": ledger.c.wide_version})
+
+
+def _by_ledger(ids: Iterable[str]) -> list[tuple[Table, list[str]]]:
+    """Entity ids by the ledger of their flow, ledgers in a fixed order (so writers lock alike)."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for order_id in ids:
+        groups[flow_of(order_id).name].append(order_id)
+    return [(LEDGERS[name], groups[name]) for name in sorted(groups) if name in LEDGERS]
 
 
 def apply_contributions(connection: Connection, wide: WideState, now: dt.datetime,
@@ -109,18 +123,39 @@ def apply_contributions(connection: Connection, wide: WideState, now: dt.datetim
     larger one is left alone (``report.fenced``), the others record theirs.
     """
     report = AggregateReport()
-    ids = sorted(wide)
+    changes: list[tuple[Contribution | None, Contribution | None]] = []
+    writes: list[tuple[Table, list[dict[str, Any]]]] = []
+    for ledger_table, ids in _by_ledger(sorted(wide)):
+        writes.append((ledger_table, _read_ledger(connection, ledger_table, ids, wide, now, rebuilt_day, tokens,
+                                                  report, changes)))
+    cells = delta(changes)
+    _write_cells(connection, cells)
+    for ledger_table, rows in writes:
+        if rows:
+            connection.execute(update(ledger_table).where(ledger_table.c.order_id == bindparam("key")).values(
+                wide_version=bindparam("to_version"), biz_date=bindparam("to_day"),
+                contribution=bindparam("to_contribution"), fence=bindparam("to_fence"),
+                updated_at=bindparam("at")), rows)
+        report.applied += len(rows)
+    report.cells += len(cells)
+    return report
+
+
+def _read_ledger(connection: Connection, table: Table, ids: list[str], wide: WideState, now: dt.datetime,
+                 rebuilt_day: dt.date | None, tokens: Mapping[str, int] | None, report: AggregateReport,
+                 changes: list[tuple[Contribution | None, Contribution | None]]) -> list[dict[str, Any]]:
+    """One flow's part of ``apply_contributions``: lock its entities' ledger rows, add their
+    (old, new) pairs to ``changes``; the ledger writes that go with them."""
     if rebuilt_day is None:
         # Without locks first: replays and re-runs, the common repeat, end here.
         applied = {row.order_id: row.wide_version for row in connection.execute(
-            select(LEDGER.c.order_id, LEDGER.c.wide_version).where(LEDGER.c.order_id.in_(ids)))}
-        report.current = sum(1 for o in ids if applied.get(o, 0) >= wide[o][0])
+            select(table.c.order_id, table.c.wide_version).where(table.c.order_id.in_(ids)))}
+        report.current += sum(1 for o in ids if applied.get(o, 0) >= wide[o][0])
         ids = [o for o in ids if applied.get(o, 0) < wide[o][0]]
     if not ids:
-        return report
-    _claim_ledger(connection, ids, now)
-    ledger = {row.order_id: row for row in connection.execute(select(LEDGER).where(LEDGER.c.order_id.in_(ids)))}
-    changes: list[tuple[Contribution | None, Contribution | None]] = []
+        return []
+    _claim_ledger(connection, table, ids, now)
+    ledger = {row.order_id: row for row in connection.execute(select(table).where(table.c.order_id.in_(ids)))}
     writes: list[dict[str, Any]] = []
     for order_id in ids:
         version, new = wide[order_id]
@@ -141,18 +176,9 @@ def apply_contributions(connection: Connection, wide: WideState, now: dt.datetim
                 continue
             version, new = row.wide_version, old
         changes.append((None if forgotten else old, new))
-        writes.append(dict(key=order_id, to_version=version, to_day=new.biz_date if new else None,
+        writes.append(dict(key=order_id, to_version=version, to_day=new.day if new else None,
                            to_contribution=new.to_json() if new else None, to_fence=fence, at=now))
-    cells = delta(changes)
-    _write_cells(connection, cells)
-    if writes:
-        connection.execute(update(LEDGER).where(LEDGER.c.order_id == bindparam("key")).values(
-            wide_version=bindparam("to_version"), biz_date=bindparam("to_day"),
-            contribution=bindparam("to_contribution"), fence=bindparam("to_fence"), updated_at=bindparam("at")),
-            writes)
-    report.applied += len(writes)
-    report.cells += len(cells)
-    return report
+    return writes
 
 
 def apply_orders(storage: Storage, orders: Iterable[str] | Mapping[str, int]) -> AggregateReport:
@@ -175,8 +201,8 @@ def _paid_orders_on(storage: Storage, day: dt.date) -> list[str]:
     found: list[str] = []
     for database in storage.distinct_databases():
         with storage.read_engine(database).connect() as connection:
-            found += connection.execute(select(DwdOrder.order_id).where(
-                (DwdOrder.biz_date == day) & DwdOrder.paid_at.is_not(None))).scalars().all()
+            found += connection.execute(select(ORDERS.c.order_id).where(
+                (ORDERS.c.biz_date == day) & ORDERS.c.paid_at.is_not(None))).scalars().all()
     return found
 
 
@@ -209,8 +235,8 @@ def days_to_rebuild(storage: Storage) -> list[dt.date]:
             days.update(d for d in connection.execute(select(table.c.biz_date).distinct()).scalars() if d)
     for database in storage.distinct_databases():
         with storage.read_engine(database).connect() as connection:
-            days.update(d for d in connection.execute(select(DwdOrder.biz_date).where(
-                DwdOrder.paid_at.is_not(None)).distinct()).scalars() if d)
+            days.update(d for d in connection.execute(select(ORDERS.c.biz_date).where(
+                ORDERS.c.paid_at.is_not(None)).distinct()).scalars() if d)
     return sorted(days)
 
 

@@ -1,8 +1,11 @@
-"""What one order adds to the daily ADS aggregates (DESIGN section 4), as plain data.
+"""What one entity adds to its flow's ADS aggregates (DESIGN section 4), read from the flow's
+declaration (``Aggregate``: the wide table summed, the keys, the measures, when an entity
+contributes), as plain data.
 
-An order contributes once its payment is merged (``paid_at`` set) and while it is not
-cancelled, on the day of ``biz_date``.  Contributions are kept in the ledger as JSON so the
-next processing can take exactly the old one back.
+An entity contributes while its root wide row satisfies the aggregate's ``when``: one cell per
+key of a root-table aggregate, and for a child-table aggregate its child rows summed by key.
+Contributions are kept in the ledger as JSON so the next processing can take exactly the old
+one back (``warehouse.aggregates``).
 """
 
 from __future__ import annotations
@@ -11,22 +14,20 @@ import datetime as dt
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from flows.declared.gqsh import CANCELLED
+from flows.ads import AGGREGATES, DECLARED, Declared, declared_aggregates
+from flows.declaration import BusinessDay, FlowDeclaration, Measure
+from flows.rules import all_hold
+from inputs.columns import ColumnType
 
 ZERO = Decimal("0.00")
 CENT = Decimal("0.01")
 
-SALES, ITEM_SALES, SALES_SUM = "ads_order_sales", "ads_order_item_sales", "ads_order_sales_sum"
-#: Aggregate table -> its key columns and its measures, in the order they are written.
-AGGREGATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    SALES: (("biz_date", "store_id"), ("order_count", "pay_amount", "refund_amount", "net_amount")),
-    ITEM_SALES: (("biz_date", "sku_id"), ("quantity", "amount", "refund_quantity", "refund_amount")),
-    SALES_SUM: (("biz_date",), ("order_count", "pay_amount", "refund_amount", "net_amount")),
-}
+__all__ = ["AGGREGATES", "Cells", "Contribution", "add_cells", "aggregate", "contribution_of", "delta", "money"]
+
 #: One aggregate row: (table, key values) -> measures.
 Cells = dict[tuple[str, tuple[Any, ...]], dict[str, Any]]
 
@@ -36,75 +37,113 @@ def money(value: Any) -> Decimal:
     return ZERO if value is None else Decimal(str(value)).quantize(CENT)
 
 
-@dataclass(frozen=True)
-class SkuLine:
-    quantity: int = 0
-    amount: Decimal = ZERO
-    refund_quantity: int = 0
-    refund_amount: Decimal = ZERO
+def _number(kind: ColumnType | None, value: Any) -> Any:
+    if kind is None:
+        return 1
+    if kind.kind == "decimal":
+        return Decimal(0 if value is None else str(value)).quantize(Decimal(1).scaleb(-kind.scale))
+    return int(value or 0)
+
+
+def _measure(declared: Declared, measure: Measure, row: Mapping[str, Any]) -> Any:
+    kind = declared.measure_types[measure.name]
+    value = _number(kind, row.get(measure.column) if measure.column else None)
+    if measure.less is not None:
+        value -= _number(kind, row.get(measure.less))
+    return value
+
+
+def _key(declared: Declared, row: Mapping[str, Any]) -> tuple[Any, ...]:
+    values = []
+    for name in declared.aggregate.keys:
+        value = row.get(name)
+        kind = declared.key_types[name]
+        if kind.kind == "date" and isinstance(value, dt.datetime):
+            value = value.date()
+        values.append(str(value) if kind.kind == "text" and value is not None else value)
+    return tuple(values)
 
 
 @dataclass(frozen=True)
 class Contribution:
-    biz_date: dt.date
-    store_id: str
-    pay_amount: Decimal
-    refund_amount: Decimal
-    skus: Mapping[str, SkuLine] = field(default_factory=dict)
+    """An entity's cells, and the business day the ledger files them under."""
+
+    day: dt.date | None
+    cells: Cells
 
     def to_json(self) -> str:
-        return json.dumps({
-            "biz_date": self.biz_date.isoformat(), "store_id": self.store_id,
-            "pay_amount": str(self.pay_amount), "refund_amount": str(self.refund_amount),
-            "skus": {sku: [s.quantity, str(s.amount), s.refund_quantity, str(s.refund_amount)]
-                     for sku, s in sorted(self.skus.items())},
-        }, sort_keys=True)
+        return json.dumps({"day": None if self.day is None else self.day.isoformat(), "cells": [
+            [table, [_plain(v) for v in key], {m: _plain(v) for m, v in sorted(measures.items())}]
+            for (table, key), measures in sorted(self.cells.items(), key=lambda cell: (cell[0][0], str(cell[0][1])))]},
+            sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Contribution:
         data = json.loads(text)
-        return cls(
-            biz_date=dt.date.fromisoformat(data["biz_date"]), store_id=data["store_id"],
-            pay_amount=Decimal(data["pay_amount"]), refund_amount=Decimal(data["refund_amount"]),
-            skus={sku: SkuLine(q, Decimal(a), rq, Decimal(ra)) for sku, (q, a, rq, ra) in data["skus"].items()},
-        )
-
-    def cells(self) -> Cells:
-        """The aggregate rows this contribution adds to and by how much."""
-        order = {"order_count": 1, "pay_amount": self.pay_amount, "refund_amount": self.refund_amount,
-                 "net_amount": self.pay_amount - self.refund_amount}
-        cells: Cells = {
-            (SALES, (self.biz_date, self.store_id)): dict(order),
-            (SALES_SUM, (self.biz_date,)): dict(order),
-        }
-        for sku, line in self.skus.items():
-            cells[(ITEM_SALES, (self.biz_date, sku))] = {
-                "quantity": line.quantity, "amount": line.amount,
-                "refund_quantity": line.refund_quantity, "refund_amount": line.refund_amount,
-            }
-        return cells
+        if "skus" in data:
+            return _legacy(data)
+        cells: Cells = {}
+        for table, key, measures in data["cells"]:
+            declared = DECLARED.get(table)
+            restored = tuple(_typed(declared.key_types[k] if declared else None, v)
+                             for k, v in zip(declared.aggregate.keys if declared else key, key, strict=True))
+            cells[(table, restored)] = {m: Decimal(v) if isinstance(v, str) else v for m, v in measures.items()}
+        day = data.get("day")
+        return cls(None if day is None else dt.date.fromisoformat(day), cells)
 
 
-def contribution_of(order: Mapping[str, Any] | None, items: Iterable[Mapping[str, Any]]) -> Contribution | None:
-    """The contribution of an order's wide rows, or None when it contributes nothing."""
-    if (order is None or order.get("paid_at") is None or order.get("status") == CANCELLED
-            or order.get("biz_date") is None or order.get("store_id") is None):
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def _typed(kind: ColumnType | None, value: Any) -> Any:
+    if kind is not None and kind.kind == "date" and isinstance(value, str):
+        return dt.date.fromisoformat(value)
+    return value
+
+
+def _legacy(data: Mapping[str, Any]) -> Contribution:
+    """A ledger entry an older tdc wrote for the online order flow (its three aggregates), read
+    as cells so that it is taken back exactly."""
+    day, store = dt.date.fromisoformat(data["biz_date"]), data["store_id"]
+    paid, refunded = Decimal(data["pay_amount"]), Decimal(data["refund_amount"])
+    order = {"order_count": 1, "pay_amount": paid, "refund_amount": refunded, "net_amount": paid - refunded}
+    cells: Cells = {("ads_order_sales", (day, store)): dict(order), ("ads_order_sales_sum", (day,)): dict(order)}
+    for sku, (quantity, amount, refund_quantity, refund_amount) in data["skus"].items():
+        cells[("ads_order_item_sales", (day, sku))] = {
+            "quantity": quantity, "amount": Decimal(amount), "refund_quantity": refund_quantity,
+            "refund_amount": Decimal(refund_amount)}
+    return Contribution(day, cells)
+
+
+def contribution_of(flow: FlowDeclaration, order: Mapping[str, Any] | None,
+                    items: Iterable[Mapping[str, Any]]) -> Contribution | None:
+    """The contribution of an entity's wide rows (its root row ``order`` and child rows
+    ``items``), or None when it contributes to no aggregate."""
+    if order is None:
         return None
-    skus: dict[str, SkuLine] = {}
-    for item in items:
-        sku = str(item["sku_id"])
-        line = skus.get(sku, SkuLine())
-        skus[sku] = SkuLine(
-            line.quantity + int(item.get("quantity") or 0),
-            line.amount + money(item.get("amount")),
-            line.refund_quantity + int(item.get("refund_quantity") or 0),
-            line.refund_amount + money(item.get("refund_amount")),
-        )
-    biz_date = order["biz_date"]
-    if isinstance(biz_date, dt.datetime):
-        biz_date = biz_date.date()
-    return Contribution(biz_date, str(order["store_id"]), money(order.get("pay_amount")),
-                        money(order.get("refund_amount")), skus)
+    lines = list(items)
+    cells: Cells = {}
+    for declared in declared_aggregates(flow):
+        aggregate = declared.aggregate
+        if not all_hold(aggregate.when, order):
+            continue
+        for row in (lines if declared.child else [order]):
+            cell = cells.setdefault((aggregate.name, _key(declared, row)), {})
+            for measure in aggregate.measures:
+                cell[measure.name] = cell.get(measure.name, 0) + _measure(declared, measure, row)
+    if not cells:
+        return None
+    assert flow.root is not None
+    day_column = next((c.name for c in flow.root.columns if isinstance(c.origin, BusinessDay)), None)
+    day = order.get(day_column) if day_column else None
+    if isinstance(day, dt.datetime):
+        day = day.date()
+    return Contribution(day, cells)
 
 
 def add_cells(total: Cells, cells: Cells, sign: int = 1) -> None:
@@ -120,9 +159,9 @@ def delta(changes: Iterable[tuple[Contribution | None, Contribution | None]]) ->
     total: Cells = {}
     for old, new in changes:
         if old is not None:
-            add_cells(total, old.cells(), -1)
+            add_cells(total, old.cells, -1)
         if new is not None:
-            add_cells(total, new.cells(), +1)
+            add_cells(total, new.cells, +1)
     return {cell: dict(measures) for cell, measures in total.items() if any(measures.values())}
 
 

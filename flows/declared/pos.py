@@ -149,6 +149,7 @@ _CONTRIBUTES = (Where("pay_time", "not null"), Where("order_status", "!=", VOIDE
 
 POS = FlowDeclaration(
     name="pos",
+    entity_prefix="pos:",
     description="Till sales and refunds of the POS centre (source database gqsh_pos)",
     databases=("gqsh_pos",),
     sources=SOURCES,

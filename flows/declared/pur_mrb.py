@@ -170,6 +170,7 @@ _CONTRIBUTES = (Where("FDOCUMENTSTATUS", "=", AUDITED), Where("FCANCELSTATUS", "
 
 PUR_MRB = FlowDeclaration(
     name="pur_mrb",
+    entity_prefix="pur_mrb:",
     description="Kingdee purchase returns (PUR_MRB, source database jd_erp)",
     databases=("jd_erp",),
     sources=SOURCES,

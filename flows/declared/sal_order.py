@@ -131,6 +131,7 @@ _CONTRIBUTES = (Where("FDOCUMENTSTATUS", "=", AUDITED), Where("FCANCELSTATUS", "
 
 SAL_ORDER = FlowDeclaration(
     name="sal_order",
+    entity_prefix="sal_order:",
     description="Kingdee sales orders (SAL_SaleOrder, source database jd_erp)",
     databases=("jd_erp",),
     sources=SOURCES,

@@ -130,6 +130,7 @@ _CONTRIBUTES = (Where("status", "=", LIVE), Where("FBASEQTY", "not null"))
 
 STK_INVENTORY = FlowDeclaration(
     name="stk_inventory",
+    entity_prefix="stk_inventory:",
     description="Kingdee inventory balances (STK_Inventory, source database jd_erp)",
     databases=("jd_erp",),
     sources=SOURCES,

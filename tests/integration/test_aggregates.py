@@ -14,7 +14,7 @@ from demo.check import differences, expected_aggregates
 from demo.history import generate_history
 from flows.registry import ACCEPTED as ORDER_FLOW
 from models.sharded import TaskStatus, task_table
-from models.warehouse import AdsOrderLedger
+from models.warehouse import DEFAULT_LEDGER as AdsOrderLedger
 from reliability.leases import OrderLeases
 from tests.integration.helpers import ingest, leased_keys, process_history, run_chains
 from warehouse.aggregates import apply_orders, days_to_rebuild, read_aggregates, rebuild_day, wide_state
@@ -107,7 +107,7 @@ def test_an_order_that_cannot_be_counted_is_parked_alone(fresh_storage, redis_cl
     ids = history.order_ids
     bad = ids[0]
     with storage.dws_engine.begin() as connection:
-        connection.execute(update(AdsOrderLedger).where(AdsOrderLedger.order_id == bad).values(
+        connection.execute(update(AdsOrderLedger).where(AdsOrderLedger.c.order_id == bad).values(
             contribution="{damaged", wide_version=0))
     for order_id in ids:  # their chains are running, as when the aggregate step is reached
         tasks = task_table(storage.shard_of(order_id))

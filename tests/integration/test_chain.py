@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from chain.lineage import order_lineage
 from chain.steps import merge_orders
+from chain.wide_rows import ORDER_TABLE as DwdOrder
 from chain.wide_rows import (
     Merge,
     OptimisticLockConflict,
@@ -25,12 +26,14 @@ from demo.history import generate_history
 from flows.registry import ACCEPTED as ORDER_FLOW
 from inputs.positions import Position, encode
 from intake.receiver import IntakeReport
-from models.orders import DwdOrder, OrderSnapshot
 from models.sharded import meta_table
+from models.wide import DEFAULT_SCHEMA
 from reliability.leases import OrderLeases
 from strategies.facts import OrderFacts
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
 from tests.integration.helpers import claimed_keys, ingest, process_history, run_chains
+
+OrderSnapshot = DEFAULT_SCHEMA.snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -78,8 +81,8 @@ def test_snapshot_per_operation_is_overwritten_by_a_rerun(storage, redis_client)
     process_history(storage, redis_client, history)
     order_id = history.order_ids[0]
     with storage.engine_for_order(order_id).connect() as connection:
-        snapshots = connection.execute(select(OrderSnapshot.__table__).where(
-            OrderSnapshot.order_id == order_id)).fetchall()
+        snapshots = connection.execute(select(OrderSnapshot).where(
+            OrderSnapshot.c.order_id == order_id)).fetchall()
     assert {s.operation_type for s in snapshots} >= {"SUBMIT"}
     assert len(snapshots) == len({s.operation_type for s in snapshots})
     submit = next(s for s in snapshots if s.operation_type == "SUBMIT")
@@ -113,7 +116,7 @@ def test_optimistic_lock_refuses_a_write_based_on_a_stale_version(storage) -> No
     first.close()
     second.close()
     with engine.connect() as connection:
-        row = connection.execute(select(DwdOrder.__table__).where(DwdOrder.order_id == order_id)).first()
+        row = connection.execute(select(DwdOrder).where(DwdOrder.c.order_id == order_id)).first()
     assert (row.version, row.status) == (2, 30)
 
 

@@ -17,13 +17,15 @@ from demo.check import aggregate_differences, expected_aggregates, matching_orde
 from demo.history import generate_history
 from dimensions.lookup import RedisDimensions
 from flows.registry import ACCEPTED as ORDER_FLOW
-from models.orders import OrderSnapshot
 from models.sharded import TaskStatus
+from models.wide import DEFAULT_SCHEMA
 from reliability.leases import OrderLeases
 from tests.conftest import env_of, new_order_id
 from tests.factories import OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal
 from tests.integration.helpers import ingest, leased_keys, run_chains
 from warehouse.aggregates import read_aggregates
+
+OrderSnapshot = DEFAULT_SCHEMA.snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +69,7 @@ def test_an_orders_due_operations_run_in_one_chain_in_state_machine_order(storag
     # And each operation's snapshot is the row as that operation left it, one version each
     with storage.engine_for_order(order_id).connect() as connection:
         snapshots = {s.operation_type: json.loads(s.order_row) for s in connection.execute(
-            select(OrderSnapshot.__table__).where(OrderSnapshot.order_id == order_id))}
+            select(OrderSnapshot).where(OrderSnapshot.c.order_id == order_id))}
     assert [(snapshots[op]["status"], snapshots[op]["version"], snapshots[op]["last_operation"])
             for op in ("SUBMIT", "PAY", "DELIVER")] == [(10, 1, "SUBMIT"), (20, 2, "PAY"), (30, 3, "DELIVER")]
     assert snapshots["SUBMIT"]["pay_txn_id"] is None and snapshots["PAY"]["pay_txn_id"] is not None

@@ -14,11 +14,12 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from chain.wide_rows import ORDER_TABLE as DwdOrder
 from flows.registry import ACCEPTED
 from inputs.positions import Position, encode
 from intake.receiver import accept_lines
 from models.cdc import SchemaChangeRecord
-from models.orders import DwdOrder, QuarantinedInput
+from models.orders import QuarantinedInput
 from models.sharded import meta_table
 from models.storage import Storage
 from reliability.alarms import ALARM_COUNTERS
@@ -98,7 +99,7 @@ def test_a_corpus_case_gets_its_verdicts_and_its_rows(storage, service_env, redi
             touched |= report.touched
         run_chains(store, redis_client, touched)
         with store.engine_for_order(order_id).connect() as connection:
-            row = connection.execute(select(DwdOrder.__table__).where(DwdOrder.order_id == order_id)).first()
+            row = connection.execute(select(DwdOrder).where(DwdOrder.c.order_id == order_id)).first()
             meta = meta_table(store.shard_of(order_id))
             stored = {source: json.loads(content) for source, content in connection.execute(
                 select(meta.c.source, meta.c.content).where(meta.c.order_id == order_id))}

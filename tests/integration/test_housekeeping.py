@@ -6,10 +6,12 @@ import uuid
 import pytest
 from sqlalchemy import insert, select
 
-from models.orders import OrderSnapshot
+from models.wide import DEFAULT_SCHEMA
 from reliability.alarms import ALARM_COUNTERS
 from reliability.housekeeping import failed_digest, once_per_period, purge_snapshots
 from tests.conftest import new_order_id
+
+OrderSnapshot = DEFAULT_SCHEMA.snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +31,8 @@ def test_snapshots_older_than_the_retention_are_purged_and_newer_ones_kept(stora
     second = purge_snapshots(storage, NOW, keep_days=90)
     # Then only the 91-day-old one went, and the second run found nothing
     with storage.engine_for_order(order_id).connect() as connection:
-        left = set(connection.execute(select(OrderSnapshot.operation_type).where(
-            OrderSnapshot.order_id == order_id)).scalars())
+        left = set(connection.execute(select(OrderSnapshot.c.operation_type).where(
+            OrderSnapshot.c.order_id == order_id)).scalars())
     assert left == {"PAY", "REFUND"}
     assert first >= 1 and second == 0
 

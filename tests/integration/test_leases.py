@@ -8,18 +8,21 @@ import pytest
 from sqlalchemy import select
 
 from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders
+from chain.wide_rows import ORDER_TABLE as DwdOrder
 from demo.history import generate_history
 from dimensions.lookup import RedisDimensions
 from flows.registry import ACCEPTED as ORDER_FLOW
-from models.orders import DwdOrder, OrderSnapshot
 from models.sharded import TaskStatus, task_table
-from models.warehouse import AdsOrderLedger
+from models.warehouse import DEFAULT_LEDGER as AdsOrderLedger
+from models.wide import DEFAULT_SCHEMA
 from reliability.counters import COUNTERS, FENCED
 from reliability.leases import FENCE_KEY, OrderLeases, lease_name
 from settings import load_settings
 from tests.conftest import new_order_id
 from tests.factories import OrderHeaderFactory, OrderItemFactory, canal
 from tests.integration.helpers import ingest, leased_keys
+
+OrderSnapshot = DEFAULT_SCHEMA.snapshots
 
 pytestmark = pytest.mark.integration
 
@@ -113,8 +116,9 @@ def test_a_chain_message_with_an_old_token_writes_nothing(storage, redis_client)
     # Then it wrote no wide row, no snapshot, and did not finish the task; and it was counted
     shard = storage.shard_of(order_id)
     with storage.engine_for_order(order_id).connect() as connection:
-        assert connection.execute(select(DwdOrder.order_id).where(DwdOrder.order_id == order_id)).first() is None
-        assert connection.execute(select(OrderSnapshot.id).where(OrderSnapshot.order_id == order_id)).first() is None
+        assert connection.execute(select(DwdOrder.c.order_id).where(DwdOrder.c.order_id == order_id)).first() is None
+        snapshot = select(OrderSnapshot.c.id).where(OrderSnapshot.c.order_id == order_id)
+        assert connection.execute(snapshot).first() is None
         task = connection.execute(select(task_table(shard)).where(task_table(shard).c.order_id == order_id)).one()
     assert task.status == TaskStatus.RUNNING
     assert int(redis_client.hget(COUNTERS, FENCED) or 0) - fenced_before == 2
@@ -123,7 +127,7 @@ def test_a_chain_message_with_an_old_token_writes_nothing(storage, redis_client)
     merged = merge_orders(storage, leases, settings, dims, newer_ready)
     finish_tasks(storage, leases, aggregate_orders(storage, leases, settings, merged))
     with storage.engine_for_order(order_id).connect() as connection:
-        assert connection.execute(select(DwdOrder.version).where(DwdOrder.order_id == order_id)).scalar() == 1
+        assert connection.execute(select(DwdOrder.c.version).where(DwdOrder.c.order_id == order_id)).scalar() == 1
 
 
 def test_the_warehouse_ignores_an_aggregate_step_with_an_older_token(storage, redis_client) -> None:
@@ -135,18 +139,18 @@ def test_the_warehouse_ignores_an_aggregate_step_with_an_older_token(storage, re
     order_id = paid[0]
     leases = OrderLeases(redis_client, storage.settings)
     with storage.dws_engine.connect() as connection:
-        applied = connection.execute(select(AdsOrderLedger).where(AdsOrderLedger.order_id == order_id)).one()
+        applied = connection.execute(select(AdsOrderLedger).where(AdsOrderLedger.c.order_id == order_id)).one()
     assert applied.fence is not None
     # When a step with an older token, and a wide row version the ledger has not seen, arrives
     with storage.dws_engine.begin() as connection:
-        connection.execute(AdsOrderLedger.__table__.update().where(AdsOrderLedger.order_id == order_id).values(
+        connection.execute(AdsOrderLedger.update().where(AdsOrderLedger.c.order_id == order_id).values(
             wide_version=0))
     stale = [{"order_id": order_id, "operation_type": "PAY", "token": applied.fence - 1}]
     redis_client.delete(lease_name(order_id))
     assert aggregate_orders(storage, leases, storage.settings, stale) == []
     # Then the ledger is untouched
     with storage.dws_engine.connect() as connection:
-        after = connection.execute(select(AdsOrderLedger).where(AdsOrderLedger.order_id == order_id)).one()
+        after = connection.execute(select(AdsOrderLedger).where(AdsOrderLedger.c.order_id == order_id)).one()
     assert (after.wide_version, after.fence, after.contribution) == (0, applied.fence, applied.contribution)
 
 

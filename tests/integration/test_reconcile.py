@@ -18,18 +18,22 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, event, select, update
 
+from chain.wide_rows import ITEM_TABLE as DwdOrderItem
+from chain.wide_rows import ORDER_TABLE as DwdOrder
 from demo.check import differences, expected_aggregates, matching_orders
 from demo.history import generate_history
 from models.digests import bucket_of
-from models.orders import DwdOrder, DwdOrderItem
 from models.reconcile import ReconcileAction, ReconcileDiff, ReconcileRun
 from models.sharded import meta_table
-from models.warehouse import AdsOrderItemSales, AdsOrderLedger, AdsOrderSales
+from models.warehouse import ADS_TABLES
+from models.warehouse import DEFAULT_LEDGER as AdsOrderLedger
 from reconcile.run import ReconcileError, parse_layers, reconcile
 from reconcile.wide import BUCKETS, read_wide_orders
 from tests.conftest import env_of
 from tests.integration.helpers import process_history, run_chains, run_tdc
 from warehouse.aggregates import read_aggregates
+
+AdsOrderSales, AdsOrderItemSales = ADS_TABLES["ads_order_sales"], ADS_TABLES["ads_order_item_sales"]
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +101,7 @@ def test_rows_without_a_stored_digest_are_compared_row_by_row(processed, redis_c
                    if row["paid_at"] is not None and row["status"] != 50 and row["paid_at"].date() == day)[:3]
     for order_id in older:
         with storage.order_transaction(order_id) as connection:
-            connection.execute(update(DwdOrder).where(DwdOrder.order_id == order_id).values(source_digest=None))
+            connection.execute(update(DwdOrder).where(DwdOrder.c.order_id == order_id).values(source_digest=None))
     # When the day is reconciled
     outcome = reconcile(storage, redis_client, day, day)
     # Then their buckets were read row by row and nothing differs
@@ -143,24 +147,24 @@ def _damage(storage, history, day):  # type: ignore[no-untyped-def]
                     and any(i["order_id"] == o for i in history.expected_items.values()))
     gone, lines_gone, amount, member = on_day[:4]
     with storage.order_transaction(gone) as connection:
-        connection.execute(delete(DwdOrderItem).where(DwdOrderItem.order_id == gone))
-        connection.execute(delete(DwdOrder).where(DwdOrder.order_id == gone))
+        connection.execute(delete(DwdOrderItem).where(DwdOrderItem.c.order_id == gone))
+        connection.execute(delete(DwdOrder).where(DwdOrder.c.order_id == gone))
     with storage.order_transaction(lines_gone) as connection:
-        connection.execute(delete(DwdOrderItem).where(DwdOrderItem.order_id == lines_gone))
+        connection.execute(delete(DwdOrderItem).where(DwdOrderItem.c.order_id == lines_gone))
     with storage.order_transaction(amount) as connection:
-        connection.execute(update(DwdOrder).where(DwdOrder.order_id == amount).values(
-            pay_amount=DwdOrder.pay_amount + Decimal("0.01")))
+        connection.execute(update(DwdOrder).where(DwdOrder.c.order_id == amount).values(
+            pay_amount=DwdOrder.c.pay_amount + Decimal("0.01")))
     with storage.order_transaction(member) as connection:
-        connection.execute(update(DwdOrder).where(DwdOrder.order_id == member).values(member_id="M-EDITED"))
+        connection.execute(update(DwdOrder).where(DwdOrder.c.order_id == member).values(member_id="M-EDITED"))
     store = history.expected_orders[member]["store_id"]
     sku = next(i["sku_id"] for i in history.expected_items.values() if i["order_id"] == member)
     with storage.dws_engine.begin() as connection:
         connection.execute(update(AdsOrderSales).where(
-            (AdsOrderSales.biz_date == day) & (AdsOrderSales.store_id == store)).values(
-            pay_amount=AdsOrderSales.pay_amount + 100))
+            (AdsOrderSales.c.biz_date == day) & (AdsOrderSales.c.store_id == store)).values(
+            pay_amount=AdsOrderSales.c.pay_amount + 100))
         connection.execute(update(AdsOrderItemSales).where(
-            (AdsOrderItemSales.biz_date == day) & (AdsOrderItemSales.sku_id == sku)).values(
-            quantity=AdsOrderItemSales.quantity + 7))
+            (AdsOrderItemSales.c.biz_date == day) & (AdsOrderItemSales.c.sku_id == sku)).values(
+            quantity=AdsOrderItemSales.c.quantity + 7))
     return {"gone": gone, "lines_gone": lines_gone, "amount": amount, "member": member,
             "sales_cell": f"ads_order_sales {day} {store}", "item_cell": f"ads_order_item_sales {day} {sku}"}
 
@@ -209,8 +213,8 @@ def test_damage_is_named_then_fixed_through_the_chain(processed, redis_client, t
     assert Path(run.html_path).exists() and Path(run.json_path).exists()
     # (the ledger follows the rebuilt wide row, so the order's next change is counted, not skipped)
     with storage.dws_engine.connect() as connection:
-        ledger = connection.execute(select(AdsOrderLedger.wide_version).where(
-            AdsOrderLedger.order_id == damaged["gone"])).scalar_one()
+        ledger = connection.execute(select(AdsOrderLedger.c.wide_version).where(
+            AdsOrderLedger.c.order_id == damaged["gone"])).scalar_one()
     assert ledger == read_wide_orders(storage, [damaged["gone"]])[damaged["gone"]][0]["version"]
     # And a second run finds nothing
     again = reconcile(storage, redis_client, day, day)
@@ -343,8 +347,8 @@ def test_the_command_exits_by_what_it_found(processed, tmp_path: Path) -> None:
     # When a clean day is reconciled, then a damaged one, then with a layer that does not exist
     clean = run_tdc(env, "reconcile", "--date", day, "--json", str(tmp_path / "clean.json"))
     with storage.dws_engine.begin() as connection:
-        connection.execute(update(AdsOrderSales).where(AdsOrderSales.biz_date == dt.date.fromisoformat(day)).values(
-            order_count=AdsOrderSales.order_count + 1))
+        connection.execute(update(AdsOrderSales).where(AdsOrderSales.c.biz_date == dt.date.fromisoformat(day)).values(
+            order_count=AdsOrderSales.c.order_count + 1))
     different = run_tdc(env, "reconcile", "--date", day, "--to", day, "--layers", "ads")
     wrong = run_tdc(env, "reconcile", "--date", day, "--layers", "wdie")
     bad_day = run_tdc(env, "reconcile", "--date", "2026-13-01")
@@ -415,8 +419,8 @@ def test_the_daily_run_fixes_once_per_day(processed, redis_client) -> None:
     day = _settled_days(history).most_common(1)[0][0]
     redis_client.delete(f"tdc:once:reconcile:{day}")
     with storage.dws_engine.begin() as connection:
-        connection.execute(update(AdsOrderSales).where(AdsOrderSales.biz_date == day).values(
-            refund_amount=AdsOrderSales.refund_amount + 3))
+        connection.execute(update(AdsOrderSales).where(AdsOrderSales.c.biz_date == day).values(
+            refund_amount=AdsOrderSales.c.refund_amount + 3))
     # When beat's daily task runs for it, and runs again (a second beat, a redelivered message)
     runs = [subprocess.run([sys.executable, "-c", _DAILY, day.isoformat()], env={**os.environ, **env_of(storage)},
                            capture_output=True, text=True, timeout=120) for _ in range(2)]
@@ -527,7 +531,7 @@ def test_the_index_layer_names_missing_and_stale_documents_and_sends_them_again(
     deleted, behind = on_day[:2]
     order_index.client.delete(index=order_index.alias, id=deleted, refresh=True)
     with storage.order_transaction(behind) as connection:
-        connection.execute(update(DwdOrder).where(DwdOrder.order_id == behind).values(version=DwdOrder.version + 1))
+        connection.execute(update(DwdOrder).where(DwdOrder.c.order_id == behind).values(version=DwdOrder.c.version + 1))
     version = read_wide_orders(storage, [behind])[behind][0]["version"]
     found = reconcile(storage, redis_client, day, day, layers=["index"])
     fixed = reconcile(storage, redis_client, day, day, layers=["index"], fix=True, submit=lambda keys: None)

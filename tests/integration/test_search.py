@@ -176,7 +176,7 @@ def test_a_reindex_during_writes_loses_nothing_and_readers_never_see_it_half_bui
     # Given an indexed history
     from sqlalchemy import update
 
-    from models.orders import DwdOrder
+    from chain.wide_rows import ORDER_TABLE as DwdOrder
     from search.elastic import wide_documents
 
     storage = fresh_storage()
@@ -193,8 +193,8 @@ def test_a_reindex_during_writes_loses_nothing_and_readers_never_see_it_half_bui
         seen.append(len(order_index.search(everything)))
         order_id = sorted(history.order_ids)[len(changed)]
         with storage.order_transaction(order_id) as connection:
-            connection.execute(update(DwdOrder).where(DwdOrder.order_id == order_id).values(
-                member_id=f"M-DURING-{len(changed)}", version=DwdOrder.version + 1, updated_at=utcnow()))
+            connection.execute(update(DwdOrder).where(DwdOrder.c.order_id == order_id).values(
+                member_id=f"M-DURING-{len(changed)}", version=DwdOrder.c.version + 1, updated_at=utcnow()))
         for part in wide_documents(storage, order_ids=[order_id]):
             order_index.index(part)
         changed.append(order_id)

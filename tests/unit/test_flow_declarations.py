@@ -3,16 +3,18 @@ equal to what the engine runs today, and ``tdc flow``."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
+import json
 import subprocess
 import sys
 import textwrap
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table
 
 from flows.declaration import (
     CHANGES,
@@ -175,13 +177,21 @@ def test_predicate_values_fit_their_operator_and_column_and_measures_are_numbers
 
 
 def test_two_flows_may_not_claim_one_source_or_declare_a_dimension_two_ways() -> None:
-    other = replace(POS, name="pos_copy", dimensions=(replace(STORE, key="store_name"), SKU))
-    assert problems_across([POS, other])[:2] == [
-        "flow 'pos_copy': source 't_order_info': already a source of flow 'pos'",
-        "flow 'pos_copy': source 't_order_item': already a source of flow 'pos'",
-    ]
+    other = replace(POS, name="pos_copy", entity_prefix="pos_copy:", dimensions=(replace(STORE, key="store_name"), SKU))
+    found = problems_across([POS, other])
+    assert {"flow 'pos_copy': source 't_order_info': already a source of flow 'pos'",
+            "flow 'pos_copy': source 't_order_item': already a source of flow 'pos'",
+            "flow 'pos_copy': table 'dwd_gqsh_pos_order_t_order_info': already written by flow 'pos'"} <= set(found)
     assert problems_across([POS, other])[-1] == (
         "flow 'pos_copy': dimension 'store': declared differently by flow 'pos'")
+
+
+def test_two_flows_may_not_share_entity_ids() -> None:
+    assert problems_across([GQSH, replace(POS, entity_prefix="")])[-1] == (
+        "flow 'pos': entity_prefix '': flow 'gqsh' has ''; an entity id must name one flow")
+    assert problems_across([POS, replace(GQSH, name="gqsh2", entity_prefix="po")]) == [
+        "flow 'gqsh2': entity_prefix 'po': end it with ':' (pos:)",
+        "flow 'gqsh2': entity_prefix 'po': flow 'pos' has 'pos:'; an entity id must name one flow"]
 
 
 def test_cycles_are_found_once_each() -> None:
@@ -232,41 +242,96 @@ def test_gqsh_header_status_raises_its_operations_and_each_reads_its_columns() -
     assert ACCEPTED.tables["gqsh_order_item"].reads is None
 
 
-def _kind(declared: str) -> str:
-    from inputs.columns import column_type
+#: dwd_order and dwd_order_item as tdc created them before the tables were made from the
+#: declaration: databases made then must still be what the engine writes.
+_DWD_ORDER = [
+    ("order_id", "text", 64), ("store_id", "text", 32), ("store_name", "text", 128), ("city", "text", 64),
+    ("region", "text", 64), ("member_id", "text", 32), ("channel", "text", 16), ("status", "int", None),
+    ("item_count", "int", None), ("total_amount", "money", None), ("discount_amount", "money", None),
+    ("pay_amount", "money", None), ("pay_channel", "text", 32), ("pay_txn_id", "text", 64), ("paid_at", "time", None),
+    ("delivery_type", "text", 32), ("refund_amount", "money", None), ("refund_count", "int", None),
+    ("perf_staff_id", "text", 32), ("perf_amount", "money", None), ("created_at", "time", None),
+    ("biz_date", "date", None), ("last_operation", "text", 16), ("version", "int", None), ("updated_at", "time", None),
+    ("source_digest", "int", None)]
+_DWD_ORDER_ITEM = [
+    ("item_id", "int", None), ("order_id", "text", 64), ("store_id", "text", 32), ("biz_date", "date", None),
+    ("sku_id", "text", 32), ("sku_name", "text", 128), ("category", "text", 64), ("quantity", "int", None),
+    ("unit_price", "money", None), ("amount", "money", None), ("refund_quantity", "int", None),
+    ("refund_amount", "money", None), ("status", "int", None)]
 
-    kind = column_type(declared)
-    return {"decimal": "money", "datetime": "time", "timestamp": "time"}.get(kind.name, kind.kind)
 
-
-def test_gqsh_wide_columns_are_the_dwd_models() -> None:
-    from chain.wide_rows import DIMENSION_COLUMNS
+def test_gqsh_wide_tables_made_from_the_declaration_are_the_ones_older_databases_hold() -> None:
+    from chain.wide_rows import DIMENSION_COLUMNS, ITEM_TABLE, ORDER_TABLE
     from models.digests import kind_of
-    from models.orders import DwdOrder, DwdOrderItem, OrderSnapshot
 
-    for wide, model in zip(GQSH.wide, (DwdOrder, DwdOrderItem), strict=True):
-        table = cast(Table, model.__table__)
-        assert wide.name == table.name
-        assert [(c.name, _kind(c.type)) for c in wide.columns] == [(c.name, kind_of(c)) for c in table.columns]
-        assert wide.key == tuple(c.name for c in table.primary_key.columns)
-    looked = {c.name for wide in GQSH.wide for c in wide.columns if type(c.origin).__name__ == "Looked"}
-    assert looked == DIMENSION_COLUMNS
-    assert GQSH.snapshots is not None and GQSH.snapshots.table == OrderSnapshot.__tablename__
+    for table, expected, key in ((ORDER_TABLE, _DWD_ORDER, "order_id"), (ITEM_TABLE, _DWD_ORDER_ITEM, "item_id")):
+        assert [(c.name, kind_of(c), getattr(c.type, "length", None)) for c in table.columns] == expected
+        assert [c.name for c in table.primary_key.columns] == [key]
+    assert {i.name: [c.name for c in i.columns] for i in ORDER_TABLE.indexes} == {
+        "ix_dwd_order_store_day": ["store_id", "biz_date"], "ix_dwd_order_member": ["member_id"],
+        "ix_dwd_order_created": ["created_at"], "ix_dwd_order_biz_date": ["biz_date"]}
+    assert {i.name for i in ITEM_TABLE.indexes} == {
+        "ix_dwd_order_item_order_id", "ix_dwd_order_item_biz_date", "ix_dwd_order_item_sku_id"}
+    assert not ORDER_TABLE.c.status.nullable and not ITEM_TABLE.c.order_id.nullable and ORDER_TABLE.c.paid_at.nullable
+    assert DIMENSION_COLUMNS == {"store_name", "city", "region", "sku_name", "category"}
 
 
-def test_gqsh_aggregates_are_the_warehouses() -> None:
-    from models.warehouse import AdsOrderLedger, WarehouseBase
-    from warehouse.contributions import AGGREGATES, contribution_of
+def test_gqsh_ads_tables_made_from_the_declaration_are_the_ones_older_warehouses_hold() -> None:
+    from models.digests import kind_of
+    from models.warehouse import ADS_TABLES, DEFAULT_LEDGER
 
-    assert {a.name: (a.keys, tuple(m.name for m in a.measures)) for a in GQSH.aggregates} == AGGREGATES
-    ads_tables = {name for name in WarehouseBase.metadata.tables if name.startswith("ads_")}
-    assert ads_tables - {AdsOrderLedger.__tablename__} == {a.name for a in GQSH.aggregates}
-    assert {a.retraction.ledger for a in GQSH.aggregates} == {AdsOrderLedger.__tablename__}
+    schema = {name: [(c.name, kind_of(c), c.primary_key) for c in table.columns] for name, table in ADS_TABLES.items()
+              if name in {a.name for a in GQSH.aggregates}}
+    order = [("order_count", "int", False), ("pay_amount", "money", False), ("refund_amount", "money", False),
+             ("net_amount", "money", False)]
+    assert schema == {
+        "ads_order_sales": [("biz_date", "date", True), ("store_id", "text", True), *order],
+        "ads_order_item_sales": [("biz_date", "date", True), ("sku_id", "text", True), ("quantity", "int", False),
+                                 ("amount", "money", False), ("refund_quantity", "int", False),
+                                 ("refund_amount", "money", False)],
+        "ads_order_sales_sum": [("biz_date", "date", True), *order]}
+    assert {a.retraction.ledger for a in GQSH.aggregates} == {DEFAULT_LEDGER.name} == {"ads_order_ledger"}
+    assert [c.name for c in DEFAULT_LEDGER.columns] == [
+        "order_id", "wide_version", "biz_date", "contribution", "fence", "updated_at"]
+
+
+def test_a_gqsh_order_contributes_once_paid_while_not_cancelled() -> None:
+    from warehouse.contributions import Contribution, contribution_of
+
+    day = dt.date(2026, 1, 1)
+    item = {"sku_id": "K1", "biz_date": day, "quantity": 2, "amount": Decimal("20.00"), "refund_quantity": 1,
+            "refund_amount": Decimal("10.00")}
     for paid_at, status, biz_date, store_id in itertools.product(
-            [None, "2026-01-01"], [10, 20, 40, 50], [None, "2026-01-01"], [None, "s1"]):
-        order = {"paid_at": paid_at, "status": status, "biz_date": biz_date, "store_id": store_id}
-        expected = contribution_of(order, []) is not None
-        assert all(all_hold(a.when, order) == expected for a in GQSH.aggregates), order
+            [None, dt.datetime(2026, 1, 1)], [10, 20, 40, 50], [None, day], [None, "s1"]):
+        order = {"paid_at": paid_at, "status": status, "biz_date": biz_date, "store_id": store_id,
+                 "pay_amount": Decimal("20.00"), "refund_amount": Decimal("10.00")}
+        contribution = contribution_of(GQSH, order, [item, {**item, "quantity": 1}])
+        counted = paid_at is not None and status != 50 and biz_date is not None and store_id is not None
+        assert (contribution is not None) == counted, order
+        if contribution is not None:
+            assert contribution.cells == {
+                ("ads_order_sales", (day, "s1")): {"order_count": 1, "pay_amount": Decimal("20.00"),
+                                                   "refund_amount": Decimal("10.00"), "net_amount": Decimal("10.00")},
+                ("ads_order_sales_sum", (day,)): {"order_count": 1, "pay_amount": Decimal("20.00"),
+                                                  "refund_amount": Decimal("10.00"), "net_amount": Decimal("10.00")},
+                ("ads_order_item_sales", (day, "K1")): {"quantity": 3, "amount": Decimal("40.00"),
+                                                        "refund_quantity": 2, "refund_amount": Decimal("20.00")}}
+            assert contribution.day == day
+            assert Contribution.from_json(contribution.to_json()) == contribution
+
+
+def test_a_ledger_entry_an_older_tdc_wrote_is_taken_back_exactly() -> None:
+    from warehouse.contributions import Contribution, delta
+
+    legacy = Contribution.from_json(json.dumps({
+        "biz_date": "2026-01-01", "store_id": "s1", "pay_amount": "20.00", "refund_amount": "5.00",
+        "skus": {"K1": [2, "20.00", 1, "5.00"]}}))
+    day = dt.date(2026, 1, 1)
+    assert legacy.cells[("ads_order_sales", (day, "s1"))]["net_amount"] == Decimal("15.00")
+    assert legacy.cells[("ads_order_item_sales", (day, "K1"))] == {
+        "quantity": 2, "amount": Decimal("20.00"), "refund_quantity": 1, "refund_amount": Decimal("5.00")}
+    same = Contribution.from_json(legacy.to_json())
+    assert delta([(legacy, same)]) == {}
 
 
 def test_gqsh_index_and_events_carry_what_search_and_streams_send() -> None:
@@ -346,7 +411,7 @@ GOOD = """
     from flows.declared.dimensions import STORE
 
     VISITS = FlowDeclaration(
-        name="store_visit", description="Footfall counters", databases=("counter",),
+        name="store_visit", entity_prefix="visit:", description="Footfall counters", databases=("counter",),
         sources=(Source("t_visit", key=("id",), entity_key="id",
                         columns={"id": "bigint", "store_id": "varchar(32)", "visitors": "int"}),),
         operations=(Operation("COUNT", complete_when=(RowArrived("t_visit"),)),),

@@ -180,3 +180,33 @@ def test_every_declared_flow_compiles_into_what_the_engine_runs() -> None:
         assert set(machine.order) == {o.name for o in flow.operations}
         assert shape.root is flow.root
         assert set(routed.tables) == {s.name for s in flow.sources} | {d.table for d in flow.dimensions}
+
+
+def test_entity_ids_name_their_flow_and_a_bare_id_may_not_read_as_anothers() -> None:
+    from flows import route
+    from flows.registry import combine, flow_of, routing
+    from inputs.events import BadInput, BusinessWrite, ChangeEvent
+    from inputs.positions import Position
+
+    assert flow_of("pos:PO1").name == "pos" and flow_of("sal_order:7").name == "sal_order"
+    assert flow_of("G1").name == "gqsh"
+    both = combine((routing(GQSH), routing(POS)))
+    sale = ChangeEvent("gqsh_pos", "t_order_info", "insert", None, {
+        "order_no": "PO1", "store_code": "S001", "order_status": 10, "item_count": 1}, ("order_no",), Position(1))
+    assert {r.order_id for r in route(both, sale, "canal").records} == {"pos:PO1"}
+    write = BusinessWrite("payment", "pos:PO1", "PAY", "T1", {"pay_txn_id": "T1", "pay_channel": "card",
+                                                            "paid_amount": "1.00", "paid_at": "2026-11-01 10:00:00"},
+                          "2026-11-01 10:00:00")
+    with pytest.raises(BadInput, match="starts with 'pos:', another flow's entity prefix"):
+        route(both, write, "business")
+
+
+def test_tdc_flows_names_declared_flows_only() -> None:
+    from flows.registry import running
+    from settings import SettingsError, load_settings
+
+    assert [flow.name for flow in running(load_settings({"TDC_FLOWS": "gqsh, pos,gqsh"}).flows)] == ["gqsh", "pos"]
+    with pytest.raises(ValueError, match="no flow 'posx'; declared: gqsh, pos, sal_order, pur_mrb, stk_inventory"):
+        running(("gqsh", "posx"))
+    with pytest.raises(SettingsError, match="TDC_FLOWS names no flow"):
+        load_settings({"TDC_FLOWS": " , "})

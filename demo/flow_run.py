@@ -1,0 +1,130 @@
+"""``tdc demo --flow NAME`` for a flow other than the online orders (``demo.run``): generate the
+flow's history (``demo.flows``), feed it through the real intake, drain it with real worker
+processes, and compare every wide row and ADS cell with what the history expects.
+
+The flow must be run (``TDC_FLOWS``); ``cli.main`` adds it before anything reads the setting.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from typing import Any
+
+from cli.progress import progress
+from demo.check import aggregate_differences, differences
+from demo.flows import FlowHistory
+from demo.processes import running, start_beat, start_worker
+from settings import get_settings
+
+#: Flows with a demo history: name -> the module that generates it.
+FLOW_DEMOS = {"pos": "demo.flows.pos", "sal_order": "demo.flows.sal_order"}
+
+
+def _wide(history: FlowHistory) -> dict[str, dict[Any, dict[str, Any]]]:
+    """What the engine wrote for the history's entities: wide table -> key -> row."""
+    from chain.wide_rows import read_orders
+    from flows.declared import BY_NAME
+    from models.storage import get_storage
+    from models.wide import schema_of
+
+    flow = BY_NAME[history.flow]
+    schema = schema_of(flow)
+    roots = history.expected[schema.root.name]
+    orders, items = read_orders(get_storage(), [flow.entity_prefix + str(key) for key in roots])
+    found = {schema.root.name: {row[schema.entity]: row for row in orders.values()}}
+    if schema.child is not None:
+        found[schema.child.name] = items
+    return found
+
+
+def ads_cells(history: FlowHistory) -> dict[tuple[str, tuple[Any, ...]], dict[str, Any]]:
+    from models.storage import get_storage
+    from warehouse.aggregates import read_aggregates
+
+    names = {table for table, _ in history.expected_ads}
+    with get_storage().dws_engine.connect() as connection:
+        return {cell: measures for cell, measures in read_aggregates(connection).items() if cell[0] in names}
+
+
+def flow_problems(history: FlowHistory, before: Any) -> list[str]:
+    """Differences between what the engine wrote for the history and what it expects (ADS: what
+    was added since ``before``)."""
+    found = _wide(history)
+    problems: list[str] = []
+    for table, rows in history.expected.items():
+        problems += differences(rows, found.get(table, {}), table)
+    return problems + aggregate_differences(history.expected_ads, before, ads_cells(history))
+
+
+def _drain(history: FlowHistory, timeout: float, processes: list[Any], before: Any) -> list[str]:
+    deadline = time.monotonic() + timeout
+    total = sum(len(rows) for rows in history.expected.values())
+    problems: list[str] = ["not drained"]
+    with progress("processing", total=total, unit="rows match") as shown:
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in processes):
+                shown.log("  a worker or beat process exited; see the logs under TDC_HOME/logs")
+                return problems
+            problems = flow_problems(history, before)
+            wrong = {line.split(" ", 2)[0] + " " + line.split(" ", 2)[1] for line in problems}
+            shown.update(completed=max(0, total - len(wrong)), note=f"{len(problems)} differences")
+            if not problems:
+                return []
+            time.sleep(1)
+        shown.log(f"  gave up after {timeout:.0f}s")
+    return problems
+
+
+def run_flow_demo(flow: str, entities: int = 300, seed: int | None = None, workers: int = 2,
+                  timeout: float = 600) -> int:
+    from demo.run import DEMO_ENVIRONMENT, _feed
+
+    for name, value in DEMO_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    get_settings.cache_clear()
+    settings = get_settings()
+    if flow not in settings.flows:
+        print(f"tdc demo: flow {flow!r} is not run (TDC_FLOWS={','.join(settings.flows)})")
+        return 2
+
+    from models.embedded import ensure_embedded_redis, stop_embedded_redis
+    from models.schema import init_storage
+    from models.storage import get_storage
+
+    started_redis = ensure_embedded_redis(settings) if settings.embedded_redis else False
+    try:
+        began = time.monotonic()
+        print(f"tdc demo: flow {flow}, {entities} entities, home {settings.home}")
+        report = init_storage(get_storage())
+        print(f"  storage ready in {time.monotonic() - began:.1f}s ({report.created} tables created)")
+        import worker  # noqa: F401 - configures the Celery app before chains are sent
+
+        module = importlib.import_module(FLOW_DEMOS[flow])
+        history: FlowHistory = module.generate(entities, seed=seed, zone=settings.business_zone)
+        rows = {table: len(found) for table, found in history.expected.items()}
+        print(f"  generated {len(history.lines)} lines ({history.duplicated} duplicated, "
+              f"{history.malformed} malformed) for {', '.join(f'{n} {t}' for t, n in rows.items())}")
+        logs = settings.home / "logs"
+        env = dict(os.environ)
+        with running([start_worker(env, logs / "worker.log", workers),
+                      start_beat(env, logs / "beat.log", settings.home / "demo-beat-schedule")]) as processes:
+            before = ads_cells(history)
+            quarantined, _ = _feed(history.lines)
+            problems = _drain(history, timeout, processes, before)
+        if quarantined != history.malformed:
+            problems.append(f"quarantined {quarantined} lines, the generator mixed in {history.malformed}")
+        print(f"summary: {', '.join(f'{n} {t} rows' for t, n in rows.items())} expected; "
+              f"{len(history.expected_ads)} ADS rows checked; {quarantined} quarantined of {history.malformed} "
+              "malformed")
+        for problem in problems[:30]:
+            print(f"  DIFFERENCE {problem}")
+        if problems:
+            print(f"FAILED: {len(problems)} differences")
+            return 1
+        print("OK: every wide row and every ADS row matches")
+        return 0
+    finally:
+        if started_redis:
+            stop_embedded_redis(settings)

@@ -30,6 +30,13 @@ BEAT_SCHEDULE = {
         "schedule": _settings.changelog_relay_seconds,
         "options": {"expires": max(30.0, 5 * _settings.changelog_relay_seconds)},
     },
+    # A store renamed (or any dimension a flow looks up with `refreshes`) merges the open orders
+    # that use it again; changes wait marked in Redis until a pass has done so.
+    "refresh-dimensions": {
+        "task": "tdc.refresh_dimensions",
+        "schedule": _settings.refresh_interval_seconds,
+        "options": {"expires": max(30.0, 5 * _settings.refresh_interval_seconds)},
+    },
     # The T+1 path: offline dimension tables in the warehouse are refreshed nightly; reload them
     # into Redis afterwards (only entries newer than Redis's are replaced).
     "reload-offline-dimensions": {

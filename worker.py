@@ -44,6 +44,7 @@ TASK_ROUTES = {
     "tdc.index_pending": {"queue": INDEX_QUEUE},
     # Beat's, and short: a pass publishes at most a minute, and databases another relay holds are skipped.
     "tdc.changelog_relay": {"queue": SCHEDULED_QUEUE},
+    "tdc.refresh_dimensions": {"queue": SCHEDULED_QUEUE},
     # On the chain's queue, so `tdc bench throughput` compares like with like.
     "tdc.bench_noop": {"queue": PROCESS_QUEUE},
 }
@@ -58,7 +59,7 @@ if settings.embedded_redis:
     ensure_embedded_redis(settings)
 
 app = Celery("tdc", include=["tasks.processing", "tasks.scheduled", "tasks.ingest", "tasks.bench",
-                                 "tasks.indexing", "tasks.changelog"])
+                                 "tasks.indexing", "tasks.changelog", "tasks.refresh"])
 # The current app is thread-local in Celery: without this, a thread this process did not start
 # from here (a web server's pool running the receiver or a retry) would send chains through
 # Celery's unconfigured default app, to amqp://localhost.

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from dimensions.refresh import mark_pending, refreshing_dimensions
 from flows import DimensionChange
 from inputs.positions import compare, decode, encode
 
@@ -65,6 +66,7 @@ def put_dimension_changes(client: redis.Redis, changes: list[DimensionChange]) -
     if not latest:
         return []
     names = list(latest)
+    refreshing = refreshing_dimensions()
     for _ in range(WRITE_ROUNDS):
         with client.pipeline() as transaction:
             try:
@@ -80,6 +82,9 @@ def put_dimension_changes(client: redis.Redis, changes: list[DimensionChange]) -
                 for name in newer:
                     transaction.delete(name)
                     transaction.hset(name, mapping=_fields(latest[name]))
+                    if latest[name].dimension in refreshing:
+                        # In the same transaction: a written change never goes without its refresh.
+                        mark_pending(transaction, latest[name].dimension, latest[name].key)
                 transaction.execute()
                 break
             except redis.WatchError:

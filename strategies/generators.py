@@ -18,8 +18,8 @@ table (read under the optimistic lock) and the entity's facts, in three passes:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -27,13 +27,13 @@ from zoneinfo import ZoneInfo
 from flows.declaration import (
     BusinessDay,
     Chosen,
-    Column,
     Copy,
     FlowDeclaration,
     Looked,
     Parent,
     Status,
     Sum,
+    Where,
     WideTable,
 )
 from flows.rules import all_hold
@@ -56,29 +56,41 @@ def business_date(moment: dt.datetime | None, zone: ZoneInfo) -> dt.date | None:
     return moment.replace(tzinfo=dt.UTC).astimezone(zone).date()
 
 
-def wide_value(kind: ColumnType, value: Any) -> Any:
-    """A stored source value (``inputs.columns``: amounts as text, times as ISO text), or a
-    dimension attribute (text), as the wide column holds it."""
-    if value is None:
-        return None
+def reader(kind: ColumnType) -> Callable[[Any], Any]:
+    """How a stored source value (``inputs.columns``: amounts as text, times as ISO text), or a
+    dimension attribute (text), becomes the value a wide column of ``kind`` holds."""
     if kind.kind == "decimal":
-        return Decimal(str(value)).quantize(Decimal(1).scaleb(-kind.scale))
+        quantum = Decimal(1).scaleb(-kind.scale)
+        return lambda value: None if value is None else Decimal(str(value)).quantize(quantum)
     if kind.kind in ("datetime", "timestamp"):
-        return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+        return lambda value: value if value is None or isinstance(value, dt.datetime) else \
+            dt.datetime.fromisoformat(str(value))
     if kind.kind == "date":
-        return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
+        return lambda value: value if value is None or isinstance(value, dt.date) else \
+            dt.date.fromisoformat(str(value))
     if kind.kind == "int":
-        return int(value)
-    return value if isinstance(value, str) else str(value)
+        return lambda value: None if value is None else int(value)
+    return lambda value: value if value is None or isinstance(value, str) else str(value)
+
+
+def wide_value(kind: ColumnType, value: Any) -> Any:
+    """``reader(kind)(value)``."""
+    return reader(kind)(value)
 
 
 def _zero(kind: ColumnType) -> Any:
     return wide_value(kind, 0) if kind.kind in ("decimal", "int") else None
 
 
+#: One column a merge writes: its name, where it comes from, how a source value becomes its value.
+Step = tuple[str, Any, Callable[[Any], Any]]
+
+
 @dataclass(frozen=True)
 class Shape:
-    """What a merge needs of a flow's declaration, worked out once."""
+    """What a merge needs of a flow's declaration, worked out once: for each wide table and
+    operation the columns pass 1 writes (Chosen last: it may compare with a column copied
+    there), and each table's pass-3 columns."""
 
     flow: FlowDeclaration
     root: WideTable
@@ -89,6 +101,13 @@ class Shape:
     status_after: Mapping[str, int]
     #: Source table -> its key column.
     keys: Mapping[str, str]
+    #: (wide table, operation) -> pass 1's columns.
+    writes: Mapping[tuple[str, str], tuple[Step, ...]] = field(default_factory=dict)
+    #: Wide table -> pass 3's columns.
+    derived: Mapping[str, tuple[Step, ...]] = field(default_factory=dict)
+    status: str | None = None
+    #: The child's key column, the source column its values come from, and how they are read.
+    child_key_of: tuple[str, Callable[[Any], Any]] | None = None
 
     @classmethod
     def of(cls, flow: FlowDeclaration) -> Shape:
@@ -101,12 +120,30 @@ class Shape:
         for rule in flow.raises:
             for operation in rule.operations:
                 raised[operation].add(rule.table)
+        types = {wide.name: {c.name: column_type(c.type) for c in wide.columns} for wide in flow.wide}
+        keys = {source.name: source.key[0] for source in flow.sources}
+        writes: dict[tuple[str, str], tuple[Step, ...]] = {}
+        derived: dict[str, tuple[Step, ...]] = {}
+        for wide in flow.wide:
+            for operation, tables in raised.items():
+                chosen_last = sorted((c for c in wide.columns if isinstance(c.origin, Copy | Sum | Chosen)
+                                      and c.origin.table in tables), key=lambda c: isinstance(c.origin, Chosen))
+                writes[(wide.name, operation)] = tuple(
+                    (c.name, c.origin, reader(types[wide.name][c.name])) for c in chosen_last)
+            derived[wide.name] = tuple((c.name, c.origin, reader(types[wide.name][c.name])) for c in wide.columns
+                                       if isinstance(c.origin, Looked | BusinessDay | Parent))
+        child = children[0] if children else None
+        child_key_of = None
+        if child is not None and child.rows_from is not None:
+            origin = child.column(child.key[0]).origin  # type: ignore[union-attr]
+            column = origin.column if isinstance(origin, Copy) else keys[child.rows_from]
+            child_key_of = (column, reader(types[child.name][child.key[0]]))
+        status = next((c.name for c in flow.root.columns if isinstance(c.origin, Status)), None)
         return cls(
-            flow=flow, root=flow.root, child=children[0] if children else None,
-            types={wide.name: {c.name: column_type(c.type) for c in wide.columns} for wide in flow.wide},
+            flow=flow, root=flow.root, child=child, types=types,
             raised_by={name: frozenset(tables) for name, tables in raised.items()},
             status_after={o.name: o.status for o in flow.operations if o.status is not None},
-            keys={source.name: source.key[0] for source in flow.sources},
+            keys=keys, writes=writes, derived=derived, status=status, child_key_of=child_key_of,
         )
 
     def new_row(self, wide: WideTable) -> Row:
@@ -122,11 +159,9 @@ class Shape:
 
     def child_key(self, row: Mapping[str, Any]) -> Any:
         """The child wide row's key for a row of its source table."""
-        assert self.child is not None and self.child.rows_from is not None
-        name = self.child.key[0]
-        origin = self.child.column(name).origin  # type: ignore[union-attr]
-        column = origin.column if isinstance(origin, Copy) else self.keys[self.child.rows_from]
-        return wide_value(self.types[self.child.name][name], row.get(column))
+        assert self.child_key_of is not None
+        column, read = self.child_key_of
+        return read(row.get(column))
 
 
 _SHAPES: dict[str, Shape] = {}
@@ -139,90 +174,99 @@ def shape_of(flow: FlowDeclaration) -> Shape:
     return shape
 
 
-def _rows(facts: OrderFacts, table: str, when: Iterable[Any] = ()) -> list[Row]:
-    predicates = tuple(when)
-    return [row for row in facts.all(table) if all_hold(predicates, row)]
+class _Rows:
+    """The entity's live rows per table, read once per merge (``OrderFacts.all`` sorts)."""
+
+    def __init__(self, facts: OrderFacts):
+        self.facts = facts
+        self._all: dict[str, list[Row]] = {}
+        self._by_key: dict[tuple[str, str], dict[Any, Row]] = {}
+
+    def all(self, table: str) -> list[Row]:
+        rows = self._all.get(table)
+        if rows is None:
+            rows = self._all[table] = self.facts.all(table)
+        return rows
+
+    def where(self, table: str, when: tuple[Where, ...]) -> list[Row]:
+        rows = self.all(table)
+        return [row for row in rows if all_hold(when, row)] if when else rows
+
+    def keyed(self, table: str, column: str, read: Callable[[Any], Any]) -> dict[Any, Row]:
+        """``table``'s rows by ``column`` as a wide key reads it (the first live row of each)."""
+        found = self._by_key.get((table, column))
+        if found is None:
+            found = self._by_key[(table, column)] = {}
+            for row in self.all(table):
+                found.setdefault(read(row.get(column)), row)
+        return found
 
 
-def _sum(origin: Sum, kind: ColumnType, facts: OrderFacts, per_row: Any = None, shape: Shape | None = None) -> Any:
-    rows = _rows(facts, origin.table, origin.when)
+def _sum(origin: Sum, zero: Any, read: Callable[[Any], Any], rows: _Rows, shape: Shape, key: Any = None) -> Any:
+    found = rows.where(origin.table, origin.when)
     if origin.through is not None:
         through = origin.through
-        passing = {row.get(through.key) for row in _rows(facts, through.table, through.when)}
-        rows = [row for row in rows if row.get(through.key) in passing]
+        passing = {row.get(through.key) for row in rows.where(through.table, through.when)}
+        found = [row for row in found if row.get(through.key) in passing]
     if origin.per_row is not None:
-        assert shape is not None and shape.child is not None
-        key_type = shape.types[shape.child.name][shape.child.key[0]]
-        rows = [row for row in rows if wide_value(key_type, row.get(origin.per_row)) == per_row]
-    if not rows and origin.null_when_empty:
+        assert shape.child_key_of is not None
+        key_of = shape.child_key_of[1]
+        found = [row for row in found if key_of(row.get(origin.per_row)) == key]
+    if not found and origin.null_when_empty:
         return None
     if origin.column is None:
-        return len(rows)
-    total = _zero(kind)
-    for row in rows:
-        total += wide_value(kind, row.get(origin.column) or 0)
+        return len(found)
+    total = zero
+    for row in found:
+        total += read(row.get(origin.column) or 0)
     return total
 
 
-def _chosen(origin: Chosen, kind: ColumnType, facts: OrderFacts, row: Row) -> Any:
-    rows = _rows(facts, origin.table, origin.when)
+def _chosen(origin: Chosen, read: Callable[[Any], Any], rows: _Rows, row: Row) -> Any:
+    found = rows.where(origin.table, origin.when)
     if origin.match is not None:
         mine, wide_column = origin.match
-        rows = [r for r in rows if same_value(r.get(mine), row.get(wide_column))] or rows
-    if not rows:
+        found = [r for r in found if same_value(r.get(mine), row.get(wide_column))] or found
+    if not found:
         return None
-    return wide_value(kind, max(rows, key=lambda r: r.get(origin.newest_by) or "").get(origin.column))
+    return read(max(found, key=lambda r: r.get(origin.newest_by) or "").get(origin.column))
 
 
-def _from_sources(shape: Shape, wide: WideTable, row: Row, own: Row | None, facts: OrderFacts,
-                  writes: frozenset[str], key: Any = None) -> None:
-    """Pass 1 on one wide row: its columns from the tables that raise this operation (``own``:
-    a child row's own source row).  Chosen last: it may compare with a column copied here."""
-    types = shape.types[wide.name]
-    for column in sorted(wide.columns, key=lambda c: isinstance(c.origin, Chosen)):
-        origin, kind = column.origin, types[column.name]
-        if not isinstance(origin, Copy | Sum | Chosen) or origin.table not in writes:
-            continue
+def _from_sources(shape: Shape, wide: WideTable, row: Row, own: Row | None, rows: _Rows, operation: str,
+                  key: Any = None) -> None:
+    """Pass 1 on one wide row: its columns from the tables that raise ``operation`` (``own``: a
+    child row's own source row; ``key``: a child row's key)."""
+    for name, origin, read in shape.writes[(wide.name, operation)]:
         if isinstance(origin, Copy):
-            source = own if own is not None and origin.table == wide.rows_from else _copied_row(
-                shape, facts, origin.table, key)
-            if source is None and column.name in wide.key:
+            if own is not None and origin.table == wide.rows_from:
+                source: Row | None = own
+            elif key is None:
+                found = rows.all(origin.table)
+                source = found[0] if found else None
+            else:
+                # The row of another table with the child's key (an entry's finance entry).
+                assert shape.child_key_of is not None
+                source = rows.keyed(origin.table, shape.keys[origin.table], shape.child_key_of[1]).get(key)
+            if source is None and name in wide.key:
                 continue  # the entity's own key stays
-            row[column.name] = None if source is None else wide_value(kind, source.get(origin.column))
+            row[name] = None if source is None else read(source.get(origin.column))
         elif isinstance(origin, Sum):
-            row[column.name] = _sum(origin, kind, facts, key, shape)
+            row[name] = _sum(origin, read(0) if origin.column else 0, read, rows, shape, key)
         else:
-            row[column.name] = _chosen(origin, kind, facts, row)
-
-
-def _copied_row(shape: Shape, facts: OrderFacts, table: str, key: Any) -> Row | None:
-    """The entity's row of ``table`` (the first live one), or for a child wide row the row of
-    ``table`` with the child's key (an entry's finance entry)."""
-    rows = facts.all(table)
-    if key is None:
-        return rows[0] if rows else None
-    column = shape.keys[table]
-    kind = shape.types[shape.child.name][shape.child.key[0]]  # type: ignore[union-attr]
-    return next((row for row in rows if wide_value(kind, row.get(column)) == key), None)
+            row[name] = _chosen(origin, read, rows, row)
 
 
 def _derived(shape: Shape, wide: WideTable, row: Row, parent: Row | None, dims: Dimensions, zone: ZoneInfo) -> None:
     """Pass 3 on one wide row: look-ups, the business day, the parent's columns."""
-    types = shape.types[wide.name]
     looked = {lookup.dimension: dims.get(lookup.dimension, row.get(lookup.by)) for lookup in wide.lookups}
-    for column in wide.columns:
-        origin = column.origin
+    for name, origin, read in shape.derived[wide.name]:
         if isinstance(origin, Looked):
-            row[column.name] = wide_value(types[column.name], looked[origin.dimension].get(origin.attribute))
+            row[name] = read(looked[origin.dimension].get(origin.attribute))
         elif isinstance(origin, BusinessDay):
-            moment = next((row[name] for name in origin.columns if row.get(name) is not None), None)
-            row[column.name] = business_date(moment, zone)
-        elif isinstance(origin, Parent) and parent is not None:
-            row[column.name] = parent.get(origin.column)
-
-
-def _column_of(wide: WideTable, kind: type) -> Column | None:
-    return next((c for c in wide.columns if isinstance(c.origin, kind)), None)
+            moment = next((row[column] for column in origin.columns if row.get(column) is not None), None)
+            row[name] = business_date(moment, zone)
+        elif parent is not None:
+            row[name] = parent.get(origin.column)
 
 
 def apply_operation(flow: FlowDeclaration, operation: str, order: Row, items: dict[Any, Row], facts: OrderFacts,
@@ -230,24 +274,23 @@ def apply_operation(flow: FlowDeclaration, operation: str, order: Row, items: di
     """Apply one operation to an entity's root wide row ``order`` and its child rows ``items``
     (by key), in place, as the module docstring describes."""
     shape = shape_of(flow)
-    writes = shape.raised_by[operation]
-    _from_sources(shape, shape.root, order, None, facts, writes)
+    rows = _Rows(facts)
+    _from_sources(shape, shape.root, order, None, rows, operation)
     child = shape.child
     if child is not None and child.rows_from is not None:
-        if child.rows_from in writes:
-            current = {shape.child_key(row): row for row in facts.all(child.rows_from)}
+        own = {shape.child_key(row): row for row in rows.all(child.rows_from)}
+        if child.rows_from in shape.raised_by[operation]:
             for key in list(items):
-                if key not in current:
+                if key not in own:
                     del items[key]
-            for key in current:
-                items.setdefault(key, shape.new_row(child))
+            for key in own:
+                if key not in items:
+                    items[key] = shape.new_row(child)
         for key, item in items.items():
-            own = _copied_row(shape, facts, child.rows_from, key)
-            _from_sources(shape, child, item, own, facts, writes, key)
-    status = _column_of(shape.root, Status)
-    if status is not None and operation in shape.status_after:
-        order[status.name] = max(order.get(status.name) or 0, shape.status_after[operation])
-    if shape.root.column("last_operation") is not None:
+            _from_sources(shape, child, item, own.get(key), rows, operation, key)
+    if shape.status is not None and operation in shape.status_after:
+        order[shape.status] = max(order.get(shape.status) or 0, shape.status_after[operation])
+    if "last_operation" in order:
         order["last_operation"] = operation
     _derived(shape, shape.root, order, None, dims, zone)
     if child is not None:

@@ -336,6 +336,15 @@ class _Checker:
         self.types(where, {c.name: c.type for c in wide.columns})
         for column in wide.columns:
             self.origin(f"{where} column {column.name!r}", wide, column.origin, looked_up)
+            if isinstance(column.origin, Bookkeeping) and column.name != column.origin.kind:
+                self.error(f"{where} column {column.name!r}", f"a Bookkeeping column is named after what it "
+                                                              f"records: {column.origin.kind!r}")
+        if is_root:
+            kept = {c.origin.kind for c in wide.columns if isinstance(c.origin, Bookkeeping)}
+            for kind in ("version", "updated_at"):
+                if kind not in kept:
+                    self.error(where, f"the root wide table needs Column({kind!r}, ..., Bookkeeping({kind!r})): "
+                                      "the optimistic lock and the change time")
 
     def origin(self, where: str, wide: WideTable, origin: object, looked_up: set[str]) -> None:
         if isinstance(origin, Copy):

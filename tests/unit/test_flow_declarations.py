@@ -194,6 +194,21 @@ def test_two_flows_may_not_share_entity_ids() -> None:
         "flow 'gqsh2': entity_prefix 'po': flow 'pos' has 'pos:'; an entity id must name one flow"]
 
 
+def test_the_root_keeps_the_engines_bookkeeping_under_its_own_names() -> None:
+    from flows.declaration import Bookkeeping, Column
+
+    root = GQSH.wide[0]
+    renamed = replace(root, columns=tuple(Column("row_version", "int", Bookkeeping("version"))
+                                          if c.name == "version" else c for c in root.columns))
+    assert problems(replace(GQSH, wide=(renamed, *GQSH.wide[1:])))[0] == (
+        "flow 'gqsh': wide table 'dwd_order' column 'row_version': a Bookkeeping column is named after what it "
+        "records: 'version'")
+    bare = replace(root, columns=tuple(c for c in root.columns if c.name != "updated_at"))
+    assert problems(replace(GQSH, wide=(bare, *GQSH.wide[1:])))[0] == (
+        "flow 'gqsh': wide table 'dwd_order': the root wide table needs Column('updated_at', ..., "
+        "Bookkeeping('updated_at')): the optimistic lock and the change time")
+
+
 def test_cycles_are_found_once_each() -> None:
     assert cycles({"A": ("B",), "B": ("A",), "C": ("C",), "D": ()}) == [["A", "B", "A"], ["C", "C"]]
     assert cycles({"A": (), "B": ("A",), "C": ("A", "B")}) == []
@@ -406,8 +421,8 @@ BROKEN = """
 """
 
 GOOD = """
-    from flows.declaration import (Column, Copy, FlowDeclaration, Looked, Lookup, Operation, Raise, RowArrived,
-                                   Source, WideTable)
+    from flows.declaration import (Bookkeeping, Column, Copy, FlowDeclaration, Looked, Lookup, Operation, Raise,
+                                   RowArrived, Source, WideTable)
     from flows.declared.dimensions import STORE
 
     VISITS = FlowDeclaration(
@@ -421,7 +436,9 @@ GOOD = """
             Column("id", "bigint", Copy("t_visit", "id")),
             Column("store_id", "varchar(32)", Copy("t_visit", "store_id")),
             Column("store_name", "varchar(128)", Looked("store", "store_name")),
-            Column("visitors", "int", Copy("t_visit", "visitors")))),))
+            Column("visitors", "int", Copy("t_visit", "visitors")),
+            Column("version", "int", Bookkeeping("version")),
+            Column("updated_at", "datetime(3)", Bookkeeping("updated_at")))),))
 """
 
 

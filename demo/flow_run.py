@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli.progress import progress
 from demo.check import aggregate_differences, differences
@@ -18,47 +18,48 @@ from demo.flows import FlowHistory
 from demo.processes import running, start_beat, start_worker
 from settings import get_settings
 
+if TYPE_CHECKING:
+    from models.storage import Storage
+
 #: Flows with a demo history: name -> the module that generates it.
 FLOW_DEMOS = {"pos": "demo.flows.pos", "sal_order": "demo.flows.sal_order"}
 
 
-def _wide(history: FlowHistory) -> dict[str, dict[Any, dict[str, Any]]]:
+def _wide(history: FlowHistory, storage: Storage) -> dict[str, dict[Any, dict[str, Any]]]:
     """What the engine wrote for the history's entities: wide table -> key -> row."""
     from chain.wide_rows import read_orders
     from flows.declared import BY_NAME
-    from models.storage import get_storage
     from models.wide import schema_of
 
     flow = BY_NAME[history.flow]
     schema = schema_of(flow)
     roots = history.expected[schema.root.name]
-    orders, items = read_orders(get_storage(), [flow.entity_prefix + str(key) for key in roots])
+    orders, items = read_orders(storage, [flow.entity_prefix + str(key) for key in roots])
     found = {schema.root.name: {row[schema.entity]: row for row in orders.values()}}
     if schema.child is not None:
         found[schema.child.name] = items
     return found
 
 
-def ads_cells(history: FlowHistory) -> dict[tuple[str, tuple[Any, ...]], dict[str, Any]]:
-    from models.storage import get_storage
+def ads_cells(history: FlowHistory, storage: Storage) -> dict[tuple[str, tuple[Any, ...]], dict[str, Any]]:
     from warehouse.aggregates import read_aggregates
 
     names = {table for table, _ in history.expected_ads}
-    with get_storage().dws_engine.connect() as connection:
+    with storage.dws_engine.connect() as connection:
         return {cell: measures for cell, measures in read_aggregates(connection).items() if cell[0] in names}
 
 
-def flow_problems(history: FlowHistory, before: Any) -> list[str]:
+def flow_problems(history: FlowHistory, before: Any, storage: Storage) -> list[str]:
     """Differences between what the engine wrote for the history and what it expects (ADS: what
     was added since ``before``)."""
-    found = _wide(history)
+    found = _wide(history, storage)
     problems: list[str] = []
     for table, rows in history.expected.items():
         problems += differences(rows, found.get(table, {}), table)
-    return problems + aggregate_differences(history.expected_ads, before, ads_cells(history))
+    return problems + aggregate_differences(history.expected_ads, before, ads_cells(history, storage))
 
 
-def _drain(history: FlowHistory, timeout: float, processes: list[Any], before: Any) -> list[str]:
+def _drain(history: FlowHistory, timeout: float, processes: list[Any], before: Any, storage: Storage) -> list[str]:
     deadline = time.monotonic() + timeout
     total = sum(len(rows) for rows in history.expected.values())
     problems: list[str] = ["not drained"]
@@ -67,7 +68,7 @@ def _drain(history: FlowHistory, timeout: float, processes: list[Any], before: A
             if any(p.poll() is not None for p in processes):
                 shown.log("  a worker or beat process exited; see the logs under TDC_HOME/logs")
                 return problems
-            problems = flow_problems(history, before)
+            problems = flow_problems(history, before, storage)
             wrong = {line.split(" ", 2)[0] + " " + line.split(" ", 2)[1] for line in problems}
             shown.update(completed=max(0, total - len(wrong)), note=f"{len(problems)} differences")
             if not problems:
@@ -110,9 +111,9 @@ def run_flow_demo(flow: str, entities: int = 300, seed: int | None = None, worke
         env = dict(os.environ)
         with running([start_worker(env, logs / "worker.log", workers),
                       start_beat(env, logs / "beat.log", settings.home / "demo-beat-schedule")]) as processes:
-            before = ads_cells(history)
+            before = ads_cells(history, get_storage())
             quarantined, _ = _feed(history.lines)
-            problems = _drain(history, timeout, processes, before)
+            problems = _drain(history, timeout, processes, before, get_storage())
         if quarantined != history.malformed:
             problems.append(f"quarantined {quarantined} lines, the generator mixed in {history.malformed}")
         print(f"summary: {', '.join(f'{n} {t} rows' for t, n in rows.items())} expected; "

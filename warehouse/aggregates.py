@@ -16,25 +16,24 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Table, and_, bindparam, delete, func, select, tuple_, update
 
-from chain.wide_rows import READ_CHUNK, read_wide
+from chain.wide_rows import READ_CHUNK, entity_id, read_wide
+from flows.ads import DECLARED, declared_aggregates, rebuilt_by_day
+from flows.declaration import FlowDeclaration
+from flows.declared import DECLARATIONS
 from flows.registry import flow_of
 from models.storage import Storage
-from models.warehouse import ADS_TABLES, LEDGERS, WarehouseBase
-from models.wide import DEFAULT_SCHEMA
+from models.warehouse import ADS_TABLES, LEDGERS
+from models.wide import schema_of
 from models.writes import upsert
 from reliability.transient import retry_on_contention
 from warehouse.contributions import AGGREGATES, Cells, Contribution, contribution_of, delta
 
 log = logging.getLogger(__name__)
 
-#: The online order flow's ledger, which the day rebuild reads (it is not flow-aware yet).
-LEDGER = LEDGERS[DEFAULT_SCHEMA.flow.name]
-#: The wide rows the aggregates are summed from.
-ORDERS = DEFAULT_SCHEMA.root
 #: |amount| below half a cent is zero (SQLite keeps decimals as floating point).
 HALF_CENT = 0.005
 
@@ -197,57 +196,84 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-def _paid_orders_on(storage: Storage, day: dt.date) -> list[str]:
+def _by_day() -> list[FlowDeclaration]:
+    """The flows whose aggregates are all kept by business day: those a day rebuild covers."""
+    return [flow for flow in DECLARATIONS if rebuilt_by_day(flow)]
+
+
+def _entities_on(storage: Storage, day: dt.date) -> list[str]:
+    """The entities whose root wide row is on ``day`` (their contributions say which count)."""
     found: list[str] = []
-    for database in storage.distinct_databases():
-        with storage.read_engine(database).connect() as connection:
-            found += connection.execute(select(ORDERS.c.order_id).where(
-                (ORDERS.c.biz_date == day) & ORDERS.c.paid_at.is_not(None))).scalars().all()
+    for flow in _by_day():
+        root, column = schema_of(flow).root, _day_column(flow)
+        for database in storage.distinct_databases():
+            with storage.read_engine(database).connect() as connection:
+                found += [entity_id(flow, key) for key in connection.execute(
+                    select(root.c[schema_of(flow).entity]).where(root.c[column] == day)).scalars()]
     return found
 
 
+def _day_column(flow: FlowDeclaration) -> str:
+    return next(d.day for d in declared_aggregates(flow) if d.day is not None)
+
+
 def rebuild_day(storage: Storage, day: dt.date) -> AggregateReport:
-    """Recompute one day of every aggregate from the wide rows, replacing what is there.
+    """Recompute one day of every aggregate kept by business day from the wide rows, replacing
+    what is there (an aggregate without a day key, such as a stock balance, is left alone).
 
     Runs as one warehouse transaction; incremental writers for the day wait on it and then
     apply on top of the rebuilt rows."""
-    wide = wide_state(storage, _paid_orders_on(storage, day))
+    wide = wide_state(storage, _entities_on(storage, day))
+    flows = _by_day()
 
     def work() -> AggregateReport:
         with storage.dws_engine.begin() as connection:
-            on_day = connection.execute(select(LEDGER.c.order_id).where(LEDGER.c.biz_date == day)).scalars().all()
-            # Orders the ledger has on this day whose wide row moved elsewhere (or went away).
+            # Entities the ledgers have on this day whose wide row moved elsewhere (or went away).
+            on_day = [o for flow in flows for o in connection.execute(
+                select(LEDGERS[flow.name].c.order_id).where(LEDGERS[flow.name].c.biz_date == day)).scalars()]
             state = dict(wide)
             state.update(wide_state(storage, [o for o in on_day if o not in wide]))
-            for name in AGGREGATES:
-                table = WarehouseBase.metadata.tables[name]
-                connection.execute(delete(table).where(table.c.biz_date == day))
+            for flow in flows:
+                for declared in declared_aggregates(flow):
+                    table = ADS_TABLES[declared.name]
+                    connection.execute(delete(table).where(table.c[cast(str, declared.day)] == day))
             return apply_contributions(connection, state, _now(), rebuilt_day=day)
     return retry_on_contention(work)
 
 
 def days_to_rebuild(storage: Storage) -> list[dt.date]:
-    """Every day some aggregate, ledger entry or paid wide row is on."""
+    """Every day some day-kept aggregate, ledger entry or wide row is on."""
     days: set[dt.date] = set()
+    flows = _by_day()
     with storage.dws_engine.connect() as connection:
-        for name in (*AGGREGATES, LEDGER.name):
-            table = WarehouseBase.metadata.tables[name]
-            days.update(d for d in connection.execute(select(table.c.biz_date).distinct()).scalars() if d)
-    for database in storage.distinct_databases():
-        with storage.read_engine(database).connect() as connection:
-            days.update(d for d in connection.execute(select(ORDERS.c.biz_date).where(
-                ORDERS.c.paid_at.is_not(None)).distinct()).scalars() if d)
+        for flow in flows:
+            columns = [ADS_TABLES[d.name].c[cast(str, d.day)] for d in declared_aggregates(flow)]
+            for column in [*columns, LEDGERS[flow.name].c.biz_date]:
+                days.update(d for d in connection.execute(select(column).distinct()).scalars() if d)
+    for flow in flows:
+        root = schema_of(flow).root
+        for database in storage.distinct_databases():
+            with storage.read_engine(database).connect() as connection:
+                days.update(as_day(d) for d in connection.execute(
+                    select(root.c[_day_column(flow)]).distinct()).scalars() if d)
     return sorted(days)
+
+
+def as_day(value: Any) -> dt.date:
+    return value.date() if isinstance(value, dt.datetime) else value
 
 
 def read_aggregates(connection: Connection, days: Iterable[dt.date] | None = None) -> Cells:
     """The aggregate rows as cells (optionally only on ``days``), for comparisons."""
     cells: Cells = {}
     for name, (keys, measures) in AGGREGATES.items():
-        table = WarehouseBase.metadata.tables[name]
+        table = ADS_TABLES[name]
         query = select(table)
         if days is not None:
-            query = query.where(table.c.biz_date.in_(list(days)))
+            day = DECLARED[name].day
+            if day is None:
+                continue  # not kept by day
+            query = query.where(table.c[day].in_(list(days)))
         for row in connection.execute(query):
             cells[(name, tuple(row._mapping[k] for k in keys))] = {m: row._mapping[m] for m in measures}
     return cells

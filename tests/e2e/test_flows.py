@@ -51,10 +51,10 @@ def test_three_flows_ingested_at_once_through_one_fleet_each_come_out_exact(
         # And each flow's wide rows and ADS cells are exactly what its history says
         problems = wait_until_matching(storage, orders, 300)
         deadline = time.monotonic() + 120
-        others = flow_problems(sales, {}) + flow_problems(documents, {})
+        others = flow_problems(sales, {}, storage) + flow_problems(documents, {}, storage)
         while others and time.monotonic() < deadline:
             time.sleep(1)
-            others = flow_problems(sales, {}) + flow_problems(documents, {})
+            others = flow_problems(sales, {}, storage) + flow_problems(documents, {}, storage)
     if problems or others:
         print((tmp_path / "worker.log").read_text()[-4000:])
     assert problems == []

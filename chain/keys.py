@@ -6,15 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from flows.registry import operations_run
+from flows.registry import runs_operation
 
 Key = dict[str, Any]
 
 
 def well_formed(key: Any) -> bool:
-    """A task key: an order id and an operation of the state machine."""
+    """A task key: an entity id and an operation of its flow's state machine."""
     return (isinstance(key, dict) and isinstance(key.get("order_id"), str)
-            and isinstance(key.get("operation_type"), str) and key["operation_type"] in operations_run())
+            and isinstance(key.get("operation_type"), str) and runs_operation(key["order_id"], key["operation_type"]))
 
 
 def has_token(key: Key) -> bool:

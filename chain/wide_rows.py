@@ -78,7 +78,7 @@ def layout_of(flow: FlowDeclaration) -> Layout:
 
 
 _DEFAULT = layout_of(DEFAULT_SCHEMA.flow)
-#: The first running flow's tables and columns, for the readers not yet made flow-aware.
+#: The online order flow's tables and columns, for the readers written for it alone.
 ORDER_TABLE: Table = DEFAULT_SCHEMA.root
 ITEM_TABLE: Table = cast(Table, DEFAULT_SCHEMA.child)
 ORDER_COLUMNS = list(_DEFAULT.root_columns)
@@ -133,7 +133,10 @@ def _entity_values(layout: Layout, order_ids: list[str]) -> list[Any]:
     cut = len(layout.schema.flow.entity_prefix)
     kind = layout.schema.root.c[layout.schema.entity].type
     keys = [order_id[cut:] for order_id in order_ids]
-    return [int(key) for key in keys] if getattr(kind, "python_type", str) is int else keys
+    if getattr(kind, "python_type", str) is not int:
+        return keys
+    # An id whose key is not a number names no row of an integer-keyed flow.
+    return [int(key) for key in keys if key.lstrip("-").isdigit()]
 
 
 def entity_id(flow: FlowDeclaration, key: Any) -> str:
@@ -288,14 +291,16 @@ def dimension_uses(merge: Merge) -> set[tuple[str, str]]:
 def _record_dimension_uses(connection: Connection, merges: list[Merge]) -> None:
     """Keep the reverse index of refreshing dimensions (``models.orders.DimensionUse``) in the
     merge's transaction: each changed entity's entries now, then drop the ones it no longer uses."""
+    if not merges:
+        return
     rows = [dict(dimension=dimension, dim_key=key, order_id=merge.order_id, used_at=merge.order["updated_at"])
             for merge in sorted(merges, key=lambda m: m.order_id) for dimension, key in sorted(dimension_uses(merge))]
-    if not rows:
-        return
-    upsert(connection, USES_TABLE, ("dimension", "dim_key", "order_id"), rows, lambda new: {"used_at": new.used_at})
+    if rows:
+        upsert(connection, USES_TABLE, ("dimension", "dim_key", "order_id"), rows,
+               lambda new: {"used_at": new.used_at})
     # Kept to the millisecond (MariaDB truncates DATETIME(3), others keep more): anything older
     # than the millisecond of this write is a key the entity no longer uses.
-    at = rows[0]["used_at"]
+    at = merges[0].order["updated_at"]
     at = at.replace(microsecond=at.microsecond // 1000 * 1000)
     connection.execute(delete(USES_TABLE).where(USES_TABLE.c.order_id.in_([m.order_id for m in merges])
                                                 & (USES_TABLE.c.used_at < at)))

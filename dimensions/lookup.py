@@ -82,8 +82,10 @@ def put_dimension_changes(client: redis.Redis, changes: list[DimensionChange]) -
                 for name in newer:
                     transaction.delete(name)
                     transaction.hset(name, mapping=_fields(latest[name]))
-                    if latest[name].dimension in refreshing:
-                        # In the same transaction: a written change never goes without its refresh.
+                    if latest[name].dimension in refreshing and _attributes_of(_fields(latest[name])) != \
+                            _attributes_of(stored[name]):
+                        # In the same transaction: a written change never goes without its
+                        # refresh.  A newer copy of the same values (a reload) refreshes nothing.
                         mark_pending(transaction, latest[name].dimension, latest[name].key)
                 transaction.execute()
                 break
@@ -107,6 +109,10 @@ def put_dimension_changes(client: redis.Redis, changes: list[DimensionChange]) -
         exact = compare(change.position, decode(holder[POSITION]))[1].exact
         verdicts.append(Verdict.OLDER if exact else Verdict.AMBIGUOUS)
     return verdicts
+
+
+def _attributes_of(fields: dict[Any, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in fields.items() if k != POSITION}
 
 
 def _text(value: Any) -> str:

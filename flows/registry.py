@@ -9,6 +9,7 @@ flow (``FlowDeclaration.entity_prefix``), so the flows share the task tables, le
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from flows import BusinessSource, Flow, SourceTable
@@ -83,8 +84,9 @@ def running(names: tuple[str, ...]) -> tuple[FlowDeclaration, ...]:
 
 #: The declarations the engine runs (``TDC_FLOWS``).
 RUNNING: tuple[FlowDeclaration, ...] = running(get_settings().flows)
-#: What intake routes by.
-ACCEPTED = combine(tuple(routing(flow) for flow in RUNNING))
+#: What intake routes by.  A bare id must not read as any declared flow's entity, run or not.
+ACCEPTED = replace(combine(tuple(routing(flow) for flow in RUNNING)),
+                   prefixes=tuple(flow.entity_prefix for flow in DECLARATIONS))
 _MACHINES = {flow.name: StateMachine.of(flow) for flow in DECLARATIONS}
 
 
@@ -104,6 +106,14 @@ def flow_of(entity_id: str) -> FlowDeclaration:
 def machine_of(entity_id: str) -> StateMachine:
     """The state machine of an entity's flow."""
     return _MACHINES[flow_of(entity_id).name]
+
+
+def runs_operation(entity_id: str, operation: str) -> bool:
+    """Whether ``operation`` is one of the entity's flow's (an id no flow owns: False)."""
+    try:
+        return operation in machine_of(entity_id).after
+    except KeyError:
+        return False
 
 
 def operations_run() -> frozenset[str]:

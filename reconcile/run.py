@@ -20,7 +20,8 @@ import redis
 from sqlalchemy import Table, insert, select, update
 
 from cdc.snapshot import take_snapshot
-from flows.registry import ACCEPTED
+from flows.declared.gqsh import GQSH
+from flows.registry import routing
 from intake.receiver import TaskKey, utcnow
 from models.reconcile import ReconcileAction, ReconcileDiff, ReconcileRun
 from models.redis_store import get_redis
@@ -33,6 +34,8 @@ from search.elastic import UNAVAILABLE
 from search.outbox import enqueue, send
 from warehouse.aggregates import rebuild_day
 
+#: The source layer reads the online order flow's source tables (it is written for it alone).
+GQSH_SOURCE = routing(GQSH)
 RUNS = cast(Table, ReconcileRun.__table__)
 DIFFS = cast(Table, ReconcileDiff.__table__)
 ACTIONS = cast(Table, ReconcileAction.__table__)
@@ -144,7 +147,7 @@ def _compare_layer(storage: Storage, layer: str, first: dt.date, last: dt.date, 
     if layer == wide.LAYER:
         return wide.compare_wide(storage, first, last, progress, deep)
     if layer == source.LAYER:
-        return source.compare_source(storage, ACCEPTED, first, last, progress), {}
+        return source.compare_source(storage, GQSH_SOURCE, first, last, progress), {}
     if layer == index.LAYER:
         configured = index.configured_index(storage)
         if configured is None:
@@ -224,7 +227,7 @@ def _fix_source(storage: Storage, client: redis.Redis | None, outcome: Outcome, 
     def collect(keys: Iterable[TaskKey]) -> int:
         taken.update(keys)
         return 0
-    report = take_snapshot(storage, client or get_redis(), ACCEPTED, source.configured_source(storage),
+    report = take_snapshot(storage, client or get_redis(), GQSH_SOURCE, source.configured_source(storage),
                            RECONCILE_POSITION, collect, orders=orders, hand_over=False)
     submit(sorted(taken))
     versions = task_versions(storage, taken)

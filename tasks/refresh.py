@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from dataclasses import dataclass, field
 
 import redis
 from celery import shared_task
 
 from chain.wide_rows import read_wide
-from dimensions.refresh import clear, entities_using, pending
+from dimensions.refresh import clear, entities_using, pending, sweep_since, swept
 from intake.receiver import TaskKey, bump_tasks, utcnow
 from models.redis_store import get_redis
 from models.storage import Storage, get_storage
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: Entities made due per transaction and per submit.
 REFRESH_BATCH = 500
+#: One pass at a time: the lock's key, and how long a pass that died keeps it.
+RUNNING = "tdc:refresh:running"
+PASS_LOCK_SECONDS = 600
 
 
 @dataclass
@@ -59,14 +63,19 @@ def _due_again(storage: Storage, order_ids: list[str], now: dt.datetime) -> list
 
 
 def refresh_dimensions(storage: Storage, client: redis.Redis, batch: int = REFRESH_BATCH,
-                       submit: bool = True) -> RefreshReport:
-    """Handle every pending dimension refresh (see the module docstring)."""
+                       submit: bool = True, settle: dt.timedelta | None = None) -> RefreshReport:
+    """Handle every pending dimension refresh (see the module docstring).  ``settle``: how long
+    after its latest change an entry is kept for later sweeps (default: two leases, longer than
+    a merge that looked the entry up before the change can take to commit)."""
     report = RefreshReport()
-    now = utcnow()
-    since = now - dt.timedelta(days=storage.settings.refresh_days)
-    for dimension, key, counter in pending(client):
+    settings = storage.settings
+    if settle is None:
+        settle = dt.timedelta(seconds=2 * settings.lease_seconds)
+    for entry in pending(client):
+        now = utcnow()
         entities = 0
-        for order_ids in entities_using(storage, dimension, key, since, batch):
+        for order_ids in entities_using(storage, entry.dimension, entry.key,
+                                        sweep_since(entry, now, settings.refresh_days), batch):
             due = _due_again(storage, order_ids, now)
             entities += len(due)
             if submit:
@@ -74,14 +83,26 @@ def refresh_dimensions(storage: Storage, client: redis.Redis, batch: int = REFRE
             else:
                 report.due += due
         report.entities += entities
-        if clear(client, dimension, key, counter):
+        swept(client, entry, now)
+        if (entry.marked_at is None or now - entry.marked_at > settle) and clear(client, entry):
             report.entries += 1
-        log.info("refreshed %s %s: %d entities due again", dimension, key, entities)
+        log.info("refreshed %s %s: %d entities due again", entry.dimension, entry.key, entities)
     return report
+
+
+def _single(client: redis.Redis, seconds: int) -> bool:
+    """Take the pass's lock: passes queued behind a slow one find it taken and end at once."""
+    return bool(client.set(RUNNING, str(os.getpid()), nx=True, ex=seconds))
 
 
 @shared_task(name="tdc.refresh_dimensions")
 def refresh_dimensions_task() -> dict[str, int]:
-    report = refresh_dimensions(get_storage(), get_redis())
+    client = get_redis()
+    if not _single(client, PASS_LOCK_SECONDS):
+        return {"entries": 0, "entities": 0, "submitted": 0}
+    try:
+        report = refresh_dimensions(get_storage(), client)
+    finally:
+        client.delete(RUNNING)
     return {"entries": report.entries, "entities": report.entities, "submitted": report.submitted}
 

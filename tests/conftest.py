@@ -174,7 +174,7 @@ def fresh_storage(mariadb, postgres, redis_client):  # type: ignore[no-untyped-d
 
     made: list[tuple[Storage, str]] = []
 
-    def make(warehouse: str = "postgresql") -> Storage:
+    def make(warehouse: str = "postgresql", **settings: str) -> Storage:
         tag = uuid.uuid4().hex[:6]
         urls = fresh_mariadb_databases(f"tdc_it_{tag}_shard")
         if warehouse == "mariadb":
@@ -184,7 +184,7 @@ def fresh_storage(mariadb, postgres, redis_client):  # type: ignore[no-untyped-d
         store = Storage(load_settings({
             "TDC_DB_URLS": ",".join(urls), "TDC_DWS_URL": dws, "TDC_REDIS_URL": REDIS,
             "TDC_SHARDS": str(TEST_SHARDS), "TDC_RETRY_BASE_SECONDS": "0.2", "TDC_HOME": f"/tmp/tdc-it-{tag}",
-            "TDC_SOURCE_DATABASES": SOURCE_DATABASES,
+            "TDC_SOURCE_DATABASES": SOURCE_DATABASES, **settings,
         }))
         init_storage(store)
         made.append((store, tag))

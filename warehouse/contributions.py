@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from flows.ads import AGGREGATES, DECLARED, Declared, declared_aggregates
 from flows.declaration import BusinessDay, FlowDeclaration, Measure
 from flows.rules import all_hold
 from inputs.columns import ColumnType
+
+log = logging.getLogger(__name__)
 
 ZERO = Decimal("0.00")
 CENT = Decimal("0.01")
@@ -53,14 +56,21 @@ def _measure(declared: Declared, measure: Measure, row: Mapping[str, Any]) -> An
     return value
 
 
-def _key(declared: Declared, row: Mapping[str, Any]) -> tuple[Any, ...]:
+def _key(declared: Declared, row: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """The cell a row adds to: its key columns' values.  A NULL text key counts under 'None' (as
+    tdc always has: an order line without a SKU still adds its amount); a NULL key of another
+    type names no cell (None), and the row adds nothing."""
     values = []
     for name in declared.aggregate.keys:
         value = row.get(name)
         kind = declared.key_types[name]
         if kind.kind == "date" and isinstance(value, dt.datetime):
             value = value.date()
-        values.append(str(value) if kind.kind == "text" and value is not None else value)
+        if kind.kind == "text":
+            value = str(value)
+        elif value is None:
+            return None
+        values.append(value)
     return tuple(values)
 
 
@@ -133,7 +143,12 @@ def contribution_of(flow: FlowDeclaration, order: Mapping[str, Any] | None,
         if not all_hold(aggregate.when, order):
             continue
         for row in (lines if declared.child else [order]):
-            cell = cells.setdefault((aggregate.name, _key(declared, row)), {})
+            key = _key(declared, row)
+            if key is None:
+                log.warning("%s: a row with a NULL key adds nothing (%s)", aggregate.name,
+                            {name: row.get(name) for name in aggregate.keys})
+                continue
+            cell = cells.setdefault((aggregate.name, key), {})
             for measure in aggregate.measures:
                 cell[measure.name] = cell.get(measure.name, 0) + _measure(declared, measure, row)
     if not cells:

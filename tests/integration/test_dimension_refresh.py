@@ -18,6 +18,9 @@ from tests.integration.helpers import ingest, run_chains
 
 pytestmark = pytest.mark.integration
 
+#: Clear an entry as soon as a pass has swept it (the default waits two leases for late merges).
+NOW = dt.timedelta(0)
+
 
 def _store(store_id: str, name: str) -> dict[str, str]:
     return {"store_id": store_id, "store_name": name, "city": "Hangzhou", "region": "East"}
@@ -52,7 +55,7 @@ def _setup(storage, client):  # type: ignore[no-untyped-def]
                             canal("dim_store_shop", _store(other, "Other"), at=T0 - dt.timedelta(days=1))])
     made = renamed, other, _orders(storage, client, renamed, 5), _orders(storage, client, other, 2)
     # The stores' first rows are changes too: their refreshes find the orders merged since, unchanged.
-    run_chains(storage, client, refresh_dimensions(storage, client, submit=False).due)
+    run_chains(storage, client, refresh_dimensions(storage, client, submit=False, settle=NOW).due)
     return made
 
 
@@ -64,9 +67,9 @@ def test_a_store_rename_re_merges_its_open_orders_and_only_those(storage, redis_
     assert {before[o]["store_name"] for o in mine} == {"Old Name"}
     # When the store is renamed through CDC
     _rename(storage, redis_client, renamed, "Old Name", "New Name")
-    assert ("store", renamed) in {(d, k) for d, k, _ in pending(redis_client)}
+    assert ("store", renamed) in {(p.dimension, p.key) for p in pending(redis_client)}
     # And a refresh pass runs, two orders per batch, and the chains it made due
-    report = refresh_dimensions(storage, redis_client, batch=2, submit=False)
+    report = refresh_dimensions(storage, redis_client, batch=2, submit=False, settle=NOW)
     assert sorted(o for o, _ in report.due) == sorted(mine[1:])
     run_chains(storage, redis_client, report.due)
     # Then exactly the four open orders of that store were merged again, with the new name
@@ -78,7 +81,7 @@ def test_a_store_rename_re_merges_its_open_orders_and_only_those(storage, redis_
     # And each re-merge is the operation it merged last, so the row reads as before but for the name
     assert {after[o]["last_operation"] for o in mine[1:]} == {before[mine[1]]["last_operation"]}
     # And the refresh is no longer pending
-    assert ("store", renamed) not in {(d, k) for d, k, _ in pending(redis_client)}
+    assert ("store", renamed) not in {(p.dimension, p.key) for p in pending(redis_client)}
 
 
 def test_a_pass_that_dies_half_way_leaves_the_refresh_for_the_next(storage, redis_client, monkeypatch) -> None:
@@ -95,11 +98,11 @@ def test_a_pass_that_dies_half_way_leaves_the_refresh_for_the_next(storage, redi
         return real(*args, **kwargs)
     monkeypatch.setattr(refresh, "_due_again", dying)
     with pytest.raises(ConnectionError):
-        refresh_dimensions(storage, redis_client, batch=2, submit=False)
+        refresh_dimensions(storage, redis_client, batch=2, submit=False, settle=NOW)
     monkeypatch.setattr(refresh, "_due_again", real)
     # Then the refresh is still pending, and the next pass makes every open order due
-    assert ("store", renamed) in {(d, k) for d, k, _ in pending(redis_client)}
-    report = refresh_dimensions(storage, redis_client, batch=2, submit=False)
+    assert ("store", renamed) in {(p.dimension, p.key) for p in pending(redis_client)}
+    report = refresh_dimensions(storage, redis_client, batch=2, submit=False, settle=NOW)
     run_chains(storage, redis_client, report.due)
     after, _ = read_orders(storage, mine)
     assert {after[o]["store_name"] for o in mine} == {"New Name"}
@@ -119,11 +122,11 @@ def test_a_rename_during_a_pass_is_refreshed_by_the_next(storage, redis_client, 
         return due
     renamed_meanwhile.done = False  # type: ignore[attr-defined]
     monkeypatch.setattr(refresh, "_due_again", renamed_meanwhile)
-    first = refresh_dimensions(storage, redis_client, submit=False)
+    first = refresh_dimensions(storage, redis_client, submit=False, settle=NOW)
     monkeypatch.setattr(refresh, "_due_again", real)
     # Then the pass does not clear the newer change: it stays pending for the next pass
-    assert ("store", renamed) in {(d, k) for d, k, _ in pending(redis_client)}
-    second = refresh_dimensions(storage, redis_client, submit=False)
+    assert ("store", renamed) in {(p.dimension, p.key) for p in pending(redis_client)}
+    second = refresh_dimensions(storage, redis_client, submit=False, settle=NOW)
     run_chains(storage, redis_client, first.due + second.due)
     after, _ = read_orders(storage, mine)
     assert {after[o]["store_name"] for o in mine} == {"Third Name"}
@@ -145,3 +148,27 @@ def test_an_order_moved_to_another_store_is_no_longer_refreshed_by_the_first(sto
         uses = set(connection.execute(select(USES_TABLE.c.dimension, USES_TABLE.c.dim_key).where(
             USES_TABLE.c.order_id == order_id)).all())
     assert uses == {("store", second)}
+
+
+def test_an_entry_is_kept_a_while_and_a_later_sweep_takes_the_entities_merged_since(storage, redis_client) -> None:
+    # Given a renamed store whose open orders a pass swept, keeping the entry for late merges
+    renamed, _, mine, _ = _setup(storage, redis_client)
+    _rename(storage, redis_client, renamed, "Old Name", "New Name")
+    first = refresh_dimensions(storage, redis_client, submit=False, settle=dt.timedelta(hours=1))
+    assert sorted(o for o, _ in first.due) == sorted(mine)
+    assert ("store", renamed) in {(p.dimension, p.key) for p in pending(redis_client)}
+    run_chains(storage, redis_client, first.due)
+    # When another order of the store is merged after the sweep (as a merge that read the old
+    # name before the rename and committed late would be)
+    late = _orders(storage, redis_client, renamed, 1)
+    # Then the next sweep takes the orders merged since the first one began
+    second = refresh_dimensions(storage, redis_client, submit=False, settle=NOW)
+    assert late[0] in {o for o, _ in second.due}
+    assert ("store", renamed) not in {(p.dimension, p.key) for p in pending(redis_client)}
+
+
+def test_a_newer_copy_of_the_same_values_refreshes_nothing(storage, redis_client) -> None:
+    renamed, _, _, _ = _setup(storage, redis_client)
+    _feed(storage, redis_client, [canal("dim_store_shop", _store(renamed, "Old Name"), kind="update",
+                                        at=T0 + dt.timedelta(hours=2), before=_store(renamed, "Old Name"))])
+    assert ("store", renamed) not in {(p.dimension, p.key) for p in pending(redis_client)}

@@ -16,6 +16,8 @@ from warehouse.aggregates import days_to_rebuild, rebuild_day
 
 pytestmark = pytest.mark.integration
 
+#: The three flows' source databases.
+SOURCES = "gqsh,gqsh_pos,jd_erp"
 #: What intake routes when TDC_FLOWS names all three.
 THREE = combine(tuple(routing(BY_NAME[name]) for name in ("gqsh", "pos", "sal_order")))
 
@@ -29,7 +31,7 @@ def _process(storage, client, lines: list[tuple[str, str]]) -> None:  # type: ig
 
 def test_pos_and_kingdee_histories_interleaved_with_online_orders_come_out_exact(fresh_storage, redis_client) -> None:
     # Given a fresh warehouse and three flows' histories, interleaved line by line
-    storage = fresh_storage("postgresql")
+    storage = fresh_storage("postgresql", TDC_SOURCE_DATABASES=SOURCES)
     sales, documents = pos.generate(60, seed=41), sal_order.generate(40, seed=42, input_format="debezium")
     orders = generate_history(40, seed=43)
     mixed = [line for trio in zip(sales.lines, documents.lines, orders.lines, strict=False) for line in trio]
@@ -48,7 +50,7 @@ def test_pos_and_kingdee_histories_interleaved_with_online_orders_come_out_exact
 
 def test_a_days_rebuild_of_pos_aggregates_gives_the_same_cells(fresh_storage, redis_client) -> None:
     # Given a processed pos history
-    storage = fresh_storage("mariadb")
+    storage = fresh_storage("mariadb", TDC_SOURCE_DATABASES=SOURCES)
     sales = pos.generate(50, seed=44)
     _process(storage, redis_client, sales.lines)
     assert flow_problems(sales, {}, storage) == []

@@ -24,7 +24,8 @@ def order_lineage(storage: Storage, order_id: str) -> dict[str, Any]:
         _, metadata = load_facts(connection, shard, order_id)
         tasks = order_tasks(connection, shard, order_id)
         order, items = read_wide_rows(connection, order_id)
-        table = schema_of(flow_of(order_id)).snapshots
+        schema = schema_of(flow_of(order_id))
+        table = schema.snapshots
         snapshots: list[Any] = [] if table is None else list(
             connection.execute(select(table).where(table.c.order_id == order_id)))
         quarantined = connection.execute(
@@ -51,6 +52,11 @@ def order_lineage(storage: Storage, order_id: str) -> dict[str, Any]:
                  "order_row": json.loads(s.order_row)}
                 for s in snapshots
             ],
+            # The entity's root wide row and child rows (under the online order flow's names,
+            # which readers of this JSON know), and the names of the tables they are in.
+            "flow": schema.flow.name,
+            "root_table": schema.root.name,
+            "child_table": None if schema.child is None else schema.child.name,
             "dwd_order": order,
             "dwd_order_item": list(items.values()),
             "quarantine": [dict(q._mapping) for q in quarantined],

@@ -26,13 +26,13 @@ def show_order(order_id: str, as_json: bool = False) -> int:
     print("\nsnapshots:")
     for s in lineage["snapshots"]:
         print(f"  {s['operation_type']:<9} task version {s['task_version']} at {s['taken_at']}")
-    print("\ndwd_order:")
+    print(f"\n{lineage['root_table']} (flow {lineage['flow']}):")
     for key, value in (lineage["dwd_order"] or {}).items():
         print(f"  {key:<16} {value}")
-    print(f"\ndwd_order_item: {len(lineage['dwd_order_item'])} rows")
-    for item in lineage["dwd_order_item"]:
-        print(f"  {item['item_id']}: sku {item['sku_id']} x{item['quantity']} = {item['amount']}"
-              f" (refunded {item['refund_quantity']} / {item['refund_amount']})")
+    if lineage["child_table"]:
+        print(f"\n{lineage['child_table']}: {len(lineage['dwd_order_item'])} rows")
+        for item in lineage["dwd_order_item"]:
+            print("  " + ", ".join(f"{key}={value}" for key, value in item.items()))
     for title in ("quarantine", "failed"):
         if lineage[title]:
             print(f"\n{title}:")

@@ -5,6 +5,7 @@ rows and ADS from their own generators' models, retract-correct ADS under the da
 import pytest
 from sqlalchemy import delete, func, select
 
+from chain.lineage import order_lineage
 from demo.flow_run import flow_problems
 from demo.flows import pos, sal_order
 from demo.history import generate_history
@@ -41,6 +42,14 @@ def test_pos_and_kingdee_histories_interleaved_with_online_orders_come_out_exact
     # Then each flow's wide rows and ADS cells are exactly what its model says
     assert flow_problems(sales, {}, storage) == []
     assert flow_problems(documents, {}, storage) == []
+    # And an entity's lineage shows its own flow's wide tables, snapshots and tasks
+    key = next(iter(sales.expected["dwd_gqsh_pos_order_t_order_info"]))
+    lineage = order_lineage(storage, f"pos:{key}")
+    assert (lineage["flow"], lineage["root_table"], lineage["child_table"]) == (
+        "pos", "dwd_gqsh_pos_order_t_order_info", "dwd_gqsh_pos_order_t_order_item")
+    assert lineage["dwd_order"]["order_no"] == key and lineage["dwd_order_item"]
+    assert {s["operation_type"] for s in lineage["snapshots"]} >= {"SUBMIT"}
+    assert {t["operation_type"] for t in lineage["tasks"]} <= {"SUBMIT", "PAY", "REFUND", "VOID"}
     # And no flow wrote into another's ledger
     with storage.dws_engine.connect() as connection:
         prefixes = {name: set(connection.execute(select(func.substr(table.c.order_id, 1, 4)).distinct()).scalars())

@@ -194,6 +194,10 @@ class Merge:
     #: The entity id, as task keys carry it.
     order_id: str = ""
 
+    @property
+    def flow_name(self) -> str:
+        return _flow_of(self).name
+
 
 def merge_operations(current: dict[str, Any] | None, current_items: dict[Any, dict[str, Any]], facts: OrderFacts,
                      operations: list[tuple[str, int]], dims: Dimensions, now: dt.datetime,
@@ -241,11 +245,10 @@ def write_merges(connection: Connection, merges: list[Merge], *, changelog: bool
         by_flow[_flow_of(merge).name].append(merge)
     for group in by_flow.values():
         _write_orders(connection, group)
-    # The changelog images, its events and the search index are written for the online order
-    # flow alone so far: the other flows' changes are not sent to them.
-    changed_default = by_flow.get(DEFAULT_SCHEMA.flow.name, [])
     if changelog:
-        record_changes(connection, changed_default)
+        record_changes(connection, changed)
+    # The search index is written for the online order flow alone so far.
+    changed_default = by_flow.get(DEFAULT_SCHEMA.flow.name, [])
     if outbox and changed_default:
         # Due when written: the chain's index task sends it at once, the outbox scan if that fails.
         upsert(connection, OUTBOX_TABLE, ("order_id",), [

@@ -22,7 +22,7 @@ from models.digests import kind_of
 from models.orders import ShardBase
 from models.types import BigId, Timestamp
 from models.warehouse import WarehouseBase
-from models.wide import DEFAULT_SCHEMA
+from models.wide import DEFAULT_SCHEMA, SCHEMAS
 
 #: An image of an order with a few lines is 1-3 kB; MySQL's TEXT stops at 64 kB, MEDIUMTEXT at 16 MB.
 Image = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
@@ -113,17 +113,34 @@ class FirstConsumeOrder(WarehouseBase):
 CHANGELOG = cast(Table, ChangelogOutbox.__table__)
 FIRST_CONSUME = cast(Table, FirstConsume.__table__)
 FIRST_CONSUME_ORDERS = cast(Table, FirstConsumeOrder.__table__)
-#: The columns of an image and how each is written: the wide row's, without the reconciliation
-#: digest (bookkeeping the row's readers never see).
-IMAGE_ORDER_COLUMNS = tuple((c.name, kind_of(c)) for c in DEFAULT_SCHEMA.root.columns
-                            if c.name != "source_digest")
-IMAGE_ITEM_COLUMNS = tuple((c.name, kind_of(c)) for c in cast(Table, DEFAULT_SCHEMA.child).columns)
 CENT = Decimal("0.01")
+#: A column of an image: its name, its kind (``models.digests.kind_of``), its decimal places.
+ImageColumn = tuple[str, str, int]
+
+
+def _image_columns(table: Table | None) -> tuple[ImageColumn, ...]:
+    """The columns of an image and how each is written: the wide row's, without the
+    reconciliation digest (bookkeeping the row's readers never see)."""
+    if table is None:
+        return ()
+    return tuple((c.name, kind_of(c), getattr(c.type, "scale", None) or 2) for c in table.columns
+                 if c.name != "source_digest")
+
+
+#: Flow -> its root's and its child's image columns, and the child's key.
+IMAGES: dict[str, tuple[tuple[ImageColumn, ...], tuple[ImageColumn, ...], str | None]] = {
+    name: (_image_columns(schema.root), _image_columns(schema.child), schema.child_key)
+    for name, schema in SCHEMAS.items()}
+IMAGE_ORDER_COLUMNS, IMAGE_ITEM_COLUMNS, _ = IMAGES[DEFAULT_SCHEMA.flow.name]
 
 
 class WideChange(Protocol):
-    """What the merge knows of one order it wrote (``chain.wide_rows.Merge``)."""
+    """What the merge knows of one entity it wrote (``chain.wide_rows.Merge``)."""
 
+    @property
+    def order_id(self) -> str: ...
+    @property
+    def flow_name(self) -> str: ...
     @property
     def order(self) -> dict[str, Any]: ...
     @property
@@ -136,14 +153,15 @@ class WideChange(Protocol):
     def snapshots(self) -> list[dict[str, Any]]: ...
 
 
-def image_value(kind: str, value: Any) -> Any:
+def image_value(kind: str, value: Any, places: int = 2) -> Any:
     """A value of a column of ``kind`` (``models.digests.kind_of``) as images hold it, whatever
-    the backend returned or the merge computed: money as a string with two decimals, times in
-    UTC to the millisecond (what ``Timestamp`` keeps on every backend), days as ``YYYY-MM-DD``."""
+    the backend returned or the merge computed: amounts as a string with the column's decimal
+    places (two for money), times in UTC to the millisecond (what ``Timestamp`` keeps on every
+    backend), days as ``YYYY-MM-DD``."""
     if value is None:
         return None
     if kind == "money":
-        return str(Decimal(str(value)).quantize(CENT))
+        return str(Decimal(str(value)).quantize(CENT if places == 2 else Decimal(1).scaleb(-places)))
     if kind == "time":
         moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
         return moment.isoformat(timespec="milliseconds")
@@ -153,23 +171,26 @@ def image_value(kind: str, value: Any) -> Any:
     return int(value) if kind == "int" else value
 
 
-def image(order: Mapping[str, Any], items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """An order's wide rows as JSON-ready data: ``{"order": {...}, "items": [...by item_id]}``.
-    Also how a reader compares ``dwd_order`` with a change's after-image."""
-    return {"order": {name: image_value(kind, order.get(name)) for name, kind in IMAGE_ORDER_COLUMNS},
-            "items": [{name: image_value(kind, item.get(name)) for name, kind in IMAGE_ITEM_COLUMNS}
-                      for item in sorted(items, key=lambda item: item["item_id"])]}
+def image(order: Mapping[str, Any], items: Iterable[Mapping[str, Any]], flow: str | None = None) -> dict[str, Any]:
+    """An entity's wide rows as JSON-ready data: ``{"order": {root row}, "items": [child rows
+    by key]}`` (the online order flow's names, for every flow).  Also how a reader compares the
+    wide rows with a change's after-image.  ``flow``: the flow's name (None: the online orders)."""
+    root, child, key = IMAGES[flow or DEFAULT_SCHEMA.flow.name]
+    return {"order": {name: image_value(kind, order.get(name), places) for name, kind, places in root},
+            "items": [{name: image_value(kind, item.get(name), places) for name, kind, places in child}
+                      for item in sorted(items, key=lambda item: item[key])] if key else []}
 
 
 def record_changes(connection: Connection, changes: Iterable[WideChange]) -> None:
     """Write one outbox row per changed order, on ``connection`` (the transaction that writes the
     wide rows, after their versions are set)."""
-    rows = [dict(order_id=change.order["order_id"], version=change.order["version"],
+    rows = [dict(order_id=change.order_id, version=change.order["version"],
                  operation="insert" if change.current is None else "update",
                  operations=",".join(dict.fromkeys(s["operation_type"] for s in change.snapshots))[:128],
                  before_image=None if change.current is None else json.dumps(
-                     image(change.current, change.current_items.values()), separators=(",", ":")),
-                 after_image=json.dumps(image(change.order, change.items.values()), separators=(",", ":")),
+                     image(change.current, change.current_items.values(), change.flow_name), separators=(",", ":")),
+                 after_image=json.dumps(image(change.order, change.items.values(), change.flow_name),
+                                        separators=(",", ":")),
                  changed_at=change.order["updated_at"], published_at=None)
             for change in changes]
     if rows:

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, select, update
 
+from flows.registry import flow_of
 from models.changelog import FIRST_CONSUME, FIRST_CONSUME_ORDERS
 from models.storage import Storage
 from models.writes import insert_if_absent
@@ -132,10 +133,22 @@ ORDER_FACTS: dict[str, Callable[[Image | None], Facts]] = {
 }
 
 
+#: The first paid order per member and channel (recomputed from every paid order, not one change).
+FIRST_CONSUME_DATE = "FirstConsumeDate"
+
+
+def publishes(change: Change, kind: str) -> bool:
+    """Whether the changed entity's flow declares events of ``kind`` (``FlowDeclaration.events``)."""
+    return any(event.name == kind for event in flow_of(change.order_id).events)
+
+
 def order_events(change: Change) -> list[Event]:
-    """The events one change makes: its facts' differences, type by type, keys in order."""
+    """The events one change makes: its facts' differences, type by type, keys in order (only
+    the types its flow declares)."""
     events: list[Event] = []
     for kind, facts_of in ORDER_FACTS.items():
+        if not publishes(change, kind):
+            continue
         before, after = facts_of(change.before), facts_of(change.after)
         found = [(key, "create" if key not in before else "update", data) for key, data in sorted(after.items())
                  if before.get(key) != data]
@@ -228,7 +241,7 @@ def _recorded(record: Any) -> PaidOrder:
 
 
 def _first_consume_event(key: Key, first: PaidOrder, revision: int, op: str, change: Change) -> Event:
-    kind = "FirstConsumeDate"
+    kind = FIRST_CONSUME_DATE
     return Event(kind, event_id(kind, *key), revision, op, change.changed_at, first.order_id, f"{key[0]}:{key[1]}",
                  {"member_id": key[0], "channel": key[1],
                   "first_paid_at": first.paid_at.isoformat(timespec="milliseconds"),
@@ -285,7 +298,7 @@ def first_consume_events(storage: Storage, changes: list[Change], now: dt.dateti
     yields the same events, so a relay that crashed after this commit publishes them on its
     next pass."""
     moves = [(change, paid_order(change.before), paid_order(change.after))
-             for change in sorted(changes, key=lambda c: c.id)]
+             for change in sorted(changes, key=lambda c: c.id) if publishes(change, FIRST_CONSUME_DATE)]
     moves = [(change, before, after) for change, before, after in moves if before != after]
     if not moves:
         return {}

@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, select, update
 
+from flows.registry import flow_of
 from intake.receiver import utcnow
 from models.changelog import CHANGELOG
 from models.storage import Storage
@@ -123,7 +124,8 @@ class RelayReport:
 
 def change_document(change: Change) -> dict[str, Any]:
     """A change as the changelog sink carries it."""
-    return {"order_id": change.order_id, "version": change.version, "op": change.operation,
+    return {"order_id": change.order_id, "flow": flow_of(change.order_id).name, "version": change.version,
+            "op": change.operation,
             "operations": change.operations.split(",") if change.operations else [],
             "changed_at": change.changed_at.isoformat(timespec="milliseconds"),
             "before": change.before, "after": change.after}

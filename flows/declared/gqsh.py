@@ -220,5 +220,8 @@ GQSH = FlowDeclaration(
         PublishedEvent("ApplyReturn", "dwd_order_item", (
             *(_ORDER + name for name in ("store_id", "member_id", "channel", "biz_date")),
             "item_id", "sku_id", "quantity", "amount", "refund_quantity", "refund_amount")),
+        # A member's first paid order in a channel, recomputed from all of them.
+        PublishedEvent("FirstConsumeDate", "dwd_order", ("member_id", "channel", "order_id", "paid_at", "biz_date",
+                                                         "store_id")),
     ),
 )

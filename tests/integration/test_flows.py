@@ -2,16 +2,24 @@
 chain on real MariaDB shards and a PostgreSQL warehouse, beside the online orders: exact wide
 rows and ADS from their own generators' models, retract-correct ADS under the day rebuild."""
 
+import dataclasses
+import json
+
 import pytest
 from sqlalchemy import delete, func, select
 
 from chain.lineage import order_lineage
+from chain.wide_rows import read_wide_rows
 from demo.flow_run import flow_problems
 from demo.flows import pos, sal_order
 from demo.history import generate_history
 from flows.declared import BY_NAME
 from flows.registry import combine, routing
+from models.changelog import image
+from models.storage import Storage
 from models.warehouse import ADS_TABLES, LEDGERS
+from streams.events import order_events
+from streams.outbox import change_message, pending_changes
 from tests.integration.helpers import ingest, run_chains
 from warehouse.aggregates import days_to_rebuild, rebuild_day
 
@@ -75,3 +83,24 @@ def test_a_days_rebuild_of_pos_aggregates_gives_the_same_cells(fresh_storage, re
     assert flow_problems(sales, {}, storage) == []
     run_chains(storage, redis_client, [])
     assert flow_problems(sales, {}, storage) == []
+
+
+def test_the_changelog_carries_a_till_sales_changes_with_its_own_tables_images(fresh_storage, redis_client) -> None:
+    # Given a deployment with a changelog sink, and a processed pos history
+    base = fresh_storage("postgresql", TDC_SOURCE_DATABASES=SOURCES)
+    storage = Storage(dataclasses.replace(base.settings, changelog_url="redis://127.0.0.1:6379/9?stream=x"))
+    sales = pos.generate(20, seed=45)
+    _process(storage, redis_client, sales.lines)
+    # Then each till sale's last change is in the outbox, named for its flow, its after-image the
+    # sale's wide rows as they are now, and it makes no event (pos declares none)
+    changes = [c for database in storage.distinct_databases()
+               for c in pending_changes(storage, database, "changelog", 10_000)]
+    last = {change.order_id: change for change in sorted(changes, key=lambda c: (c.order_id, c.version))}
+    assert set(last) == {f"pos:{key}" for key in sales.expected["dwd_gqsh_pos_order_t_order_info"]}
+    for order_id, change in last.items():
+        with storage.read_engine_for_order(order_id).connect() as connection:
+            row, lines = read_wide_rows(connection, order_id)
+        assert change.after == image(row, lines.values(), "pos"), order_id
+        assert json.loads(change_message(change).body)["flow"] == "pos"
+        assert order_events(change) == []
+    storage.dispose()

@@ -362,8 +362,9 @@ def test_gqsh_index_and_events_carry_what_search_and_streams_send() -> None:
         "PayOrderDetail": tuple(head + f for f in events.PAY_ORDER_FIELDS) + events.PAY_LINE_FIELDS,
         "CancelOrder": events.CANCEL_FIELDS,
         "ApplyReturn": tuple(head + f for f in events.RETURN_ORDER_FIELDS) + events.RETURN_LINE_FIELDS,
+        "FirstConsumeDate": ("member_id", "channel", "order_id", "paid_at", "biz_date", "store_id"),
     }
-    assert set(declared) == set(events.ORDER_FACTS)
+    assert set(declared) == {*events.ORDER_FACTS, events.FIRST_CONSUME_DATE}
 
 
 # --- the other flows ---------------------------------------------------------------------------

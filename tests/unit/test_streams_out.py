@@ -135,3 +135,23 @@ def test_a_kafka_login_tdc_cannot_use_is_refused_naming_the_variable(url: str, f
     with pytest.raises(SettingsError, match=message) as refused:
         open_sink(url, field)
     assert "secret" not in str(refused.value)
+
+
+def test_a_flow_publishes_only_the_events_it_declares_and_its_changes_name_it() -> None:
+    import json
+
+    # A till sale's image with the online orders' column names would make every kind of event
+    sale = _change(_image(status=10, paid=False), _image(refund=1), order="pos:PO1")
+    assert order_events(sale) == []
+    assert sorted(e.type for e in order_events(_change(_image(status=10, paid=False), _image(refund=1)))) == [
+        "ApplyReturn", "PayOrderDetail", "PayOrderDetail"]
+    assert json.loads(change_message(sale).body)["flow"] == "pos"
+    assert json.loads(change_message(_change(None, _image())).body)["flow"] == "gqsh"
+
+
+def test_an_image_keeps_each_amount_at_its_columns_places() -> None:
+    entry = {"FENTRYID": 71, "FID": 7, "FQTY": Decimal("2.5"), "FAMOUNT": Decimal("1234567.1234567891")}
+    made = image({"FID": 7, "FQTY": Decimal("2.5")}, [entry], "sal_order")
+    assert made["items"][0]["FAMOUNT"] == "1234567.1234567891"
+    assert made["items"][0]["FQTY"] == "2.5000000000"
+    assert made["order"]["FID"] == 7

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 from sqlalchemy.types import TypeEngine
 
-from flows.declaration import Bookkeeping, Copy, FlowDeclaration, Status, Sum, WideTable
+from flows.declaration import Bookkeeping, Copy, FlowDeclaration, Status, Sum, Where, WideTable
 from flows.declared import DECLARATIONS
 from inputs.columns import column_type
 from models.orders import ShardBase
@@ -112,3 +112,18 @@ def schema_of(flow: FlowDeclaration) -> WideSchema:
 #: The online order flow's wide tables: the changelog images, search and reconciliation are
 #: still written for it alone.
 DEFAULT_SCHEMA = SCHEMAS["gqsh"]
+
+
+def where_clause(table: Table, predicate: Where) -> Any:
+    """A declared predicate (``flows.declaration.Where``) on a wide table's column, in SQL: a
+    comparison with NULL is false, as ``flows.rules.holds`` has it."""
+    column, op, value = table.c[predicate.column], predicate.op, predicate.value
+    if op == "is null":
+        return column.is_(None)
+    if op == "not null":
+        return column.is_not(None)
+    compared = {"=": column == value, "!=": column != value, "<": column < value, "<=": column <= value,
+                ">": column > value, ">=": column >= value}.get(op)
+    if compared is None:
+        compared = column.in_(list(value)) if op == "in" else column.not_in(list(value))
+    return column.is_not(None) & compared

@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, select, update
 
 from chain.lineage import order_lineage
 from chain.wide_rows import read_wide_rows
@@ -18,6 +18,7 @@ from flows.registry import combine, routing
 from models.changelog import image
 from models.storage import Storage
 from models.warehouse import ADS_TABLES, LEDGERS
+from reconcile.ads import compare_ads
 from streams.events import order_events
 from streams.outbox import change_message, pending_changes
 from tests.integration.helpers import ingest, run_chains
@@ -104,3 +105,26 @@ def test_the_changelog_carries_a_till_sales_changes_with_its_own_tables_images(f
         assert json.loads(change_message(change).body)["flow"] == "pos"
         assert order_events(change) == []
     storage.dispose()
+
+
+def test_reconciliation_recomputes_every_flows_ads_from_its_wide_rows(fresh_storage, redis_client) -> None:
+    # Given processed till sales and Kingdee orders
+    storage = fresh_storage("postgresql", TDC_SOURCE_DATABASES=SOURCES)
+    sales, documents = pos.generate(40, seed=46), sal_order.generate(30, seed=47)
+    _process(storage, redis_client, sales.lines + documents.lines)
+    days = sorted({key[0] for _, key in [*sales.expected_ads, *documents.expected_ads]})
+    # Then the ADS layer finds nothing to say about them
+    assert compare_ads(storage, days[0], days[-1]).diffs == []
+    # When a till cell and a Kingdee cell are damaged
+    key = next(key for table, key in sales.expected_ads if table == "ads_pos_order_sales")
+    kingdee_key = next(key for table, key in documents.expected_ads if table == "ads_jd_order_sales")
+    with storage.dws_engine.begin() as connection:
+        for name, columns, cell, change in (
+                ("ads_pos_order_sales", ("biz_date", "store_code"), key, {"pay_amount": 1}),
+                ("ads_jd_order_sales", ("biz_date", "store_id", "FMATERIALID", "FSTOCKID"), kingdee_key, {"qty": 2})):
+            table = ADS_TABLES[name]
+            connection.execute(update(table).where(and_(*(table.c[c] == v for c, v in zip(columns, cell, strict=True))))
+                               .values({m: table.c[m] + by for m, by in change.items()}))
+    # Then the layer names both cells and measures
+    found = {(d.target.split(" ")[0], d.column) for d in compare_ads(storage, days[0], days[-1]).diffs}
+    assert found == {("ads_pos_order_sales", "pay_amount"), ("ads_jd_order_sales", "qty")}

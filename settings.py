@@ -200,7 +200,8 @@ def _databases(env: Mapping[str, str]) -> tuple[str, ...] | None:
     return names
 
 
-def _flows(env: Mapping[str, str]) -> tuple[str, ...]:
+def flow_names(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``TDC_FLOWS`` alone (read where the flows are compiled, without caching every setting)."""
     names = tuple(dict.fromkeys(name.strip() for name in env.get("TDC_FLOWS", "gqsh").split(",") if name.strip()))
     if not names:
         raise SettingsError("TDC_FLOWS names no flow (e.g. TDC_FLOWS=gqsh,pos; `tdc flow list` shows them)")
@@ -365,7 +366,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         source_zone=source_zone,
         business_zone=_zone(env, "TDC_BUSINESS_TIMEZONE", source_zone),
         source_databases=_databases(env),
-        flows=_flows(env),
+        flows=flow_names(env),
         refresh_days=_number(env, "TDC_REFRESH_DAYS", 7.0),
         refresh_interval_seconds=_number(env, "TDC_REFRESH_INTERVAL_SECONDS", 5.0),
         web_users=_pairs(env, "TDC_WEB_USERS", ":", "NAME:PASSWORD_HASH (from `tdc serve --hash-password`)"),

@@ -8,6 +8,7 @@ flow (``FlowDeclaration.entity_prefix``), so the flows share the task tables, le
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -17,7 +18,7 @@ from flows.declaration import FlowDeclaration, Source
 from flows.declared import BY_NAME, DECLARATIONS
 from flows.machine import StateMachine
 from flows.rules import raised_operations
-from settings import get_settings
+from settings import flow_names
 
 
 def _reads(source: Source) -> Any:
@@ -82,8 +83,9 @@ def running(names: tuple[str, ...]) -> tuple[FlowDeclaration, ...]:
     return tuple(BY_NAME[name] for name in names)
 
 
-#: The declarations the engine runs (``TDC_FLOWS``).
-RUNNING: tuple[FlowDeclaration, ...] = running(get_settings().flows)
+#: The declarations the engine runs (``TDC_FLOWS``, read alone: importing this module must not
+#: fix every setting before a process has set its environment).
+RUNNING: tuple[FlowDeclaration, ...] = running(flow_names(os.environ))
 #: What intake routes by.  A bare id must not read as any declared flow's entity, run or not.
 ACCEPTED = replace(combine(tuple(routing(flow) for flow in RUNNING)),
                    prefixes=tuple(flow.entity_prefix for flow in DECLARATIONS))

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,17 @@ def test_unusable_alarm_mail_settings_are_refused_with_the_variable_named(env: d
     with pytest.raises(SettingsError) as refused:
         load_settings(env)
     assert message in str(refused.value)
+
+
+def test_importing_the_flows_fixes_no_setting_before_a_process_sets_its_environment() -> None:
+    # A spawned process imports the engine (unpickling its target), then sets its environment.
+    import subprocess
+    import sys
+
+    script = ("import os, flows.registry, chain.steps\n"
+              "os.environ['TDC_REDIS_URL'] = 'redis://example.invalid:6390/3'\n"
+              "from settings import get_settings\n"
+              "print(get_settings().redis_url)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TDC_")}
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert shown.stdout.strip() == "redis://example.invalid:6390/3"

@@ -133,10 +133,16 @@ def _wide(wide: WideTable) -> list[str]:
     return lines
 
 
+def entity_keys(flow: FlowDeclaration) -> str:
+    """The column naming the entity, as its first source has it."""
+    return flow.sources[0].entity_key if flow.sources else "?"
+
+
 def describe(flow: FlowDeclaration) -> list[str]:
     """Every part of ``flow``, as lines of text."""
-    lines = [f"flow {flow.name}: {flow.description}", f"source databases: {', '.join(flow.databases)}", "",
-             "sources"]
+    ids = f"{flow.entity_prefix}<{entity_keys(flow)}>" if flow.entity_prefix else f"<{entity_keys(flow)}>"
+    lines = [f"flow {flow.name}: {flow.description}", f"source databases: {', '.join(flow.databases)}",
+             f"entity ids: {ids}", "", "sources"]
     for source in flow.sources:
         settled = f"; settled at {source.settled_at}" if source.settled_at else ""
         lines += [f"  {source.name}  (key {', '.join(source.key)}; entity {source.entity_key}{settled})",

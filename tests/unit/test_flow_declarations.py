@@ -403,6 +403,8 @@ def test_flow_show_draws_the_state_machine() -> None:
                       "  └── CANCEL  (illegal after PAY)"]) in shown.stdout
     assert "    refund_amount    money         sum of gqsh_order_after_sales.refund_amount where status = 20" in (
         shown.stdout)
+    assert "\nentity ids: <order_id>\n" in shown.stdout
+    assert "\nentity ids: pos:<order_no>\n" in _tdc("show", "pos").stdout
     missing = _tdc("show", "kingdee")
     assert missing.returncode == 2 and (
         "no flow 'kingdee' (declared: gqsh, pos, sal_order, pur_mrb, stk_inventory)" in missing.stderr)

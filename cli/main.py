@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(run=cmd_ingest)
 
     demo = commands.add_parser("demo", help="generate an order history, process it with real workers, check")
-    demo.add_argument("--flow", default="gqsh", help="the flow to demonstrate (gqsh, pos, sal_order)")
+    demo.add_argument("--flow", default="gqsh",
+                      help="the flow to demonstrate (gqsh, pos, sal_order, pur_mrb, stk_inventory)")
     demo.add_argument("--orders", type=int, default=300, help="orders (documents) to generate")
     demo.add_argument("--seed", type=int, default=None)
     demo.add_argument("--workers", type=int, default=2, help="worker process concurrency")

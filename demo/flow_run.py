@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from models.storage import Storage
 
 #: Flows with a demo history: name -> the module that generates it.
-FLOW_DEMOS = {"pos": "demo.flows.pos", "sal_order": "demo.flows.sal_order"}
+FLOW_DEMOS = {"pos": "demo.flows.pos", "sal_order": "demo.flows.sal_order", "pur_mrb": "demo.flows.pur_mrb",
+              "stk_inventory": "demo.flows.stk_inventory"}
 
 
 def _wide(history: FlowHistory, storage: Storage) -> dict[str, dict[Any, dict[str, Any]]]:

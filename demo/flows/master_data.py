@@ -40,3 +40,17 @@ STOCKS = [(100_100 + n, f"CK{n:03d}", name, "1", 100_001) for n, name in enumera
 #: (FCUSTID, FNUMBER, FNAME, store_id, store_name): the stores as Kingdee customers (``store_by_customer``).
 CUSTOMERS = [(300_000 + n, f"CUST{n:04d}", f"{name} (customer)", store_id, name)
              for n, (store_id, name, _, _) in enumerate(STORES, start=1)]
+#: (FSUPPLIERID, FNUMBER, FNAME, materials it supplies): Kingdee suppliers (no dimension of their own).
+SUPPLIERS = [(400_000 + n, f"VEN{n:04d}", name, tuple(MATERIALS[i][0] for i in supplied)) for n, (name, supplied)
+             in enumerate([
+                 ("Chongqing Spice Foods", (0, 1, 2, 3)), ("Sichuan Tallow Works", (0, 3)),
+                 ("Inner Mongolia Prairie Meat", (4, 5)), ("Zhanjiang Ocean Foods", (6,)),
+                 ("Shandong Sauce Co.", (7, 8)), ("Henan Starch Noodle Mill", (9,)),
+                 ("Heilongjiang Soy Dairy", (10,)), ("Guangxi Fruit Drinks", (11,))], start=1)]
+#: The Kingdee dimensions' tables: table -> (columns, rows), the rows above.
+KINGDEE_DIMENSIONS: dict[str, tuple[tuple[str, ...], list[tuple[object, ...]]]] = {
+    "dim_jd_erp_material": (("FMATERIALID", "FNUMBER", "FNAME", "FSPECIFICATION", "FMATERIALGROUP", "FBASEUNITID"),
+                            list(MATERIALS)),
+    "dim_jd_erp_stock": (("FSTOCKID", "FNUMBER", "FNAME", "FSTOCKPROPERTY", "FUSEORGID"), list(STOCKS)),
+    "dim_store_shop_fcustid": (("FCUSTID", "FNUMBER", "FNAME", "store_id", "store_name"), list(CUSTOMERS)),
+}

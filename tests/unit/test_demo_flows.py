@@ -14,6 +14,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -21,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from demo.flows import FlowHistory, pos, sal_order
+from demo.flows import FlowHistory, pos, pur_mrb, sal_order, stk_inventory
 from demo.render import SourceChange, SourceDatabase, SourceTable, render_canal, render_debezium
 from flows.declaration import (
     Bookkeeping,
@@ -37,7 +38,9 @@ from flows.declaration import (
     WideTable,
 )
 from flows.declared.pos import POS
+from flows.declared.pur_mrb import PUR_MRB
 from flows.declared.sal_order import SAL_ORDER
+from flows.declared.stk_inventory import STK_INVENTORY
 from inputs.canal import parse_canal
 from inputs.columns import Reading, column_type
 from inputs.debezium import parse_debezium
@@ -506,3 +509,209 @@ def test_sal_order_lives_are_varied() -> None:
     assert all(row["FBILLNO"].startswith("XSDD") and len(row["FBILLNO"]) == 10 for row in headers)
     entries = made.expected[SAL_ORDER.wide[1].name].values()
     assert any(row["FAMOUNT"].as_tuple().digits[-1] for row in entries), "no amount uses its tenth place"
+
+
+# --- the Kingdee purchase returns and inventory balances -----------------------------------------
+
+KINGDEE: dict[str, tuple[Callable[..., FlowHistory], FlowDeclaration]] = {
+    "pur_mrb": (pur_mrb.generate, PUR_MRB), "stk_inventory": (stk_inventory.generate, STK_INVENTORY)}
+#: The checks above that hold for any flow's history as they are (they read GENERATORS).
+SHARED_CHECKS: list[Callable[[str], None]] = [
+    test_the_same_seed_and_run_give_the_same_history, test_runs_take_ids_no_other_run_has,
+    test_dimension_rows_come_first,
+    test_expected_rows_are_every_declared_column_but_the_bookkeeping_as_the_database_returns_them,
+    test_every_raised_operation_can_complete_and_none_is_illegal, test_expected_children_belong_to_expected_roots,
+    test_displacement_reorders_lines_and_moves_none_further]
+
+
+@pytest.fixture
+def kingdee(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Kingdee flows among GENERATORS for the test, so the shared checks read them."""
+    for flow, generator in KINGDEE.items():
+        monkeypatch.setitem(GENERATORS, flow, generator)
+
+
+@cache
+def cleared_history(zone: ZoneInfo = SHANGHAI) -> FlowHistory:
+    """An inventory history in which Kingdee clears half the rows left empty."""
+    return stk_inventory.generate(300, seed=11, zone=zone, run_id="t0000011", clear_rate=0.5)
+
+
+class KingdeeReplay(Replay):
+    """The replay, with what the Kingdee flows add: a look-up by a NULL key finds nothing, and an
+    entity whose header row was deleted keeps a root row with its key, its status and its other
+    tables' sums, every copied or chosen column NULL (no row is left to copy)."""
+
+    def derived(self, wide: WideTable, row: dict[str, Any], parent: dict[str, Any] | None) -> None:
+        unkeyed = {lookup.dimension for lookup in wide.lookups if row[lookup.by] is None}
+        kept = tuple(c for c in wide.columns if not (isinstance(c.origin, Looked) and c.origin.dimension in unkeyed))
+        super().derived(replace(wide, columns=kept), row, parent)
+        row.update((column.name, None) for column in wide.columns if column not in kept)
+
+    def wide_rows(self) -> dict[str, dict[Any, dict[str, Any]]]:
+        wide = super().wide_rows()
+        roots = wide[self.root.name]
+        for entity in self.changes_of.keys() - roots.keys():
+            row: dict[str, Any] = {}
+            for column in self.root.columns:
+                origin = column.origin
+                if isinstance(origin, Sum):
+                    row[column.name] = self.summed(origin, entity)
+                elif isinstance(origin, Status):
+                    row[column.name] = self.status(entity)
+                elif isinstance(origin, Copy | Chosen):
+                    row[column.name] = entity if column.name in self.root.key else None
+            self.derived(self.root, row, None)
+            roots[entity] = row
+        return wide
+
+
+def engine_cells(declaration: FlowDeclaration, made: FlowHistory) -> dict[tuple[str, tuple[Any, ...]], dict[str, Any]]:
+    """The ADS cells the declared aggregates sum from the expected wide rows: a NULL text key
+    counts under 'None', a row with a NULL key of another type adds nothing, a cell whose
+    measures are all zero is not there."""
+    root = declaration.wide[0]
+    wide = {w.name: w for w in declaration.wide}
+    cells: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
+    for aggregate in declaration.aggregates:
+        kinds = {name: column_type(wide[aggregate.source].column(name).type)  # type: ignore[union-attr]
+                 for name in aggregate.keys}
+        for row in made.expected[aggregate.source].values():
+            owner = row if aggregate.source == root.name else made.expected[root.name][row[root.key[0]]]
+            if not holds(owner, aggregate.when):
+                continue
+            key = tuple(str(row[name]) if kinds[name].kind == "text" else row[name] for name in aggregate.keys)
+            if None in key:
+                continue
+            cell = cells.setdefault((aggregate.name, key), {})
+            for measure in aggregate.measures:
+                value = 1 if measure.column is None else row[measure.column] - (row[measure.less] if measure.less
+                                                                                else 0)
+                cell[measure.name] = cell.get(measure.name, 0) + value
+    return {cell: measures for cell, measures in cells.items() if any(measures.values())}
+
+
+@pytest.mark.parametrize("check", SHARED_CHECKS, ids=lambda check: check.__name__.removeprefix("test_"))
+@pytest.mark.parametrize("flow", KINGDEE)
+def test_kingdee_histories_pass_the_shared_checks(flow: str, check: Callable[[str], None], kingdee: None) -> None:
+    check(flow)
+
+
+@pytest.mark.parametrize("input_format", FORMATS)
+@pytest.mark.parametrize("flow", KINGDEE)
+def test_kingdee_lines_parse_into_declared_rows_but_the_malformed(flow: str, input_format: str, kingdee: None) -> None:
+    test_every_line_parses_into_declared_rows_but_the_malformed(flow, input_format)
+
+
+@pytest.mark.parametrize("zone", [SHANGHAI, ZoneInfo("America/Los_Angeles")])
+@pytest.mark.parametrize("flow", [*KINGDEE, "stk_inventory cleared"])
+def test_kingdee_expected_rows_are_what_the_final_live_source_rows_give(flow: str, zone: ZoneInfo) -> None:
+    """The generator's own model against the declaration applied to its replayed changes,
+    deleted rows included."""
+    name = flow.split()[0]
+    declaration = KINGDEE[name][1]
+    made = cleared_history(zone) if flow.endswith("cleared") else KINGDEE[name][0](
+        300, seed=11, zone=zone, run_id="t0000011")
+    replayed = KingdeeReplay(declaration, made, zone).wide_rows()
+    for wide in declaration.wide:
+        assert replayed[wide.name].keys() == made.expected[wide.name].keys(), wide.name
+        for key, row in replayed[wide.name].items():
+            expected = made.expected[wide.name][key]
+            assert {name: expected[name] for name in row} == row, f"{wide.name} {key}"
+
+
+@pytest.mark.parametrize("flow", [*KINGDEE, "stk_inventory cleared"])
+def test_kingdee_ads_cells_are_the_sums_of_the_expected_wide_rows(flow: str, kingdee: None) -> None:
+    """The ADS cells summed here from the expected wide rows equal the generator's, which it sums
+    from its own model of each entity; each measure has its column's type."""
+    name = flow.split()[0]
+    declaration = KINGDEE[name][1]
+    made = cleared_history() if flow.endswith("cleared") else history(name)
+    assert made.expected_ads and engine_cells(declaration, made) == made.expected_ads
+    wide = {w.name: w for w in declaration.wide}
+    for (table, key), measures in made.expected_ads.items():
+        aggregate = next(a for a in declaration.aggregates if a.name == table)
+        for measure in aggregate.measures:
+            column = wide[aggregate.source].column(measure.column) if measure.column else None
+            assert_database_type(measures[measure.name], column.type if column else "int", f"{table} {key}")
+
+
+def test_pur_mrb_lives_are_varied(kingdee: None) -> None:
+    made = history("pur_mrb")
+    headers = made.expected[PUR_MRB.wide[0].name].values()
+    assert {row["status"] for row in headers} == {10, 20, 50}
+    assert {row["FDOCUMENTSTATUS"] for row in headers} == {"A", "B", "C"}
+    assert all((row["FAPPROVEDATE"] is not None) == (row["FDOCUMENTSTATUS"] == "C") for row in headers)
+    assert {row["FDOCUMENTSTATUS"] for row in headers if row["FCANCELSTATUS"] == "B"} == {"A", "B"}
+    assert all(row["FBILLNO"].startswith("CGTL") and len(row["FBILLNO"]) == 10 for row in headers)
+    # Entries edited, added and taken out while created (those after it renumbered); none deleted whole
+    edits = {(c.table, c.kind) for c in made.changes if c.table.startswith("t_pur_mrbentry")}
+    assert edits == {(table, kind) for table in ("t_pur_mrbentry", "t_pur_mrbentry_f")
+                     for kind in ("insert", "update", "delete")}
+    assert not any(c.table == "t_pur_mrb" and c.kind == "delete" for c in made.changes)
+    entries = list(made.expected[PUR_MRB.wide[1].name].values())
+    seqs: dict[Any, list[int]] = defaultdict(list)
+    for row in entries:
+        seqs[row["FID"]].append(row["FSEQ"])
+    assert all(sorted(seq) == list(range(1, len(seq) + 1)) for seq in seqs.values())
+    assert any(len(seq) > 1 for seq in seqs.values())
+    # Replaced or deducted as the return's mode says, all of what went back
+    modes = {row["FID"]: row["FMRMODE"] for row in headers}
+    assert set(modes.values()) == {"A", "B"}
+    for row in entries:
+        replaced = row["FREPLENISHQTY"] if modes[row["FID"]] == "A" else row["FKEAPAMTQTY"]
+        assert replaced == row["FRMREALQTY"] == row["FBASEUNITQTY"] > 0
+        assert row["FREPLENISHQTY"] + row["FKEAPAMTQTY"] == row["FRMREALQTY"]
+    assert any(row["FLOT"] and row["FLOT_TEXT"] for row in entries) and any(not row["FLOT"] for row in entries)
+    assert any(row["FRMREALQTY"] % 1 for row in entries), "no weighed quantity"
+    assert any(row["FAMOUNT"].as_tuple().digits[-1] for row in entries), "no amount uses its tenth place"
+
+
+def test_stk_inventory_lives_are_varied(kingdee: None) -> None:
+    made = history("stk_inventory")
+    rows = list(made.expected[STK_INVENTORY.wide[0].name].values())
+    assert {row["status"] for row in rows} == {10}
+    assert not any(c.kind == "delete" for c in made.changes), "the demo's history clears no row"
+    assert {row["FKEEPERTYPEID"] for row in rows} == {"BD_KeeperOrg", "BD_Customer", "BD_Supplier"}
+    for row in rows:
+        kept_by_store = row["FKEEPERTYPEID"] == "BD_Customer"
+        assert (row["FCUSTID"] == row["FKEEPERID"]) if kept_by_store else row["FCUSTID"] is None
+        assert (row["store_id"] is not None) == kept_by_store
+        assert 0 <= row["FBASELOCKQTY"] <= row["FBASEQTY"] and row["FQTY"] == row["FBASEQTY"]
+    assert any(row["FBASEQTY"] == 0 for row in rows) and any(row["FBASELOCKQTY"] > 0 for row in rows)
+    assert any(row["FLOT"] and row["FEXPIRYDATE"] for row in rows) and any(row["FPRODUCEDATE"] is None for row in rows)
+    updates: dict[Any, int] = defaultdict(int)
+    for change in made.changes:
+        if change.kind == "update":
+            updates[change.row["FID"]] += 1
+    assert max(updates.values()) >= 20 and len(updates) < len(rows), "no busy row, or every row moved"
+    # Stock no store keeps counts under the text 'None'
+    assert {key[1] for _, key in made.expected_ads} > {"None"}
+
+
+def test_stk_inventory_counts_each_row_once_with_its_last_state() -> None:
+    """Each cell holds its rows' final quantities, not the sum of every state they passed
+    through; a cleared row holds nothing and keeps only its key and status."""
+    made = cleared_history()
+    final: dict[tuple[Any, ...], Decimal] = defaultdict(Decimal)
+    every: dict[tuple[Any, ...], Decimal] = defaultdict(Decimal)
+    replay = Replay(STK_INVENTORY, made, SHANGHAI)
+    stores = {key[0]: row["store_id"] for key, row in replay.live["dim_store_shop_fcustid"].items()}
+
+    def cell(row: dict[str, Any]) -> tuple[Any, ...]:
+        store = stores[row["FKEEPERID"]] if row["FKEEPERTYPEID"] == "BD_Customer" else None
+        return ("ads_jd_stock_balance", (row["FSTOCKORGID"], str(store), row["FMATERIALID"], row["FSTOCKID"]))
+
+    for row in replay.live["t_stk_inventory"].values():
+        final[cell(row)] += row["FBASEQTY"]
+    for change in made.changes:
+        if change.table == "t_stk_inventory" and change.kind != "delete":
+            every[cell(change.row)] += change.row["FBASEQTY"]
+    assert {c: measures["base_qty"] for c, measures in made.expected_ads.items()} == {
+        c: total for c, total in final.items() if total}
+    assert final != every
+    cleared = [row for row in made.expected["dwd_t_stk_inventory"].values() if row["status"] == 90]
+    assert cleared and all({name for name, value in row.items() if value is not None} == {"FID", "status"}
+                           for row in cleared)
+    deleted = {change.row["FID"] for change in made.changes if change.kind == "delete"}
+    assert deleted == {row["FID"] for row in cleared}

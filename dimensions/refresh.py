@@ -22,7 +22,6 @@ from typing import Any, cast
 import redis
 from sqlalchemy import Table, select
 
-from flows.registry import RUNNING
 from models.orders import DimensionUse
 from models.storage import Storage
 
@@ -65,6 +64,10 @@ class Pending:
 
 def refreshing_dimensions() -> frozenset[str]:
     """The dimensions a running flow looks up with ``refreshes``."""
+    # Imported here: reading a dimension must not fix TDC_FLOWS (``tdc demo --flow`` sets it
+    # after the command line, which imports intake, is built).
+    from flows.registry import RUNNING
+
     return frozenset(lookup.dimension for flow in RUNNING for wide in flow.wide for lookup in wide.lookups
                      if lookup.refreshes)
 

@@ -96,6 +96,20 @@ def test_the_demo_runs_on_the_embedded_default_and_leaves_nothing_behind(tmp_pat
     assert not (tmp_path / "home" / "redis.sock").exists()
 
 
+@pytest.mark.parametrize("flow", ["pos", "sal_order", "pur_mrb", "stk_inventory"])
+def test_each_flows_demo_runs_exact_on_the_embedded_default(tmp_path: Path, flow: str) -> None:
+    # Given nothing configured but a fresh TDC_HOME (the demo adds its flow to TDC_FLOWS itself)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TDC_")}
+    env["TDC_HOME"] = str(tmp_path / "home")
+    # When the flow's demo runs, with displaced, duplicated and malformed lines
+    result = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--flow", flow, "--orders", "40",
+                             "--timeout", "300"], env=env, capture_output=True, text=True, timeout=600)
+    # Then every wide row and ADS cell matches its generator's model, every bad line is quarantined
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "OK: every wide row and every ADS row matches" in result.stdout
+    assert not (tmp_path / "home" / "redis.sock").exists()
+
+
 def test_bench_throughput_runs_both_sides_and_checks_the_outputs(fresh_storage, rabbitmq_vhost, tmp_path: Path) -> None:
     import re
 

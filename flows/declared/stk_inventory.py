@@ -33,7 +33,6 @@ from flows.declaration import (
     Operation,
     Raise,
     Retraction,
-    RowArrived,
     Snapshots,
     Source,
     Status,
@@ -66,9 +65,10 @@ RAISES = (
 )
 
 OPERATIONS = (
-    # Every movement: the row as it is now.  Kingdee never reuses an FID (a GUID), so a row
-    # that comes back after it was deleted is a data error, not a late event.
-    Operation(BALANCE, illegal_after=(CLEAR,), status=LIVE, complete_when=(RowArrived(INVENTORY),)),
+    # Every movement: the row as it is now, whatever it is by the time BALANCE runs (nothing to
+    # wait for: a row deleted before its BALANCE ran leaves a cleared row, and an update that
+    # arrives after the delete it preceded changes nothing, the delete being newer).
+    Operation(BALANCE, status=LIVE),
     # The row is gone: there is nothing to wait for.
     Operation(CLEAR, after=(BALANCE,), status=CLEARED),
 )

@@ -408,6 +408,10 @@ class _Checker:
         if root is None:
             self.error("wide", "no wide table")
             return
+        ledgers = sorted({a.retraction.ledger for a in flow.aggregates})
+        if len(ledgers) > 1:
+            self.error("aggregates", f"one ledger per flow keeps what each entity contributes to all its aggregates; "
+                                     f"declared: {', '.join(ledgers)}")
         if flow.snapshots is not None:
             for name in flow.snapshots.tables:
                 if name not in self.wide:

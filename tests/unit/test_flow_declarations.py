@@ -209,6 +209,14 @@ def test_the_root_keeps_the_engines_bookkeeping_under_its_own_names() -> None:
         "Bookkeeping('updated_at')): the optimistic lock and the change time")
 
 
+def test_a_flows_aggregates_share_one_ledger() -> None:
+    from flows.declaration import Retraction
+
+    split = _aggregate(POS, "ads_pos_order_item_sales", retraction=Retraction("ads_pos_item_ledger"))
+    assert problems(split) == ["flow 'pos': aggregates: one ledger per flow keeps what each entity contributes to all "
+                               "its aggregates; declared: ads_pos_item_ledger, ads_pos_order_ledger"]
+
+
 def test_cycles_are_found_once_each() -> None:
     assert cycles({"A": ("B",), "B": ("A",), "C": ("C",), "D": ()}) == [["A", "B", "A"], ["C", "C"]]
     assert cycles({"A": (), "B": ("A",), "C": ("A", "B")}) == []

@@ -111,8 +111,15 @@ def _plain(value: Any) -> Any:
 
 
 def _typed(kind: ColumnType | None, value: Any) -> Any:
-    if kind is not None and kind.kind == "date" and isinstance(value, str):
+    """A key value as ``_plain`` wrote it, back in its column's type."""
+    if kind is None or value is None or not isinstance(value, str):
+        return value
+    if kind.kind == "date":
         return dt.date.fromisoformat(value)
+    if kind.kind in ("datetime", "timestamp"):
+        return dt.datetime.fromisoformat(value)
+    if kind.kind == "decimal":
+        return Decimal(value)
     return value
 
 

@@ -575,3 +575,18 @@ def test_broken_pur_mrb_and_stk_inventory_are_rejected_precisely() -> None:
     drifted = replace(inventory, dimensions=(inventory.dimensions[0], other_stock, inventory.dimensions[2]))
     assert problems_across([BY_NAME["sal_order"], drifted]) == [
         "flow 'stk_inventory': dimension 'jd_stock': declared differently by flow 'sal_order'"]
+
+
+def test_a_ledger_entry_keyed_by_a_time_or_an_amount_comes_back_in_its_type(monkeypatch) -> None:
+    from flows.ads import Declared
+    from flows.declaration import Retraction
+    from inputs.columns import column_type
+    from warehouse import contributions
+
+    aggregate = Aggregate("ads_by_hour", "dwd_x", ("hour", "price"), (Measure("n"),), (), Retraction("ledger_x"))
+    declared = Declared(aggregate, {"hour": column_type("datetime(3)"), "price": column_type("decimal(12,3)")},
+                        {"n": None}, child=False)
+    monkeypatch.setitem(contributions.DECLARED, "ads_by_hour", declared)
+    cell = ("ads_by_hour", (dt.datetime(2026, 1, 1, 9), Decimal("1.250")))
+    made = contributions.Contribution(None, {cell: {"n": 1}})
+    assert contributions.Contribution.from_json(made.to_json()) == made

@@ -76,11 +76,12 @@ def _outputs_differ(history, before) -> list[str]:  # type: ignore[no-untyped-de
 
 
 def _aggregates():  # type: ignore[no-untyped-def]
+    from demo.check import ORDER_ADS
     from models.storage import get_storage
     from warehouse.aggregates import read_aggregates
 
     with get_storage().dws_engine.connect() as connection:
-        return read_aggregates(connection)
+        return read_aggregates(connection, tables=ORDER_ADS)
 
 
 def _pipeline_rate(env: dict[str, str], logs: Path, home: Path, orders: int, workers: int, concurrency: int,

@@ -41,6 +41,11 @@ def matching_orders(expected_orders: dict[str, dict[str, Any]], expected_items: 
     return count
 
 
+#: The online order flow's ADS tables: what ``expected_aggregates`` makes, and all a comparison
+#: with it may read (other flows' tables are theirs).
+ORDER_ADS = ("ads_order_sales", "ads_order_item_sales", "ads_order_sales_sum")
+
+
 def expected_aggregates(expected_orders: dict[str, dict[str, Any]],
                         expected_items: dict[int, dict[str, Any]]) -> dict[tuple[str, tuple[Any, ...]], dict[str, Any]]:
     """The three ADS tables a history must produce, summed straight from its expected rows:

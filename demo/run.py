@@ -8,7 +8,7 @@ from itertools import groupby
 
 from chain.wide_rows import read_orders
 from cli.progress import progress
-from demo.check import aggregate_differences, differences, expected_aggregates, matching_orders
+from demo.check import ORDER_ADS, aggregate_differences, differences, expected_aggregates, matching_orders
 from demo.history import generate_history
 from demo.processes import running, start_beat, start_worker
 from settings import get_settings
@@ -79,7 +79,7 @@ def _aggregates():  # type: ignore[no-untyped-def]
     from warehouse.aggregates import read_aggregates
 
     with get_storage().dws_engine.connect() as connection:
-        return read_aggregates(connection)
+        return read_aggregates(connection, tables=ORDER_ADS)
 
 
 def _drain(history, timeout: float, processes, before) -> bool:  # type: ignore[no-untyped-def]

@@ -263,10 +263,14 @@ def as_day(value: Any) -> dt.date:
     return value.date() if isinstance(value, dt.datetime) else value
 
 
-def read_aggregates(connection: Connection, days: Iterable[dt.date] | None = None) -> Cells:
-    """The aggregate rows as cells (optionally only on ``days``), for comparisons."""
+def read_aggregates(connection: Connection, days: Iterable[dt.date] | None = None,
+                    tables: Iterable[str] | None = None) -> Cells:
+    """The aggregate rows as cells (optionally only on ``days``, only of ``tables``), for comparisons."""
     cells: Cells = {}
+    wanted = set(tables) if tables is not None else set(AGGREGATES)
     for name, (keys, measures) in AGGREGATES.items():
+        if name not in wanted:
+            continue
         table = ADS_TABLES[name]
         query = select(table)
         if days is not None:

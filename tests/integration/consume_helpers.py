@@ -20,7 +20,7 @@ from kombu import Connection
 from sqlalchemy import func, select
 
 from chain.wide_rows import read_orders
-from demo.check import aggregate_differences, differences, expected_aggregates
+from demo.check import ORDER_ADS, aggregate_differences, differences, expected_aggregates
 from demo.history import History
 from flows.registry import ACCEPTED as ORDER_FLOW
 from models.orders import QuarantinedInput
@@ -150,7 +150,7 @@ def problems(storage: Storage, history: History) -> list[str]:
     found += differences(history.expected_items, items, "dwd_order_item")
     with storage.dws_engine.connect() as connection:
         found += aggregate_differences(expected_aggregates(history.expected_orders, history.expected_items), {},
-                                       read_aggregates(connection))
+                                       read_aggregates(connection, tables=ORDER_ADS))
     return found
 
 

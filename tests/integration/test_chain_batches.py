@@ -13,7 +13,7 @@ from sqlalchemy import select
 from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders
 from chain.task_state import load_task
 from chain.wide_rows import read_orders
-from demo.check import aggregate_differences, expected_aggregates, matching_orders
+from demo.check import ORDER_ADS, aggregate_differences, expected_aggregates, matching_orders
 from demo.history import generate_history
 from dimensions.lookup import RedisDimensions
 from flows.registry import ACCEPTED as ORDER_FLOW
@@ -160,7 +160,7 @@ def test_processes_draining_the_same_orders_at_once_leave_exact_outputs(fresh_st
         history.expected_orders)
     # And the ADS tables hold every paid order once
     with storage.dws_engine.connect() as connection:
-        after = read_aggregates(connection)
+        after = read_aggregates(connection, tables=ORDER_ADS)
     assert aggregate_differences(expected_aggregates(history.expected_orders, history.expected_items), {}, after) == []
 
 

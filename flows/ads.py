@@ -30,7 +30,18 @@ class Declared:
 
 
 def declared_aggregates(flow: FlowDeclaration) -> list[Declared]:
-    """The flow's aggregates in declaration order."""
+    """The flow's aggregates in declaration order (worked out once per flow: every merged entity
+    asks)."""
+    cached = _CACHE.get(flow.name)
+    if cached is None or cached[0] is not flow:
+        cached = _CACHE[flow.name] = (flow, _declared(flow))
+    return cached[1]
+
+
+_CACHE: dict[str, tuple[FlowDeclaration, list[Declared]]] = {}
+
+
+def _declared(flow: FlowDeclaration) -> list[Declared]:
     wide = {table.name: table for table in flow.wide}
     assert flow.root is not None
     day = next((c.name for c in flow.root.columns if isinstance(c.origin, BusinessDay)), None)

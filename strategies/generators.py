@@ -310,7 +310,7 @@ def dimension_keys(flow: FlowDeclaration, facts: OrderFacts) -> list[tuple[str, 
                 table = next(w for w in flow.wide if w.name == table.parent)
                 column = table.column(column.origin.column)
             if column is not None and isinstance(column.origin, Copy):
-                kind = shape.types[table.name][column.name]
-                entries += [(lookup.dimension, wide_value(kind, row.get(column.origin.column)))
+                read = reader(shape.types[table.name][column.name])
+                entries += [(lookup.dimension, read(row.get(column.origin.column)))
                             for row in facts.all(column.origin.table)]
     return entries

@@ -36,6 +36,9 @@ USES = cast(Table, DimensionUse.__table__)
 #: Entities merged this long before a pass's previous sweep are swept again (clock skew
 #: between the machines that merge and the one that sweeps).
 SWEEP_MARGIN = dt.timedelta(seconds=10)
+#: A merge that began this long after a change was marked may still have read the old value
+#: (the clocks of the machine that marked it and the one that merged differ this much).
+CLOCK_SKEW = dt.timedelta(seconds=2)
 
 #: Drops a pending entry only if no change was written since it was read.
 _CLEAR = """
@@ -119,26 +122,30 @@ def clear(client: redis.Redis, entry: Pending) -> bool:
     return bool(client.eval(_CLEAR, 3, PENDING, MARKED, SWEPT, entry.field, entry.counter))
 
 
-def sweep_since(entry: Pending, now: dt.datetime, open_days: float) -> dt.datetime:
-    """Entities merged since when a pass sweeps: every open one the first time; after that,
-    those merged since the previous sweep began (a merge that read the old value and committed
-    after that sweep looked)."""
+def sweep_window(entry: Pending, now: dt.datetime, open_days: float) -> tuple[dt.datetime, dt.datetime]:
+    """Which merges a pass sweeps, by the time each began (``DimensionUse.used_at``, taken
+    before the merge looks its dimensions up): none that began after the change was marked (they
+    read the new value), so up to the mark; from every open one the first time, after that from
+    shortly before the previous sweep began (a merge that read the old value and committed after
+    that sweep looked)."""
+    until = (entry.marked_at or now) + CLOCK_SKEW
     if entry.swept_at is not None:
-        return entry.swept_at - SWEEP_MARGIN
-    return now - dt.timedelta(days=open_days)
+        return entry.swept_at - SWEEP_MARGIN, until
+    return now - dt.timedelta(days=open_days), until
 
 
-def entities_using(storage: Storage, dimension: str, key: str, since: dt.datetime,
+def entities_using(storage: Storage, dimension: str, key: str, window: tuple[dt.datetime, dt.datetime],
                    batch: int) -> Iterator[list[str]]:
-    """The entities whose wide rows used ``dimension`` ``key`` since ``since``, ``batch`` at a
-    time, database by database (in entity order within each)."""
+    """The entities whose wide rows used ``dimension`` ``key`` in a merge begun within
+    ``window``, ``batch`` at a time, database by database (in entity order within each)."""
+    since, until = window
     for database in storage.distinct_databases():
         last = ""
         while True:
             with storage.read_engine(database).connect() as connection:
                 found = list(connection.execute(
                     select(USES.c.order_id).where((USES.c.dimension == dimension) & (USES.c.dim_key == key)
-                                                  & (USES.c.used_at >= since) & (USES.c.order_id > last))
+                                                  & USES.c.used_at.between(since, until) & (USES.c.order_id > last))
                     .order_by(USES.c.order_id).limit(batch)).scalars())
             if found:
                 yield found

@@ -20,7 +20,7 @@ import redis
 from celery import shared_task
 
 from chain.wide_rows import read_wide
-from dimensions.refresh import clear, entities_using, pending, sweep_since, swept
+from dimensions.refresh import clear, entities_using, pending, sweep_window, swept
 from intake.receiver import TaskKey, bump_tasks, utcnow
 from models.redis_store import get_redis
 from models.storage import Storage, get_storage
@@ -75,7 +75,7 @@ def refresh_dimensions(storage: Storage, client: redis.Redis, batch: int = REFRE
         now = utcnow()
         entities = 0
         for order_ids in entities_using(storage, entry.dimension, entry.key,
-                                        sweep_since(entry, now, settings.refresh_days), batch):
+                                        sweep_window(entry, now, settings.refresh_days), batch):
             due = _due_again(storage, order_ids, now)
             entities += len(due)
             if submit:

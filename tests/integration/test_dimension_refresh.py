@@ -172,3 +172,15 @@ def test_a_newer_copy_of_the_same_values_refreshes_nothing(storage, redis_client
     _feed(storage, redis_client, [canal("dim_store_shop", _store(renamed, "Old Name"), kind="update",
                                         at=T0 + dt.timedelta(hours=2), before=_store(renamed, "Old Name"))])
     assert ("store", renamed) not in {(p.dimension, p.key) for p in pending(redis_client)}
+
+
+def test_an_order_merged_after_the_change_is_not_merged_again(storage, redis_client) -> None:
+    # Given a renamed store, one of whose orders was merged (began its merge) after the rename
+    renamed, _, mine, _ = _setup(storage, redis_client)
+    _rename(storage, redis_client, renamed, "Old Name", "New Name")
+    with storage.order_transaction(mine[0]) as connection:
+        connection.execute(update(USES_TABLE).where(USES_TABLE.c.order_id == mine[0]).values(
+            used_at=dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(minutes=1)))
+    # Then the refresh merges the others, not that one: it read the new name already
+    report = refresh_dimensions(storage, redis_client, submit=False, settle=NOW)
+    assert sorted(o for o, _ in report.due) == sorted(mine[1:])

@@ -12,16 +12,27 @@ from flows.declaration import FlowDeclaration
 
 
 def list_flows() -> int:
-    """One line per declared flow: its name, what it reads, what it writes."""
-    from flows.declared import DECLARATIONS
+    """One line per declared flow: its name (marked when TDC_FLOWS runs it), what it reads, what
+    it writes."""
+    import os
 
-    rows = [(flow.name, ", ".join([s.name for s in flow.sources] + [b.name for b in flow.business]
-                                  + [f"{d.table} (dimension {d.name})" for d in flow.dimensions]),
+    from flows.declared import DECLARATIONS
+    from settings import SettingsError, flow_names
+
+    try:
+        running = set(flow_names(os.environ))
+    except SettingsError:
+        running = set()
+    rows = [(flow.name + (" *" if flow.name in running else ""),
+             ", ".join([s.name for s in flow.sources] + [b.name for b in flow.business]
+                       + [f"{d.table} (dimension {d.name})" for d in flow.dimensions]),
              ", ".join([w.name for w in flow.wide] + [a.name for a in flow.aggregates])) for flow in DECLARATIONS]
     width = max(len(name) for name, _, _ in rows)
     print(f"{'flow':<{width}}  sources -> outputs")
     for name, sources, outputs in rows:
         print(f"{name:<{width}}  {sources}\n{'':<{width}}    -> {outputs}")
+    named = ",".join(flow.name for flow in DECLARATIONS if flow.name in running) or "?"
+    print(f"* run here (TDC_FLOWS={named}); every declared flow's tables exist")
     return 0
 
 

@@ -390,9 +390,9 @@ def test_pos_raises_operations_by_status_and_refunds() -> None:
 
 # --- tdc flow ----------------------------------------------------------------------------------
 
-def _tdc(*args: str) -> subprocess.CompletedProcess[str]:
+def _tdc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cli.main", "flow", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, env=env)
 
 
 def test_flow_list_names_every_flow_with_its_sources_and_outputs() -> None:
@@ -402,6 +402,16 @@ def test_flow_list_names_every_flow_with_its_sources_and_outputs() -> None:
         assert f"\n{flow.name} " in "\n" + listed.stdout
     assert "t_order_refund_info" in listed.stdout and "ads_pos_order_item_sales" in listed.stdout
     assert "dim_store_shop (dimension store)" in listed.stdout
+
+
+def test_flow_list_marks_the_flows_run_here() -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TDC_FLOWS"} | {"TDC_FLOWS": "gqsh,sal_order"}
+    listed = _tdc("list", env=env).stdout
+    marked = {line.split()[0] for line in listed.splitlines() if line.split()[1:2] == ["*"]}
+    assert marked == {"gqsh", "sal_order"}
+    assert listed.splitlines()[-1].startswith("* run here (TDC_FLOWS=gqsh,sal_order)")
 
 
 def test_flow_show_draws_the_state_machine() -> None:

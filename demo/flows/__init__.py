@@ -83,6 +83,43 @@ def scaled(value: Decimal, places: int) -> Decimal:
     return value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
 
 
+#: Kingdee keeps amounts and prices to ten places.
+KINGDEE_PLACES = 10
+
+
+def kingdee_priced(finance: dict[str, Any], quantity: Decimal) -> None:
+    """A Kingdee finance entry's amounts from its price with tax and its tax rate, each to ten
+    places, as Kingdee computes them."""
+    rate = 1 + finance["FTAXRATE"] / 100
+    finance["FPRICE"] = scaled(finance["FTAXPRICE"] / rate, KINGDEE_PLACES)
+    finance["FALLAMOUNT"] = scaled(finance["FTAXPRICE"] * quantity, KINGDEE_PLACES)
+    finance["FAMOUNT"] = scaled(finance["FALLAMOUNT"] / rate, KINGDEE_PLACES)
+    finance["FTAXAMOUNT"] = finance["FALLAMOUNT"] - finance["FAMOUNT"]
+
+
+class Life:
+    """One entity's life as a generator plays it out: its random source, its clock, the run's id
+    counters, its time zone, and the source changes it records."""
+
+    def __init__(self, rng: random.Random, now: dt.datetime, ids: dict[str, int], zone: ZoneInfo):
+        self.rng = rng
+        self.now = now
+        self.ids = ids
+        self.zone = zone
+        self.changes: list[SourceChange] = []
+
+    def _tick(self, low: int, high: int) -> dt.datetime:
+        """Move the clock on by ``low`` to ``high`` whole seconds."""
+        self.now += dt.timedelta(seconds=self.rng.randint(low, high))
+        return self.now
+
+    def _update(self, table: str, row: dict[str, Any], **values: Any) -> None:
+        """Record an update of ``row`` (changed in place) at the current time."""
+        before = dict(row)
+        row.update(values)
+        self.changes.append(SourceChange(table, "update", dict(row), self.now, before))
+
+
 def business_day(moment: dt.datetime | None, zone: ZoneInfo) -> dt.date | None:
     """The day, in ``zone``, of a time stored as naive UTC."""
     return None if moment is None else moment.replace(tzinfo=UTC).astimezone(zone).date()

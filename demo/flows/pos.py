@@ -25,6 +25,7 @@ from demo.flows import (
     UTC,
     Cells,
     FlowHistory,
+    Life,
     add_cell,
     assemble,
     business_day,
@@ -64,18 +65,14 @@ _SKU = {sku[0]: sku for sku in SKUS + WEIGHED_SKUS}
 _STORE = {store[0]: store for store in STORES}
 
 
-class _Sale:
+class _Sale(Life):
     """Plays out one sale's life at the till, recording its source changes and final rows."""
 
     def __init__(self, rng: random.Random, order_no: str, opened: dt.datetime, ids: dict[str, int],
                  prices: dict[str, Decimal], zone: ZoneInfo):
-        self.rng = rng
-        self.zone = zone
+        super().__init__(rng, opened, ids, zone)
         self.order_no = order_no
-        self.now = opened
-        self.ids = ids
         self.prices = prices
-        self.changes: list[SourceChange] = []
         self.header: dict[str, Any] = {}
         self.items: list[dict[str, Any]] = []
         self.refunds: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
@@ -85,6 +82,7 @@ class _Sale:
         self.taken: dict[int, tuple[Decimal, Decimal]] = {}
 
     def _tick(self, low: int, high: int) -> dt.datetime:
+        """Tills keep milliseconds."""
         self.now += dt.timedelta(seconds=self.rng.randint(low, high), milliseconds=self.rng.randint(0, 999))
         return self.now
 
@@ -93,11 +91,10 @@ class _Sale:
         return self.ids[name]
 
     def _update(self, table: str, row: dict[str, Any], **values: Any) -> None:
-        before = dict(row)
-        row.update(values)
+        """An update stamps the row's update_time, when it has one."""
         if "update_time" in row:
-            row["update_time"] = self.now
-        self.changes.append(SourceChange(table, "update", dict(row), self.now, before))
+            values = {**values, "update_time": self.now}
+        super()._update(table, row, **values)
 
     def _priced(self, line: dict[str, Any]) -> None:
         line["amount"] = scaled(line["sale_price"] * line["quantity"], _MONEY)

@@ -31,14 +31,17 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from demo.flows import (
+    KINGDEE_PLACES,
     UTC,
     Cells,
     FlowHistory,
+    Life,
     add_cell,
     assemble,
     business_day,
     cycle,
     id_start,
+    kingdee_priced,
     scaled,
     source_database,
 )
@@ -68,7 +71,7 @@ RETURN_TYPE = "B"
 ORG = 100_001
 #: Kingdee's stock status "available".
 AVAILABLE = 10_000
-_PLACES, _RATE_PLACES = 10, 6
+_PLACES, _RATE_PLACES = KINGDEE_PLACES, 6
 #: The most entries a return has: as many materials as a supplier supplies.
 _MOST_ENTRIES = max(len(s[3]) for s in SUPPLIERS)
 _MATERIAL = {m[0]: m for m in MATERIALS}
@@ -89,32 +92,19 @@ def _amount(value: Decimal) -> Decimal:
     return scaled(value, _PLACES)
 
 
-class _Return:
+class _Return(Life):
     """Plays out one purchase return's life in Kingdee, recording its source changes and final rows."""
 
     def __init__(self, rng: random.Random, fid: int, saved: dt.datetime, ids: dict[str, int],
                  prices: dict[int, Decimal], zone: ZoneInfo):
-        self.rng = rng
+        super().__init__(rng, saved, ids, zone)
         self.fid = fid
-        self.now = saved
-        self.ids = ids
         self.prices = prices
-        self.zone = zone
-        self.changes: list[SourceChange] = []
         self.header: dict[str, Any] = {}
         #: Each live entry's row and its finance row, in FSEQ order.
         self.entries: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.statuses = [SAVED_STATUS]
         self.stock = 0
-
-    def _tick(self, low: int, high: int) -> dt.datetime:
-        self.now += dt.timedelta(seconds=self.rng.randint(low, high))
-        return self.now
-
-    def _update(self, table: str, row: dict[str, Any], **values: Any) -> None:
-        before = dict(row)
-        row.update(values)
-        self.changes.append(SourceChange(table, "update", dict(row), self.now, before))
 
     def _quantity(self, material: int) -> Decimal:
         if _MATERIAL[material][5] == WEIGHED_UNIT:
@@ -127,15 +117,6 @@ class _Return:
         replenish = self.header["FMRMODE"] == REPLENISH
         return {"FRMREALQTY": quantity, "FREPLENISHQTY": quantity if replenish else zero,
                 "FKEAPAMTQTY": zero if replenish else quantity, "FBASEUNITQTY": quantity}
-
-    @staticmethod
-    def _priced(finance: dict[str, Any], quantity: Decimal) -> None:
-        """Kingdee's amounts from the price with tax and the rate, each to ten places."""
-        rate = 1 + finance["FTAXRATE"] / 100
-        finance["FPRICE"] = _amount(finance["FTAXPRICE"] / rate)
-        finance["FALLAMOUNT"] = _amount(finance["FTAXPRICE"] * quantity)
-        finance["FAMOUNT"] = _amount(finance["FALLAMOUNT"] / rate)
-        finance["FTAXAMOUNT"] = finance["FALLAMOUNT"] - finance["FAMOUNT"]
 
     def _entry(self, seq: int, material: int) -> tuple[dict[str, Any], dict[str, Any]]:
         self.ids["entry"] += 1
@@ -157,7 +138,7 @@ class _Return:
             "FTAXPRICE": _amount(self.prices[material]),
             "FTAXRATE": scaled(Decimal(9 if material in _FROZEN else 13), _RATE_PLACES),
             "FAMOUNT": None, "FTAXAMOUNT": None, "FALLAMOUNT": None}
-        self._priced(finance, entry["FRMREALQTY"])
+        kingdee_priced(finance, entry["FRMREALQTY"])
         return entry, finance
 
     def save(self, supplier: tuple[int, str, str, tuple[int, ...]], stock: int) -> None:
@@ -187,7 +168,7 @@ class _Return:
             quantity = self._quantity(entry["FMATERIALID"])
         self._update(ENTRY, entry, **self._quantities(quantity))
         updated = dict(finance)
-        self._priced(updated, quantity)
+        kingdee_priced(updated, quantity)
         self._update(ENTRY_F, finance, **updated)
 
     def _add(self) -> bool:

@@ -22,14 +22,17 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from demo.flows import (
+    KINGDEE_PLACES,
     UTC,
     Cells,
     FlowHistory,
+    Life,
     add_cell,
     assemble,
     business_day,
     cycle,
     id_start,
+    kingdee_priced,
     scaled,
     source_database,
 )
@@ -43,7 +46,7 @@ CREATED, UNDER_REVIEW, NORMAL = "A", "B", "A"
 SALES = "ads_jd_order_sales"
 #: Kingdee's standard sales order bill type (XSDD01_SYS).
 BILL_TYPE = "eacb50844fc84a10b03d7b841f3a6278"
-_PLACES, _RATE_PLACES = 10, 6
+_PLACES, _RATE_PLACES = KINGDEE_PLACES, 6
 _MOST_ENTRIES = 6
 _MATERIAL = {m[0]: m for m in MATERIALS}
 _STOCK = {s[0]: s for s in STOCKS}
@@ -62,45 +65,23 @@ def _amount(value: Decimal) -> Decimal:
     return scaled(value, _PLACES)
 
 
-class _SalesOrder:
+class _SalesOrder(Life):
     """Plays out one sales order's life in Kingdee, recording its source changes and final rows."""
 
     def __init__(self, rng: random.Random, fid: int, saved: dt.datetime, ids: dict[str, int],
                  prices: dict[int, Decimal], zone: ZoneInfo):
-        self.rng = rng
+        super().__init__(rng, saved, ids, zone)
         self.fid = fid
-        self.now = saved
-        self.ids = ids
         self.prices = prices
-        self.zone = zone
-        self.changes: list[SourceChange] = []
         self.header: dict[str, Any] = {}
         #: Each entry's row and its finance row.
         self.entries: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.statuses = [SAVE_STATUS]
 
-    def _tick(self, low: int, high: int) -> dt.datetime:
-        self.now += dt.timedelta(seconds=self.rng.randint(low, high))
-        return self.now
-
-    def _update(self, table: str, row: dict[str, Any], **values: Any) -> None:
-        before = dict(row)
-        row.update(values)
-        self.changes.append(SourceChange(table, "update", dict(row), self.now, before))
-
     def _quantity(self, material: int) -> Decimal:
         if _MATERIAL[material][5] == WEIGHED_UNIT:
             return _amount(Decimal(self.rng.randint(5_000, 80_000)).scaleb(-3))
         return _amount(Decimal(self.rng.randint(1, 40)))
-
-    @staticmethod
-    def _priced(finance: dict[str, Any], quantity: Decimal) -> None:
-        """Kingdee's amounts from the price with tax and the rate, each to ten places."""
-        rate = 1 + finance["FTAXRATE"] / 100
-        finance["FPRICE"] = _amount(finance["FTAXPRICE"] / rate)
-        finance["FALLAMOUNT"] = _amount(finance["FTAXPRICE"] * quantity)
-        finance["FAMOUNT"] = _amount(finance["FALLAMOUNT"] / rate)
-        finance["FTAXAMOUNT"] = finance["FALLAMOUNT"] - finance["FAMOUNT"]
 
     def save(self, customer: tuple[int, str, str, str, str], stock: int) -> None:
         """The order saved (A): header, entries and finance entries in one transaction."""
@@ -125,7 +106,7 @@ class _SalesOrder:
                        "FTAXPRICE": _amount(self.prices[material]),
                        "FTAXRATE": scaled(Decimal(9 if material in _FROZEN else 13), _RATE_PLACES), "FAMOUNT": None,
                        "FTAXAMOUNT": None, "FALLAMOUNT": None, "FDISCOUNT": _amount(Decimal(0))}
-            self._priced(finance, entry["FQTY"])
+            kingdee_priced(finance, entry["FQTY"])
             self.entries.append((entry, finance))
         self.changes.append(SourceChange(ORDER, "insert", dict(self.header), saved))
         for entry, finance in self.entries:
@@ -141,7 +122,7 @@ class _SalesOrder:
             quantity = self._quantity(entry["FMATERIALID"])
         self._update(ENTRY, entry, FQTY=quantity)
         updated = dict(finance)
-        self._priced(updated, entry["FQTY"])
+        kingdee_priced(updated, entry["FQTY"])
         self._update(ENTRY_F, finance, **updated)
         self._update(ORDER, self.header, FMODIFYDATE=self.now)
 

@@ -38,9 +38,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from demo.flows import (
+    KINGDEE_PLACES,
     UTC,
     Cells,
     FlowHistory,
+    Life,
     add_cell,
     assemble,
     business_day,
@@ -66,7 +68,7 @@ BALANCE_ADS = "ads_jd_stock_balance"
 ORG = 100_001
 #: Kingdee's stock status "available".
 AVAILABLE = 10_000
-_PLACES = 10
+_PLACES = KINGDEE_PLACES
 _GRAM, _LEAST_KG = Decimal("0.001"), Decimal("0.1")
 _MATERIAL = {m[0]: m for m in MATERIALS}
 _STOCK = {s[0]: s for s in STOCKS}
@@ -94,26 +96,18 @@ def _qty(value: Decimal) -> Decimal:
     return scaled(value, _PLACES)
 
 
-class _Balance:
+class _Balance(Life):
     """Plays out one inventory row's life in Kingdee, recording its source changes and final row."""
 
     def __init__(self, rng: random.Random, fid: str, opened: dt.datetime, ids: dict[str, int], zone: ZoneInfo):
-        self.rng = rng
+        super().__init__(rng, opened, ids, zone)
         self.fid = fid
-        self.now = opened
-        self.ids = ids
-        self.zone = zone
-        self.changes: list[SourceChange] = []
         self.row: dict[str, Any] = {}
         self.statuses = [LIVE]
 
     @property
     def cleared(self) -> bool:
         return CLEARED in self.statuses
-
-    def _tick(self, low: int, high: int) -> dt.datetime:
-        self.now += dt.timedelta(seconds=self.rng.randint(low, high))
-        return self.now
 
     def _weighed(self) -> bool:
         return _MATERIAL[self.row["FMATERIALID"]][5] == WEIGHED_UNIT

@@ -81,11 +81,9 @@ _DEFAULT = layout_of(DEFAULT_SCHEMA.flow)
 #: The online order flow's tables and columns, for the readers written for it alone.
 ORDER_TABLE: Table = DEFAULT_SCHEMA.root
 ITEM_TABLE: Table = cast(Table, DEFAULT_SCHEMA.child)
-ORDER_COLUMNS = list(_DEFAULT.root_columns)
-ITEM_COLUMNS = list(_DEFAULT.child_columns)
 SOURCE_ORDER_COLUMNS: Columns = _DEFAULT.source_root
 SOURCE_ITEM_COLUMNS: Columns = _DEFAULT.source_child
-DIMENSION_COLUMNS = frozenset(name for name in ORDER_COLUMNS + ITEM_COLUMNS
+DIMENSION_COLUMNS = frozenset(name for name in _DEFAULT.root_columns + _DEFAULT.child_columns
                               if name not in {n for n, _ in [*SOURCE_ORDER_COLUMNS, *SOURCE_ITEM_COLUMNS]}
                               and name not in _DEFAULT.bookkeeping)
 

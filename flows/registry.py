@@ -117,10 +117,3 @@ def runs_operation(entity_id: str, operation: str) -> bool:
     except KeyError:
         return False
 
-
-def operations_run() -> frozenset[str]:
-    """Every operation name of the declared flows: what a chain key may carry."""
-    return _OPERATIONS
-
-
-_OPERATIONS = frozenset(name for machine in _MACHINES.values() for name in machine.order)

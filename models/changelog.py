@@ -131,7 +131,6 @@ def _image_columns(table: Table | None) -> tuple[ImageColumn, ...]:
 IMAGES: dict[str, tuple[tuple[ImageColumn, ...], tuple[ImageColumn, ...], str | None]] = {
     name: (_image_columns(schema.root), _image_columns(schema.child), schema.child_key)
     for name, schema in SCHEMAS.items()}
-IMAGE_ORDER_COLUMNS, IMAGE_ITEM_COLUMNS, _ = IMAGES[DEFAULT_SCHEMA.flow.name]
 
 
 class WideChange(Protocol):

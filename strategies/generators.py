@@ -73,13 +73,8 @@ def reader(kind: ColumnType) -> Callable[[Any], Any]:
     return lambda value: value if value is None or isinstance(value, str) else str(value)
 
 
-def wide_value(kind: ColumnType, value: Any) -> Any:
-    """``reader(kind)(value)``."""
-    return reader(kind)(value)
-
-
 def _zero(kind: ColumnType) -> Any:
-    return wide_value(kind, 0) if kind.kind in ("decimal", "int") else None
+    return reader(kind)(0) if kind.kind in ("decimal", "int") else None
 
 
 #: One column a merge writes: its name, where it comes from, how a source value becomes its value.

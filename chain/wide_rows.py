@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from flows.declaration import Bookkeeping, FlowDeclaration, Looked
 from flows.registry import flow_of
 from models.changelog import record_changes
-from models.digests import Columns, kind_of, row_digest
+from models.digests import Columns, digest_kind, row_digest
 from models.orders import DimensionUse, IndexOutbox
 from models.storage import Storage
 from models.wide import DEFAULT_SCHEMA, SCHEMAS, WideSchema, schema_of
@@ -58,8 +58,8 @@ class Layout:
             schema=schema,
             root_columns=tuple(c.name for c in root.columns),
             child_columns=tuple(c.name for c in child.columns) if child is not None else (),
-            source_root=[(c.name, kind_of(c)) for c in root.columns if c.name not in bookkeeping | looked],
-            source_child=[(c.name, kind_of(c)) for c in child.columns if c.name not in looked]
+            source_root=[(c.name, digest_kind(c)) for c in root.columns if c.name not in bookkeeping | looked],
+            source_child=[(c.name, digest_kind(c)) for c in child.columns if c.name not in looked]
             if child is not None else [],
             bookkeeping=bookkeeping,
             update=update(root).where((root.c[schema.entity] == bindparam("key_entity"))
@@ -126,7 +126,7 @@ def _by_flow(order_ids: Iterable[str]) -> dict[str, tuple[FlowDeclaration, list[
     return groups
 
 
-def _entity_values(layout: Layout, order_ids: list[str]) -> list[Any]:
+def entity_values(layout: Layout, order_ids: list[str]) -> list[Any]:
     """Entity ids (text in task keys, with the flow's prefix) as the root's key column holds them."""
     cut = len(layout.schema.flow.entity_prefix)
     kind = layout.schema.root.c[layout.schema.entity].type
@@ -152,7 +152,7 @@ def read_wide(connection: Connection, order_ids: list[str]) -> tuple[dict[str, d
         layout = layout_of(flow)
         schema = layout.schema
         for start in range(0, len(ids), READ_CHUNK):
-            chunk = _entity_values(layout, ids[start : start + READ_CHUNK])
+            chunk = entity_values(layout, ids[start : start + READ_CHUNK])
             for row in connection.execute(select(schema.root).where(schema.root.c[schema.entity].in_(chunk))):
                 orders[entity_id(flow, row._mapping[schema.entity])] = dict(row._mapping)
             if schema.child is None:
@@ -208,7 +208,7 @@ def merge_operations(current: dict[str, Any] | None, current_items: dict[Any, di
     shape, layout = shape_of(flow), layout_of(flow)
     entity = layout.schema.entity
     order = dict(current) if current else shape.new_row(shape.root) | {
-        entity: _entity_values(layout, [facts.order_id])[0]}
+        entity: entity_values(layout, [facts.order_id])[0]}
     items = copy.deepcopy(current_items)
     merge = Merge(order, items, current, changed=False, current_items=current_items, flow=flow,
                   order_id=facts.order_id)
@@ -262,7 +262,7 @@ def write_merges(connection: Connection, merges: list[Merge], *, changelog: bool
             continue
         entity = cast(str, layout.schema.child_entity)
         connection.execute(delete(child).where(child.c[entity].in_(
-            _entity_values(layout, [m.order_id for m in group]))))
+            entity_values(layout, [m.order_id for m in group]))))
         lines = [_item_values(layout, item) for merge in group for item in merge.items.values()]
         if lines:
             connection.execute(insert(child), lines)

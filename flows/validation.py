@@ -341,10 +341,10 @@ class _Checker:
                                                               f"records: {column.origin.kind!r}")
         if is_root:
             kept = {c.origin.kind for c in wide.columns if isinstance(c.origin, Bookkeeping)}
-            for kind in ("version", "updated_at"):
+            for kind, why in (("version", "the optimistic lock"), ("updated_at", "the change time"),
+                              ("source_digest", "what reconciliation proves a day's rows by")):
                 if kind not in kept:
-                    self.error(where, f"the root wide table needs Column({kind!r}, ..., Bookkeeping({kind!r})): "
-                                      "the optimistic lock and the change time")
+                    self.error(where, f"the root wide table needs Column({kind!r}, ..., Bookkeeping({kind!r})): {why}")
 
     def origin(self, where: str, wide: WideTable, origin: object, looked_up: set[str]) -> None:
         if isinstance(origin, Copy):

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Date, DateTime, Integer, Numeric, Text, cast, func, literal
+from sqlalchemy import BigInteger, Column, Date, DateTime, Integer, Numeric, Text, case, cast, func, literal
 from sqlalchemy.sql.elements import ColumnElement
 
 NULL = "\\N"
@@ -45,10 +45,30 @@ def kind_of(column: Column[Any]) -> str:
     return "text"
 
 
+#: The digest kind of a decimal column kept to more places than cents: ``decimal:10``.
+DECIMAL = "decimal:"
+
+
+def digest_kind(column: Column[Any]) -> str:
+    """The kind a column is digested and compared as: ``kind_of``, except that a decimal with
+    more than two places (Kingdee's decimal(23,10) quantities) keeps every place (``decimal:10``),
+    so a change in the fifth place is a difference, not rounded away with the cents."""
+    kind = kind_of(column)
+    scale = getattr(column.type, "scale", None)
+    return f"{DECIMAL}{scale}" if kind == "money" and scale is not None and scale > 2 else kind
+
+
+def _places(kind: str) -> int:
+    return int(kind[len(DECIMAL):])
+
+
 def canonical(kind: str, value: Any) -> str:
     """How ``value`` of a column of ``kind`` is written into the digested text."""
     if value is None:
         return NULL
+    if kind.startswith(DECIMAL):
+        number = Decimal(str(value)).quantize(Decimal(1).scaleb(-_places(kind)), rounding=ROUND_HALF_UP)
+        return f"{abs(number) if number == 0 else number:f}"  # as the databases print it: no -0
     if kind == "money":
         return str(int((Decimal(str(value)) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP)))
     if kind == "int":
@@ -90,6 +110,11 @@ def _sql_part(dialect: str, kind: str, column: ColumnElement[Any]) -> ColumnElem
     text: ColumnElement[Any]
     if kind == "money":
         text = cast(cast(func.round(column * 100), BigInteger), Text)
+    elif kind.startswith(DECIMAL):
+        # MariaDB and PostgreSQL print a DECIMAL(p, s) with its s places; SQLite keeps a float
+        # (and prints NULL as zero).
+        text = (case((column.is_(None), None), else_=func.printf(literal(f"%.{_places(kind)}f"), column))
+                if dialect == "sqlite" else cast(column, Text))
     elif kind == "time":
         if dialect in ("mysql", "mariadb"):
             text = func.left(func.date_format(column, literal("%Y-%m-%d %H:%i:%s.%f")), 23)

@@ -3,7 +3,7 @@
 - An order whose wide rows differ from its records goes round the chain again, as a correction
   sends it: its operations get a new task version and are due now, so ordering, leases, fencing
   and the ADS retraction all apply.  Its rows are never patched in place.
-- An order whose wide row is gone has the ADS ledger's version of it set back to 0 first: the
+- An entity whose root wide row is gone has its flow's ADS ledger's version of it set back to 0 first: the
   rebuilt row starts again at version 1, and the ledger must take back what the order counted
   before, not skip the new row as older.
 - An ADS day that still differs once the wide rows are right is rebuilt from the wide rows
@@ -21,12 +21,12 @@ from typing import Any
 from sqlalchemy import update
 
 from chain.task_state import tasks_of
+from flows.registry import flow_of
 from intake.receiver import TaskKey, bump_tasks, utcnow
 from models.sharded import TaskStatus
 from models.storage import Storage
-from models.warehouse import DEFAULT_LEDGER
+from models.warehouse import LEDGERS
 
-LEDGER = DEFAULT_LEDGER
 #: Seconds between looks at the task rows of orders sent round again.
 POLL_SECONDS = 1.0
 
@@ -36,10 +36,14 @@ def rerun_orders(storage: Storage, operations: Mapping[str, list[str]], rows_gon
     """Give each order's ``operations`` a new task version, due now (one transaction per shard
     database, task rows in lock order); the task version each operation must reach DONE at."""
     now = now or utcnow()
-    gone = sorted(set(rows_gone) & set(operations))
-    if gone:
+    gone: dict[str, list[str]] = defaultdict(list)
+    for order_id in sorted(set(rows_gone) & set(operations)):
+        gone[flow_of(order_id).name].append(order_id)
+    ledgers = [(LEDGERS[name], ids) for name, ids in sorted(gone.items()) if name in LEDGERS]
+    if ledgers:
         with storage.dws_engine.begin() as connection:
-            connection.execute(update(LEDGER).where(LEDGER.c.order_id.in_(gone)).values(wide_version=0))
+            for ledger, ids in ledgers:
+                connection.execute(update(ledger).where(ledger.c.order_id.in_(ids)).values(wide_version=0))
     versions: dict[str, dict[str, int]] = {}
     for database, shards in sorted(storage.orders_by_database(operations).items()):
         keys = sorted((shards[o], o, op) for o in shards for op in operations[o])

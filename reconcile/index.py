@@ -15,9 +15,10 @@ import time
 from sqlalchemy import select
 
 from chain.wide_rows import ORDER_TABLE
+from flows.registry import BY_NAME
 from models.storage import Storage
 from reconcile.diffs import Diff, LayerResult
-from reconcile.wide import settled_where
+from reconcile.settled import settled_of
 from search.elastic import OrderIndex
 
 LAYER = "index"
@@ -29,8 +30,9 @@ def configured_index(storage: Storage) -> OrderIndex | None:
 
 def settled_versions(storage: Storage, first: dt.date, last: dt.date) -> dict[str, tuple[int, dt.date]]:
     """Each settled order of the days: its wide row's version and day."""
-    order = ORDER_TABLE
-    query = select(order.c.order_id, order.c.version, order.c.biz_date).where(settled_where(first, last))
+    order, settled = ORDER_TABLE, settled_of(BY_NAME["gqsh"])
+    assert settled is not None
+    query = select(order.c.order_id, order.c.version, order.c.biz_date).where(settled.settled_where(first, last))
 
     def one(database: int) -> list[tuple[str, int, dt.date]]:
         with storage.read_engine(database).connect() as connection:

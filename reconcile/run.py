@@ -20,8 +20,6 @@ import redis
 from sqlalchemy import Table, insert, select, update
 
 from cdc.snapshot import take_snapshot
-from flows.declared.gqsh import GQSH
-from flows.registry import routing
 from intake.receiver import TaskKey, utcnow
 from models.reconcile import ReconcileAction, ReconcileDiff, ReconcileRun
 from models.redis_store import get_redis
@@ -34,8 +32,6 @@ from search.elastic import UNAVAILABLE
 from search.outbox import enqueue, send
 from warehouse.aggregates import rebuild_day
 
-#: The source layer reads the online order flow's source tables (it is written for it alone).
-GQSH_SOURCE = routing(GQSH)
 RUNS = cast(Table, ReconcileRun.__table__)
 DIFFS = cast(Table, ReconcileDiff.__table__)
 ACTIONS = cast(Table, ReconcileAction.__table__)
@@ -147,7 +143,7 @@ def _compare_layer(storage: Storage, layer: str, first: dt.date, last: dt.date, 
     if layer == wide.LAYER:
         return wide.compare_wide(storage, first, last, progress, deep)
     if layer == source.LAYER:
-        return source.compare_source(storage, GQSH_SOURCE, first, last, progress), {}
+        return source.compare_source(storage, first, last, progress), {}
     if layer == index.LAYER:
         configured = index.configured_index(storage)
         if configured is None:
@@ -227,8 +223,19 @@ def _fix_source(storage: Storage, client: redis.Redis | None, outcome: Outcome, 
     def collect(keys: Iterable[TaskKey]) -> int:
         taken.update(keys)
         return 0
-    report = take_snapshot(storage, client or get_redis(), GQSH_SOURCE, source.configured_source(storage),
-                           RECONCILE_POSITION, collect, orders=orders, hand_over=False)
+    configured = source.configured_source(storage)
+    reports = []
+    connection = configured.connect()
+    try:
+        flows = [(prefix, flow, source.held_tables(connection, configured.database, flow))
+                 for prefix, flow in source.compared_flows(storage, configured)]
+    finally:
+        connection.close()
+    for prefix, flow, tables in flows:
+        keys = source.source_keys(prefix, orders)
+        if keys and tables:
+            reports.append(take_snapshot(storage, client or get_redis(), flow, configured, RECONCILE_POSITION,
+                                         collect, tables=tables, orders=keys, hand_over=False))
     submit(sorted(taken))
     versions = task_versions(storage, taken)
     results_by_order = wait_for(storage, versions, wait_seconds, progress)
@@ -239,7 +246,8 @@ def _fix_source(storage: Storage, client: redis.Redis | None, outcome: Outcome, 
                   else "source rows taken in again: nothing newer than what is stored")
         outcome.actions.append(Action(source.LAYER, "reingest", order_id, days.get(order_id), detail,
                                       results_by_order.get(order_id, "done")))
-    progress(f"fix: {report.intake.summary()}")
+    for report in reports:
+        progress(f"fix: {report.intake.summary()}")
     return set(orders)
 
 
@@ -258,7 +266,7 @@ def _fix_wide(storage: Storage, outcome: Outcome, results: dict[str, LayerResult
                                       "skipped"))
     if operations:
         gone = {o for o, found in by_order.items()
-                if any(d.target == "dwd_order" and d.column == "*" and d.found is None for d in found)}
+                if any(d.target == wide.root_table(o) and d.column == "*" and d.found is None for d in found)}
         progress(f"fix: sending {len(operations)} orders round the chain again")
         versions = rerun_orders(storage, operations, gone)
         submit(chain_keys(versions))

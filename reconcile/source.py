@@ -1,10 +1,12 @@
-"""Order center ↔ accepted records: the source database's current rows against what tdc stored.
+"""Source database ↔ accepted records: the source database's current rows against what tdc stored.
 
-Only with a source database (``TDC_CDC_SOURCE_URL``).  A day's orders are those tdc has on the
-day (wide rows, the ADS ledger) and those the source settled in it (by the header table's
-``settled_at`` column, an hour either side).  Their rows in every order table of the flows are
-read in one consistent transaction, made into records exactly as intake makes them from a
-snapshot, and compared with the stored records of the same operation, source and key:
+Only with a source database (``TDC_CDC_SOURCE_URL``); it compares the flows tdc runs that follow
+that database (``TDC_SOURCE_DATABASES``, or each flow's own).  A day's entities are those tdc has
+on the day (wide rows, the ADS ledgers) and those the source settled in it (by a header table's
+``settled_at`` column, an hour either side).  Their rows in every entity table of those flows
+that the database holds are read in one consistent transaction, made into records exactly as
+intake makes them from a snapshot, and compared with the stored records of the same operation,
+source and key:
 
 - a source row with no live stored record: a change tdc never received (``*``, found missing);
 - a stored record whose source row is gone: a delete tdc never received (``*``, expected missing);
@@ -30,6 +32,7 @@ from pymysql.constants import FIELD_TYPE
 from cdc.source import Source, row_line, source_of
 from chain.task_state import facts_of
 from flows import Flow, route
+from flows.registry import BY_NAME, flow_of, routing
 from inputs.events import BadInput
 from inputs.formats import parse_line
 from intake.receiver import route_of
@@ -62,8 +65,25 @@ def configured_source(storage: Storage) -> Source:
     return source_of(url)
 
 
-def _order_tables(flow: Flow) -> list[str]:
-    return [name for name, table in flow.tables.items() if table.order_key is not None]
+def compared_flows(storage: Storage, source: Source) -> list[tuple[str, Flow]]:
+    """Each flow tdc runs that follows the source's database: its entity prefix and what intake
+    routes it by."""
+    route = route_of(storage)
+    flows = ((BY_NAME[name].entity_prefix, routing(BY_NAME[name])) for name in storage.settings.flows)
+    return [(prefix, flow) for prefix, flow in flows if route.follows(flow, source.database)]
+
+
+def held_tables(connection: pymysql.connections.Connection, database: str, flow: Flow) -> list[str]:
+    """The flow's entity tables (those with an entity key) that the source database holds."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (database,))
+        present = {str(row[0]) for row in cursor.fetchall()}
+    return [name for name, table in flow.tables.items() if table.order_key is not None and name in present]
+
+
+def source_keys(prefix: str, orders: Iterable[str]) -> list[str]:
+    """The source key values of the entities of ``orders`` of the flow whose ids start ``prefix``."""
+    return [order_id[len(prefix):] for order_id in orders if flow_of(order_id).entity_prefix == prefix]
 
 
 def _day_bounds(storage: Storage, first: dt.date, last: dt.date, utc: bool) -> tuple[dt.datetime, dt.datetime]:
@@ -76,10 +96,11 @@ def _day_bounds(storage: Storage, first: dt.date, last: dt.date, utc: bool) -> t
 
 
 def settled_at_source(storage: Storage, flow: Flow, connection: pymysql.connections.Connection, database: str,
-                      first: dt.date, last: dt.date) -> set[str]:
-    """Orders whose header the source says was settled on (about) the days."""
+                      first: dt.date, last: dt.date, tables: list[str]) -> set[str]:
+    """Entities whose header the source says was settled on (about) the days."""
     found: set[str] = set()
-    for name, table in flow.tables.items():
+    for name in tables:
+        table = flow.tables[name]
         if table.settled_at is None or table.order_key is None:
             continue
         low, high = _day_bounds(storage, first, last, utc=table.types[table.settled_at].name == "timestamp")
@@ -87,22 +108,25 @@ def settled_at_source(storage: Storage, flow: Flow, connection: pymysql.connecti
             # Declared names only; the bounds are bound parameters.
             cursor.execute(f"SELECT `{table.order_key}` FROM `{database}`.`{name}` "
                            f"WHERE `{table.settled_at}` >= %s AND `{table.settled_at}` < %s", (low, high))
-            found.update(str(row[0]) for row in cursor.fetchall())
+            found.update(table.entity_prefix + str(row[0]) for row in cursor.fetchall())
     return found
 
 
 def source_records(storage: Storage, flow: Flow, connection: pymysql.connections.Connection, database: str,
-                   orders: list[str]) -> tuple[dict[Key, dict[str, Any]], set[tuple[str, str, str]], list[Diff]]:
-    """The records intake would make of the orders' current source rows: by key, the (order,
-    source, unique key) of every row, and a difference for each row intake would refuse."""
+                   orders: list[str], tables: list[str]) -> tuple[dict[Key, dict[str, Any]], set[tuple[str, str, str]],
+                                                            list[Diff]]:
+    """The records intake would make of the entities' current source rows in ``tables``: by key,
+    the (entity, source, unique key) of every row, and a difference for each row intake would
+    refuse."""
     records: dict[Key, dict[str, Any]] = {}
     present: set[tuple[str, str, str]] = set()
     refused: list[Diff] = []
     route_ = route_of(storage)
-    for name in _order_tables(flow):
-        order_key = flow.tables[name].order_key
-        for start in range(0, len(orders), CHUNK):
-            chunk = orders[start:start + CHUNK]
+    for name in tables:
+        table = flow.tables[name]
+        order_key, keys = table.order_key, source_keys(table.entity_prefix, orders)
+        for start in range(0, len(keys), CHUNK):
+            chunk = keys[start:start + CHUNK]
             with connection.cursor(pymysql.cursors.DictCursor) as cursor:
                 cursor.execute(f"SELECT * FROM `{database}`.`{name}` WHERE `{order_key}` IN "
                                f"({', '.join(['%s'] * len(chunk))})", tuple(chunk))
@@ -113,7 +137,8 @@ def source_records(storage: Storage, flow: Flow, connection: pymysql.connections
                 try:
                     routed = [route(flow, item, "debezium", route_) for item in parse_line("debezium", line)]
                 except BadInput as error:
-                    refused.append(Diff(LAYER, None, str(row.get(order_key)), f"{name} row", "*", "row", None,
+                    refused.append(Diff(LAYER, None, table.entity_prefix + str(row.get(order_key)), f"{name} row", "*",
+                                        "row", None,
                                        note=f"intake would refuse it: {error.reason}"))
                     continue
                 for part in routed:
@@ -145,26 +170,37 @@ def _shown(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def compare_source(storage: Storage, flow: Flow, first: dt.date, last: dt.date,
+def compare_source(storage: Storage, first: dt.date, last: dt.date,
                    progress: Progress = lambda _: None) -> LayerResult:
-    """Compare the days' orders' source rows with their stored records."""
+    """Compare the days' entities' source rows with their stored records."""
     source = configured_source(storage)
     result = LayerResult(LAYER)
     started = time.perf_counter()
     connection = source.connect()
+    expected: dict[Key, dict[str, Any]] = {}
+    present: set[tuple[str, str, str]] = set()
+    refused: list[Diff] = []
+    compared: set[str] = set()
     try:
         with connection.cursor() as cursor:
             cursor.execute("SET SESSION time_zone = '+00:00'")  # TIMESTAMP columns read in UTC, as the snapshot
             cursor.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        flows = [(flow, held_tables(connection, source.database, flow)) for _, flow in compared_flows(storage, source)]
         orders = candidate_orders(storage, first, last)
-        orders |= settled_at_source(storage, flow, connection, source.database, first, last)
-        progress(f"source: reading the source rows of {len(orders)} orders")
-        expected, present, refused = source_records(storage, flow, connection, source.database, sorted(orders))
+        for flow, tables in flows:
+            orders |= settled_at_source(storage, flow, connection, source.database, first, last, tables)
+        progress(f"source: reading the source rows of {len(orders)} entities")
+        for flow, tables in flows:
+            records, rows, bad = source_records(storage, flow, connection, source.database, sorted(orders), tables)
+            expected.update(records)
+            present |= rows
+            refused += bad
+            compared.update(tables)
         connection.commit()
     finally:
         connection.close()
     result.seconds["source rows"] = time.perf_counter() - started
-    stored = stored_records(storage, set(_order_tables(flow)), orders)
+    stored = stored_records(storage, compared, orders)
     result.seconds["records"] = time.perf_counter() - started - result.seconds["source rows"]
     diffs = list(refused)
     live = {(o, s, k) for (o, _, s, k), (kind, _) in stored.items() if kind != "delete"}

@@ -119,6 +119,7 @@ HEADER = WideTable(HEADER_TABLE, key=("order_no",), lookups=(Lookup("store", by=
     Column("last_operation", "varchar(16)", Bookkeeping("last_operation")),
     Column("version", "int", Bookkeeping("version")),
     Column("updated_at", "datetime(3)", Bookkeeping("updated_at")),
+    Column("source_digest", "bigint", Bookkeeping("source_digest")),
 ))
 
 LINE = WideTable(LINE_TABLE, key=("item_id",), rows_from=ITEM, parent=HEADER_TABLE,

@@ -98,6 +98,7 @@ HEADER = WideTable(HEADER_TABLE, key=("FID",), lookups=(Lookup("store_by_custome
     Column("last_operation", "varchar(16)", Bookkeeping("last_operation")),
     Column("version", "int", Bookkeeping("version")),
     Column("updated_at", "datetime(3)", Bookkeeping("updated_at")),
+    Column("source_digest", "bigint", Bookkeeping("source_digest")),
 ))
 
 LINE = WideTable(ENTRY_TABLE, key=("FENTRYID",), rows_from=ENTRY, parent=HEADER_TABLE,

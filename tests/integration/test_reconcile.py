@@ -365,9 +365,9 @@ def test_the_command_exits_by_what_it_found(processed, tmp_path: Path) -> None:
 @pytest.mark.parametrize("backend", ["sqlite", "mariadb", "postgresql"])
 def test_digests_are_the_same_in_every_database_and_in_python(backend: str, tmp_path: Path, request) -> None:  # type: ignore[no-untyped-def]
     # Given a table with a column of every kind, on a real database of each backend
-    from sqlalchemy import Column, Date, Integer, MetaData, String, Table, insert
+    from sqlalchemy import Column, Date, Integer, MetaData, Numeric, String, Table, insert
 
-    from models.digests import kind_of, row_digest, sql_row_digest
+    from models.digests import digest_kind, row_digest, sql_row_digest
     from models.storage import make_engine
     from models.types import Money, Timestamp
     from tests.conftest import fresh_mariadb_databases, fresh_postgres_database
@@ -382,20 +382,26 @@ def test_digests_are_the_same_in_every_database_and_in_python(backend: str, tmp_
         url = fresh_postgres_database(f"tdc_it_digest_{os.getpid()}")
     engine = make_engine(url)
     table = Table("digested", MetaData(), Column("id", Integer, primary_key=True), Column("name", String(64)),
-                  Column("count", Integer), Column("amount", Money), Column("at", Timestamp), Column("day", Date))
+                  Column("count", Integer), Column("amount", Money), Column("at", Timestamp), Column("day", Date),
+                  # Kingdee's quantities: every one of the ten places counts
+                  Column("qty", Numeric(23, 10)))
     table.metadata.create_all(engine)
     rows = [
         dict(id=1, name="S001", count=3, amount=Decimal("12.50"), at=dt.datetime(2026, 11, 7, 9, 30, 1, 123000),
-             day=dt.date(2026, 11, 7)),
+             day=dt.date(2026, 11, 7), qty=Decimal("1.2345678901")),
         dict(id=2, name="店铺 | 北京", count=-4, amount=Decimal("-0.10"), at=dt.datetime(2026, 1, 1, 0, 0, 0),
-             day=dt.date(2025, 12, 31)),
-        dict(id=3, name=None, count=None, amount=None, at=None, day=None),
+             day=dt.date(2025, 12, 31), qty=Decimal("-0.0000000001")),
+        dict(id=3, name=None, count=None, amount=None, at=None, day=None, qty=None),
         dict(id=4, name="", count=0, amount=Decimal("1234567.89"), at=dt.datetime(2026, 2, 28, 23, 59, 59, 999000),
-             day=dt.date(2026, 2, 28)),
+             day=dt.date(2026, 2, 28), qty=Decimal("98765.4321")),
+        # (differs from row 1 only past the cents: a digest rounding to cents would not see it)
+        dict(id=5, name="S001", count=3, amount=Decimal("12.50"), at=dt.datetime(2026, 11, 7, 9, 30, 1, 123000),
+             day=dt.date(2026, 11, 7), qty=Decimal("1.2345678902")),
     ]
     with engine.begin() as connection:
         connection.execute(insert(table), rows)
-    columns = [(c.name, kind_of(c)) for c in table.columns]
+    columns = [(c.name, digest_kind(c)) for c in table.columns]
+    assert dict(columns)["qty"] == "decimal:10" and dict(columns)["amount"] == "money"
     # When the database digests each row
     with engine.connect() as connection:
         stored = dict(connection.execute(select(table.c.id, sql_row_digest(

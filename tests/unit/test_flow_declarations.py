@@ -206,7 +206,11 @@ def test_the_root_keeps_the_engines_bookkeeping_under_its_own_names() -> None:
     bare = replace(root, columns=tuple(c for c in root.columns if c.name != "updated_at"))
     assert problems(replace(GQSH, wide=(bare, *GQSH.wide[1:])))[0] == (
         "flow 'gqsh': wide table 'dwd_order': the root wide table needs Column('updated_at', ..., "
-        "Bookkeeping('updated_at')): the optimistic lock and the change time")
+        "Bookkeeping('updated_at')): the change time")
+    undigested = replace(root, columns=tuple(c for c in root.columns if c.name != "source_digest"))
+    assert problems(replace(GQSH, wide=(undigested, *GQSH.wide[1:])))[0] == (
+        "flow 'gqsh': wide table 'dwd_order': the root wide table needs Column('source_digest', ..., "
+        "Bookkeeping('source_digest')): what reconciliation proves a day's rows by")
 
 
 def test_a_flows_aggregates_share_one_ledger() -> None:
@@ -459,7 +463,8 @@ GOOD = """
             Column("store_name", "varchar(128)", Looked("store", "store_name")),
             Column("visitors", "int", Copy("t_visit", "visitors")),
             Column("version", "int", Bookkeeping("version")),
-            Column("updated_at", "datetime(3)", Bookkeeping("updated_at")))),))
+            Column("updated_at", "datetime(3)", Bookkeeping("updated_at")),
+            Column("source_digest", "bigint", Bookkeeping("source_digest")))),))
 """
 
 

@@ -8,15 +8,13 @@ The flow must be run (``TDC_FLOWS``); ``cli.main`` adds it before anything reads
 from __future__ import annotations
 
 import importlib
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from cli.progress import progress
 from demo.check import aggregate_differences, differences
 from demo.flows import FlowHistory
-from demo.processes import running, start_beat, start_worker
-from settings import get_settings
+from demo.session import demo_session, demo_settings
 
 if TYPE_CHECKING:
     from models.storage import Storage
@@ -81,37 +79,22 @@ def _drain(history: FlowHistory, timeout: float, processes: list[Any], before: A
 
 def run_flow_demo(flow: str, entities: int = 300, seed: int | None = None, workers: int = 2,
                   timeout: float = 600) -> int:
-    from demo.run import DEMO_ENVIRONMENT, _feed
+    from demo.run import _feed
 
-    for name, value in DEMO_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
-    get_settings.cache_clear()
-    settings = get_settings()
+    settings = demo_settings()
     if flow not in settings.flows:
         print(f"tdc demo: flow {flow!r} is not run (TDC_FLOWS={','.join(settings.flows)})")
         return 2
 
-    from models.embedded import ensure_embedded_redis, stop_embedded_redis
-    from models.schema import init_storage
     from models.storage import get_storage
 
-    started_redis = ensure_embedded_redis(settings) if settings.embedded_redis else False
-    try:
-        began = time.monotonic()
-        print(f"tdc demo: flow {flow}, {entities} entities, home {settings.home}")
-        report = init_storage(get_storage())
-        print(f"  storage ready in {time.monotonic() - began:.1f}s ({report.created} tables created)")
-        import worker  # noqa: F401 - configures the Celery app before chains are sent
-
+    with demo_session(settings, f"flow {flow}, {entities} entities") as session:
         module = importlib.import_module(FLOW_DEMOS[flow])
         history: FlowHistory = module.generate(entities, seed=seed, zone=settings.business_zone)
         rows = {table: len(found) for table, found in history.expected.items()}
         print(f"  generated {len(history.lines)} lines ({history.duplicated} duplicated, "
               f"{history.malformed} malformed) for {', '.join(f'{n} {t}' for t, n in rows.items())}")
-        logs = settings.home / "logs"
-        env = dict(os.environ)
-        with running([start_worker(env, logs / "worker.log", workers),
-                      start_beat(env, logs / "beat.log", settings.home / "demo-beat-schedule")]) as processes:
+        with session.workers(workers) as processes:
             before = ads_cells(history, get_storage())
             quarantined, _ = _feed(history.lines)
             problems = _drain(history, timeout, processes, before, get_storage())
@@ -127,6 +110,3 @@ def run_flow_demo(flow: str, entities: int = 300, seed: int | None = None, worke
             return 1
         print("OK: every wide row and every ADS row matches")
         return 0
-    finally:
-        if started_redis:
-            stop_embedded_redis(settings)

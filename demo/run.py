@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from itertools import groupby
 
@@ -10,11 +9,9 @@ from chain.wide_rows import read_orders
 from cli.progress import progress
 from demo.check import ORDER_ADS, aggregate_differences, differences, expected_aggregates, matching_orders
 from demo.history import generate_history
-from demo.processes import running, start_beat, start_worker
+from demo.session import demo_session, demo_settings
 from settings import get_settings
 
-#: Demo defaults: short back-off and frequent rescans so a 300-order run drains in seconds.
-DEMO_ENVIRONMENT = {"TDC_RETRY_BASE_SECONDS": "0.5", "TDC_RESCAN_INTERVAL_SECONDS": "3"}
 #: Lines per intake call while feeding the history.
 FEED_BATCH = 200
 
@@ -40,38 +37,16 @@ def _feed(history_lines: list[tuple[str, str]]) -> tuple[int, int]:
 
 
 def run_demo(orders: int = 300, seed: int | None = None, workers: int = 2, timeout: float = 600) -> int:
-    for name, value in DEMO_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
-    get_settings.cache_clear()
-    settings = get_settings()
-
-    from models.embedded import ensure_embedded_redis, stop_embedded_redis
-    from models.schema import init_storage
-    from models.storage import get_storage
-
-    started_redis = ensure_embedded_redis(settings) if settings.embedded_redis else False
-    try:
-        began = time.monotonic()
-        print(f"tdc demo: {orders} orders, home {settings.home}")
-        report = init_storage(get_storage())
-        print(f"  storage ready in {time.monotonic() - began:.1f}s ({report.created} tables created)")
-        import worker  # noqa: F401 - configures the Celery app before chains are sent
-
+    with demo_session(demo_settings(), f"{orders} orders") as session:
         history = generate_history(orders, seed=seed)
         print(f"  generated {len(history.lines)} lines for {orders} orders "
               f"({history.duplicated} duplicated, {history.malformed} malformed)")
-        logs = settings.home / "logs"
-        env = dict(os.environ)
-        with running([start_worker(env, logs / "worker.log", workers),
-                      start_beat(env, logs / "beat.log", settings.home / "demo-beat-schedule")]) as processes:
+        with session.workers(workers) as processes:
             before = _aggregates()
             quarantined, _ = _feed(history.lines)
             ok = _drain(history, timeout, processes, before)
         result = _report(history, quarantined, ok, before)
         return result or _reconcile(history)
-    finally:
-        if started_redis:
-            stop_embedded_redis(settings)
 
 
 def _aggregates():  # type: ignore[no-untyped-def]

@@ -233,6 +233,9 @@ class _Checker:
             self.types(where, source.columns)
             if not source.key:
                 self.error(f"{where} key", "no key columns")
+            elif len(source.key) > 1:
+                self.error(f"{where} key", f"{', '.join(source.key)}: tdc routes rows by a key of one column "
+                                           "(a key of several columns is not supported yet)")
             for key in source.key:
                 self.column(f"{where} key {key!r}", source.name, key)
             self.column(f"{where} entity_key {source.entity_key!r}", source.name, source.entity_key)
@@ -323,6 +326,14 @@ class _Checker:
             self.error(f"{where} rows_from {wide.rows_from!r}", f"no source {wide.rows_from!r}")
         if wide.parent is not None and wide.parent not in self.wide:
             self.error(f"{where} parent {wide.parent!r}", f"no wide table {wide.parent!r}")
+        if not is_root and wide is not self.flow.wide[1]:
+            self.error(where, "the engine merges one root wide table and at most one child table under it "
+                              "(a second child table is not supported yet)")
+        elif not is_root and wide.parent is not None and wide.parent != self.flow.wide[0].name:
+            self.error(f"{where} parent {wide.parent!r}", "the child table's parent must be the root wide table")
+        if len(wide.key) > 1:
+            self.error(f"{where} key", f"{', '.join(wide.key)}: a wide table's key is one column "
+                                       "(a key of several columns is not supported yet)")
         for key in wide.key:
             if wide.column(key) is None:
                 self.error(f"{where} key {key!r}", f"no column {key!r} in wide table {wide.name!r}")

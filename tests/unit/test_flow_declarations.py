@@ -605,3 +605,24 @@ def test_a_ledger_entry_keyed_by_a_time_or_an_amount_comes_back_in_its_type(monk
     cell = ("ads_by_hour", (dt.datetime(2026, 1, 1, 9), Decimal("1.250")))
     made = contributions.Contribution(None, {cell: {"n": 1}})
     assert contributions.Contribution.from_json(made.to_json()) == made
+
+
+def test_what_the_engine_cannot_merge_yet_is_refused_when_the_flow_is_validated() -> None:
+    # A source keyed by two columns, a second child table, a grandchild and a composite wide key
+    # are refused at validation, with what is supported, not later by the running engine
+    entries = replace(POS.sources[1], key=("order_no", "line_no"))
+    header, line = POS.wide
+    second = replace(line, name="dwd_pos_line_copy")
+    grandchild = replace(line, name="dwd_pos_grandchild", parent=line.name)
+    keyed = replace(header, key=("order_no", "store_code"))
+    found = problems(replace(POS, sources=(POS.sources[0], entries, *POS.sources[2:]),
+                             wide=(keyed, line, second)))
+    assert f"flow 'pos': source '{entries.name}' key: order_no, line_no: tdc routes rows by a key of one column " \
+           "(a key of several columns is not supported yet)" in found
+    assert "flow 'pos': wide table 'dwd_pos_line_copy': the engine merges one root wide table and at most one " \
+           "child table under it (a second child table is not supported yet)" in found
+    assert f"flow 'pos': wide table '{header.name}' key: order_no, store_code: a wide table's key is one column " \
+           "(a key of several columns is not supported yet)" in found
+    assert (f"flow 'pos': wide table 'dwd_pos_grandchild' parent '{line.name}': the child table's parent must be the "
+            "root wide table") in problems(replace(POS, wide=(header, grandchild, line)))
+    assert all(problems(flow) == [] for flow in DECLARATIONS)

@@ -50,8 +50,6 @@ def ledger_table(name: str) -> Table:
 #: Flow name -> its ledger (``Retraction.ledger``), for every declared flow with aggregates.
 LEDGERS: dict[str, Table] = {flow.name: ledger_table(flow.aggregates[0].retraction.ledger)
                              for flow in DECLARATIONS if flow.aggregates}
-#: The online order flow's ledger (reconciliation is still written for it alone).
-DEFAULT_LEDGER = LEDGERS["gqsh"]
 
 
 def _offline_dimension_table(source: SourceTable) -> Table:

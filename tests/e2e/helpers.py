@@ -152,7 +152,8 @@ def ads_suspects(storage: Storage, history: History, redis_url: str, limit: int 
     from chain.task_state import tasks_of
     from intake.receiver import utcnow
     from models.sharded import task_table
-    from models.warehouse import DEFAULT_LEDGER as AdsOrderLedger
+    from models.warehouse import LEDGERS
+    AdsOrderLedger = LEDGERS["gqsh"]
     from warehouse.aggregates import wide_state
 
     wide = wide_state(storage, history.order_ids)

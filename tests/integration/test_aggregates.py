@@ -14,11 +14,13 @@ from demo.check import differences, expected_aggregates
 from demo.history import generate_history
 from flows.registry import ACCEPTED as ORDER_FLOW
 from models.sharded import TaskStatus, task_table
-from models.warehouse import DEFAULT_LEDGER as AdsOrderLedger
+from models.warehouse import LEDGERS
 from reliability.leases import OrderLeases
 from tests.integration.helpers import ingest, leased_keys, process_history, run_chains
 from warehouse.aggregates import apply_orders, days_to_rebuild, read_aggregates, rebuild_day, wide_state
 from warehouse.contributions import aggregate
+
+AdsOrderLedger = LEDGERS["gqsh"]
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from demo.history import generate_history
 from dimensions.lookup import RedisDimensions
 from flows.registry import ACCEPTED as ORDER_FLOW
 from models.sharded import TaskStatus, task_table
-from models.warehouse import DEFAULT_LEDGER as AdsOrderLedger
+from models.warehouse import LEDGERS
 from models.wide import DEFAULT_SCHEMA
 from reliability.counters import COUNTERS, FENCED
 from reliability.leases import FENCE_KEY, OrderLeases, lease_name
@@ -21,6 +21,8 @@ from settings import load_settings
 from tests.conftest import new_order_id
 from tests.factories import OrderHeaderFactory, OrderItemFactory, canal
 from tests.integration.helpers import ingest, leased_keys
+
+AdsOrderLedger = LEDGERS["gqsh"]
 
 OrderSnapshot = DEFAULT_SCHEMA.snapshots
 

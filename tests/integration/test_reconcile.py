@@ -25,8 +25,7 @@ from demo.history import generate_history
 from models.digests import bucket_of
 from models.reconcile import ReconcileAction, ReconcileDiff, ReconcileRun
 from models.sharded import meta_table
-from models.warehouse import ADS_TABLES
-from models.warehouse import DEFAULT_LEDGER as AdsOrderLedger
+from models.warehouse import ADS_TABLES, LEDGERS
 from reconcile.run import ReconcileError, parse_layers, reconcile
 from reconcile.wide import BUCKETS, read_wide_orders
 from tests.conftest import env_of
@@ -34,6 +33,7 @@ from tests.integration.helpers import process_history, run_chains, run_tdc
 from warehouse.aggregates import read_aggregates
 
 AdsOrderSales, AdsOrderItemSales = ADS_TABLES["ads_order_sales"], ADS_TABLES["ads_order_item_sales"]
+AdsOrderLedger = LEDGERS["gqsh"]
 
 pytestmark = pytest.mark.integration
 

@@ -305,7 +305,8 @@ def test_gqsh_wide_tables_made_from_the_declaration_are_the_ones_older_databases
 
 def test_gqsh_ads_tables_made_from_the_declaration_are_the_ones_older_warehouses_hold() -> None:
     from models.digests import kind_of
-    from models.warehouse import ADS_TABLES, DEFAULT_LEDGER
+    from models.warehouse import ADS_TABLES, LEDGERS
+    DEFAULT_LEDGER = LEDGERS["gqsh"]
 
     schema = {name: [(c.name, kind_of(c), c.primary_key) for c in table.columns] for name, table in ADS_TABLES.items()
               if name in {a.name for a in GQSH.aggregates}}

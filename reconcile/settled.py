@@ -94,7 +94,18 @@ class Settled:
 
 
 def settled_of(flow: FlowDeclaration) -> Settled | None:
-    """How ``flow`` is reconciled; None for a flow whose root has no business day."""
+    """How ``flow`` is reconciled; None for a flow whose root has no business day (worked out
+    once per flow: every compared entity asks)."""
+    cached = _CACHE.get(flow.name)
+    if cached is None or cached[0] is not flow:
+        cached = _CACHE[flow.name] = (flow, _settled(flow))
+    return cached[1]
+
+
+_CACHE: dict[str, tuple[FlowDeclaration, Settled | None]] = {}
+
+
+def _settled(flow: FlowDeclaration) -> Settled | None:
     assert flow.root is not None
     day = next((c.name for c in flow.root.columns if isinstance(c.origin, BusinessDay)), None)
     if day is None:

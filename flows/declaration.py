@@ -57,6 +57,13 @@ class Source:
     reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: On the header: the column whose time says when the entity was settled (reconciliation).
     settled_at: str | None = None
+    #: On the header (one row per entity, keyed by ``entity_key``): a delete of its row deletes
+    #: the entity, as Kingdee deletes a document with its entries.  Once the newest record of that
+    #: row is a delete, no operation of the entity waits for data any more (it is gone for good:
+    #: ``strategies.checkers``); each merges what is left, so the deleted entity's root row keeps
+    #: its key and status, its copied columns NULL and its sums over no rows, and its child rows
+    #: go with their source rows.  A later record of the row (newer than the delete) revives it.
+    deletes_entity: bool = False
 
 
 @dataclass(frozen=True)

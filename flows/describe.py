@@ -145,6 +145,7 @@ def describe(flow: FlowDeclaration) -> list[str]:
              f"entity ids: {ids}", "", "sources"]
     for source in flow.sources:
         settled = f"; settled at {source.settled_at}" if source.settled_at else ""
+        settled += "; its delete deletes the entity" if source.deletes_entity else ""
         lines += [f"  {source.name}  (key {', '.join(source.key)}; entity {source.entity_key}{settled})",
                   f"    {_columns(source.columns)}"]
         lines += [f"    {operation} reads {', '.join(names) or 'nothing but that the row raises it'}"

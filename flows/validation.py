@@ -24,6 +24,7 @@ from flows.declaration import (
     RowArrived,
     RowsCounted,
     RowsPaired,
+    Source,
     Status,
     Sum,
     ValueMatched,
@@ -243,6 +244,8 @@ class _Checker:
                                                              source.name, source.settled_at):
                 if column_type(source.columns[source.settled_at]).name not in ("datetime", "timestamp"):
                     self.error(f"{where} settled_at {source.settled_at!r}", "not a datetime or timestamp column")
+            if source.deletes_entity:
+                self.deleting(where, source)
             for operation, columns in source.reads.items():
                 self.operation(f"{where} reads", operation)
                 for name in columns:
@@ -256,6 +259,15 @@ class _Checker:
             if dimension.key not in dimension.columns:
                 self.error(f"dimension {dimension.name!r} key {dimension.key!r}",
                            f"no column {dimension.key!r} in dimension table {dimension.table!r}")
+
+    def deleting(self, where: str, source: Source) -> None:
+        """A source whose row's delete deletes the entity holds one row per entity, and its
+        deletes raise an operation (otherwise a delete is refused at intake and never stored)."""
+        if source.key != (source.entity_key,):
+            self.error(f"{where} deletes_entity", f"its key {source.key!r} is not its entity_key "
+                       f"{source.entity_key!r}: one row per entity is the entity's own")
+        if not any(rule.table == source.name and "delete" in rule.changes for rule in self.flow.raises):
+            self.error(f"{where} deletes_entity", "no raise takes its deletes")
 
     def raises(self) -> None:
         raised = {name for b in self.flow.business for name in b.operations}

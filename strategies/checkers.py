@@ -2,7 +2,8 @@
 flow's declaration (``Operation.complete_when``), each rule checked on the entity's facts.
 
 ``check`` returns None when the operation may run, or the reason it must wait, naming the
-tables and values that fall short.
+tables and values that fall short.  A deleted entity (``Source.deletes_entity``) waits for
+nothing: its data is gone and will not come back.
 """
 
 from __future__ import annotations
@@ -101,9 +102,18 @@ def check_rule(rule: Completeness, facts: OrderFacts) -> str | None:
     return _RULES[type(rule)](rule, facts)  # type: ignore[operator]
 
 
+def deleted(flow: FlowDeclaration, facts: OrderFacts) -> bool:
+    """Whether the entity is deleted: its row of a source that ``deletes_entity`` is gone (the
+    newest record of it is a delete)."""
+    return any(facts.deleted(source.name) for source in flow.sources if source.deletes_entity)
+
+
 def check(flow: FlowDeclaration, operation: str, facts: OrderFacts) -> str | None:
-    """None when every completeness rule of ``operation`` holds on ``facts``, else the first
-    reason it must wait."""
+    """None when every completeness rule of ``operation`` holds on ``facts``, or when the entity
+    is deleted (``deleted``: what the rules wait for is gone for good, so the operation runs on
+    what is left instead of waiting forever); else the first reason it must wait."""
+    if deleted(flow, facts):
+        return None
     declared = next(o for o in flow.operations if o.name == operation)
     for rule in declared.complete_when:
         reason = check_rule(rule, facts)

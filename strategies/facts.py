@@ -1,4 +1,5 @@
-"""What tdc knows about one order: the newest live version of every source row and write."""
+"""What tdc knows about one order: the newest live version of every source row and write, and
+which rows are gone (their newest record is a delete)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ class OrderFacts:
 
     order_id: str
     rows: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: Source -> the unique keys of its rows whose newest record is a delete (tombstones).
+    gone: dict[str, set[str]] = field(default_factory=dict)
 
     @classmethod
     def from_metadata(cls, order_id: str, metadata: Iterable[Mapping[Any, Any]]) -> OrderFacts:
@@ -29,7 +32,14 @@ class OrderFacts:
         for (source, unique_key), (_, record) in newest.items():
             if record["kind"] != "delete":
                 facts.rows.setdefault(source, {})[unique_key] = json.loads(record["content"])
+            else:
+                facts.gone.setdefault(source, set()).add(unique_key)
         return facts
+
+    def deleted(self, source: str) -> bool:
+        """Whether the entity's row of ``source`` is gone: a delete is the newest record of a row
+        of it, and no row of it is live (a header deleted, not one of several rows)."""
+        return bool(self.gone.get(source)) and not self.rows.get(source)
 
     def one(self, source: str) -> dict[str, Any] | None:
         """The row of a one-per-order source (the header, its extension)."""

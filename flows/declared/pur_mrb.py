@@ -48,7 +48,7 @@ SAVED_STATUS, AUDITED_STATUS, VOIDED_STATUS, DELETED_STATUS = 10, 20, 50, 90
 QTY = AMOUNT = "decimal(23,10)"
 
 SOURCES = (
-    Source(MRB, key=("FID",), entity_key="FID", settled_at="FAPPROVEDATE", columns={
+    Source(MRB, key=("FID",), entity_key="FID", settled_at="FAPPROVEDATE", deletes_entity=True, columns={
         "FID": "int", "FBILLNO": "varchar(30)", "FBILLTYPEID": "varchar(36)", "FDATE": "datetime",
         "FMRTYPE": "char(1)", "FMRMODE": "char(1)", "FSTOCKORGID": "int", "FREQUIREORGID": "int",
         "FPURCHASEORGID": "int", "FSUPPLIERID": "int", "FMRDEPTID": "int", "FSTOCKERID": "int",
@@ -69,10 +69,13 @@ _AUDITED = (Where("FDOCUMENTSTATUS", "=", AUDITED), Where("FAPPROVEDATE", "not n
 _VOIDED = (Where("FCANCELSTATUS", "=", VOIDED),)
 
 RAISES = (
-    Raise(MRB, (SAVE,), changes=("insert", "update")),
+    # Every change of the document saves it again, a delete too: an entry deleted from a kept
+    # document leaves it with the others; a deleted document (its header gone) with nothing.
+    Raise(MRB, (SAVE,)),
     Raise(MRB, (AUDIT,), when=(Where("FDOCUMENTSTATUS", "=", AUDITED),), changes=("insert", "update")),
     Raise(MRB, (CANCEL,), when=_VOIDED, changes=("insert", "update")),
-    # A header that is gone: Kingdee deletes the document (only one that is not audited).
+    # A header that is gone: Kingdee deletes the document (only one that is not audited) with
+    # its entries and finance entries, one binlog delete per row, in any order.
     Raise(MRB, (DELETE,), changes=("delete",)),
     Raise(ENTRY, (SAVE,)),
     Raise(ENTRY_F, (SAVE,)),
@@ -85,7 +88,8 @@ OPERATIONS = (
     # Kingdee voids only a return that is not audited (unaudit it first).
     Operation(CANCEL, after=(SAVE,), illegal_after=(AUDIT,), status=VOIDED_STATUS,
               complete_when=(RowArrived(MRB, when=_VOIDED),)),
-    # And deletes only one that is not audited; there is no row left to wait for.
+    # And deletes only one that is not audited.  Once the header is deleted (deletes_entity)
+    # nothing waits for data: SAVE takes what is left, DELETE marks the document deleted.
     Operation(DELETE, after=(SAVE,), illegal_after=(AUDIT,), status=DELETED_STATUS),
 )
 

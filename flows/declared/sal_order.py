@@ -5,7 +5,8 @@ Kingdee keeps a document in a header (``t_sal_order``, by ``FID``), its entries
 same ``FENTRYID``).  ``FDOCUMENTSTATUS`` is Z (temporary), A (created), B (under review), C
 (audited) or D (re-audit); ``FCANCELSTATUS`` A (normal) or B (voided).  Quantities and amounts
 are Kingdee's ``decimal(23,10)``.  The entries get a wide table of their own,
-``dwd_t_sal_order_entry``: the material and stock look-ups and the ADS are per entry.
+``dwd_t_sal_order_entry``: the material and stock look-ups and the ADS are per entry.  Kingdee
+deletes only a document that is not audited, its header with its entries and finance entries.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from flows.declared.dimensions import JD_MATERIAL, JD_STOCK, STORE_BY_CUSTOMER
 
 ORDER, ENTRY, ENTRY_F = "t_sal_order", "t_sal_orderentry", "t_sal_orderentry_f"
 AUDITED, VOIDED = "C", "B"
-SAVE, AUDIT, CANCEL = "SAVE", "AUDIT", "CANCEL"
+SAVE, AUDIT, CANCEL, DELETE = "SAVE", "AUDIT", "CANCEL", "DELETE"
+#: Statuses of the wide row: saved, audited, voided, deleted in Kingdee.
+SAVED_STATUS, AUDITED_STATUS, VOIDED_STATUS, DELETED_STATUS = 10, 20, 50, 90
 QTY = AMOUNT = "decimal(23,10)"
 
 SOURCES = (
-    Source(ORDER, key=("FID",), entity_key="FID", settled_at="FAPPROVEDATE", columns={
+    Source(ORDER, key=("FID",), entity_key="FID", settled_at="FAPPROVEDATE", deletes_entity=True, columns={
         "FID": "int", "FBILLNO": "varchar(30)", "FBILLTYPEID": "varchar(36)", "FDATE": "datetime",
         "FCUSTID": "int", "FSALEORGID": "int", "FSALEDEPTID": "int", "FSALERID": "int",
         "FDOCUMENTSTATUS": "char(1)", "FCANCELSTATUS": "char(1)", "FCLOSESTATUS": "char(1)",
@@ -55,21 +58,28 @@ SOURCES = (
 )
 
 RAISES = (
+    # Every change of the document saves it again, a delete too: an entry deleted from a kept
+    # document leaves it with the others; a deleted document (its header gone) with nothing.
     Raise(ORDER, (SAVE,)),
-    Raise(ORDER, (AUDIT,), when=(Where("FDOCUMENTSTATUS", "=", AUDITED),)),
-    Raise(ORDER, (CANCEL,), when=(Where("FCANCELSTATUS", "=", VOIDED),)),
+    Raise(ORDER, (AUDIT,), when=(Where("FDOCUMENTSTATUS", "=", AUDITED),), changes=("insert", "update")),
+    Raise(ORDER, (CANCEL,), when=(Where("FCANCELSTATUS", "=", VOIDED),), changes=("insert", "update")),
+    # A header that is gone: the document deleted with its entries, one binlog delete per row.
+    Raise(ORDER, (DELETE,), changes=("delete",)),
     Raise(ENTRY, (SAVE,)),
     Raise(ENTRY_F, (SAVE,)),
 )
 
 OPERATIONS = (
-    Operation(SAVE, status=10, complete_when=(RowArrived(ORDER), RowArrived(ENTRY),
-                                              RowsPaired(ENTRY, ENTRY_F, "FENTRYID"))),
-    Operation(AUDIT, after=(SAVE,), status=20, complete_when=(
+    Operation(SAVE, status=SAVED_STATUS, complete_when=(RowArrived(ORDER), RowArrived(ENTRY),
+                                                        RowsPaired(ENTRY, ENTRY_F, "FENTRYID"))),
+    Operation(AUDIT, after=(SAVE,), status=AUDITED_STATUS, complete_when=(
         RowArrived(ORDER, when=(Where("FDOCUMENTSTATUS", "=", AUDITED),)),)),
     # Kingdee voids only a document that is not audited.
-    Operation(CANCEL, after=(SAVE,), illegal_after=(AUDIT,), status=50, complete_when=(
+    Operation(CANCEL, after=(SAVE,), illegal_after=(AUDIT,), status=VOIDED_STATUS, complete_when=(
         RowArrived(ORDER, when=(Where("FCANCELSTATUS", "=", VOIDED),)),)),
+    # And deletes only one that is not audited.  Once the header is deleted (deletes_entity)
+    # nothing waits for data: SAVE takes what is left, DELETE marks the document deleted.
+    Operation(DELETE, after=(SAVE,), illegal_after=(AUDIT,), status=DELETED_STATUS),
 )
 
 HEADER_TABLE, ENTRY_TABLE = "dwd_t_sal_order", "dwd_t_sal_order_entry"
@@ -126,9 +136,9 @@ LINE = WideTable(ENTRY_TABLE, key=("FENTRYID",), rows_from=ENTRY, parent=HEADER_
     Column("status", "int", Parent("status")),
 ))
 
-#: An order counts once audited and while not voided, on its document date.
+#: An order counts once audited and while neither voided nor deleted, on its document date.
 _CONTRIBUTES = (Where("FDOCUMENTSTATUS", "=", AUDITED), Where("FCANCELSTATUS", "!=", VOIDED),
-                Where("biz_date", "not null"))
+                Where("status", "<", DELETED_STATUS), Where("biz_date", "not null"))
 
 SAL_ORDER = FlowDeclaration(
     name="sal_order",

@@ -526,12 +526,15 @@ def test_pur_mrb_raises_by_document_and_cancel_status() -> None:
     flow = BY_NAME["pur_mrb"]
     created, audited = {"FDOCUMENTSTATUS": "A", "FCANCELSTATUS": "A"}, {"FDOCUMENTSTATUS": "C", "FCANCELSTATUS": "A"}
     voided = {"FDOCUMENTSTATUS": "A", "FCANCELSTATUS": "B"}
-    # then a saved return raises SAVE, an audited one AUDIT, a voided one CANCEL, a deleted one DELETE
+    # then a saved return raises SAVE, an audited one AUDIT, a voided one CANCEL, a deleted one
+    # SAVE (what is left of it) and DELETE; its header's delete deletes the document
     assert raised_operations(flow, "t_pur_mrb", "insert", created) == ("SAVE",)
     assert raised_operations(flow, "t_pur_mrb", "update", audited) == ("SAVE", "AUDIT")
     assert raised_operations(flow, "t_pur_mrb", "update", voided) == ("SAVE", "CANCEL")
-    assert raised_operations(flow, "t_pur_mrb", "delete", created) == ("DELETE",)
+    assert raised_operations(flow, "t_pur_mrb", "delete", created) == ("SAVE", "DELETE")
+    assert raised_operations(flow, "t_pur_mrb", "delete", {**voided, **audited}) == ("SAVE", "DELETE")
     assert raised_operations(flow, "t_pur_mrbentry", "delete", {}) == ("SAVE",)
+    assert [s.name for s in flow.sources if s.deletes_entity] == ["t_pur_mrb"]
     assert raised_operations(flow, "t_pur_mrbentry_f", "update", {}) == ("SAVE",)
     # and Kingdee's rule: neither void nor delete after the audit
     operations = {o.name: o for o in flow.operations}
@@ -540,6 +543,37 @@ def test_pur_mrb_raises_by_document_and_cancel_status() -> None:
     assert all_hold(ads.when, {**audited, "status": 20, "biz_date": "2026-01-05"})
     for row in (created, voided, {**audited, "status": 90}):
         assert not all_hold(ads.when, {**row, "status": row.get("status", 20), "biz_date": "2026-01-05"})
+
+
+def test_sal_order_deletes_like_pur_mrb_and_a_deleted_order_leaves_the_ads() -> None:
+    # given the Kingdee sales order flow
+    flow = BY_NAME["sal_order"]
+    created, audited = {"FDOCUMENTSTATUS": "A", "FCANCELSTATUS": "A"}, {"FDOCUMENTSTATUS": "C", "FCANCELSTATUS": "A"}
+    # then a header's delete raises SAVE and DELETE (not AUDIT or CANCEL, whatever its image says),
+    # an entry's SAVE, and the header's delete deletes the order
+    assert raised_operations(flow, "t_sal_order", "delete", created) == ("SAVE", "DELETE")
+    assert raised_operations(flow, "t_sal_order", "delete", {**audited, "FCANCELSTATUS": "B"}) == ("SAVE", "DELETE")
+    assert raised_operations(flow, "t_sal_orderentry", "delete", {}) == ("SAVE",)
+    assert [s.name for s in flow.sources if s.deletes_entity] == ["t_sal_order"]
+    operations = {o.name: o for o in flow.operations}
+    assert (operations["DELETE"].after, operations["DELETE"].illegal_after, operations["DELETE"].status) == (
+        ("SAVE",), ("AUDIT",), 90)
+    ads = flow.aggregates[0]
+    assert all_hold(ads.when, {**audited, "status": 20, "biz_date": "2026-01-05"})
+    assert not all_hold(ads.when, {**audited, "status": 90, "biz_date": "2026-01-05"})
+
+
+def test_a_deleting_source_is_one_row_per_entity_whose_deletes_raise_something() -> None:
+    flow = BY_NAME["pur_mrb"]
+    entries = replace(flow, sources=tuple(replace(s, deletes_entity=True) if s.name == "t_pur_mrbentry" else s
+                                          for s in flow.sources))
+    assert problems(entries) == [
+        "flow 'pur_mrb': source 't_pur_mrbentry' deletes_entity: its key ('FENTRYID',) is not its entity_key 'FID': "
+        "one row per entity is the entity's own"]
+    unraised = replace(flow, raises=tuple(r for r in flow.raises if not (r.table == "t_pur_mrb" and "delete" in
+                                                                        r.changes)),
+                       operations=tuple(o for o in flow.operations if o.name != "DELETE"))
+    assert problems(unraised) == ["flow 'pur_mrb': source 't_pur_mrb' deletes_entity: no raise takes its deletes"]
 
 
 def test_stk_inventory_raises_a_balance_per_change_and_counts_each_row_once() -> None:

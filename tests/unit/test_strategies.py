@@ -10,10 +10,11 @@ import pytest
 
 from flows.declared.gqsh import GQSH
 from flows.declared.pos import POS
+from flows.declared.pur_mrb import PUR_MRB
 from flows.declared.sal_order import SAL_ORDER
 from flows.machine import Illegal, StateMachine
 from inputs.positions import Position, encode
-from strategies.checkers import check
+from strategies.checkers import check, deleted
 from strategies.facts import OrderFacts
 from strategies.generators import apply_operation, business_date, shape_of
 
@@ -26,12 +27,13 @@ def _at(sequence: str) -> str:
 
 
 def facts(*rows: tuple[str, str, dict, str], deleted: tuple[str, str, str] | None = None,
-          order_id: str = "O1") -> OrderFacts:
+          order_id: str = "O1", gone: tuple[tuple[str, str, str], ...] = ()) -> OrderFacts:
+    """Facts of ``rows`` (source, key, content, position) and deletes (source, key, position)."""
     metadata = [{"source": s, "unique_key": k, "kind": "insert", "content": json.dumps(c), "position": _at(p)}
                 for s, k, c, p in rows]
-    if deleted:
-        metadata.append({"source": deleted[0], "unique_key": deleted[1], "kind": "delete", "content": "{}",
-                         "position": _at(deleted[2])})
+    for source, key, position in ((deleted,) if deleted else ()) + gone:
+        metadata.append({"source": source, "unique_key": key, "kind": "delete", "content": "{}",
+                         "position": _at(position)})
     return OrderFacts.from_metadata(order_id, metadata)
 
 
@@ -113,6 +115,64 @@ def test_kingdee_entries_wait_for_their_finance_rows() -> None:
     assert check(SAL_ORDER, "SAVE", paired) is None
 
 
+# --- deleted documents: the header's newest record is a delete (Source.deletes_entity) ----------
+
+MRB_HEADER = ("t_pur_mrb", "7", {"FID": 7, "FBILLNO": "CGTL000007", "FDATE": "2026-11-03T00:00:00",
+                                 "FDOCUMENTSTATUS": "A", "FCANCELSTATUS": "A"}, "1")
+MRB_ENTRIES = tuple(row for n in (71, 72) for row in (
+    ("t_pur_mrbentry", str(n), {"FENTRYID": n, "FID": 7, "FSEQ": n - 70, "FRMREALQTY": "2.0000000000"}, "1"),
+    ("t_pur_mrbentry_f", str(n), {"FENTRYID": n, "FID": 7, "FAMOUNT": "10.0000000000"}, "1")))
+#: Kingdee's delete of the whole document: header, entries and finance entries, one record each.
+MRB_DELETED = (("t_pur_mrb", "7", "5"), *((table, str(n), "5") for n in (71, 72)
+                                          for table in ("t_pur_mrbentry", "t_pur_mrbentry_f")))
+
+
+@pytest.mark.parametrize("gone", [MRB_DELETED, MRB_DELETED[:1], MRB_DELETED[1:] + MRB_DELETED[:1]],
+                         ids=["whole document", "header first", "entries then header"])
+def test_a_deleted_document_waits_for_nothing(gone: tuple[tuple[str, str, str], ...]) -> None:
+    # Given a saved return whose header's newest record is a delete (its entries' too, or not yet)
+    known = facts(MRB_HEADER, *MRB_ENTRIES, order_id="pur_mrb:7", gone=gone)
+    # Then it is deleted and no operation waits for the data that is gone, not even CANCEL's void
+    assert deleted(PUR_MRB, known)
+    assert [check(PUR_MRB, operation, known) for operation in ("SAVE", "AUDIT", "CANCEL", "DELETE")] == [None] * 4
+
+
+def test_deletes_only_are_a_deleted_document_and_entry_deletes_alone_wait_for_the_header() -> None:
+    # Given only deletes (the inserts predate the CDC): the entries' deletes first
+    entries_only = facts(order_id="pur_mrb:7", gone=MRB_DELETED[1:])
+    assert not deleted(PUR_MRB, entries_only)
+    assert check(PUR_MRB, "SAVE", entries_only) == "no t_pur_mrb row yet"
+    # When the header's delete arrives, it is a deleted document
+    assert deleted(PUR_MRB, facts(order_id="pur_mrb:7", gone=MRB_DELETED))
+    assert check(PUR_MRB, "SAVE", facts(order_id="pur_mrb:7", gone=MRB_DELETED)) is None
+
+
+def test_a_delete_displaced_before_the_insert_still_deletes_and_a_newer_record_revives() -> None:
+    # Given the header's delete (position 5) stored before its older insert (1) arrived
+    displaced = facts(MRB_HEADER, order_id="pur_mrb:7", gone=(("t_pur_mrb", "7", "5"),))
+    assert deleted(PUR_MRB, displaced) and check(PUR_MRB, "SAVE", displaced) is None
+    # But a record of the header newer than the delete is the header again: its rules hold again
+    revived = facts((*MRB_HEADER[:3], "6"), order_id="pur_mrb:7", gone=(("t_pur_mrb", "7", "5"),))
+    assert not deleted(PUR_MRB, revived)
+    assert check(PUR_MRB, "SAVE", revived) == "no t_pur_mrbentry row yet"
+
+
+def test_an_entry_deleted_from_a_kept_document_is_no_deleted_document() -> None:
+    # Given a kept return one of whose entries is deleted, its finance entry not yet
+    one_gone = facts(MRB_HEADER, *MRB_ENTRIES, order_id="pur_mrb:7", gone=(("t_pur_mrbentry", "71", "5"),))
+    # Then SAVE runs with the other entry (a finance entry alone waits for nothing)
+    assert not deleted(PUR_MRB, one_gone) and check(PUR_MRB, "SAVE", one_gone) is None
+    # And a finance entry deleted before its entry makes SAVE wait for the entry's delete
+    finance_first = facts(MRB_HEADER, *MRB_ENTRIES, order_id="pur_mrb:7", gone=(("t_pur_mrbentry_f", "71", "5"),))
+    assert check(PUR_MRB, "SAVE", finance_first) == "t_pur_mrbentry 71: no t_pur_mrbentry_f row yet"
+
+
+def test_a_flow_that_declares_no_deleting_source_still_waits_for_a_deleted_header() -> None:
+    gone = facts(("gqsh_order_item", "1", {"item_id": 1}, "1"), deleted=("gqsh_order", "O1", "4"))
+    assert not deleted(GQSH, gone)
+    assert check(GQSH, "SUBMIT", gone) == "no gqsh_order row yet"
+
+
 DIMENSIONS = {("store", "S1"): {"store_name": "Bund", "city": "Shanghai", "region": "East"},
               ("sku", "K1"): {"sku_name": "Beef", "category": "meat"}}
 
@@ -169,6 +229,33 @@ def test_a_child_row_copies_from_its_paired_table_by_key() -> None:
     assert (order["entry_count"], order["FQTY"], order["FAMOUNT"], order["biz_date"]) == (
         2, Decimal("4"), Decimal("144.0"), dt.date(2026, 11, 3))
     assert {item["biz_date"] for item in items.values()} == {dt.date(2026, 11, 3)}
+
+
+def test_a_deleted_documents_merges_leave_its_key_and_deleted_status_and_no_entries() -> None:
+    # Given a saved return merged with its two entries
+    shape = shape_of(PUR_MRB)
+    order, items = shape.new_row(shape.root) | {"FID": 7}, {}
+    apply_operation(PUR_MRB, "SAVE", order, items, facts(MRB_HEADER, *MRB_ENTRIES, order_id="pur_mrb:7"), _Dims())
+    assert (order["FBILLNO"], order["entry_count"], sorted(items)) == ("CGTL000007", 2, [71, 72])
+    # When Kingdee deletes it and SAVE and DELETE run on what is left
+    gone = facts(MRB_HEADER, *MRB_ENTRIES, order_id="pur_mrb:7", gone=MRB_DELETED)
+    for operation in ("SAVE", "DELETE"):
+        apply_operation(PUR_MRB, operation, order, items, gone, _Dims())
+    # Then the root row keeps its key and the deleted status, nothing of the gone rows
+    assert (order["FID"], order["status"], order["last_operation"], items) == (7, 90, "DELETE", {})
+    assert (order["FBILLNO"], order["FDATE"], order["biz_date"]) == (None, None, None)
+    assert (order["entry_count"], order["FRMREALQTY"], order["FAMOUNT"]) == (0, Decimal(0), Decimal(0))
+
+
+def test_an_entry_deleted_from_a_kept_document_takes_its_child_row_with_it() -> None:
+    shape = shape_of(PUR_MRB)
+    order, items = shape.new_row(shape.root) | {"FID": 7}, {}
+    apply_operation(PUR_MRB, "SAVE", order, items, facts(MRB_HEADER, *MRB_ENTRIES, order_id="pur_mrb:7"), _Dims())
+    edited = facts(MRB_HEADER, *MRB_ENTRIES, order_id="pur_mrb:7",
+                   gone=(("t_pur_mrbentry", "71", "5"), ("t_pur_mrbentry_f", "71", "5")))
+    apply_operation(PUR_MRB, "SAVE", order, items, edited, _Dims())
+    assert (sorted(items), order["entry_count"], order["FAMOUNT"], order["FBILLNO"], order["status"]) == (
+        [72], 1, Decimal("10"), "CGTL000007", 10)
 
 
 def test_every_declared_flow_compiles_into_what_the_engine_runs() -> None:

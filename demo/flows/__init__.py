@@ -1,4 +1,4 @@
-"""Demo histories of the declared flows the engine does not run yet (``pos``, ``sal_order``).
+"""Demo histories of the declared flows beside the online orders (``pos``, the Kingdee flows).
 
 Each flow's module plays out realistic lives of its entities, renders the source changes as
 Canal or Debezium lines (``demo.render``) that arrive out of order, some twice, with a few
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from demo import render
+from demo.flows.master_data import MATERIALS, STOCKS
 from demo.render import SourceChange, SourceDatabase, SourceTable
 
 if TYPE_CHECKING:
@@ -85,6 +86,15 @@ def scaled(value: Decimal, places: int) -> Decimal:
 
 #: Kingdee keeps amounts and prices to ten places.
 KINGDEE_PLACES = 10
+#: Kingdee's FDOCUMENTSTATUS of a created, submitted (under review) and audited document, and
+#: FCANCELSTATUS of a normal and a voided one.
+KINGDEE_CREATED, KINGDEE_UNDER_REVIEW, KINGDEE_AUDITED = "A", "B", "C"
+KINGDEE_NORMAL, KINGDEE_VOIDED = "A", "B"
+#: A finance entry's amounts, which the header sums.
+KINGDEE_AMOUNTS = ("FAMOUNT", "FTAXAMOUNT", "FALLAMOUNT")
+#: The materials and warehouses by id, as the entries' look-ups find them.
+KINGDEE_MATERIAL = {m[0]: m for m in MATERIALS}
+KINGDEE_STOCK = {s[0]: s for s in STOCKS}
 
 
 def kingdee_priced(finance: dict[str, Any], quantity: Decimal) -> None:
@@ -156,3 +166,104 @@ def assemble(history: FlowHistory, source: SourceDatabase, dimensions: list[Sour
 def cycle(kinds: list[Any], count: int) -> list[Any]:
     """``count`` of ``kinds``, round and round (the malformed lines of a history)."""
     return [kinds[n % len(kinds)] for n in range(count)]
+
+
+class KingdeeDocument(Life):
+    """One Kingdee document's life as the document flows (``sal_order``, ``pur_mrb``) play it
+    out: a header, its entries and their finance entries (``entries``, in FSEQ order), saved
+    created (A); its fate (``fate``) and what it must produce (``expected_document``,
+    ``contributes``).  A flow's document names its tables and the statuses its operations give."""
+
+    #: The header, entry and finance entry tables.
+    HEADER: str
+    ENTRY: str
+    FINANCE: str
+    #: The status the wide row reaches: saved, audited, voided.
+    SAVED: int
+    AUDITED: int
+    VOIDED: int
+
+    def __init__(self, rng: random.Random, fid: int, saved: dt.datetime, ids: dict[str, int],
+                 prices: dict[int, Decimal], zone: ZoneInfo):
+        super().__init__(rng, saved, ids, zone)
+        self.fid = fid
+        self.prices = prices
+        self.header: dict[str, Any] = {}
+        #: Each live entry's row and its finance row, in FSEQ order.
+        self.entries: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self.statuses = [self.SAVED]
+
+    def remove_entry(self) -> bool:
+        """An entry taken out: it and its finance row deleted, the entries after it renumbered."""
+        if len(self.entries) < 2:
+            return False
+        gone = self.rng.randrange(len(self.entries))
+        entry, finance = self.entries.pop(gone)
+        self.changes.append(SourceChange(self.ENTRY, "delete", dict(entry), self.now))
+        self.changes.append(SourceChange(self.FINANCE, "delete", dict(finance), self.now))
+        for seq, (later, _) in enumerate(self.entries[gone:], start=gone + 1):
+            self._update(self.ENTRY, later, FSEQ=seq)
+        return True
+
+    def submit(self) -> None:
+        self._tick(60, 2 * 3600)
+        self._update(self.HEADER, self.header, FDOCUMENTSTATUS=KINGDEE_UNDER_REVIEW, FMODIFYDATE=self.now)
+
+    def audit(self) -> None:
+        self._tick(300, 8 * 3600)
+        self._update(self.HEADER, self.header, FDOCUMENTSTATUS=KINGDEE_AUDITED, FAPPROVEDATE=self.now,
+                     FMODIFYDATE=self.now)
+        self.statuses.append(self.AUDITED)
+
+    def void(self) -> None:
+        self._tick(300, 24 * 3600)
+        self._update(self.HEADER, self.header, FCANCELSTATUS=KINGDEE_VOIDED, FMODIFYDATE=self.now)
+        self.statuses.append(self.VOIDED)
+
+    def fate(self) -> None:
+        """After its edits: mostly submitted and audited; some voided first (half of them
+        submitted); a few wait submitted, the rest created."""
+        rng = self.rng
+        fate = rng.random()
+        if fate < 0.1:
+            if rng.random() < 0.5:
+                self.submit()
+            self.void()
+        elif fate < 0.85:
+            self.submit()
+            self.audit()
+        elif fate < 0.93:
+            self.submit()
+
+    # --- what it must produce ------------------------------------------------------------------
+
+    def expected_document(self, copied: tuple[str, ...], quantity: str, looked: dict[str, Any],
+                          entry_copied: tuple[str, ...], inherited: tuple[str, ...]
+                          ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The header's wide row and its entries'.  The header: its ``copied`` columns and what it
+        ``looked`` up, its entry count and the sums of its entries' ``quantity`` and amounts, the
+        highest status it reached and the business day of FDATE.  Each entry: its
+        ``entry_copied`` columns, its finance entry's prices and amounts, the header's
+        ``inherited`` columns and business day, its material and stock, the header's status."""
+        h = self.header
+        zero = scaled(Decimal(0), KINGDEE_PLACES)
+        header = {name: h[name] for name in copied} | looked
+        header.update(
+            entry_count=len(self.entries),
+            **{quantity: sum((entry[quantity] for entry, _ in self.entries), zero)},
+            **{name: sum((finance[name] for _, finance in self.entries), zero) for name in KINGDEE_AMOUNTS},
+            status=max(self.statuses), biz_date=business_day(h["FDATE"], self.zone))
+        rows = []
+        for entry, finance in self.entries:
+            material, stock = KINGDEE_MATERIAL[entry["FMATERIALID"]], KINGDEE_STOCK[entry["FSTOCKID"]]
+            row = {name: entry[name] for name in entry_copied}
+            row.update({name: finance[name] for name in ("FPRICE", "FTAXPRICE", "FTAXRATE", *KINGDEE_AMOUNTS)})
+            row.update({name: header[name] for name in (*inherited, "biz_date", "status")})
+            row.update(material_number=material[1], material_name=material[2], stock_number=stock[1],
+                       stock_name=stock[2])
+            rows.append(row)
+        return header, rows
+
+    def contributes(self) -> bool:
+        """Whether the document counts in the ADS: audited and not voided."""
+        return self.header["FDOCUMENTSTATUS"] == KINGDEE_AUDITED and self.header["FCANCELSTATUS"] != KINGDEE_VOIDED

@@ -31,11 +31,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from demo.flows import (
+    KINGDEE_CREATED,
+    KINGDEE_MATERIAL,
+    KINGDEE_NORMAL,
     KINGDEE_PLACES,
     UTC,
     Cells,
     FlowHistory,
-    Life,
+    KingdeeDocument,
     add_cell,
     assemble,
     business_day,
@@ -48,7 +51,6 @@ from demo.flows import (
 from demo.flows.master_data import KINGDEE_DIMENSIONS, MATERIALS, STOCKS, SUPPLIERS, WEIGHED_UNIT
 from demo.render import SourceChange
 from flows.declared.pur_mrb import (
-    AUDITED,
     AUDITED_STATUS,
     ENTRY,
     ENTRY_F,
@@ -57,11 +59,9 @@ from flows.declared.pur_mrb import (
     MRB,
     PUR_MRB,
     SAVED_STATUS,
-    VOIDED,
     VOIDED_STATUS,
 )
 
-CREATED, UNDER_REVIEW, NORMAL = "A", "B", "A"
 #: FMRMODE: the supplier replaces the goods, or deducts them from what it is owed.
 REPLENISH, DEDUCT = "A", "B"
 INSTOCK = "ads_jd_instock"
@@ -74,8 +74,6 @@ AVAILABLE = 10_000
 _PLACES, _RATE_PLACES = KINGDEE_PLACES, 6
 #: The most entries a return has: as many materials as a supplier supplies.
 _MOST_ENTRIES = max(len(s[3]) for s in SUPPLIERS)
-_MATERIAL = {m[0]: m for m in MATERIALS}
-_STOCK = {s[0]: s for s in STOCKS}
 _SUPPLIER = {s[0]: s for s in SUPPLIERS}
 #: Frozen goods come back out of the cold store and pay the reduced VAT rate (9%), the rest 13%
 #: out of a central warehouse; frozen goods and hotpot bases are kept by lot.
@@ -92,22 +90,15 @@ def _amount(value: Decimal) -> Decimal:
     return scaled(value, _PLACES)
 
 
-class _Return(Life):
+class _Return(KingdeeDocument):
     """Plays out one purchase return's life in Kingdee, recording its source changes and final rows."""
 
-    def __init__(self, rng: random.Random, fid: int, saved: dt.datetime, ids: dict[str, int],
-                 prices: dict[int, Decimal], zone: ZoneInfo):
-        super().__init__(rng, saved, ids, zone)
-        self.fid = fid
-        self.prices = prices
-        self.header: dict[str, Any] = {}
-        #: Each live entry's row and its finance row, in FSEQ order.
-        self.entries: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        self.statuses = [SAVED_STATUS]
-        self.stock = 0
+    HEADER, ENTRY, FINANCE = MRB, ENTRY, ENTRY_F
+    SAVED, AUDITED, VOIDED = SAVED_STATUS, AUDITED_STATUS, VOIDED_STATUS
+    stock = 0
 
     def _quantity(self, material: int) -> Decimal:
-        if _MATERIAL[material][5] == WEIGHED_UNIT:
+        if KINGDEE_MATERIAL[material][5] == WEIGHED_UNIT:
             return _amount(Decimal(self.rng.randint(1_000, 60_000)).scaleb(-3))
         return _amount(Decimal(self.rng.randint(1, 20)))
 
@@ -120,7 +111,7 @@ class _Return(Life):
 
     def _entry(self, seq: int, material: int) -> tuple[dict[str, Any], dict[str, Any]]:
         self.ids["entry"] += 1
-        unit = _MATERIAL[material][5]
+        unit = KINGDEE_MATERIAL[material][5]
         lot = 0
         lot_text = ""
         if material in _BY_LOT:
@@ -151,8 +142,8 @@ class _Return(Life):
             "FMRMODE": REPLENISH if rng.random() < 0.6 else DEDUCT, "FSTOCKORGID": ORG, "FREQUIREORGID": ORG,
             "FPURCHASEORGID": ORG, "FSUPPLIERID": supplier[0], "FMRDEPTID": 100_200 + rng.randint(5, 6),
             "FSTOCKERID": 100_400 + rng.randint(1, 6), "FPURCHASERID": 100_500 + rng.randint(1, 5),
-            "FDOCUMENTSTATUS": CREATED, "FCANCELSTATUS": NORMAL, "FCREATEDATE": saved, "FMODIFYDATE": saved,
-            "FAPPROVEDATE": None, "FDESCRIPTION": rng.choice(_REASONS),
+            "FDOCUMENTSTATUS": KINGDEE_CREATED, "FCANCELSTATUS": KINGDEE_NORMAL, "FCREATEDATE": saved,
+            "FMODIFYDATE": saved, "FAPPROVEDATE": None, "FDESCRIPTION": rng.choice(_REASONS),
         }
         materials = rng.sample(supplier[3], rng.randint(1, len(supplier[3])))
         self.entries = [self._entry(seq, material) for seq, material in enumerate(materials, start=1)]
@@ -182,40 +173,14 @@ class _Return(Life):
         self.changes.append(SourceChange(ENTRY_F, "insert", dict(finance), self.now))
         return True
 
-    def _remove(self) -> bool:
-        """An entry taken out: it and its finance row deleted, the entries after it renumbered."""
-        if len(self.entries) < 2:
-            return False
-        gone = self.rng.randrange(len(self.entries))
-        entry, finance = self.entries.pop(gone)
-        self.changes.append(SourceChange(ENTRY, "delete", dict(entry), self.now))
-        self.changes.append(SourceChange(ENTRY_F, "delete", dict(finance), self.now))
-        for seq, (later, _) in enumerate(self.entries[gone:], start=gone + 1):
-            self._update(ENTRY, later, FSEQ=seq)
-        return True
-
     def edit(self) -> None:
         """While still created: an entry's quantity changed (its amounts with it), an entry
         added, or one taken out."""
         self._tick(60, 4 * 3600)
         kind = self.rng.random()
-        if not ((kind < 0.2 and self._add()) or (0.2 <= kind < 0.4 and self._remove())):
+        if not ((kind < 0.2 and self._add()) or (0.2 <= kind < 0.4 and self.remove_entry())):
             self._requantify()
         self._update(MRB, self.header, FMODIFYDATE=self.now)
-
-    def submit(self) -> None:
-        self._tick(60, 2 * 3600)
-        self._update(MRB, self.header, FDOCUMENTSTATUS=UNDER_REVIEW, FMODIFYDATE=self.now)
-
-    def audit(self) -> None:
-        self._tick(300, 8 * 3600)
-        self._update(MRB, self.header, FDOCUMENTSTATUS=AUDITED, FAPPROVEDATE=self.now, FMODIFYDATE=self.now)
-        self.statuses.append(AUDITED_STATUS)
-
-    def void(self) -> None:
-        self._tick(300, 24 * 3600)
-        self._update(MRB, self.header, FCANCELSTATUS=VOIDED, FMODIFYDATE=self.now)
-        self.statuses.append(VOIDED_STATUS)
 
     def live(self) -> None:
         """Created, maybe edited (once or twice), then mostly submitted and audited; some voided
@@ -225,55 +190,26 @@ class _Return(Life):
             self.edit()
             if rng.random() < 0.3:
                 self.edit()
-        fate = rng.random()
-        if fate < 0.1:
-            if rng.random() < 0.5:
-                self.submit()
-            self.void()
-        elif fate < 0.85:
-            self.submit()
-            self.audit()
-        elif fate < 0.93:
-            self.submit()
+        self.fate()
 
     # --- what it must produce ------------------------------------------------------------------
 
     def expected(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The header's wide row and its entries'."""
-        h = self.header
-        status = max(self.statuses)
-        day = business_day(h["FDATE"], self.zone)
-        header = {name: h[name] for name in ("FID", "FBILLNO", "FBILLTYPEID", "FDATE", "FMRTYPE", "FMRMODE",
-                                             "FSTOCKORGID", "FPURCHASEORGID", "FSUPPLIERID", "FMRDEPTID",
-                                             "FPURCHASERID", "FDOCUMENTSTATUS", "FCANCELSTATUS", "FAPPROVEDATE")}
-        zero = _amount(Decimal(0))
-        header.update(
-            entry_count=len(self.entries),
-            FRMREALQTY=sum((entry["FRMREALQTY"] for entry, _ in self.entries), zero),
-            FAMOUNT=sum((finance["FAMOUNT"] for _, finance in self.entries), zero),
-            FTAXAMOUNT=sum((finance["FTAXAMOUNT"] for _, finance in self.entries), zero),
-            FALLAMOUNT=sum((finance["FALLAMOUNT"] for _, finance in self.entries), zero),
-            status=status, biz_date=day)
-        rows = []
-        for entry, finance in self.entries:
-            material, stock = _MATERIAL[entry["FMATERIALID"]], _STOCK[entry["FSTOCKID"]]
-            row = {name: entry[name] for name in ("FENTRYID", "FID", "FSEQ", "FMATERIALID", "FUNITID", "FRMREALQTY",
-                                                  "FREPLENISHQTY", "FKEAPAMTQTY", "FBASEUNITID", "FBASEUNITQTY",
-                                                  "FSTOCKID", "FSTOCKLOCID", "FSTOCKSTATUSID", "FLOT", "FLOT_TEXT")}
-            row.update({name: finance[name] for name in ("FPRICE", "FTAXPRICE", "FTAXRATE", "FAMOUNT",
-                                                         "FTAXAMOUNT", "FALLAMOUNT")})
-            row.update(FSTOCKORGID=h["FSTOCKORGID"], FSUPPLIERID=h["FSUPPLIERID"], biz_date=day,
-                       material_number=material[1], material_name=material[2], stock_number=stock[1],
-                       stock_name=stock[2], status=status)
-            rows.append(row)
-        return header, rows
+        return self.expected_document(
+            ("FID", "FBILLNO", "FBILLTYPEID", "FDATE", "FMRTYPE", "FMRMODE", "FSTOCKORGID", "FPURCHASEORGID",
+             "FSUPPLIERID", "FMRDEPTID", "FPURCHASERID", "FDOCUMENTSTATUS", "FCANCELSTATUS", "FAPPROVEDATE"),
+            "FRMREALQTY", {},
+            ("FENTRYID", "FID", "FSEQ", "FMATERIALID", "FUNITID", "FRMREALQTY", "FREPLENISHQTY", "FKEAPAMTQTY",
+             "FBASEUNITID", "FBASEUNITQTY", "FSTOCKID", "FSTOCKLOCID", "FSTOCKSTATUSID", "FLOT", "FLOT_TEXT"),
+            ("FSTOCKORGID", "FSUPPLIERID"))
 
     def contribute(self, cells: Cells) -> None:
         """Add the return's entries to the ADS cells, from its source rows: audited and not
         voided, on its document date."""
-        h = self.header
-        if h["FDOCUMENTSTATUS"] != AUDITED or h["FCANCELSTATUS"] == VOIDED:
+        if not self.contributes():
             return
+        h = self.header
         day = business_day(h["FDATE"], self.zone)
         for entry, finance in self.entries:
             add_cell(cells, INSTOCK, (day, h["FSTOCKORGID"], h["FSUPPLIERID"], entry["FMATERIALID"], entry["FSTOCKID"]),

@@ -22,11 +22,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from demo.flows import (
+    KINGDEE_CREATED,
+    KINGDEE_MATERIAL,
+    KINGDEE_NORMAL,
     KINGDEE_PLACES,
     UTC,
     Cells,
     FlowHistory,
-    Life,
+    KingdeeDocument,
     add_cell,
     assemble,
     business_day,
@@ -38,18 +41,23 @@ from demo.flows import (
 )
 from demo.flows.master_data import CUSTOMERS, MATERIALS, STOCKS, STORES, WEIGHED_UNIT
 from demo.render import SourceChange
-from flows.declared.sal_order import AUDITED, ENTRY, ENTRY_F, ENTRY_TABLE, HEADER_TABLE, ORDER, SAL_ORDER, VOIDED
+from flows.declared.sal_order import (
+    AUDITED_STATUS,
+    ENTRY,
+    ENTRY_F,
+    ENTRY_TABLE,
+    HEADER_TABLE,
+    ORDER,
+    SAL_ORDER,
+    SAVED_STATUS,
+    VOIDED_STATUS,
+)
 
-#: The status each operation gives the wide row.
-SAVE_STATUS, AUDIT_STATUS, CANCEL_STATUS = 10, 20, 50
-CREATED, UNDER_REVIEW, NORMAL = "A", "B", "A"
 SALES = "ads_jd_order_sales"
 #: Kingdee's standard sales order bill type (XSDD01_SYS).
 BILL_TYPE = "eacb50844fc84a10b03d7b841f3a6278"
 _PLACES, _RATE_PLACES = KINGDEE_PLACES, 6
 _MOST_ENTRIES = 6
-_MATERIAL = {m[0]: m for m in MATERIALS}
-_STOCK = {s[0]: s for s in STOCKS}
 _CUSTOMER = {c[0]: c for c in CUSTOMERS}
 #: Frozen goods leave from the cold store, the rest from the central warehouse of the store's
 #: region; frozen farm produce pays the reduced VAT rate (9%), the rest 13%.
@@ -65,21 +73,14 @@ def _amount(value: Decimal) -> Decimal:
     return scaled(value, _PLACES)
 
 
-class _SalesOrder(Life):
+class _SalesOrder(KingdeeDocument):
     """Plays out one sales order's life in Kingdee, recording its source changes and final rows."""
 
-    def __init__(self, rng: random.Random, fid: int, saved: dt.datetime, ids: dict[str, int],
-                 prices: dict[int, Decimal], zone: ZoneInfo):
-        super().__init__(rng, saved, ids, zone)
-        self.fid = fid
-        self.prices = prices
-        self.header: dict[str, Any] = {}
-        #: Each entry's row and its finance row.
-        self.entries: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        self.statuses = [SAVE_STATUS]
+    HEADER, ENTRY, FINANCE = ORDER, ENTRY, ENTRY_F
+    SAVED, AUDITED, VOIDED = SAVED_STATUS, AUDITED_STATUS, VOIDED_STATUS
 
     def _quantity(self, material: int) -> Decimal:
-        if _MATERIAL[material][5] == WEIGHED_UNIT:
+        if KINGDEE_MATERIAL[material][5] == WEIGHED_UNIT:
             return _amount(Decimal(self.rng.randint(5_000, 80_000)).scaleb(-3))
         return _amount(Decimal(self.rng.randint(1, 40)))
 
@@ -91,15 +92,15 @@ class _SalesOrder(Life):
             "FID": self.fid, "FBILLNO": f"XSDD{self.fid % 1_000_000:06d}", "FBILLTYPEID": BILL_TYPE,
             "FDATE": document_day, "FCUSTID": customer[0], "FSALEORGID": 100_001,
             "FSALEDEPTID": 100_200 + rng.randint(1, 4), "FSALERID": 100_300 + rng.randint(1, 12),
-            "FDOCUMENTSTATUS": CREATED, "FCANCELSTATUS": NORMAL, "FCLOSESTATUS": "A",
+            "FDOCUMENTSTATUS": KINGDEE_CREATED, "FCANCELSTATUS": KINGDEE_NORMAL, "FCLOSESTATUS": "A",
             "FCREATEDATE": saved, "FMODIFYDATE": saved, "FAPPROVEDATE": None, "FNOTE": rng.choice(_NOTES),
         }
-        materials = rng.sample(sorted(_MATERIAL), rng.randint(1, _MOST_ENTRIES))
+        materials = rng.sample(sorted(KINGDEE_MATERIAL), rng.randint(1, _MOST_ENTRIES))
         for seq, material in enumerate(materials, start=1):
             self.ids["entry"] += 1
             entry: dict[str, Any] = {
                 "FENTRYID": self.ids["entry"], "FID": self.fid, "FSEQ": seq, "FMATERIALID": material,
-                "FUNITID": _MATERIAL[material][5], "FQTY": self._quantity(material),
+                "FUNITID": KINGDEE_MATERIAL[material][5], "FQTY": self._quantity(material),
                 "FSTOCKID": _COLD_STORE if material in _FROZEN else stock,
                 "FDELIVERYDATE": document_day + dt.timedelta(days=rng.randint(1, 3)), "FNOTE": None}
             finance: dict[str, Any] = {"FENTRYID": entry["FENTRYID"], "FID": self.fid, "FPRICE": None,
@@ -126,70 +127,27 @@ class _SalesOrder(Life):
         self._update(ENTRY_F, finance, **updated)
         self._update(ORDER, self.header, FMODIFYDATE=self.now)
 
-    def submit(self) -> None:
-        self._tick(60, 2 * 3600)
-        self._update(ORDER, self.header, FDOCUMENTSTATUS=UNDER_REVIEW, FMODIFYDATE=self.now)
-
-    def audit(self) -> None:
-        self._tick(300, 8 * 3600)
-        self._update(ORDER, self.header, FDOCUMENTSTATUS=AUDITED, FAPPROVEDATE=self.now, FMODIFYDATE=self.now)
-        self.statuses.append(AUDIT_STATUS)
-
-    def void(self) -> None:
-        self._tick(300, 24 * 3600)
-        self._update(ORDER, self.header, FCANCELSTATUS=VOIDED, FMODIFYDATE=self.now)
-        self.statuses.append(CANCEL_STATUS)
-
     def live(self) -> None:
         """Created, maybe edited, then mostly submitted and audited; some voided first; a few wait."""
         rng = self.rng
         if rng.random() < 0.2:
             self.edit()
-        fate = rng.random()
-        if fate < 0.1:
-            if rng.random() < 0.5:
-                self.submit()
-            self.void()
-        elif fate < 0.85:
-            self.submit()
-            self.audit()
-        elif fate < 0.93:
-            self.submit()
+        self.fate()
 
     # --- what it must produce ------------------------------------------------------------------
 
     def expected(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The header's wide row and its entries'."""
-        h = self.header
-        customer = _CUSTOMER[h["FCUSTID"]]
-        status = max(self.statuses)
-        day = business_day(h["FDATE"], self.zone)
-        header = {name: h[name] for name in ("FID", "FBILLNO", "FBILLTYPEID", "FDATE", "FCUSTID", "FSALEORGID",
-                                             "FSALERID", "FDOCUMENTSTATUS", "FCANCELSTATUS", "FAPPROVEDATE")}
-        zero = _amount(Decimal(0))
-        header.update(
-            store_id=customer[3], store_name=customer[4], entry_count=len(self.entries),
-            FQTY=sum((entry["FQTY"] for entry, _ in self.entries), zero),
-            FAMOUNT=sum((finance["FAMOUNT"] for _, finance in self.entries), zero),
-            FTAXAMOUNT=sum((finance["FTAXAMOUNT"] for _, finance in self.entries), zero),
-            FALLAMOUNT=sum((finance["FALLAMOUNT"] for _, finance in self.entries), zero),
-            status=status, biz_date=day)
-        rows = []
-        for entry, finance in self.entries:
-            material, stock = _MATERIAL[entry["FMATERIALID"]], _STOCK[entry["FSTOCKID"]]
-            row = {name: entry[name] for name in ("FENTRYID", "FID", "FSEQ", "FMATERIALID", "FUNITID", "FQTY",
-                                                  "FSTOCKID")}
-            row.update({name: finance[name] for name in ("FPRICE", "FTAXPRICE", "FTAXRATE", "FAMOUNT",
-                                                         "FTAXAMOUNT", "FALLAMOUNT")})
-            row.update(FCUSTID=h["FCUSTID"], store_id=customer[3], biz_date=day, material_number=material[1],
-                       material_name=material[2], stock_number=stock[1], stock_name=stock[2], status=status)
-            rows.append(row)
-        return header, rows
+        customer = _CUSTOMER[self.header["FCUSTID"]]
+        return self.expected_document(
+            ("FID", "FBILLNO", "FBILLTYPEID", "FDATE", "FCUSTID", "FSALEORGID", "FSALERID", "FDOCUMENTSTATUS",
+             "FCANCELSTATUS", "FAPPROVEDATE"), "FQTY", {"store_id": customer[3], "store_name": customer[4]},
+            ("FENTRYID", "FID", "FSEQ", "FMATERIALID", "FUNITID", "FQTY", "FSTOCKID"), ("FCUSTID", "store_id"))
 
     def contribute(self, cells: Cells) -> None:
         """Add the order's entries to the ADS cells, from its source rows: audited and not
         voided, on its document date."""
-        if self.header["FDOCUMENTSTATUS"] != AUDITED or self.header["FCANCELSTATUS"] == VOIDED:
+        if not self.contributes():
             return
         day = business_day(self.header["FDATE"], self.zone)
         store = _CUSTOMER[self.header["FCUSTID"]][3]

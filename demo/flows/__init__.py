@@ -172,16 +172,22 @@ class KingdeeDocument(Life):
     """One Kingdee document's life as the document flows (``sal_order``, ``pur_mrb``) play it
     out: a header, its entries and their finance entries (``entries``, in FSEQ order), saved
     created (A); its fate (``fate``) and what it must produce (``expected_document``,
-    ``contributes``).  A flow's document names its tables and the statuses its operations give."""
+    ``contributes``).  A flow's document names its tables and the statuses its operations give.
+
+    Kingdee deletes only a document that is not audited: its header, entries and finance entries
+    in one transaction, one binlog delete per row in no particular order.  A deleted document's
+    wide row is its FID and the deleted status, every other column NULL (no row is left to copy
+    or look up by), its counts and sums over no entries; it has no entry rows and counts nowhere."""
 
     #: The header, entry and finance entry tables.
     HEADER: str
     ENTRY: str
     FINANCE: str
-    #: The status the wide row reaches: saved, audited, voided.
+    #: The status the wide row reaches: saved, audited, voided, deleted.
     SAVED: int
     AUDITED: int
     VOIDED: int
+    DELETED: int
 
     def __init__(self, rng: random.Random, fid: int, saved: dt.datetime, ids: dict[str, int],
                  prices: dict[int, Decimal], zone: ZoneInfo):
@@ -192,6 +198,7 @@ class KingdeeDocument(Life):
         #: Each live entry's row and its finance row, in FSEQ order.
         self.entries: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.statuses = [self.SAVED]
+        self.deleted = False
 
     def remove_entry(self) -> bool:
         """An entry taken out: it and its finance row deleted, the entries after it renumbered."""
@@ -220,22 +227,57 @@ class KingdeeDocument(Life):
         self._update(self.HEADER, self.header, FCANCELSTATUS=KINGDEE_VOIDED, FMODIFYDATE=self.now)
         self.statuses.append(self.VOIDED)
 
+    def withdraw(self) -> None:
+        """A submitted document taken back from review (撤销): created again."""
+        self._tick(300, 4 * 3600)
+        self._update(self.HEADER, self.header, FDOCUMENTSTATUS=KINGDEE_CREATED, FMODIFYDATE=self.now)
+
+    def delete(self) -> None:
+        """The document deleted: its header, entries and finance entries in one transaction, in
+        no particular order."""
+        self._tick(300, 24 * 3600)
+        gone = [SourceChange(self.HEADER, "delete", dict(self.header), self.now)]
+        gone += [SourceChange(table, "delete", dict(row), self.now)
+                 for entry, finance in self.entries for table, row in ((self.ENTRY, entry), (self.FINANCE, finance))]
+        self.rng.shuffle(gone)
+        self.changes += gone
+        self.statuses.append(self.DELETED)
+        self.deleted = True
+
+    def live(self) -> None:
+        """Its life once saved: the flow's edits while created, then its ``fate``."""
+        raise NotImplementedError
+
     def fate(self) -> None:
         """After its edits: mostly submitted and audited; some voided first (half of them
-        submitted); a few wait submitted, the rest created."""
+        submitted); some deleted (half of them submitted and withdrawn first); a few wait
+        submitted, the rest created."""
         rng = self.rng
         fate = rng.random()
         if fate < 0.1:
             if rng.random() < 0.5:
                 self.submit()
             self.void()
-        elif fate < 0.85:
+        elif fate < 0.78:
             self.submit()
             self.audit()
-        elif fate < 0.93:
+        elif fate < 0.86:
             self.submit()
+        elif fate < 0.95:
+            if rng.random() < 0.5:
+                self.submit()
+                self.withdraw()
+            self.delete()
 
     # --- what it must produce ------------------------------------------------------------------
+
+    def expected(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The header's wide row and its entries' (``expected_document`` with the flow's columns)."""
+        raise NotImplementedError
+
+    def contribute(self, cells: Cells) -> None:
+        """Add the document's entries to the ADS cells while it ``contributes``."""
+        raise NotImplementedError
 
     def expected_document(self, copied: tuple[str, ...], quantity: str, looked: dict[str, Any],
                           entry_copied: tuple[str, ...], inherited: tuple[str, ...]
@@ -247,14 +289,18 @@ class KingdeeDocument(Life):
         ``inherited`` columns and business day, its material and stock, the header's status."""
         h = self.header
         zero = scaled(Decimal(0), KINGDEE_PLACES)
+        if self.deleted:
+            # Nothing is left of it but its FID and status.
+            h, looked = dict.fromkeys(h) | {"FID": self.fid}, dict.fromkeys(looked)
+        entries = [] if self.deleted else self.entries
         header = {name: h[name] for name in copied} | looked
         header.update(
-            entry_count=len(self.entries),
-            **{quantity: sum((entry[quantity] for entry, _ in self.entries), zero)},
-            **{name: sum((finance[name] for _, finance in self.entries), zero) for name in KINGDEE_AMOUNTS},
+            entry_count=len(entries),
+            **{quantity: sum((entry[quantity] for entry, _ in entries), zero)},
+            **{name: sum((finance[name] for _, finance in entries), zero) for name in KINGDEE_AMOUNTS},
             status=max(self.statuses), biz_date=business_day(h["FDATE"], self.zone))
         rows = []
-        for entry, finance in self.entries:
+        for entry, finance in entries:
             material, stock = KINGDEE_MATERIAL[entry["FMATERIALID"]], KINGDEE_STOCK[entry["FSTOCKID"]]
             row = {name: entry[name] for name in entry_copied}
             row.update({name: finance[name] for name in ("FPRICE", "FTAXPRICE", "FTAXRATE", *KINGDEE_AMOUNTS)})
@@ -265,5 +311,6 @@ class KingdeeDocument(Life):
         return header, rows
 
     def contributes(self) -> bool:
-        """Whether the document counts in the ADS: audited and not voided."""
-        return self.header["FDOCUMENTSTATUS"] == KINGDEE_AUDITED and self.header["FCANCELSTATUS"] != KINGDEE_VOIDED
+        """Whether the document counts in the ADS: audited, neither voided nor deleted."""
+        return (self.header["FDOCUMENTSTATUS"] == KINGDEE_AUDITED and self.header["FCANCELSTATUS"] != KINGDEE_VOIDED
+                and not self.deleted)

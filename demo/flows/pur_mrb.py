@@ -5,20 +5,17 @@ received into (frozen goods out of the cold store, with their lot).  A return is
 created) with its entries and their finance rows in one transaction; while still created it is
 sometimes edited (an entry's quantity changed, an entry added, or one taken out and the others
 renumbered, its finance row with it); it is mostly submitted (B) and audited (C, with
-FAPPROVEDATE); some are voided (FCANCELSTATUS B) before they are audited, a few wait.  The
-supplier either replaces the goods (FMRMODE A: FREPLENISHQTY is the quantity returned) or has
-them deducted from what it is owed (B: FKEAPAMTQTY).  Quantities and amounts are Kingdee's
-``decimal(23,10)``: a price without tax is the price with tax over 1 + the rate, to ten places.
-Kingdee keeps whole seconds (``datetime``).
-
-No return is deleted.  Kingdee deletes a document's entries and finance entries with its header,
-and under the declaration those deletes raise SAVE (``Raise(ENTRY, (SAVE,))`` takes every
-change), which waits for a header and an entry that never come back: such a history never
-completes.
+FAPPROVEDATE); some are voided (FCANCELSTATUS B) before they are audited, some deleted
+(``demo.flows.KingdeeDocument``: header, entries and finance entries, in no particular order), a
+few wait.  The supplier either replaces the goods (FMRMODE A: FREPLENISHQTY is the quantity
+returned) or has them deducted from what it is owed (B: FKEAPAMTQTY).  Quantities and amounts are
+Kingdee's ``decimal(23,10)``: a price without tax is the price with tax over 1 + the rate, to ten
+places.  Kingdee keeps whole seconds (``datetime``).
 
 The expected rows follow ``demo.flows``' semantics; for this flow: the status is the highest
-of SAVE 10, AUDIT 20 and CANCEL 50; ``biz_date`` is the day of FDATE.  A return counts in the
-ADS, per entry, once audited and while not voided, on its document date.
+of SAVE 10, AUDIT 20, CANCEL 50 and DELETE 90; ``biz_date`` is the day of FDATE; a deleted return
+keeps only its FID and status.  A return counts in the ADS, per entry, once audited and while
+neither voided nor deleted, on its document date.
 """
 
 from __future__ import annotations
@@ -52,6 +49,7 @@ from demo.flows.master_data import KINGDEE_DIMENSIONS, MATERIALS, STOCKS, SUPPLI
 from demo.render import SourceChange
 from flows.declared.pur_mrb import (
     AUDITED_STATUS,
+    DELETED_STATUS,
     ENTRY,
     ENTRY_F,
     ENTRY_TABLE,
@@ -94,7 +92,7 @@ class _Return(KingdeeDocument):
     """Plays out one purchase return's life in Kingdee, recording its source changes and final rows."""
 
     HEADER, ENTRY, FINANCE = MRB, ENTRY, ENTRY_F
-    SAVED, AUDITED, VOIDED = SAVED_STATUS, AUDITED_STATUS, VOIDED_STATUS
+    SAVED, AUDITED, VOIDED, DELETED = SAVED_STATUS, AUDITED_STATUS, VOIDED_STATUS, DELETED_STATUS
     stock = 0
 
     def _quantity(self, material: int) -> Decimal:
@@ -218,6 +216,21 @@ class _Return(KingdeeDocument):
                      return_tax_amount=finance["FTAXAMOUNT"], return_all_amount=finance["FALLAMOUNT"])
 
 
+def _prices(rng: random.Random) -> dict[int, Decimal]:
+    """A run's price with tax of each material."""
+    return {m[0]: Decimal(rng.randint(1_400, 7_200) if m[5] == WEIGHED_UNIT else rng.randint(3_000, 48_000))
+            .scaleb(-2) for m in MATERIALS}
+
+
+def saved_document(rng: random.Random, fid: int, ids: dict[str, int], prices: dict[int, Decimal] | None = None,
+                   zone: ZoneInfo = UTC) -> KingdeeDocument:
+    """Return ``fid`` saved, its entry and lot ids taken from ``ids`` ("entry", "lot"): what a test
+    plays one return's life from (``prices``: drawn from ``rng`` when not given)."""
+    document = _Return(rng, fid, _saved(rng), ids, _prices(rng) if prices is None else prices, zone)
+    document.save(rng.choice(SUPPLIERS), rng.choice(_CENTRAL))
+    return document
+
+
 def _saved(rng: random.Random) -> dt.datetime:
     """When a return is saved: office hours over a week from 1 November 2026, whole seconds."""
     day = dt.datetime(2026, 11, 1) + dt.timedelta(days=rng.randrange(7))
@@ -252,12 +265,10 @@ def generate(entities: int, seed: int | None = None, input_format: str = "canal"
     first_fid = id_start(run_id, MRB, entities + 1)
     ids = {"entry": id_start(run_id, ENTRY, entities * _MOST_ENTRIES + 1),
            "lot": id_start(run_id, "FLOT", entities * _MOST_ENTRIES + 1)}
-    prices = {m[0]: Decimal(rng.randint(1_400, 7_200) if m[5] == WEIGHED_UNIT else rng.randint(3_000, 48_000))
-              .scaleb(-2) for m in MATERIALS}
+    prices = _prices(rng)
     changes: list[SourceChange] = []
     for n in range(entities):
-        document = _Return(rng, first_fid + n, _saved(rng), ids, prices, zone)
-        document.save(rng.choice(SUPPLIERS), rng.choice(_CENTRAL))
+        document = saved_document(rng, first_fid + n, ids, prices, zone)
         document.live()
         header, rows = document.expected()
         history.expected[HEADER_TABLE][document.fid] = header

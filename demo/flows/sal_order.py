@@ -1,15 +1,18 @@
 """A demo history of the ``sal_order`` flow (Kingdee sales orders) and what it must produce.
 
 The head office sells to its stores, which are Kingdee customers.  An order is saved (A,
-created) with its entries and their finance rows in one transaction, sometimes has an entry
-edited while still created, is mostly submitted (B) and audited (C, with FAPPROVEDATE); some
-are voided (FCANCELSTATUS B) before they are audited, a few wait.  Quantities and amounts are
-Kingdee's ``decimal(23,10)``: a price without tax is the price with tax over 1 + the rate, to
-ten places.  Kingdee keeps whole seconds (``datetime``).
+created) with its entries and their finance rows in one transaction, sometimes edited while
+still created (an entry's quantity changed, or an entry taken out and the others renumbered),
+is mostly submitted (B) and audited (C, with FAPPROVEDATE); some are voided (FCANCELSTATUS B)
+before they are audited, some deleted (``demo.flows.KingdeeDocument``: header, entries and
+finance entries, in no particular order), a few wait.  Quantities and amounts are Kingdee's
+``decimal(23,10)``: a price without tax is the price with tax over 1 + the rate, to ten places.
+Kingdee keeps whole seconds (``datetime``).
 
 The expected rows follow ``demo.flows``' semantics; for this flow: the status is the highest
-of SAVE 10, AUDIT 20 and CANCEL 50; ``biz_date`` is the day of FDATE.  An order counts in the
-ADS, per entry, once audited and while not voided.
+of SAVE 10, AUDIT 20, CANCEL 50 and DELETE 90; ``biz_date`` is the day of FDATE; a deleted order
+keeps only its FID and status.  An order counts in the ADS, per entry, once audited and while
+neither voided nor deleted.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from demo.flows.master_data import CUSTOMERS, MATERIALS, STOCKS, STORES, WEIGHED
 from demo.render import SourceChange
 from flows.declared.sal_order import (
     AUDITED_STATUS,
+    DELETED_STATUS,
     ENTRY,
     ENTRY_F,
     ENTRY_TABLE,
@@ -77,7 +81,7 @@ class _SalesOrder(KingdeeDocument):
     """Plays out one sales order's life in Kingdee, recording its source changes and final rows."""
 
     HEADER, ENTRY, FINANCE = ORDER, ENTRY, ENTRY_F
-    SAVED, AUDITED, VOIDED = SAVED_STATUS, AUDITED_STATUS, VOIDED_STATUS
+    SAVED, AUDITED, VOIDED, DELETED = SAVED_STATUS, AUDITED_STATUS, VOIDED_STATUS, DELETED_STATUS
 
     def _quantity(self, material: int) -> Decimal:
         if KINGDEE_MATERIAL[material][5] == WEIGHED_UNIT:
@@ -114,10 +118,8 @@ class _SalesOrder(KingdeeDocument):
             self.changes.append(SourceChange(ENTRY, "insert", dict(entry), saved))
             self.changes.append(SourceChange(ENTRY_F, "insert", dict(finance), saved))
 
-    def edit(self) -> None:
-        """While still created: one entry's quantity changed, its amounts with it."""
+    def _requantify(self) -> None:
         entry, finance = self.rng.choice(self.entries)
-        self._tick(60, 4 * 3600)
         quantity = entry["FQTY"]
         while quantity == entry["FQTY"]:
             quantity = self._quantity(entry["FMATERIALID"])
@@ -125,6 +127,13 @@ class _SalesOrder(KingdeeDocument):
         updated = dict(finance)
         kingdee_priced(updated, entry["FQTY"])
         self._update(ENTRY_F, finance, **updated)
+
+    def edit(self) -> None:
+        """While still created: one entry's quantity changed (its amounts with it), or one entry
+        taken out (the store no longer wants it)."""
+        self._tick(60, 4 * 3600)
+        if not (self.rng.random() < 0.3 and self.remove_entry()):
+            self._requantify()
         self._update(ORDER, self.header, FMODIFYDATE=self.now)
 
     def live(self) -> None:
@@ -154,6 +163,22 @@ class _SalesOrder(KingdeeDocument):
         for entry, finance in self.entries:
             add_cell(cells, SALES, (day, store, entry["FMATERIALID"], entry["FSTOCKID"]), qty=entry["FQTY"],
                      amount=finance["FAMOUNT"], tax_amount=finance["FTAXAMOUNT"], all_amount=finance["FALLAMOUNT"])
+
+
+def _prices(rng: random.Random) -> dict[int, Decimal]:
+    """A run's price with tax of each material."""
+    return {m[0]: Decimal(rng.randint(1_800, 9_800) if m[5] == WEIGHED_UNIT else rng.randint(4_500, 68_000))
+            .scaleb(-2) for m in MATERIALS}
+
+
+def saved_document(rng: random.Random, fid: int, ids: dict[str, int], prices: dict[int, Decimal] | None = None,
+                   zone: ZoneInfo = UTC) -> KingdeeDocument:
+    """Order ``fid`` saved, its entry ids taken from ``ids`` ("entry"): what a test plays one
+    order's life from (``prices``: drawn from ``rng`` when not given)."""
+    order = _SalesOrder(rng, fid, _saved(rng), ids, _prices(rng) if prices is None else prices, zone)
+    customer = rng.choice(CUSTOMERS)
+    order.save(customer, _REGIONAL_STOCK[_REGION[customer[3]]])
+    return order
 
 
 def _saved(rng: random.Random) -> dt.datetime:
@@ -194,13 +219,10 @@ def generate(entities: int, seed: int | None = None, input_format: str = "canal"
     history = FlowHistory(flow=SAL_ORDER.name, run_id=run_id, expected={HEADER_TABLE: {}, ENTRY_TABLE: {}})
     first_fid = id_start(run_id, ORDER, entities + 1)
     ids = {"entry": id_start(run_id, ENTRY, entities * _MOST_ENTRIES + 1)}
-    prices = {m[0]: Decimal(rng.randint(1_800, 9_800) if m[5] == WEIGHED_UNIT else rng.randint(4_500, 68_000))
-              .scaleb(-2) for m in MATERIALS}
+    prices = _prices(rng)
     changes: list[SourceChange] = []
     for n in range(entities):
-        order = _SalesOrder(rng, first_fid + n, _saved(rng), ids, prices, zone)
-        customer = rng.choice(CUSTOMERS)
-        order.save(customer, _REGIONAL_STOCK[_REGION[customer[3]]])
+        order = saved_document(rng, first_fid + n, ids, prices, zone)
         order.live()
         header, rows = order.expected()
         history.expected[HEADER_TABLE][order.fid] = header

@@ -11,7 +11,9 @@ The semantics the expected rows follow, which the engine is to implement:
 - every operation a row raises runs, in state-machine order; the wide row is what the final
   live source rows give, its status the highest status of the operations that ran;
 - a sum over no rows is 0 (at the column's scale); a business day is the day, in the business
-  zone, of a time stored as naive UTC.
+  zone, of a time stored as naive UTC;
+- an entity whose header (a source declared ``deletes_entity``) was deleted keeps its root row
+  with its key and status, every column copied from its gone rows NULL.
 """
 
 from __future__ import annotations

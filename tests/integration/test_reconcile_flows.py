@@ -153,6 +153,10 @@ def test_a_kingdee_source_database_is_compared_with_what_tdc_accepted_and_taken_
                             TDC_SOURCE_DATABASES="gqsh,jd_erp_src_*")
     flow = routing(BY_NAME["sal_order"])
     documents = sal_order.generate(25, seed=71, displacement=0, duplicate_rate=0, malformed=0)
+    # A snapshot finds no trace of an order Kingdee deleted before it was taken
+    deleted = {fid for fid, row in documents.expected[SAL.root.name].items() if row["status"] == 90}
+    documents.expected[SAL.root.name] = {
+        fid: row for fid, row in documents.expected[SAL.root.name].items() if fid not in deleted}
     engine = create_engine(url)
     tables = source_metadata(flow)
     tables.create_all(engine)

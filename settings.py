@@ -27,6 +27,9 @@ class SettingsError(ValueError):
 
 #: The SMTP port of each TDC_SMTP_TLS mode when TDC_SMTP_PORT is not set (RFC 8314's ports).
 SMTP_PORTS = {"none": 25, "starttls": 587, "tls": 465}
+#: What the declared search index aliases begin with (``IndexDocument.index``); ``TDC_ES_ALIAS``
+#: replaces it, so ``TDC_ES_ALIAS=acme`` reads and writes ``acme`` and ``acme-pos``.
+ES_ALIAS_STEM = "tdc-orders"
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class Settings:
     redis_url: str
     broker_url: str
     es_url: str | None
-    #: The alias the orders index is read and written through (its indices: ALIAS-v1, -v2, ...).
+    #: The alias the index of the flow declaring ``tdc-orders`` is read and written through (its
+    #: indices: ALIAS-v1, -v2, ...); it stands for that stem in every declared alias.
     es_alias: str
     #: Task/metadata tables in all; shard = stable_hash(order_id) % shards.
     shards: int
@@ -336,7 +340,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=redis_url,
         broker_url=broker_url,
         es_url=env.get("TDC_ES_URL", "").strip() or None,
-        es_alias=env.get("TDC_ES_ALIAS", "").strip() or "tdc-orders",
+        es_alias=env.get("TDC_ES_ALIAS", "").strip() or ES_ALIAS_STEM,
         shards=shards,
         retry_base_seconds=_number(env, "TDC_RETRY_BASE_SECONDS", 5.0),
         retry_cap_seconds=_number(env, "TDC_RETRY_CAP_SECONDS", 900.0),

@@ -245,14 +245,14 @@ def write_merges(connection: Connection, merges: list[Merge], *, changelog: bool
         _write_orders(connection, group)
     if changelog:
         record_changes(connection, changed)
-    # The search index is written for the online order flow alone so far.
-    changed_default = by_flow.get(DEFAULT_SCHEMA.flow.name, [])
-    if outbox and changed_default:
+    # Only the flows that declare an index document have one to keep up to date.
+    indexed = [m for m in changed if _flow_of(m).index is not None]
+    if outbox and indexed:
         # Due when written: the chain's index task sends it at once, the outbox scan if that fails.
         upsert(connection, OUTBOX_TABLE, ("order_id",), [
             dict(order_id=m.order_id, version=m.order["version"], due_at=m.order["updated_at"], attempts=0,
                  last_error=None)
-            for m in sorted(changed_default, key=lambda m: m.order_id)],
+            for m in sorted(indexed, key=lambda m: m.order_id)],
             lambda new: {"version": new.version, "due_at": new.due_at, "attempts": 0, "last_error": None})
     _record_dimension_uses(connection, changed)
     for group in by_flow.values():

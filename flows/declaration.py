@@ -28,6 +28,9 @@ from typing import Any
 CHANGES = ("insert", "update", "delete")
 #: Comparison operators of ``Where``; ``is null`` and ``not null`` take no value.
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "in", "not in", "is null", "not null")
+#: The search conditions an ``IndexDocument`` may give fields for (``tdc search --store`` ...);
+#: the entity id (``--order``) and the amount and day bounds are always the key, ``amount`` and ``day``.
+SEARCH_CONDITIONS = ("store_id", "status", "member_id", "channel", "sku_id")
 
 
 @dataclass(frozen=True)
@@ -341,11 +344,31 @@ class Aggregate:
 
 @dataclass(frozen=True)
 class IndexDocument:
-    """Placeholder: the search document, its index and the wide columns it carries."""
+    """The flow's search document (``search.documents``): one per entity, its id the entity id
+    (``pos:PO0001``), in versioned indices behind the alias ``index``, written with the root wide
+    row's ``version`` as an external version.  ``fields`` are root wide columns (they must hold
+    the root's key and ``version``); ``nested`` names at most one child wide table of the root,
+    whose rows are carried as ``nested_as`` (an Elasticsearch ``nested`` field) with its fields.
+    The search conditions of ``tdc search`` read the fields the document declares for them."""
 
     index: str
     fields: tuple[str, ...]
     nested: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The name the nested child rows are carried under.
+    nested_as: str = "items"
+    #: Free-text fields (``text``, for words) that also get a keyword (exact filters, sorting).
+    text: tuple[str, ...] = ()
+    #: Newest first: the root field documents are sorted by (descending), then the root's key.
+    newest_by: str | None = None
+    #: Search condition (``SEARCH_CONDITIONS``: ``store_id``, ``sku_id``, ...) -> the field
+    #: it filters on; a nested field is ``nested_as.field`` (``items.sku_id``).
+    conditions: Mapping[str, str] = field(default_factory=dict)
+    #: The field ``--min-amount``/``--max-amount`` bound, and the day ``--from``/``--to`` bound.
+    amount: str | None = None
+    day: str | None = None
+    #: Reconciliation's index layer compares the documents of the entities of a day (``day``)
+    #: whose root wide row satisfies all of these (settled ones: paid and not cancelled).
+    compared_when: tuple[Where, ...] = ()
 
 
 @dataclass(frozen=True)

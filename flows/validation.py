@@ -12,13 +12,16 @@ from flows.declaration import (
     BOOKKEEPING,
     CHANGES,
     OPERATORS,
+    SEARCH_CONDITIONS,
     Bookkeeping,
     BusinessDay,
     Chosen,
+    Column,
     Completeness,
     Copy,
     DetailsSum,
     FlowDeclaration,
+    IndexDocument,
     Looked,
     Parent,
     RowArrived,
@@ -60,7 +63,9 @@ def problems_across(flows: Iterable[FlowDeclaration]) -> list[str]:
     dimensions: dict[str, tuple[str, object]] = {}
     prefixes: dict[str, str] = {}
     outputs: dict[str, str] = {}
+    aliases: dict[str, str] = {}
     for flow in flows:
+        found += _alias_problems(flow, aliases)
         if flow.name in owners.values():
             found.append(f"flow {flow.name!r}: declared twice")
         mine = flow.entity_prefix
@@ -86,6 +91,22 @@ def problems_across(flows: Iterable[FlowDeclaration]) -> list[str]:
             if first[1] != dimension:
                 found.append(f"flow {flow.name!r}: dimension {dimension.name!r}: declared differently by flow "
                              f"{first[0]!r}")
+    return found
+
+
+def _alias_problems(flow: FlowDeclaration, aliases: dict[str, str]) -> list[str]:
+    """An index alias used by two flows, or one inside another's versioned indices (ALIAS-v*),
+    where that flow's index template would map it."""
+    if flow.index is None:
+        return []
+    mine, found = flow.index.index, []
+    for alias, owner in aliases.items():
+        if alias == mine:
+            found.append(f"flow {flow.name!r}: index {mine!r}: already the index of flow {owner!r}")
+        elif mine.startswith(f"{alias}-v") or alias.startswith(f"{mine}-v"):
+            found.append(f"flow {flow.name!r}: index {mine!r}: overlaps the versioned indices of index {alias!r} "
+                         f"({alias}-v1, ...) of flow {owner!r}")
+    aliases.setdefault(mine, flow.name)
     return found
 
 
@@ -454,15 +475,65 @@ class _Checker:
             self.wide_column(f"{where} retraction version {aggregate.retraction.version!r}", root.name,
                              aggregate.retraction.version)
         if flow.index is not None:
-            for name in flow.index.fields:
-                self.wide_column(f"index {flow.index.index!r} field {name!r}", root.name, name)
-            for table, names in flow.index.nested.items():
-                for name in names:
-                    self.wide_column(f"index {flow.index.index!r} field {table}.{name}", table, name)
+            self.index_document(flow.index, root)
         for event in flow.events:
             for name in event.fields:
                 table, _, column = name.rpartition(".")
                 self.wide_column(f"event {event.name!r} field {name!r}", table or event.table, column)
+
+    def index_document(self, index: IndexDocument, root: WideTable) -> None:
+        """Every field a column of the wide table it comes from; the id and version there; the
+        text, sort, condition, amount and day fields among the document's."""
+        where = f"index {index.index!r}"
+        for name, count in Counter(index.fields).items():
+            if count > 1:
+                self.error(f"{where} field {name!r}", f"declared {count} times")
+        for name in index.fields:
+            self.wide_column(f"{where} field {name!r}", root.name, name)
+        for needed, why in ((root.key[0] if root.key else None, "the document's id"), ("version", "its version")):
+            if needed is not None and needed not in index.fields:
+                self.error(f"{where} fields", f"no {needed!r}: the root's {why}")
+        columns: dict[str, Column | None] = {name: root.column(name) for name in index.fields}
+        readable = [w.name for w in self.flow.wide[1:] if w.parent == root.name][:1]
+        if len(index.nested) > 1:
+            self.error(f"{where} nested", f"{len(index.nested)} tables; a document nests one child wide table")
+        for table, names in index.nested.items():
+            here = f"{where} nested {table!r}"
+            if table not in self.wide:
+                self.error(here, f"no wide table {table!r}")
+                continue
+            parent = self.wide[table].parent
+            if parent is not None and parent in self.wide and table not in readable:
+                self.error(here, f"not the child wide table read with the root ({', '.join(readable)})"
+                           if parent == root.name else f"a child of {parent!r}, not of the root {root.name!r}")
+            if index.nested_as in index.fields:
+                self.error(f"{here} as {index.nested_as!r}", "already a field of the document")
+            for name in names:
+                self.wide_column(f"{here} field {name!r}", table, name)
+                columns[f"{index.nested_as}.{name}"] = self.wide[table].column(name)
+        for name in index.text:
+            if name not in columns:
+                self.error(f"{where} text {name!r}", "not a field of the document")
+            elif (column := columns[name]) is not None and not _text_column(column):
+                self.error(f"{where} text {name!r}", f"not a text column ({column.type})")
+        for role, field in (("newest_by", index.newest_by), ("amount", index.amount), ("day", index.day)):
+            if field is not None and field not in index.fields:
+                self.error(f"{where} {role} {field!r}", "not a root field of the document")
+        for condition, name in index.conditions.items():
+            if condition not in SEARCH_CONDITIONS:
+                self.error(f"{where} condition {condition!r}", f"no such condition ({', '.join(SEARCH_CONDITIONS)})")
+            if name not in columns:
+                self.error(f"{where} condition {condition!r} field {name!r}", "not a field of the document")
+        if index.amount is not None and index.amount in index.fields:
+            self.measured(f"{where} amount {index.amount!r}", root, index.amount)
+        self.predicates(f"{where} compared_when", root.name, index.compared_when, wide=True)
+
+
+def _text_column(column: Column) -> bool:
+    try:
+        return column_type(column.type).kind == "text"
+    except ValueError:
+        return True  # said where the column is declared
 
 
 def cycles(after: Mapping[str, tuple[str, ...]]) -> list[list[str]]:

@@ -1,9 +1,11 @@
-"""Wide rows ↔ search index: every settled order of the days has its document, at its wide row's
-version (only when an index is configured, ``TDC_ES_URL``).
+"""Wide rows ↔ search index: every settled entity of the days, of every running flow that
+declares an index document, has its document at its wide row's version (only when an index is
+configured, ``TDC_ES_URL``).  Settled is what the flow's ``IndexDocument.compared_when`` says, of
+the entities whose ``IndexDocument.day`` is one of the days.
 
-The days' settled orders and their versions are read from the shard databases (two columns), the
+The days' settled entities and their versions are read from the shard databases (two columns), the
 documents' versions fetched from Elasticsearch in batches (``_mget``, no document bodies).  A
-missing document, or one at another version, is a difference; ``--fix`` writes the order's outbox
+missing document, or one at another version, is a difference; ``--fix`` writes the entity's outbox
 entry again and sends it (``search.outbox``), as a finished chain would.
 """
 
@@ -14,44 +16,63 @@ import time
 
 from sqlalchemy import select
 
-from chain.wide_rows import ORDER_TABLE
-from flows.registry import BY_NAME
 from models.storage import Storage
+from models.wide import where_clause
 from reconcile.diffs import Diff, LayerResult
-from reconcile.settled import settled_of
-from search.elastic import OrderIndex
+from search.documents import SearchDocument
+from search.elastic import OrderIndex, configured_indexes
 
 LAYER = "index"
 
 
-def configured_index(storage: Storage) -> OrderIndex | None:
-    return OrderIndex.configured(storage.settings)
+def configured_index(storage: Storage) -> dict[str, OrderIndex] | None:
+    """Flow name -> its index, for the running flows that declare one; None without any."""
+    return configured_indexes(storage.settings) or None
 
 
-def settled_versions(storage: Storage, first: dt.date, last: dt.date) -> dict[str, tuple[int, dt.date]]:
-    """Each settled order of the days: its wide row's version and day."""
-    order, settled = ORDER_TABLE, settled_of(BY_NAME["gqsh"])
-    assert settled is not None
-    query = select(order.c.order_id, order.c.version, order.c.biz_date).where(settled.settled_where(first, last))
+def _settled(storage: Storage, document: SearchDocument, first: dt.date,
+             last: dt.date) -> dict[str, tuple[int, dt.date]]:
+    declared, root = document.declared, document.root
+    if declared.day is None:
+        return {}
+    day = root.c[declared.day]
+    query = select(root.c[document.key], root.c.version, day).where(
+        day.between(first, last), *(where_clause(root, predicate) for predicate in declared.compared_when))
 
     def one(database: int) -> list[tuple[str, int, dt.date]]:
         with storage.read_engine(database).connect() as connection:
-            return [(row.order_id, int(row.version), row.biz_date) for row in connection.execute(query)]
-    return {order_id: (version, day) for rows in storage.each_database(one) for order_id, version, day in rows}
+            return [(document.flow.entity_prefix + str(key), int(version), biz_date)
+                    for key, version, biz_date in connection.execute(query)]
+    return {entity: (version, biz_date) for rows in storage.each_database(one) for entity, version, biz_date in rows}
 
 
-def compare_index(storage: Storage, index: OrderIndex, first: dt.date, last: dt.date) -> LayerResult:
+def settled_versions(storage: Storage, first: dt.date, last: dt.date) -> dict[str, tuple[int, dt.date]]:
+    """Each settled entity of the days, of every configured index's flow: its wide row's version
+    and day."""
+    found: dict[str, tuple[int, dt.date]] = {}
+    for index in (configured_index(storage) or {}).values():
+        found.update(_settled(storage, index.document, first, last))
+    return found
+
+
+def compare_index(storage: Storage, indexes: OrderIndex | dict[str, OrderIndex], first: dt.date,
+                  last: dt.date) -> LayerResult:
+    """Each settled entity's wide version against its document's, flow by flow."""
     result = LayerResult(LAYER)
     started = time.perf_counter()
-    wide = settled_versions(storage, first, last)
+    by_flow = {indexes.flow.name: indexes} if isinstance(indexes, OrderIndex) else indexes
+    wide = {name: _settled(storage, index.document, first, last) for name, index in by_flow.items()}
     result.seconds["wide versions"] = time.perf_counter() - started
-    indexed = index.versions(sorted(wide))
+    indexed: dict[str, int] = {}
+    for name, index in by_flow.items():
+        indexed.update(index.versions(sorted(wide[name])))
     result.seconds["documents"] = time.perf_counter() - started - result.seconds["wide versions"]
-    for order_id, (version, day) in sorted(wide.items()):
+    every = {entity: found for versions in wide.values() for entity, found in versions.items()}
+    for order_id, (version, day) in sorted(every.items()):
         found = indexed.get(order_id)
         if found is None:
             result.diffs.append(Diff(LAYER, day, order_id, "document", "*", str(version), None))
         elif found != version:
             result.diffs.append(Diff(LAYER, day, order_id, "document", "version", str(version), str(found)))
-    result.counts = {"orders": len(wide), "documents": len(indexed), "orders_differing": len(result.diffs)}
+    result.counts = {"orders": len(every), "documents": len(indexed), "orders_differing": len(result.diffs)}
     return result

@@ -195,7 +195,8 @@ def _fix_index(storage: Storage, outcome: Outcome, results: dict[str, LayerResul
         failed = report.failed
     except UNAVAILABLE as error:
         failed = dict.fromkeys(orders, f"Elasticsearch unreachable: {type(error).__name__}")
-    configured.refresh()
+    for one in configured.values():
+        one.refresh()
     days = {d.order_id: d.biz_date for d in found}
     for order_id in orders:
         result = "failed" if order_id in failed else "done"

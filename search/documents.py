@@ -1,43 +1,51 @@
-"""The index document of an order: its wide row, with its lines as ``items`` (nested), and the
-index template that maps every field explicitly (``dynamic: strict``: a field the mapping does
-not know is refused, not guessed)."""
+"""A flow's index document, as its declaration says (``flows.declaration.IndexDocument``): the
+root wide row's declared fields, its child rows nested under a name, and the index template that
+maps every field explicitly (``dynamic: strict``: a field the mapping does not know is refused,
+not guessed).  Nothing here names a flow: each flow's ``SearchDocument`` is made from its
+declaration and its wide tables (``models.wide``)."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from chain.wide_rows import ITEM_TABLE, ORDER_TABLE
+from sqlalchemy import Column, Numeric, Table
+
+from flows.declaration import FlowDeclaration, IndexDocument
+from flows.declared import DECLARATIONS
+from flows.registry import flow_of
 from models.digests import kind_of
+from models.wide import schema_of
+from settings import ES_ALIAS_STEM, Settings
 
 #: The wide-row column only reconciliation reads.
 NOT_INDEXED = frozenset({"source_digest"})
-#: Lines: what search and customer service look at.
-ITEM_FIELDS = ("item_id", "sku_id", "sku_name", "category", "quantity", "unit_price", "amount", "refund_quantity",
-               "refund_amount", "status")
-#: Free-text names get a keyword too, for exact filters and sorting.
-NAMES = frozenset({"store_name", "sku_name"})
+#: Decimal digits a ``scaled_float`` (a long underneath) holds; wider decimals are ``double``.
+_LONG_DIGITS = 18
 
 _TIME_FORMATS = "strict_date_hour_minute_second_fraction||strict_date_hour_minute_second"
 _KINDS: dict[str, dict[str, Any]] = {
-    "text": {"type": "keyword"}, "int": {"type": "long"}, "money": {"type": "scaled_float", "scaling_factor": 100},
+    "text": {"type": "keyword"}, "int": {"type": "long"},
     "date": {"type": "date", "format": "strict_date"}, "time": {"type": "date", "format": _TIME_FORMATS}}
+_TEXT = {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}
 
 
-def _field(name: str, kind: str) -> dict[str, Any]:
-    if name in NAMES:
-        return {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}
-    return dict(_KINDS[kind])
-
-
-def mappings() -> dict[str, Any]:
-    """The explicit mappings of the orders index."""
-    properties = {c.name: _field(c.name, kind_of(c)) for c in ORDER_TABLE.columns if c.name not in NOT_INDEXED}
-    items = {c.name: _field(c.name, kind_of(c)) for c in ITEM_TABLE.columns if c.name in ITEM_FIELDS}
-    properties["items"] = {"type": "nested", "properties": items}
-    return {"dynamic": "strict", "properties": properties}
+def _mapped(column: Column[Any], text: bool) -> dict[str, Any]:
+    if text:
+        return copy.deepcopy(_TEXT)
+    kind = kind_of(column)
+    if kind != "money":
+        return dict(_KINDS[kind])
+    numeric = column.type
+    assert isinstance(numeric, Numeric)
+    scale, precision = numeric.scale or 0, numeric.precision or _LONG_DIGITS
+    if precision > _LONG_DIGITS:
+        return {"type": "double"}  # values in _source keep every digit (decimal strings)
+    return {"type": "scaled_float", "scaling_factor": 10 ** scale}
 
 
 def _value(value: Any) -> Any:
@@ -50,33 +58,135 @@ def _value(value: Any) -> Any:
     return value
 
 
-def document(order: dict[str, Any], items: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """The document of one order: JSON values, amounts as decimal strings, times in UTC."""
-    doc = {name: _value(value) for name, value in order.items() if name not in NOT_INDEXED}
-    doc["items"] = [{name: _value(item.get(name)) for name in ITEM_FIELDS}
-                    for item in sorted(items, key=lambda i: i["item_id"])]
-    return doc
-
-
-_ORDER_KINDS = {c.name: kind_of(c) for c in ORDER_TABLE.columns}
-_ITEM_KINDS = {c.name: kind_of(c) for c in ITEM_TABLE.columns}
-
-
-def found_order(source: dict[str, Any]) -> dict[str, Any]:
-    """A document found by search, in the shape the SQL fallback gives: Python values back."""
-    order = {name: _parsed(_ORDER_KINDS.get(name, ""), value) for name, value in source.items() if name != "items"}
-    order["items"] = [{name: _parsed(_ITEM_KINDS.get(name, ""), value) for name, value in item.items()}
-                      for item in source.get("items", [])]
-    return order
-
-
-def _parsed(kind: str, value: Any) -> Any:
-    if value is None:
-        return None
+def _parsed(column: Column[Any] | None, value: Any) -> Any:
+    if value is None or column is None:
+        return value
+    kind = kind_of(column)
     if kind == "money":
-        return Decimal(str(value)).quantize(Decimal("0.01"))
+        scale = getattr(column.type, "scale", None) or 0
+        return Decimal(str(value)).quantize(Decimal(1).scaleb(-scale))
     if kind == "time":
         return dt.datetime.fromisoformat(str(value))
     if kind == "date":
         return dt.date.fromisoformat(str(value))
     return value
+
+
+@dataclass(frozen=True)
+class SearchDocument:
+    """One flow's document, worked out once from its declaration."""
+
+    flow: FlowDeclaration
+    declared: IndexDocument
+    root: Table
+    #: The root's key column; the document's id is the entity id (the flow's prefix + the key).
+    key: str
+    #: The nested child table, its column naming the entity, its key; None and "" without one.
+    child: Table | None
+    child_entity: str
+    child_key: str
+    nested_as: str
+    child_fields: tuple[str, ...]
+
+    @classmethod
+    def of(cls, flow: FlowDeclaration) -> SearchDocument:
+        declared = flow.index
+        if declared is None:
+            raise ValueError(f"flow {flow.name!r} declares no index document")
+        schema = schema_of(flow)
+        nested = schema.child is not None and schema.child.name in declared.nested
+        child = schema.child if nested else None
+        return cls(flow, declared, schema.root, schema.entity, child,
+                   (schema.child_entity or "") if child is not None else "",
+                   (schema.child_key or "") if child is not None else "",
+                   declared.nested_as, tuple(declared.nested[child.name]) if child is not None else ())
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.declared.fields
+
+    def mappings(self) -> dict[str, Any]:
+        """The explicit mappings of the flow's index."""
+        text = set(self.declared.text)
+        properties = {name: _mapped(self.root.c[name], name in text) for name in self.fields}
+        if self.child is not None:
+            properties[self.nested_as] = {"type": "nested", "properties": {
+                name: _mapped(self.child.c[name], f"{self.nested_as}.{name}" in text) for name in self.child_fields}}
+        return {"dynamic": "strict", "properties": properties}
+
+    def document(self, row: dict[str, Any], children: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        """The document of one entity: JSON values, amounts as decimal strings, times in UTC."""
+        doc = {name: _value(row.get(name)) for name in self.fields}
+        if self.child is not None:
+            doc[self.nested_as] = [{name: _value(child.get(name)) for name in self.child_fields}
+                                   for child in sorted(children, key=lambda c: c[self.child_key])]
+        return doc
+
+    def entity_id(self, doc: dict[str, Any]) -> str:
+        """The entity id of a document (or of a root wide row): its ``_id``."""
+        return self.flow.entity_prefix + str(doc[self.key])
+
+    def key_of(self, entity_id: str) -> Any:
+        """The root key value of an entity id of this flow (its prefix taken off)."""
+        key = entity_id.removeprefix(self.flow.entity_prefix)
+        python = getattr(self.root.c[self.key].type, "python_type", str)
+        return int(key) if python is int and key.lstrip("-").isdigit() else key
+
+    def found(self, source: dict[str, Any]) -> dict[str, Any]:
+        """A document found by search, in the shape the SQL fallback gives: Python values back."""
+        row = {name: _parsed(self.root.c.get(name), value) for name, value in source.items()
+               if name != self.nested_as or self.child is None}
+        if self.child is not None:
+            row[self.nested_as] = [{name: _parsed(self.child.c.get(name), value) for name, value in child.items()}
+                                   for child in source.get(self.nested_as, [])]
+        return row
+
+    def alias(self, settings: Settings | None = None) -> str:
+        """The alias of the flow's index: as declared, with ``TDC_ES_ALIAS`` in place of the stem
+        ``tdc-orders`` the declared aliases begin with (two deployments can share a cluster)."""
+        declared = self.declared.index
+        if settings is None or not declared.startswith(ES_ALIAS_STEM):
+            return declared
+        return settings.es_alias + declared.removeprefix(ES_ALIAS_STEM)
+
+
+_DOCUMENTS: dict[str, SearchDocument] = {}
+
+
+def search_document(flow: FlowDeclaration) -> SearchDocument:
+    """The flow's document (ValueError when it declares none)."""
+    found = _DOCUMENTS.get(flow.name)
+    if found is None:
+        found = _DOCUMENTS[flow.name] = SearchDocument.of(flow)
+    return found
+
+
+def indexed_flows(flows: Iterable[FlowDeclaration] = DECLARATIONS) -> tuple[FlowDeclaration, ...]:
+    """Those of ``flows`` that declare an index document."""
+    return tuple(flow for flow in flows if flow.index is not None)
+
+
+def bare_flow() -> FlowDeclaration:
+    """The flow whose entity ids carry no prefix: what the calls below that name no flow mean
+    (they were written before flows shared tdc's tables).  KeyError when every flow has one."""
+    return flow_of("")
+
+
+def mappings() -> dict[str, Any]:
+    """The mappings of the index of the flow without an entity prefix."""
+    return search_document(bare_flow()).mappings()
+
+
+def document(order: dict[str, Any], items: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """A document of the flow without an entity prefix (``SearchDocument.document``)."""
+    return search_document(bare_flow()).document(order, items)
+
+
+def found_order(source: dict[str, Any]) -> dict[str, Any]:
+    """A found document of the flow without an entity prefix (``SearchDocument.found``)."""
+    return search_document(bare_flow()).found(source)
+
+
+#: The nested fields of the flow without an entity prefix (its lines), for the readers written
+#: before indexes were declared.
+ITEM_FIELDS = search_document(bare_flow()).child_fields

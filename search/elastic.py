@@ -1,8 +1,9 @@
-"""The orders index in Elasticsearch, through the official client (8.x, ``compatible-with=8``).
+"""A flow's index in Elasticsearch, through the official client (8.x, ``compatible-with=8``).
 
-Layout: one document per order (``_id`` = order id) in a versioned index (``tdc-orders-v1``,
-``-v2``, ...) behind the alias ``tdc-orders``; the mappings come from the index template
-``tdc-orders`` (``search.documents``).  Writes carry the wide row's ``version`` as an external
+Layout: one document per entity (``_id`` = entity id) in a versioned index (``tdc-orders-v1``,
+``-v2``, ...) behind the alias the flow declares (``tdc-orders``); the mappings come from the
+index template of the same name (``search.documents``).  Each flow that declares an index
+document has its own (``configured_indexes``).  Writes carry the wide row's ``version`` as an external
 version, so a stale write (an older version arriving late) is refused with 409 by Elasticsearch
 itself and counted, never applied.  ``reindex`` builds the next versioned index from the wide
 rows and moves the alias in one atomic ``_aliases`` call, then copies again what changed while
@@ -20,16 +21,20 @@ from typing import Any
 from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError
 from sqlalchemy import select
 
-from chain.wide_rows import ITEM_TABLE, ORDER_TABLE
+from chain.wide_rows import read_wide
+from flows.declaration import FlowDeclaration
+from flows.declared import BY_NAME
+from flows.registry import flow_of
 from models.storage import Storage
-from search.documents import document, found_order, mappings
+from search.documents import SearchDocument, bare_flow, indexed_flows, search_document
 from search.query import OrderQuery
-from settings import Settings
+from settings import ES_ALIAS_STEM, Settings
 
 log = logging.getLogger(__name__)
 
-#: The alias readers and writers use; its template has the same name, its indices add -v1, -v2, ...
-ALIAS = "tdc-orders"
+#: The stem of the declared aliases (``settings.ES_ALIAS_STEM``); a template has its alias's
+#: name, its indices add -v1, -v2, ...
+ALIAS = ES_ALIAS_STEM
 #: Documents per bulk request.
 BULK = 500
 #: How far back the catch-up after a reindex looks before the reindex started (clock skew
@@ -44,7 +49,7 @@ class BulkReport:
     indexed: int = 0
     #: Refused as older than the indexed version (409): a late write, never applied.
     stale: int = 0
-    #: Order id -> the reason Elasticsearch gave.
+    #: Entity id -> the reason Elasticsearch gave.
     failed: dict[str, str] = field(default_factory=dict)
 
     def add(self, other: BulkReport) -> None:
@@ -58,17 +63,35 @@ def connect(url: str) -> Elasticsearch:
     return Elasticsearch(url, request_timeout=10, max_retries=0, retry_on_timeout=False)
 
 
+def configured_indexes(settings: Settings) -> dict[str, OrderIndex]:
+    """Flow name -> the index of each running flow (``TDC_FLOWS``) that declares one, under its
+    alias (``SearchDocument.alias``); empty without an Elasticsearch (``TDC_ES_URL``)."""
+    if not settings.es_url:
+        return {}
+    client = connect(settings.es_url)
+    return {flow.name: OrderIndex(client, search_document(flow).alias(settings), flow)
+            for flow in indexed_flows(BY_NAME[name] for name in settings.flows if name in BY_NAME)}
+
+
 class OrderIndex:
+    """One flow's index (the flow without an entity prefix when none is named)."""
+
     @classmethod
     def configured(cls, settings: Settings) -> OrderIndex | None:
-        """The index ``TDC_ES_URL`` and ``TDC_ES_ALIAS`` name; None without an Elasticsearch."""
-        return cls(connect(settings.es_url), settings.es_alias) if settings.es_url else None
+        """The index of the flow without an entity prefix (``TDC_ES_URL``, ``TDC_ES_ALIAS``); None
+        without an Elasticsearch."""
+        if not settings.es_url:
+            return None
+        flow = bare_flow()
+        return cls(connect(settings.es_url), search_document(flow).alias(settings), flow)
 
-    def __init__(self, client: Elasticsearch, alias: str = ALIAS):
+    def __init__(self, client: Elasticsearch, alias: str | None = None, flow: FlowDeclaration | None = None):
         self.client = client
-        self.alias = alias
-        self.template = alias
-        self.prefix = f"{alias}-v"
+        self.flow = flow or bare_flow()
+        self.document: SearchDocument = search_document(self.flow)
+        self.alias = alias or self.document.alias()
+        self.template = self.alias
+        self.prefix = f"{self.alias}-v"
 
     def current(self) -> str | None:
         """The index the alias points at, or None before ``init``."""
@@ -82,7 +105,7 @@ class OrderIndex:
         there; the index the alias points at.  Safe to run again."""
         self.client.indices.put_index_template(name=self.template, index_patterns=[f"{self.prefix}*"], priority=100,
                                                template={"settings": {"number_of_shards": 1},
-                                                         "mappings": mappings()})
+                                                         "mappings": self.document.mappings()})
         current = self.current()
         if current is not None:
             return current
@@ -91,7 +114,7 @@ class OrderIndex:
         return first
 
     def index(self, docs: Iterable[dict[str, Any]], target: str | None = None, refresh: bool = False) -> BulkReport:
-        """Index ``docs`` (each with ``order_id`` and ``version``) with external versions."""
+        """Index ``docs`` (each with the root's key and ``version``) with external versions."""
         report = BulkReport()
         batch: list[dict[str, Any]] = []
         for doc in docs:
@@ -106,7 +129,8 @@ class OrderIndex:
     def _bulk(self, docs: list[dict[str, Any]], target: str, refresh: bool) -> BulkReport:
         operations: list[dict[str, Any]] = []
         for doc in docs:
-            operations.append({"index": {"_index": target, "_id": doc["order_id"], "version": int(doc["version"]),
+            operations.append({"index": {"_index": target, "_id": self.document.entity_id(doc),
+                                         "version": int(doc["version"]),
                                          "version_type": "external"}})
             operations.append(doc)
         # Through the alias only if it exists: Elasticsearch would otherwise create a plain index
@@ -126,12 +150,13 @@ class OrderIndex:
         return report
 
     def search(self, query: OrderQuery) -> list[dict[str, Any]]:
-        body = query.elasticsearch()
+        """The documents ``query`` finds (the query's flow must be this index's)."""
+        body = query.elasticsearch(self.document)
         answer = self.client.search(index=self.alias, query=body["query"], sort=body["sort"], size=body["size"])
-        return [found_order(hit["_source"]) for hit in answer["hits"]["hits"]]
+        return [self.document.found(hit["_source"]) for hit in answer["hits"]["hits"]]
 
     def versions(self, order_ids: list[str]) -> dict[str, int]:
-        """The indexed version of each of ``order_ids`` that has a document."""
+        """The indexed version of each of ``order_ids`` (entity ids) that has a document."""
         found: dict[str, int] = {}
         for start in range(0, len(order_ids), BULK):
             answer = self.client.mget(index=self.alias, ids=order_ids[start:start + BULK], source=["version"])
@@ -155,7 +180,7 @@ class OrderIndex:
         self.client.indices.create(index=new)
         started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         report = BulkReport()
-        for part in wide_documents(storage, chunk=chunk):
+        for part in wide_documents(storage, chunk=chunk, flow=self.flow):
             report.add(self.index(part, target=new))
             copied(len(part))
             progress(f"{new}: {report.indexed} documents")
@@ -163,7 +188,7 @@ class OrderIndex:
                                                     {"add": {"index": new, "alias": self.alias}}])
         # Writes between the copy of a row and the swap went to the old index: copy what changed
         # since the start again (external versions keep the newest either way).
-        for part in wide_documents(storage, changed_since=started - CATCH_UP_MARGIN):
+        for part in wide_documents(storage, changed_since=started - CATCH_UP_MARGIN, flow=self.flow):
             report.add(self.index(part, target=new))
         self.client.indices.delete(index=old)
         self.client.indices.refresh(index=new)
@@ -172,28 +197,46 @@ class OrderIndex:
 
 
 def wide_documents(storage: Storage, order_ids: list[str] | None = None, changed_since: dt.datetime | None = None,
-                   chunk: int = BULK) -> Iterable[list[dict[str, Any]]]:
-    """Documents from the wide rows of every shard database, ``chunk`` at a time: all of them,
-    those of ``order_ids``, or those written since ``changed_since``."""
-    order, item = ORDER_TABLE, ITEM_TABLE
-    for database in storage.distinct_databases():
+                   chunk: int = BULK, flow: FlowDeclaration | None = None) -> Iterable[list[dict[str, Any]]]:
+    """Documents from the wide rows of every shard database, ``chunk`` at a time, one flow's at a
+    time: those of ``order_ids`` (entity ids, of any flows), or all of ``flow``'s (the flow
+    without an entity prefix when none is named), or those written since ``changed_since``."""
+    if order_ids is not None:
+        by_flow: dict[str, list[str]] = {}
+        for order_id in order_ids:
+            by_flow.setdefault(flow_of(order_id).name, []).append(order_id)
+        for name, ids in by_flow.items():
+            if BY_NAME[name].index is not None:
+                yield from _documents_of(storage, search_document(BY_NAME[name]), ids, changed_since, chunk)
+        return
+    yield from _documents_of(storage, search_document(flow or bare_flow()), None, changed_since, chunk)
+
+
+def _documents_of(storage: Storage, document: SearchDocument, order_ids: list[str] | None,
+                  changed_since: dt.datetime | None, chunk: int) -> Iterable[list[dict[str, Any]]]:
+    root, key = document.root, document.root.c[document.key]
+    databases = (storage.orders_by_database(order_ids) if order_ids is not None
+                 else dict.fromkeys(storage.distinct_databases()))
+    for database, shards in databases.items():
+        keys = None if shards is None else [document.key_of(order_id) for order_id in shards]
         with storage.read_engine(database).connect() as connection:
-            last = ""
+            last: Any = None
             while True:
-                query = select(order).where(order.c.order_id > last).order_by(order.c.order_id).limit(chunk)
-                if order_ids is not None:
-                    query = query.where(order.c.order_id.in_(order_ids))
+                query = select(key).order_by(key).limit(chunk)
+                if last is not None:
+                    query = query.where(key > last)
+                if keys is not None:
+                    query = query.where(key.in_(keys))
                 if changed_since is not None:
-                    query = query.where(order.c.updated_at >= changed_since)
-                rows = [dict(row._mapping) for row in connection.execute(query)]
-                if not rows:
+                    query = query.where(root.c.updated_at >= changed_since)
+                found = list(connection.execute(query).scalars())
+                if not found:
                     break
-                last = rows[-1]["order_id"]
-                lines: dict[str, list[dict[str, Any]]] = {}
-                ids = [r["order_id"] for r in rows]
-                for line in connection.execute(select(item).where(item.c.order_id.in_(ids))):
-                    lines.setdefault(line.order_id, []).append(dict(line._mapping))
-                yield [document(row, lines.get(row["order_id"], [])) for row in rows]
+                last = found[-1]
+                ids = [document.flow.entity_prefix + str(k) for k in found]
+                rows, children = read_wide(connection, ids)
+                yield [document.document(rows[i], children.get(i, {}).values()) for i in ids if i in rows]
 
 
-__all__ = ["ALIAS", "ApiError", "BulkReport", "OrderIndex", "UNAVAILABLE", "connect", "wide_documents"]
+__all__ = ["ALIAS", "ApiError", "BulkReport", "OrderIndex", "UNAVAILABLE", "configured_indexes", "connect",
+           "wide_documents"]

@@ -1,5 +1,5 @@
-"""Answer an ``OrderQuery`` from Elasticsearch when it is configured and answers, and from the
-wide rows otherwise; the command line and the console both search through here."""
+"""Answer an ``OrderQuery`` from its flow's index when Elasticsearch is configured and answers,
+and from the flow's wide rows otherwise; the command line and the console both search through here."""
 
 from __future__ import annotations
 
@@ -30,21 +30,23 @@ def shown_url(url: str) -> str:
 
 
 def find_orders(storage: Storage, query: OrderQuery) -> Found:
+    """The entities ``query`` finds, from its flow's index or else its wide rows; QueryError for a
+    condition the flow does not declare."""
     started = time.perf_counter()
     settings = storage.settings
+    document = query.document()
     notice = None
     if settings.es_url:
         from elasticsearch import NotFoundError
 
-        from search.elastic import UNAVAILABLE, OrderIndex
+        from search.elastic import UNAVAILABLE, OrderIndex, connect
 
+        alias = document.alias(settings)
         try:
-            index = OrderIndex.configured(settings)
-            assert index is not None
-            orders = index.search(query)
+            orders = OrderIndex(connect(settings.es_url), alias, document.flow).search(query)
             return Found(orders, "Elasticsearch", (time.perf_counter() - started) * 1000)
         except NotFoundError:
-            notice = (f"Elasticsearch at {shown_url(settings.es_url)} has no {settings.es_alias!r} index yet (run "
+            notice = (f"Elasticsearch at {shown_url(settings.es_url)} has no {alias!r} index yet (run "
                       "`tdc search init`, then `tdc search reindex`); answering from the wide rows")
         except UNAVAILABLE as error:
             notice = (f"Elasticsearch at {shown_url(settings.es_url)} cannot be reached ({type(error).__name__}); "

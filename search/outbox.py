@@ -1,5 +1,6 @@
-"""Sending index documents from the outbox: the orders whose wide row changed since Elasticsearch
-last had them (``models.orders.IndexOutbox``, written with the wide row).
+"""Sending index documents from the outbox: the entities (of every flow that declares an index)
+whose wide row changed since Elasticsearch last had them (``models.orders.IndexOutbox``, written
+with the wide row); each goes to its flow's index.
 
 An entry is deleted only once Elasticsearch holds its version or a newer one (a 409 means newer):
 the delete compares versions, so a row changed again meanwhile keeps its entry.  Elasticsearch
@@ -11,11 +12,12 @@ and is counted; nothing here ever holds up the wide rows or the ADS.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import cast
 
 from sqlalchemy import Table, and_, bindparam, delete, select, update
 
+from flows.registry import flow_of
 from intake.receiver import utcnow
 from models.orders import IndexOutbox
 from models.storage import Storage
@@ -30,7 +32,7 @@ RETRY_SECONDS, RETRY_CAP_SECONDS = 5.0, 600.0
 
 
 def due_orders(storage: Storage, limit: int = BATCH, now: dt.datetime | None = None) -> list[str]:
-    """Orders whose entry is due, oldest first, from every shard database."""
+    """Entities whose entry is due, oldest first, from every shard database."""
     now = now or utcnow()
     found: list[tuple[dt.datetime, str]] = []
     for database in storage.distinct_databases():
@@ -52,24 +54,37 @@ def oldest_due(storage: Storage) -> dt.datetime | None:
     return min(oldest) if oldest else None
 
 
-def send(storage: Storage, index: OrderIndex, order_ids: Iterable[str]) -> BulkReport:
-    """Index the current wide rows of the orders of ``order_ids`` that have an outbox entry and
-    settle their entries; the bulk report.  Raises what UNAVAILABLE names (entries pushed back)."""
-    waiting: dict[str, tuple[int, int]] = {}  # order -> (version, attempts)
-    for database, shards in storage.orders_by_database(order_ids).items():
+def send(storage: Storage, indexes: OrderIndex | Mapping[str, OrderIndex], order_ids: Iterable[str]) -> BulkReport:
+    """Index the current wide rows of the entities of ``order_ids`` that have an outbox entry,
+    each in its flow's index of ``indexes`` (flow name -> index, or one index: its flow's entities
+    only; the others are left waiting), and settle their entries; the bulk report.  Raises what
+    UNAVAILABLE names (the entries of the flow being sent pushed back)."""
+    by_flow = {indexes.flow.name: indexes} if isinstance(indexes, OrderIndex) else dict(indexes)
+    waiting: dict[str, tuple[int, int]] = {}  # entity -> (version, attempts)
+    mine = [order_id for order_id in order_ids if flow_of(order_id).name in by_flow]
+    for database, shards in storage.orders_by_database(mine).items():
         ids = list(shards)
         with storage.read_engine(database).connect() as connection:
             waiting.update({row.order_id: (row.version, row.attempts) for row in connection.execute(
                 select(OUTBOX.c.order_id, OUTBOX.c.version, OUTBOX.c.attempts).where(OUTBOX.c.order_id.in_(ids)))})
-    if not waiting:
-        return BulkReport()
-    docs = [doc for part in wide_documents(storage, order_ids=sorted(waiting)) for doc in part]
+    report = BulkReport()
+    groups: dict[str, list[str]] = {}
+    for order_id in sorted(waiting):
+        groups.setdefault(flow_of(order_id).name, []).append(order_id)
+    for name, ids in groups.items():
+        report.add(_send_flow(storage, by_flow[name], ids, {o: waiting[o] for o in ids}))
+    return report
+
+
+def _send_flow(storage: Storage, index: OrderIndex, ids: list[str], waiting: dict[str, tuple[int, int]]) -> BulkReport:
+    docs = [doc for part in wide_documents(storage, order_ids=ids) for doc in part]
     try:
         report = index.index(docs)
     except UNAVAILABLE as error:
         _push_back(storage, {o: f"{type(error).__name__}: {error}"[:1000] for o in waiting}, waiting)
         raise
-    sent = {doc["order_id"]: int(doc["version"]) for doc in docs if doc["order_id"] not in report.failed}
+    sent = {entity: int(doc["version"]) for doc in docs
+            if (entity := index.document.entity_id(doc)) not in report.failed}
     # An entry without a wide row has nothing to send.
     sent.update({order_id: waiting[order_id][0] for order_id in waiting if order_id not in sent
                  and order_id not in report.failed})

@@ -1,8 +1,10 @@
-"""The search query: conditions combined with AND, newest orders first, at most ``limit``.
+"""The search query: conditions combined with AND, newest entities first, at most ``limit``.
 
-One object drives both paths: ``elasticsearch()`` is the request body for the index (a bool
+One object drives both paths: ``elasticsearch()`` is the request body for a flow's index (a bool
 filter with term, range and nested clauses), ``search.sql`` turns the same object into a select
-over the wide rows of every shard database.
+over the wide rows of every shard database.  The flow searched is ``flow`` (by default the one
+``order_id`` names, else the first running flow that declares an index); each condition filters
+on the field the flow's ``IndexDocument`` declares for it.
 """
 
 from __future__ import annotations
@@ -10,22 +12,29 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from flows.declaration import SEARCH_CONDITIONS
+
+if TYPE_CHECKING:
+    from search.documents import SearchDocument
 
 #: The default number of orders returned, and the most one query may ask for.
 DEFAULT_LIMIT, MAX_LIMIT = 50, 10_000
-#: Newest first: the order's creation time, then its id (so equal times come out the same way
-#: from every path).
-SORT = (("created_at", "desc"), ("order_id", "desc"))
 
 
-def newest_first(order: dict[str, Any]) -> tuple[bool, dt.datetime, str]:
-    """The sort key, used with ``reverse=True``, that puts found orders in SORT order (orders
-    without a creation time last) on every path."""
-    created = order.get("created_at")
-    if isinstance(created, str):
-        created = dt.datetime.fromisoformat(created)
-    return (created is not None, created or dt.datetime.min, str(order["order_id"]))
+def newest_first(found: dict[str, Any], document: SearchDocument | None = None) -> tuple[bool, Any, Any]:
+    """The sort key, used with ``reverse=True``, that puts found entities newest first (by the
+    document's ``newest_by``, then its key; those without a time last) on every path."""
+    from search.documents import bare_flow, search_document
+
+    document = document or search_document(bare_flow())
+    newest = found.get(document.declared.newest_by) if document.declared.newest_by else None
+    if isinstance(newest, str):
+        newest = dt.datetime.fromisoformat(newest)
+    if isinstance(newest, dt.date) and not isinstance(newest, dt.datetime):
+        newest = dt.datetime.combine(newest, dt.time())
+    return (newest is not None, newest or dt.datetime.min, found[document.key])
 
 
 class QueryError(ValueError):
@@ -48,6 +57,8 @@ class OrderQuery:
     date_from: dt.date | None = None
     date_to: dt.date | None = None
     limit: int = DEFAULT_LIMIT
+    #: The flow searched (None: the one ``order_id`` names, else the first running flow with an index).
+    flow: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.limit <= MAX_LIMIT:
@@ -90,24 +101,72 @@ class OrderQuery:
 
     def conditions(self) -> dict[str, Any]:
         """The conditions given (without the limit)."""
-        return {k: v for k, v in asdict(self).items() if v is not None and k != "limit"}
+        return {k: v for k, v in asdict(self).items() if v is not None and k not in ("limit", "flow")}
 
-    def elasticsearch(self) -> dict[str, Any]:
-        """The request body for the orders index: filters only (no scoring), newest first."""
-        filters: list[dict[str, Any]] = []
-        for field in ("order_id", "store_id", "status", "member_id", "channel"):
-            value = getattr(self, field)
+    def document(self) -> SearchDocument:
+        """The searched flow's document; QueryError for a flow that declares none, or a
+        condition it does not declare."""
+        from flows.declared import BY_NAME
+        from flows.registry import RUNNING, flow_of
+        from search.documents import indexed_flows, search_document
+
+        if self.flow is not None:
+            flow = BY_NAME.get(self.flow)
+            if flow is None:
+                raise QueryError(f"no flow {self.flow!r}; declared: {', '.join(BY_NAME)}")
+        elif self.order_id is not None:
+            try:
+                flow = flow_of(self.order_id)
+            except KeyError:
+                raise QueryError(f"no declared flow owns the id {self.order_id!r}") from None
+        else:
+            running = indexed_flows(RUNNING)
+            if not running:
+                raise QueryError("no running flow declares an index document")
+            flow = running[0]
+        if flow.index is None:
+            raise QueryError(f"flow {flow.name!r} declares no index document")
+        document = search_document(flow)
+        declared = document.declared
+        for name in self.conditions():
+            missing = ((name in SEARCH_CONDITIONS and name not in declared.conditions)
+                       or (name in ("min_amount", "max_amount") and declared.amount is None)
+                       or (name in ("date_from", "date_to") and declared.day is None))
+            if missing:
+                raise QueryError(f"flow {flow.name!r} has no search condition {name!r}")
+        return document
+
+    def fields(self, document: SearchDocument) -> list[tuple[str, Any]]:
+        """(field, value) of each condition given but the ranges: the key first (the entity
+        id without its flow's prefix), nested fields dotted (``items.sku_id``)."""
+        found: list[tuple[str, Any]] = []
+        if self.order_id is not None:
+            found.append((document.key, document.key_of(self.order_id)))
+        for name in SEARCH_CONDITIONS:
+            value = getattr(self, name)
             if value is not None:
-                filters.append({"term": {field: value}})
+                found.append((document.declared.conditions[name], value))
+        return found
+
+    def elasticsearch(self, document: SearchDocument | None = None) -> dict[str, Any]:
+        """The request body for the flow's index: filters only (no scoring), newest first."""
+        document = document or self.document()
+        declared = document.declared
+        filters: list[dict[str, Any]] = []
+        nested: list[dict[str, Any]] = []
+        for name, value in self.fields(document):
+            if "." in name:
+                nested.append({"nested": {"path": name.split(".")[0], "query": {"term": {name: value}}}})
+            else:
+                filters.append({"term": {name: value}})
         amount = {bound: str(value) for bound, value in (("gte", self.min_amount), ("lte", self.max_amount))
                   if value is not None}
         if amount:
-            filters.append({"range": {"pay_amount": amount}})
+            filters.append({"range": {declared.amount: amount}})
         days = {bound: value.isoformat() for bound, value in (("gte", self.date_from), ("lte", self.date_to))
                 if value is not None}
         if days:
-            filters.append({"range": {"biz_date": days}})
-        if self.sku_id is not None:
-            filters.append({"nested": {"path": "items", "query": {"term": {"items.sku_id": self.sku_id}}}})
-        return {"query": {"bool": {"filter": filters}}, "sort": [{field: {"order": way}} for field, way in SORT],
-                "size": self.limit}
+            filters.append({"range": {declared.day: days}})
+        sort = ([{declared.newest_by: {"order": "desc"}}] if declared.newest_by else []) + [
+            {document.key: {"order": "desc"}}]
+        return {"query": {"bool": {"filter": filters + nested}}, "sort": sort, "size": self.limit}

@@ -16,7 +16,7 @@ from models.storage import get_storage
 from reliability.alarms import raise_alarm
 from reliability.counters import count
 from reliability.transient import TRANSIENT_ERRORS
-from search.elastic import UNAVAILABLE, OrderIndex
+from search.elastic import UNAVAILABLE, OrderIndex, configured_indexes
 from search.outbox import due_orders, oldest_due, send
 from settings import get_settings
 from tasks.policy import retrying
@@ -29,30 +29,29 @@ STALE, REFUSED = "index_stale", "index_refused"
 LAG_ALARM = dt.timedelta(minutes=15)
 
 
-#: (url, alias) of the index this process has made sure of (template, index, alias).
+#: (url, alias) of each index this process has made sure of (template, index, alias).
 _READY: set[tuple[str | None, str]] = set()
 
 
-def _index() -> OrderIndex | None:
-    """The configured index, created on first use in this process (``tdc search init`` ahead of
-    time is not required)."""
+def _indexes() -> dict[str, OrderIndex]:
+    """Flow name -> the index of each running flow that declares one, created on first use in
+    this process (``tdc search init`` ahead of time is not required)."""
     settings = get_settings()
-    index = OrderIndex.configured(settings)
-    if index is None:
-        return None
-    if (settings.es_url, settings.es_alias) not in _READY:
-        index.init()
-        _READY.add((settings.es_url, settings.es_alias))
-    return index
+    indexes = configured_indexes(settings)
+    for index in indexes.values():
+        if (settings.es_url, index.alias) not in _READY:
+            index.init()
+            _READY.add((settings.es_url, index.alias))
+    return indexes
 
 
-def _send(index: OrderIndex, order_ids: list[str]) -> dict[str, Any]:
-    report = send(get_storage(), index, order_ids)
+def _send(indexes: dict[str, OrderIndex], order_ids: list[str]) -> dict[str, Any]:
+    report = send(get_storage(), indexes, order_ids)
     client = get_redis()
     count(client, STALE, report.stale)
     if report.failed:
         count(client, REFUSED, len(report.failed))
-        raise_alarm(client, "index_refused", f"Elasticsearch refused {len(report.failed)} order documents; they "
+        raise_alarm(client, "index_refused", f"Elasticsearch refused {len(report.failed)} documents; they "
                     "stay in the outbox", examples=dict(sorted(report.failed.items())[:3]))
     return {"indexed": report.indexed, "stale": report.stale, "refused": len(report.failed)}
 
@@ -63,22 +62,22 @@ _RETRYING = {**retrying(), "autoretry_for": TRANSIENT_ERRORS + UNAVAILABLE}
 @shared_task(name="tdc.index", **_RETRYING)
 def index_orders(order_ids: list[str]) -> dict[str, Any]:
     """Send the documents of ``order_ids`` (those with an outbox entry)."""
-    index = _index()
-    return _send(index, order_ids) if index is not None else {"indexed": 0}
+    indexes = _indexes()
+    return _send(indexes, order_ids) if indexes else {"indexed": 0}
 
 
 @shared_task(name="tdc.index_pending", **_RETRYING)
 def index_pending() -> dict[str, Any]:
     """Send what the outbox holds that is due; alarm when search has fallen far behind."""
-    index = _index()
-    if index is None:
+    indexes = _indexes()
+    if not indexes:
         return {"indexed": 0}
     storage = get_storage()
     oldest = oldest_due(storage)
     if oldest is not None and utcnow() - oldest > LAG_ALARM:
         raise_alarm(get_redis(), "index_lagging", f"an order has waited since {oldest:%Y-%m-%d %H:%M:%S} UTC for its "
                     "index document; search answers from older documents meanwhile")
-    return _send(index, due_orders(storage))
+    return _send(indexes, due_orders(storage))
 
 
 def after_chain(order_ids: list[str]) -> None:

@@ -168,7 +168,17 @@ POS = FlowDeclaration(
             Measure("refund_quantity", "refund_quantity"), Measure("refund_amount", "refund_amount")),
             _CONTRIBUTES, _LEDGER),
     ),
-    index=IndexDocument("tdc-pos-orders", ("order_no", "store_code", "store_name", "cashier_id", "member_id",
-                                           "order_status", "pay_amount", "refund_amount", "pay_time", "biz_date"),
-                        nested={LINE_TABLE: ("item_id", "sku_code", "barcode", "sku_name", "quantity", "amount")}),
+    index=IndexDocument(
+        "tdc-orders-pos", ("order_no", "store_code", "store_name", "city", "region", "pos_no", "shift_no",
+                           "cashier_id", "cashier_name", "member_id", "order_status", "item_count", "total_amount",
+                           "discount_amount", "pay_amount", "pay_type", "pay_time", "order_time", "refund_amount",
+                           "refund_count", "last_refund_time", "biz_date", "version", "updated_at"),
+        nested={LINE_TABLE: ("item_id", "line_no", "sku_code", "barcode", "sku_name", "category", "quantity",
+                             "price", "sale_price", "discount_amount", "amount", "refund_quantity", "refund_amount")},
+        nested_as="items", text=("store_name", "cashier_name", "items.sku_name"), newest_by="order_time",
+        amount="pay_amount", day="biz_date",
+        conditions={"store_id": "store_code", "status": "order_status", "member_id": "member_id",
+                    "sku_id": "items.sku_code"},
+        # Settled: paid and not voided.
+        compared_when=(Where("pay_time", "not null"), Where("order_status", "!=", VOIDED))),
 )

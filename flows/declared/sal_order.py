@@ -18,6 +18,7 @@ from flows.declaration import (
     Column,
     Copy,
     FlowDeclaration,
+    IndexDocument,
     Looked,
     Lookup,
     Measure,
@@ -156,4 +157,18 @@ SAL_ORDER = FlowDeclaration(
             Measure("qty", "FQTY"), Measure("amount", "FAMOUNT"), Measure("tax_amount", "FTAXAMOUNT"),
             Measure("all_amount", "FALLAMOUNT")), _CONTRIBUTES, Retraction("ads_jd_order_ledger")),
     ),
+    index=IndexDocument(
+        "tdc-orders-sal-order", ("FID", "FBILLNO", "FBILLTYPEID", "FDATE", "FCUSTID", "store_id", "store_name",
+                                 "FSALEORGID", "FSALERID", "FDOCUMENTSTATUS", "FCANCELSTATUS", "FAPPROVEDATE",
+                                 "entry_count", "FQTY", "FAMOUNT", "FTAXAMOUNT", "FALLAMOUNT", "status", "biz_date",
+                                 "version", "updated_at"),
+        nested={ENTRY_TABLE: ("FENTRYID", "FSEQ", "FMATERIALID", "material_number", "material_name", "FUNITID",
+                              "FQTY", "FSTOCKID", "stock_number", "stock_name", "FPRICE", "FTAXRATE", "FAMOUNT",
+                              "FALLAMOUNT")},
+        nested_as="entries", text=("store_name", "entries.material_name", "entries.stock_name"),
+        newest_by="FDATE", amount="FALLAMOUNT", day="biz_date",
+        conditions={"store_id": "store_id", "status": "status", "member_id": "FCUSTID",
+                    "sku_id": "entries.material_number"},
+        # Settled: audited and not voided (what the ADS counts).
+        compared_when=_CONTRIBUTES[:2]),
 )

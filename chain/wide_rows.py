@@ -253,7 +253,10 @@ def write_merges(connection: Connection, merges: list[Merge], *, changelog: bool
             dict(order_id=m.order_id, version=m.order["version"], due_at=m.order["updated_at"], attempts=0,
                  last_error=None)
             for m in sorted(indexed, key=lambda m: m.order_id)],
-            lambda new: {"version": new.version, "due_at": new.due_at, "attempts": 0, "last_error": None})
+            # The inserted values, not literals: a bound value after ON DUPLICATE KEY UPDATE
+            # makes PyMySQL's executemany fail ("format requires a mapping") for several rows.
+            lambda new: {"version": new.version, "due_at": new.due_at, "attempts": new.attempts,
+                         "last_error": new.last_error})
     _record_dimension_uses(connection, changed)
     for group in by_flow.values():
         layout = layout_of(_flow_of(group[0]))

@@ -102,7 +102,10 @@ def enqueue(storage: Storage, versions: dict[str, int]) -> None:
         with storage.shard_engine(database).begin() as connection:
             upsert(connection, OUTBOX, ("order_id",), [
                 dict(order_id=o, version=versions[o], due_at=now, attempts=0, last_error=None) for o in ids],
-                lambda new: {"version": new.version, "due_at": new.due_at, "attempts": 0, "last_error": None})
+                # The inserted values, not literals: a bound value after ON DUPLICATE KEY UPDATE
+                # makes PyMySQL's executemany fail ("format requires a mapping") for several rows.
+                lambda new: {"version": new.version, "due_at": new.due_at, "attempts": new.attempts,
+                             "last_error": new.last_error})
 
 
 def _settle(storage: Storage, sent: dict[str, int]) -> None:

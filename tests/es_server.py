@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 VERSION = "8.15.0"
 
@@ -216,7 +216,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         url = urlparse(self.path)
-        parts = [p for p in url.path.split("/") if p]
+        # Ids and names arrive percent-encoded (``pos%3APO1``), as Elasticsearch decodes them.
+        parts = [unquote(p) for p in url.path.split("/") if p]
         params = {k: v[-1] for k, v in parse_qs(url.query).items()}
         raw = self._body()
         state = self.state

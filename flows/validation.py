@@ -490,9 +490,10 @@ class _Checker:
                 self.error(f"{where} field {name!r}", f"declared {count} times")
         for name in index.fields:
             self.wide_column(f"{where} field {name!r}", root.name, name)
-        for needed, why in ((root.key[0] if root.key else None, "the document's id"), ("version", "its version")):
+        for needed, why in ((root.key[0] if root.key else None, "the root's key is the document's id"),
+                            ("version", "documents are written at the root's version")):
             if needed is not None and needed not in index.fields:
-                self.error(f"{where} fields", f"no {needed!r}: the root's {why}")
+                self.error(f"{where} fields", f"no {needed!r}: {why}")
         columns: dict[str, Column | None] = {name: root.column(name) for name in index.fields}
         readable = [w.name for w in self.flow.wide[1:] if w.parent == root.name][:1]
         if len(index.nested) > 1:

@@ -198,3 +198,23 @@ def test_the_index_layer_compares_every_flows_documents(three_flows, redis_clien
         assert indexes[flow].versions([deleted, behind]) == {deleted: versions[deleted], behind: versions[behind]}
     assert reconcile(storage, redis_client, first, last, layers=["index"]).found == 0
     assert orders.order_ids  # the online orders were compared beside them, and agreed
+
+
+def test_the_indexing_task_sends_every_flows_entries(three_flows, redis_client, monkeypatch) -> None:
+    # Given three flows' entities waiting in the outbox, and the beat task's process configured alike
+    from tasks import indexing
+
+    storage = three_flows[0]
+    waiting = _outbox(storage)
+    monkeypatch.setattr(indexing, "get_settings", lambda: storage.settings)
+    monkeypatch.setattr(indexing, "get_storage", lambda: storage)
+    monkeypatch.setattr(indexing, "get_redis", lambda: redis_client)
+    # When the outbox scan runs
+    sent = indexing.index_pending.run()
+    # Then every entry was sent to its flow's index at its wide version, and none waits
+    assert sent == {"indexed": len(waiting), "stale": 0, "refused": 0}
+    assert _outbox(storage) == {}
+    for flow, index in configured_indexes(storage.settings).items():
+        index.refresh()
+        wide = _wide_versions(storage, flow)
+        assert wide and index.versions(sorted(wide)) == wide

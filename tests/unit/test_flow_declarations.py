@@ -661,3 +661,68 @@ def test_what_the_engine_cannot_merge_yet_is_refused_when_the_flow_is_validated(
     assert (f"flow 'pos': wide table 'dwd_pos_grandchild' parent '{line.name}': the child table's parent must be the "
             "root wide table") in problems(replace(POS, wide=(header, grandchild, line)))
     assert all(problems(flow) == [] for flow in DECLARATIONS)
+
+
+# --- index documents ---------------------------------------------------------------------------
+
+def test_a_broken_index_document_is_named_by_flow_index_and_field() -> None:
+    # Given pos's index document with an unknown field, a nested field its line table lacks, a
+    # text field that is an amount, a condition on no field and a day that is not a field
+    from flows.declaration import IndexDocument
+
+    assert POS.index is not None
+    broken = replace(POS, index=IndexDocument(
+        "tdc-orders-pos", (*POS.index.fields, "till_name"),
+        nested={"dwd_gqsh_pos_order_t_order_item": ("item_id", "colour")}, text=("pay_amount",),
+        conditions={"store_id": "shop", "colour": "items.item_id"}, day="sold_on", amount="store_code",
+        compared_when=(Where("void", "is null"),)))
+    # Then each is named with its flow, index and field
+    line = "dwd_gqsh_pos_order_t_order_item"
+    assert problems(broken) == [
+        f"flow 'pos': index 'tdc-orders-pos' field 'till_name': no column 'till_name' in wide table '{POS_HEADER}'",
+        f"flow 'pos': index 'tdc-orders-pos' nested '{line}' field 'colour': no column 'colour' in wide table "
+        f"'{line}'",
+        "flow 'pos': index 'tdc-orders-pos' text 'pay_amount': not a text column (money)",
+        "flow 'pos': index 'tdc-orders-pos' day 'sold_on': not a root field of the document",
+        "flow 'pos': index 'tdc-orders-pos' condition 'store_id' field 'shop': not a field of the document",
+        "flow 'pos': index 'tdc-orders-pos' condition 'colour': no such condition (store_id, status, member_id, "
+        "channel, sku_id)",
+        f"flow 'pos': index 'tdc-orders-pos' amount 'store_code': column 'store_code' of wide table '{POS_HEADER}' "
+        "is not a number (varchar(32))",
+        f"flow 'pos': index 'tdc-orders-pos' compared_when when 'void is null': no column 'void' in wide table "
+        f"'{POS_HEADER}'",
+    ]
+
+
+def test_an_index_document_carries_its_id_and_version_and_nests_the_root_child() -> None:
+    from flows.declaration import IndexDocument
+
+    # Given documents without the root's key or version, or nesting the wrong table twice
+    assert POS.index is not None
+    bare = replace(POS, index=IndexDocument("tdc-orders-pos", ("store_code", "pay_amount")))
+    nested = replace(POS, index=replace(POS.index, nested={POS_HEADER: ("order_no",),
+                                                           "dwd_gqsh_pos_order_t_order_item": ("item_id",)},
+                                        nested_as="pay_amount", text=(), conditions={}))
+    # Then each is named
+    assert problems(bare) == [
+        "flow 'pos': index 'tdc-orders-pos' fields: no 'order_no': the root's key is the document's id",
+        "flow 'pos': index 'tdc-orders-pos' fields: no 'version': documents are written at the root's version"]
+    assert problems(nested) == [
+        "flow 'pos': index 'tdc-orders-pos' nested: 2 tables; a document nests one child wide table",
+        f"flow 'pos': index 'tdc-orders-pos' nested '{POS_HEADER}' as 'pay_amount': already a field of the document",
+        "flow 'pos': index 'tdc-orders-pos' nested 'dwd_gqsh_pos_order_t_order_item' as 'pay_amount': already a "
+        "field of the document"]
+
+
+def test_two_flows_may_not_share_an_index_or_its_versioned_indices() -> None:
+    # Given pos declaring gqsh's alias, and sal_order one inside gqsh's versioned indices
+    assert POS.index is not None and BY_NAME["sal_order"].index is not None
+    same = replace(POS, index=replace(POS.index, index="tdc-orders"))
+    inside = replace(BY_NAME["sal_order"], index=replace(BY_NAME["sal_order"].index, index="tdc-orders-v2"))
+    # Then both are named, with the flow that has the alias first
+    assert problems_across([GQSH, same, inside]) == [
+        "flow 'pos': index 'tdc-orders': already the index of flow 'gqsh'",
+        "flow 'sal_order': index 'tdc-orders-v2': overlaps the versioned indices of index 'tdc-orders' "
+        "(tdc-orders-v1, ...) of flow 'gqsh'"]
+    with pytest.raises(DeclarationError, match="already the index of flow 'gqsh'"):
+        checked([GQSH, same])

@@ -13,22 +13,6 @@ if TYPE_CHECKING:
     from models.storage import Storage
     from search.documents import SearchDocument
 
-#: Headings of the readable table, each with the part of the document it shows: the key, the
-#: day, a condition's field, the amount, the nested rows (counted), the time sorted by.
-HEADINGS = (("order", "key"), ("day", "day"), ("store", "store_id"), ("status", "status"), ("member", "member_id"),
-            ("channel", "channel"), ("paid", "amount"), ("lines", "nested"), ("created", "newest_by"))
-
-
-def columns(document: SearchDocument) -> list[tuple[str, str, str]]:
-    """(field, heading, part) of the table's columns: those the flow's document has."""
-    declared = document.declared
-    fields = {"key": document.key, "day": declared.day, "amount": declared.amount,
-              "nested": document.nested_as if document.child is not None else None,
-              "newest_by": declared.newest_by, **declared.conditions}
-    return [(name, heading, part) for heading, part in HEADINGS
-            if (name := fields.get(part)) is not None and "." not in name]
-
-
 def _cell(part: str, value: Any) -> str:
     if part == "nested":
         return str(len(value or []))
@@ -38,7 +22,9 @@ def _cell(part: str, value: Any) -> str:
 
 
 def table(orders: list[dict[str, Any]], document: SearchDocument) -> str:
-    shown = columns(document)
+    from search.documents import table_columns
+
+    shown = table_columns(document)
     rows = [[heading for _, heading, _ in shown]] + [[_cell(part, o.get(name)) for name, _, part in shown]
                                                     for o in orders]
     widths = [max(len(row[i]) for row in rows) for i in range(len(shown))]

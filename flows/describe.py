@@ -179,9 +179,19 @@ def describe(flow: FlowDeclaration) -> list[str]:
                   f"    {measures}",
                   f"    contributes while {_where(aggregate.when)}",
                   f"    retraction: ledger {aggregate.retraction.ledger} by {aggregate.retraction.version}"]
-    if flow.index is not None:
-        lines += ["", f"index {flow.index.index}: {', '.join(flow.index.fields)}"]
-        lines += [f"  {table}: {', '.join(names)}" for table, names in flow.index.nested.items()]
+    index = flow.index
+    if index is not None:
+        lines += ["", f"index {index.index}: {', '.join(index.fields)}"]
+        lines += [f"  {index.nested_as} ({table} rows): {', '.join(names)}" for table, names in index.nested.items()]
+        if index.text:
+            lines.append(f"  text (with a keyword): {', '.join(index.text)}")
+        searched = [f"--{name.split('_')[0]} {field}" for name, field in index.conditions.items()]
+        searched += [f"--{name} {field}" for name, field in (("min-amount/--max-amount", index.amount),
+                                                             ("from/--to", index.day)) if field]
+        lines.append(f"  search: {', '.join(searched) or 'by id only'}; newest first by "
+                     f"{index.newest_by or 'id'}")
+        if index.compared_when:
+            lines.append(f"  reconciled while {_where(index.compared_when)}")
     if flow.events:
         lines += ["", "events"] + [f"  {e.name} per {e.table} row: {', '.join(e.fields)}" for e in flow.events]
     return lines

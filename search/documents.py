@@ -150,6 +150,23 @@ class SearchDocument:
         return settings.es_alias + declared.removeprefix(ES_ALIAS_STEM)
 
 
+#: Headings of the tables of found entities (``tdc search``, the console), each with the part of
+#: the document it shows: the key, the day, a condition's field, the amount, the nested rows
+#: (counted), the time sorted by.
+HEADINGS = (("order", "key"), ("day", "day"), ("store", "store_id"), ("status", "status"), ("member", "member_id"),
+            ("channel", "channel"), ("paid", "amount"), ("lines", "nested"), ("created", "newest_by"))
+
+
+def table_columns(document: SearchDocument) -> list[tuple[str, str, str]]:
+    """(field, heading, part) of the table's columns: those the flow's document has."""
+    declared = document.declared
+    fields = {"key": document.key, "day": declared.day, "amount": declared.amount,
+              "nested": document.nested_as if document.child is not None else None,
+              "newest_by": declared.newest_by, **declared.conditions}
+    return [(name, heading, part) for heading, part in HEADINGS
+            if (name := fields.get(part)) is not None and "." not in name]
+
+
 _DOCUMENTS: dict[str, SearchDocument] = {}
 
 

@@ -76,15 +76,6 @@ def configured_indexes(settings: Settings) -> dict[str, OrderIndex]:
 class OrderIndex:
     """One flow's index (the flow without an entity prefix when none is named)."""
 
-    @classmethod
-    def configured(cls, settings: Settings) -> OrderIndex | None:
-        """The index of the flow without an entity prefix (``TDC_ES_URL``, ``TDC_ES_ALIAS``); None
-        without an Elasticsearch."""
-        if not settings.es_url:
-            return None
-        flow = bare_flow()
-        return cls(connect(settings.es_url), search_document(flow).alias(settings), flow)
-
     def __init__(self, client: Elasticsearch, alias: str | None = None, flow: FlowDeclaration | None = None):
         self.client = client
         self.flow = flow or bare_flow()

@@ -23,12 +23,9 @@ if TYPE_CHECKING:
 DEFAULT_LIMIT, MAX_LIMIT = 50, 10_000
 
 
-def newest_first(found: dict[str, Any], document: SearchDocument | None = None) -> tuple[bool, Any, Any]:
+def newest_first(found: dict[str, Any], document: SearchDocument) -> tuple[bool, Any, Any]:
     """The sort key, used with ``reverse=True``, that puts found entities newest first (by the
     document's ``newest_by``, then its key; those without a time last) on every path."""
-    from search.documents import bare_flow, search_document
-
-    document = document or search_document(bare_flow())
     newest = found.get(document.declared.newest_by) if document.declared.newest_by else None
     if isinstance(newest, str):
         newest = dt.datetime.fromisoformat(newest)

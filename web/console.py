@@ -19,6 +19,7 @@ from chain.lineage import order_lineage, recent_quarantine
 from models.reconcile import ReconcileDiff, ReconcileRun
 from models.storage import Storage
 from reliability.failures import list_failures, parse_failure_id, revive
+from search.documents import table_columns
 from search.find import find_orders
 from search.query import OrderQuery, QueryError
 from settings import Settings
@@ -29,9 +30,9 @@ _TEMPLATES = Environment(loader=PackageLoader("web", "templates"), autoescape=se
 #: Rows a list page shows.
 PAGE_ROWS = 200
 #: The search form's fields, in the order shown, with their labels.
-SEARCH_FIELDS = (("order_id", "Order"), ("store_id", "Store"), ("status", "Status"), ("member_id", "Member"),
-                 ("channel", "Channel"), ("sku_id", "SKU"), ("min_amount", "Paid from"), ("max_amount", "Paid to"),
-                 ("date_from", "Day from"), ("date_to", "Day to"))
+SEARCH_FIELDS = (("flow", "Flow"), ("order_id", "Order"), ("store_id", "Store"), ("status", "Status"),
+                 ("member_id", "Member"), ("channel", "Channel"), ("sku_id", "SKU"), ("min_amount", "Amount from"),
+                 ("max_amount", "Amount to"), ("date_from", "Day from"), ("date_to", "Day to"))
 
 
 def render(template: str, **values: Any) -> str:
@@ -121,13 +122,18 @@ def add_pages(app: FastAPI, store: Callable[[], Storage], user_of: Callable[[Req
     @pages.get("/search")
     def search(request: Request) -> Response:
         given = {name: request.query_params.get(name, "").strip() for name, _ in SEARCH_FIELDS}
-        found, error = None, None
+        found, error, columns, ids = None, None, [], []
         if any(given.values()) or request.query_params.get("all"):
             try:
-                found = find_orders(store(), OrderQuery.parse(**given))
+                query = OrderQuery.parse(**given)
+                document = query.document()
+                found = find_orders(store(), query)
+                # The columns the searched flow's document has; each row links to its entity.
+                columns, ids = table_columns(document), [document.entity_id(o) for o in found.orders]
             except QueryError as problem:
                 error = str(problem)
-        response = page(request, "search.html.j2", fields=SEARCH_FIELDS, given=given, found=found, error=error)
+        response = page(request, "search.html.j2", fields=SEARCH_FIELDS, given=given, found=found, error=error,
+                        columns=columns, ids=ids)
         if error:
             response.status_code = 422
         return response

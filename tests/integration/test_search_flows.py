@@ -218,3 +218,38 @@ def test_the_indexing_task_sends_every_flows_entries(three_flows, redis_client, 
         index.refresh()
         wide = _wide_versions(storage, flow)
         assert wide and index.versions(sorted(wide)) == wide
+
+
+def test_the_console_lists_a_flows_entities_with_its_own_columns(three_flows) -> None:
+    # Given till sales in their index and a console user
+    import re
+    from dataclasses import replace
+    from urllib.parse import unquote
+
+    from fastapi.testclient import TestClient
+
+    from web.app import create_app
+    from web.auth import hash_password
+
+    storage, sales, _, _ = three_flows
+    _sent(storage)
+    console = Storage(replace(storage.settings, web_users={"ann": hash_password("pw")}, web_secret="s"))
+    store = next(iter(sales.expected[POS_HEADER].values()))["store_code"]
+    model = sorted((row for row in sales.expected[POS_HEADER].values() if row["store_code"] == store),
+                   key=lambda row: (row["order_time"], row["order_no"]), reverse=True)
+    # When a store's till sales are searched on the console
+    try:
+        with TestClient(create_app(console), follow_redirects=False) as client:
+            token = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text)
+            assert token is not None
+            client.post("/login", data={"username": "ann", "password": "pw", "csrf": token.group(1), "next": "/"})
+            page = client.get("/search", params={"flow": "pos", "store_id": store})
+    finally:
+        console.dispose()
+    # Then the table has the flow's columns and each sale links to its entity's lineage
+    assert page.status_code == 200, page.text
+    headings = re.findall(r"<th[^>]*>([^<]+)</th>", page.text)
+    assert headings == ["order", "day", "store", "status", "member", "paid", "lines", "created"]
+    links = re.findall(r'class="order-link" href="/orders/([^"]+)">([^<]+)</a>', page.text)
+    assert [(unquote(href), text) for href, text in links] == [(f"pos:{r['order_no']}", r["order_no"]) for r in model]
+    assert "from Elasticsearch" in page.text

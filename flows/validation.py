@@ -496,6 +496,8 @@ class _Checker:
                 self.error(f"{where} fields", f"no {needed!r}: {why}")
         columns: dict[str, Column | None] = {name: root.column(name) for name in index.fields}
         readable = [w.name for w in self.flow.wide[1:] if w.parent == root.name][:1]
+        if not index.nested_as or "." in index.nested_as:
+            self.error(f"{where} nested_as {index.nested_as!r}", "not a field name (no dots)")
         if len(index.nested) > 1:
             self.error(f"{where} nested", f"{len(index.nested)} tables; a document nests one child wide table")
         for table, names in index.nested.items():
@@ -517,9 +519,14 @@ class _Checker:
                 self.error(f"{where} text {name!r}", "not a field of the document")
             elif (column := columns[name]) is not None and not _text_column(column):
                 self.error(f"{where} text {name!r}", f"not a text column ({column.type})")
-        for role, field in (("newest_by", index.newest_by), ("amount", index.amount), ("day", index.day)):
-            if field is not None and field not in index.fields:
+        for role, field, kinds in (("newest_by", index.newest_by, ("date", "datetime", "timestamp")),
+                                   ("amount", index.amount, None), ("day", index.day, ("date",))):
+            if field is None:
+                continue
+            if field not in index.fields:
                 self.error(f"{where} {role} {field!r}", "not a root field of the document")
+            elif kinds is not None and (column := root.column(field)) is not None and not _typed(column, kinds):
+                self.error(f"{where} {role} {field!r}", f"not a {' or '.join(kinds)} column ({column.type})")
         for condition, name in index.conditions.items():
             if condition not in SEARCH_CONDITIONS:
                 self.error(f"{where} condition {condition!r}", f"no such condition ({', '.join(SEARCH_CONDITIONS)})")
@@ -533,6 +540,14 @@ class _Checker:
 def _text_column(column: Column) -> bool:
     try:
         return column_type(column.type).kind == "text"
+    except ValueError:
+        return True  # said where the column is declared
+
+
+def _typed(column: Column, names: tuple[str, ...]) -> bool:
+    """``column``'s declared type is one of ``names`` (date, datetime, ...)."""
+    try:
+        return column_type(column.type).name in names
     except ValueError:
         return True  # said where the column is declared
 

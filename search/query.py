@@ -152,10 +152,12 @@ class OrderQuery:
         filters: list[dict[str, Any]] = []
         nested: list[dict[str, Any]] = []
         for name, value in self.fields(document):
+            # A free-text field is matched exactly on its keyword.
+            field = f"{name}.keyword" if name in declared.text else name
             if "." in name:
-                nested.append({"nested": {"path": name.split(".")[0], "query": {"term": {name: value}}}})
+                nested.append({"nested": {"path": name.split(".")[0], "query": {"term": {field: value}}}})
             else:
-                filters.append({"term": {name: value}})
+                filters.append({"term": {field: value}})
         amount = {bound: str(value) for bound, value in (("gte", self.min_amount), ("lte", self.max_amount))
                   if value is not None}
         if amount:

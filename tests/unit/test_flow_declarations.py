@@ -726,3 +726,15 @@ def test_two_flows_may_not_share_an_index_or_its_versioned_indices() -> None:
         "(tdc-orders-v1, ...) of flow 'gqsh'"]
     with pytest.raises(DeclarationError, match="already the index of flow 'gqsh'"):
         checked([GQSH, same])
+
+
+def test_an_index_document_sorts_by_a_time_and_bounds_a_day() -> None:
+    assert POS.index is not None
+    odd = replace(POS, index=replace(POS.index, newest_by="cashier_id", day="pay_time", nested_as="lines.all"))
+    assert problems(odd) == [
+        "flow 'pos': index 'tdc-orders-pos' nested_as 'lines.all': not a field name (no dots)",
+        "flow 'pos': index 'tdc-orders-pos' text 'items.sku_name': not a field of the document",
+        "flow 'pos': index 'tdc-orders-pos' newest_by 'cashier_id': not a date or datetime or timestamp column "
+        "(varchar(32))",
+        "flow 'pos': index 'tdc-orders-pos' day 'pay_time': not a date column (datetime(3))",
+        "flow 'pos': index 'tdc-orders-pos' condition 'sku_id' field 'items.sku_code': not a field of the document"]

@@ -117,3 +117,16 @@ def test_tdc_es_alias_stands_for_the_stem_of_every_declared_alias() -> None:
     from search.documents import SearchDocument
 
     assert SearchDocument.of(other).alias(renamed) == "till-sales"
+
+
+def test_a_condition_on_a_free_text_field_is_matched_on_its_keyword() -> None:
+    from search.documents import SearchDocument
+
+    pos = BY_NAME["pos"]
+    assert pos.index is not None
+    by_name = SearchDocument.of(replace(pos, index=replace(pos.index, conditions={
+        "store_id": "store_name", "sku_id": "items.sku_name"})))
+    body = OrderQuery(flow="pos", store_id="Store 4", sku_id="Milk").elasticsearch(by_name)
+    assert body["query"]["bool"]["filter"] == [
+        {"term": {"store_name.keyword": "Store 4"}},
+        {"nested": {"path": "items", "query": {"term": {"items.sku_name.keyword": "Milk"}}}}]

@@ -366,9 +366,6 @@ class IndexDocument:
     #: The field ``--min-amount``/``--max-amount`` bound, and the day ``--from``/``--to`` bound.
     amount: str | None = None
     day: str | None = None
-    #: Reconciliation's index layer compares the documents of the entities of a day (``day``)
-    #: whose root wide row satisfies all of these (settled ones: paid and not cancelled).
-    compared_when: tuple[Where, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -190,8 +190,6 @@ def describe(flow: FlowDeclaration) -> list[str]:
                                                              ("from/--to", index.day)) if field]
         lines.append(f"  search: {', '.join(searched) or 'by id only'}; newest first by "
                      f"{index.newest_by or 'id'}")
-        if index.compared_when:
-            lines.append(f"  reconciled while {_where(index.compared_when)}")
     if flow.events:
         lines += ["", "events"] + [f"  {e.name} per {e.table} row: {', '.join(e.fields)}" for e in flow.events]
     return lines

@@ -534,7 +534,6 @@ class _Checker:
                 self.error(f"{where} condition {condition!r} field {name!r}", "not a field of the document")
         if index.amount is not None and index.amount in index.fields:
             self.measured(f"{where} amount {index.amount!r}", root, index.amount)
-        self.predicates(f"{where} compared_when", root.name, index.compared_when, wide=True)
 
 
 def _text_column(column: Column) -> bool:

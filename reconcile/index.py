@@ -1,7 +1,6 @@
-"""Wide rows ↔ search index: every settled entity of the days, of every running flow that
-declares an index document, has its document at its wide row's version (only when an index is
-configured, ``TDC_ES_URL``).  Settled is what the flow's ``IndexDocument.compared_when`` says, of
-the entities whose ``IndexDocument.day`` is one of the days.
+"""Wide rows ↔ search index: every settled entity of the days (``reconcile.settled``: the other
+layers' entities), of every running flow that declares an index document, has its document in
+its flow's index at its wide row's version (only when an index is configured, ``TDC_ES_URL``).
 
 The days' settled entities and their versions are read from the shard databases (two columns), the
 documents' versions fetched from Elasticsearch in batches (``_mget``, no document bodies).  A
@@ -17,8 +16,8 @@ import time
 from sqlalchemy import select
 
 from models.storage import Storage
-from models.wide import where_clause
-from reconcile.diffs import Diff, LayerResult
+from reconcile.diffs import Diff, LayerResult, as_date
+from reconcile.settled import settled_of
 from search.documents import SearchDocument
 from search.elastic import OrderIndex, configured_indexes
 
@@ -32,18 +31,18 @@ def configured_index(storage: Storage) -> dict[str, OrderIndex] | None:
 
 def _settled(storage: Storage, document: SearchDocument, first: dt.date,
              last: dt.date) -> dict[str, tuple[int, dt.date]]:
-    declared, root = document.declared, document.root
-    if declared.day is None:
-        return {}
-    day = root.c[declared.day]
-    query = select(root.c[document.key], root.c.version, day).where(
-        day.between(first, last), *(where_clause(root, predicate) for predicate in declared.compared_when))
+    settled = settled_of(document.flow)
+    if settled is None:
+        return {}  # no business day: nothing is settled on a day
+    root = document.root
+    query = select(root.c[document.key], root.c.version, root.c[settled.day]).where(
+        settled.settled_where(first, last))
 
     def one(database: int) -> list[tuple[str, int, dt.date]]:
         with storage.read_engine(database).connect() as connection:
-            return [(document.flow.entity_prefix + str(key), int(version), biz_date)
-                    for key, version, biz_date in connection.execute(query)]
-    return {entity: (version, biz_date) for rows in storage.each_database(one) for entity, version, biz_date in rows}
+            return [(document.flow.entity_prefix + str(key), int(version), as_date(day))
+                    for key, version, day in connection.execute(query)]
+    return {entity: (version, day) for rows in storage.each_database(one) for entity, version, day in rows}
 
 
 def settled_versions(storage: Storage, first: dt.date, last: dt.date) -> dict[str, tuple[int, dt.date]]:

@@ -213,9 +213,7 @@ GQSH = FlowDeclaration(
         nested={"dwd_order_item": _ITEM_FIELDS}, nested_as="items", text=("store_name", "items.sku_name"),
         newest_by="created_at", amount="pay_amount", day="biz_date",
         conditions={"store_id": "store_id", "status": "status", "member_id": "member_id", "channel": "channel",
-                    "sku_id": "items.sku_id"},
-        # Settled: paid and not cancelled.
-        compared_when=(Where("paid_at", "not null"), Where("status", "!=", CANCELLED))),
+                    "sku_id": "items.sku_id"}),
     events=(
         PublishedEvent("PayOrderDetail", "dwd_order_item", (
             *(_ORDER + name for name in ("store_id", "member_id", "channel", "biz_date", "paid_at", "pay_channel",

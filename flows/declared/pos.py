@@ -178,7 +178,5 @@ POS = FlowDeclaration(
         nested_as="items", text=("store_name", "cashier_name", "items.sku_name"), newest_by="order_time",
         amount="pay_amount", day="biz_date",
         conditions={"store_id": "store_code", "status": "order_status", "member_id": "member_id",
-                    "sku_id": "items.sku_code"},
-        # Settled: paid and not voided.
-        compared_when=(Where("pay_time", "not null"), Where("order_status", "!=", VOIDED))),
+                    "sku_id": "items.sku_code"}),
 )

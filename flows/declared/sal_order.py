@@ -168,7 +168,5 @@ SAL_ORDER = FlowDeclaration(
         nested_as="entries", text=("store_name", "entries.material_name", "entries.stock_name"),
         newest_by="FDATE", amount="FALLAMOUNT", day="biz_date",
         conditions={"store_id": "store_id", "status": "status", "member_id": "FCUSTID",
-                    "sku_id": "entries.material_number"},
-        # Settled: audited and not voided (what the ADS counts).
-        compared_when=_CONTRIBUTES[:2]),
+                    "sku_id": "entries.material_number"}),
 )

@@ -22,6 +22,7 @@ from flows.declaration import (
     Column,
     Copy,
     FlowDeclaration,
+    IndexDocument,
     Looked,
     Lookup,
     Measure,
@@ -192,4 +193,16 @@ PUR_MRB = FlowDeclaration(
             Measure("return_tax_amount", "FTAXAMOUNT"), Measure("return_all_amount", "FALLAMOUNT")),
             _CONTRIBUTES, Retraction("ads_jd_instock_ledger")),
     ),
+    index=IndexDocument(
+        "tdc-orders-pur-mrb", ("FID", "FBILLNO", "FBILLTYPEID", "FDATE", "FMRTYPE", "FMRMODE", "FSTOCKORGID",
+                               "FPURCHASEORGID", "FSUPPLIERID", "FDOCUMENTSTATUS", "FCANCELSTATUS", "FAPPROVEDATE",
+                               "entry_count", "FRMREALQTY", "FAMOUNT", "FTAXAMOUNT", "FALLAMOUNT", "status",
+                               "biz_date", "version", "updated_at"),
+        nested={ENTRY_TABLE: ("FENTRYID", "FSEQ", "FMATERIALID", "material_number", "material_name", "FUNITID",
+                              "FRMREALQTY", "FREPLENISHQTY", "FKEAPAMTQTY", "FSTOCKID", "stock_number", "stock_name",
+                              "FLOT_TEXT", "FPRICE", "FAMOUNT", "FALLAMOUNT")},
+        nested_as="entries", text=("entries.material_name", "entries.stock_name"), newest_by="FDATE",
+        amount="FALLAMOUNT", day="biz_date",
+        # A return has no store or channel; its counterparty is the supplier.
+        conditions={"status": "status", "member_id": "FSUPPLIERID", "sku_id": "entries.material_number"}),
 )

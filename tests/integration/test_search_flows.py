@@ -1,9 +1,10 @@
-"""The search index of every flow that declares one: till sales (``pos``) and Kingdee sales
-orders (``sal_order``) beside the online orders, on real MariaDB shards, Redis and a PostgreSQL
-warehouse, with the tests' Elasticsearch-compatible server (or ``TDC_ES_URL``'s): their merges
-write the index outbox, the outbox sends each entity to its flow's index, search finds them on
-both paths, ``tdc search reindex`` rebuilds every index and the reconcile index layer names a
-missing and a stale document of each flow and sends them again."""
+"""The search index of every flow that declares one: till sales (``pos``), Kingdee sales orders
+(``sal_order``) and purchase returns (``pur_mrb``) beside the online orders, on real MariaDB
+shards, Redis and a PostgreSQL warehouse, with the tests' Elasticsearch-compatible server (or
+``TDC_ES_URL``'s): their merges write the index outbox, the outbox and the indexing task send
+each entity to its flow's index, search finds them on both paths and on the console, ``tdc
+search reindex`` rebuilds every index and the reconcile index layer names a missing and a stale
+document of each flow and sends them again."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from demo.flows import pos, sal_order
+from demo.flows import pos, pur_mrb, sal_order
 from demo.history import generate_history
 from flows.declared import BY_NAME
 from flows.registry import combine, routing
 from models.storage import Storage
+from reconcile.index import settled_versions
 from reconcile.run import reconcile
 from search.elastic import OrderIndex, configured_indexes
 from search.find import find_orders
@@ -31,16 +33,17 @@ from tests.integration.helpers import ingest, run_chains, run_tdc
 
 pytestmark = pytest.mark.integration
 
-FLOWS = ("gqsh", "pos", "sal_order")
+FLOWS = ("gqsh", "pos", "sal_order", "pur_mrb")
 SOURCES = "gqsh,gqsh_pos,jd_erp"
-THREE = combine(tuple(routing(BY_NAME[name]) for name in FLOWS))
+ROUTED = combine(tuple(routing(BY_NAME[name]) for name in FLOWS))
 POS_HEADER, SAL_HEADER = "dwd_gqsh_pos_order_t_order_info", "dwd_t_sal_order"
 
 
 @pytest.fixture
-def three_flows(fresh_storage, redis_client, elasticsearch_url) -> Iterator[tuple[Storage, Any, Any, Any]]:  # type: ignore[no-untyped-def]
-    """Storage running the three flows with an index under an alias of its own, and each flow's
-    processed history; the indices are deleted afterwards."""
+def flows(fresh_storage, redis_client, elasticsearch_url) -> Iterator[tuple[Storage, Any, Any, Any, Any]]:  # type: ignore[no-untyped-def]
+    """Storage running the four flows with an index under an alias of its own, and the processed
+    histories of till sales, Kingdee sales orders, online orders and purchase returns; the indices
+    are deleted afterwards."""
     alias = f"tdc-test-{uuid.uuid4().hex[:8]}"
     storage = fresh_storage("postgresql", TDC_SOURCE_DATABASES=SOURCES, TDC_FLOWS=",".join(FLOWS),
                             TDC_ES_URL=elasticsearch_url, TDC_ES_ALIAS=alias)
@@ -48,13 +51,15 @@ def three_flows(fresh_storage, redis_client, elasticsearch_url) -> Iterator[tupl
         index.init()
     sales, documents = pos.generate(40, seed=61, malformed=0), sal_order.generate(25, seed=62, malformed=0)
     orders = generate_history(30, seed=63, malformed=0)
+    returns = pur_mrb.generate(20, seed=64, malformed=0)
     mixed = [line for trio in zip(sales.lines, documents.lines, orders.lines, strict=False) for line in trio]
     mixed += sales.lines[len(mixed) // 3:] + documents.lines[len(mixed) // 3:] + orders.lines[len(mixed) // 3:]
+    mixed += returns.lines
     touched: set = set()
     for fmt in dict.fromkeys(f for f, _ in mixed):
-        touched |= set(ingest(storage, redis_client, THREE, fmt, [line for f, line in mixed if f == fmt]).touched)
+        touched |= set(ingest(storage, redis_client, ROUTED, fmt, [line for f, line in mixed if f == fmt]).touched)
     run_chains(storage, redis_client, touched)
-    yield storage, sales, documents, orders
+    yield storage, sales, documents, orders, returns
     for index in configured_indexes(storage.settings).values():
         index.client.options(ignore_status=404).indices.delete(index=f"{index.prefix}*")
         index.client.options(ignore_status=404).indices.delete_index_template(name=index.template)
@@ -82,9 +87,9 @@ def _sent(storage: Storage) -> dict[str, OrderIndex]:
     return indexes
 
 
-def test_every_flows_merges_reach_its_own_index_and_search_finds_them(three_flows) -> None:
-    # Given three flows' histories processed by chains that write the index outbox
-    storage, sales, documents, orders = three_flows
+def test_every_flows_merges_reach_its_own_index_and_search_finds_them(flows) -> None:
+    # Given four flows' histories processed by chains that write the index outbox
+    storage, sales, documents, orders, _ = flows
     waiting = _outbox(storage)
     # When the outbox is sent
     indexes = _sent(storage)
@@ -92,11 +97,11 @@ def test_every_flows_merges_reach_its_own_index_and_search_finds_them(three_flow
     # index (an alias of its own, TDC_ES_ALIAS standing for tdc-orders) at that version
     alias = storage.settings.es_alias
     assert {name: index.alias for name, index in indexes.items()} == {
-        "gqsh": alias, "pos": f"{alias}-pos", "sal_order": f"{alias}-sal-order"}
+        "gqsh": alias, "pos": f"{alias}-pos", "sal_order": f"{alias}-sal-order", "pur_mrb": f"{alias}-pur-mrb"}
     wide = {flow: _wide_versions(storage, flow) for flow in FLOWS}
     assert len(wide["pos"]) == len(sales.expected[POS_HEADER])
     assert len(wide["sal_order"]) == len(documents.expected[SAL_HEADER])
-    assert len(wide["gqsh"]) == len(orders.order_ids)
+    assert len(wide["gqsh"]) == len(orders.order_ids) and wide["pur_mrb"]
     assert waiting == {entity: version for versions in wide.values() for entity, version in versions.items()}
     for flow in FLOWS:
         assert indexes[flow].versions(sorted(wide[flow])) == wide[flow], flow
@@ -127,9 +132,9 @@ def test_every_flows_merges_reach_its_own_index_and_search_finds_them(three_flow
                                                                                                           online)]
 
 
-def test_the_command_finds_and_reindexes_every_flow(three_flows) -> None:
-    # Given three flows' entities in their indexes
-    storage, sales, documents, _ = three_flows
+def test_the_command_finds_and_reindexes_every_flow(flows) -> None:
+    # Given four flows' entities in their indexes
+    storage, sales, documents, _, _ = flows
     indexes = _sent(storage)
     before = {flow: _wide_versions(storage, flow) for flow in FLOWS}
     env = {**env_of(storage), "TDC_FLOWS": ",".join(FLOWS), "TDC_ES_URL": storage.settings.es_url or "",
@@ -159,20 +164,25 @@ def test_the_command_finds_and_reindexes_every_flow(three_flows) -> None:
     assert channel.returncode == 2 and "flow 'sal_order' has no search condition 'channel'" in channel.stderr
 
 
-def test_the_index_layer_compares_every_flows_documents(three_flows, redis_client) -> None:
-    # Given three flows' entities in their indexes, and one settled entity of each flow whose
+def test_the_index_layer_compares_every_flows_documents(flows, redis_client) -> None:
+    # Given four flows' entities in their indexes, and one settled entity of each flow whose
     # document is missing and one whose wide row moved on without its document
-    storage, sales, documents, orders = three_flows
+    storage, sales, documents, orders, returns = flows
     indexes = _sent(storage)
     days = [row["biz_date"] for row in sales.expected[POS_HEADER].values()]
     days += [row["biz_date"] for row in documents.expected[SAL_HEADER].values()]
+    days += [row["biz_date"] for row in returns.expected["dwd_t_pur_mrb"].values()]
     first, last = min(days), max(days)
     assert reconcile(storage, redis_client, first, last, layers=["index"]).found == 0
+    # (settled as the histories say: paid and not voided, audited and not voided or deleted)
     settled = {
         "pos": sorted(f"pos:{k}" for k, r in sales.expected[POS_HEADER].items()
                       if r["pay_time"] is not None and r["order_status"] != 90),
         "sal_order": sorted(f"sal_order:{k}" for k, r in documents.expected[SAL_HEADER].items()
-                            if r["FDOCUMENTSTATUS"] == "C" and r["FCANCELSTATUS"] != "B")}
+                            if r["FDOCUMENTSTATUS"] == "C" and r["FCANCELSTATUS"] != "B"),
+        "pur_mrb": sorted(entity for entity, (_, day) in settled_versions(storage, first, last).items()
+                          if entity.startswith("pur_mrb:"))}
+    assert all(len(ids) >= 2 for ids in settled.values()), settled
     wrong: dict[str, tuple[str, str]] = {}
     for flow, ids in settled.items():
         deleted, behind = ids[:2]
@@ -183,7 +193,7 @@ def test_the_index_layer_compares_every_flows_documents(three_flows, redis_clien
             connection.execute(update(root).where(root.c[key] == index.document.key_of(behind))
                                .values(version=root.c.version + 1))
         wrong[flow] = (deleted, behind)
-    versions = {**_wide_versions(storage, "pos"), **_wide_versions(storage, "sal_order")}
+    versions = {entity: version for flow in settled for entity, version in _wide_versions(storage, flow).items()}
     # When the index layer is compared, then fixed
     found = reconcile(storage, redis_client, first, last, layers=["index"])
     fixed = reconcile(storage, redis_client, first, last, layers=["index"], fix=True, submit=lambda keys: None)
@@ -192,7 +202,7 @@ def test_the_index_layer_compares_every_flows_documents(three_flows, redis_clien
         item for deleted, behind in wrong.values() for item in (
             (deleted, "*", str(versions[deleted]), None),
             (behind, "version", str(versions[behind]), str(versions[behind] - 1)))}
-    assert found.counts["index"]["orders"] >= len(settled["pos"]) + len(settled["sal_order"])
+    assert found.counts["index"]["orders"] >= sum(len(ids) for ids in settled.values())
     assert (fixed.status, fixed.remaining) == ("fixed", 0)
     for flow, (deleted, behind) in wrong.items():
         assert indexes[flow].versions([deleted, behind]) == {deleted: versions[deleted], behind: versions[behind]}
@@ -200,11 +210,11 @@ def test_the_index_layer_compares_every_flows_documents(three_flows, redis_clien
     assert orders.order_ids  # the online orders were compared beside them, and agreed
 
 
-def test_the_indexing_task_sends_every_flows_entries(three_flows, redis_client, monkeypatch) -> None:
-    # Given three flows' entities waiting in the outbox, and the beat task's process configured alike
+def test_the_indexing_task_sends_every_flows_entries(flows, redis_client, monkeypatch) -> None:
+    # Given four flows' entities waiting in the outbox, and the beat task's process configured alike
     from tasks import indexing
 
-    storage = three_flows[0]
+    storage = flows[0]
     waiting = _outbox(storage)
     monkeypatch.setattr(indexing, "get_settings", lambda: storage.settings)
     monkeypatch.setattr(indexing, "get_storage", lambda: storage)
@@ -220,7 +230,7 @@ def test_the_indexing_task_sends_every_flows_entries(three_flows, redis_client, 
         assert wide and index.versions(sorted(wide)) == wide
 
 
-def test_the_console_lists_a_flows_entities_with_its_own_columns(three_flows) -> None:
+def test_the_console_lists_a_flows_entities_with_its_own_columns(flows) -> None:
     # Given till sales in their index and a console user
     import re
     from dataclasses import replace
@@ -231,7 +241,7 @@ def test_the_console_lists_a_flows_entities_with_its_own_columns(three_flows) ->
     from web.app import create_app
     from web.auth import hash_password
 
-    storage, sales, _, _ = three_flows
+    storage, sales, _, _, _ = flows
     _sent(storage)
     console = Storage(replace(storage.settings, web_users={"ann": hash_password("pw")}, web_secret="s"))
     store = next(iter(sales.expected[POS_HEADER].values()))["store_code"]

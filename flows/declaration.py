@@ -369,12 +369,65 @@ class IndexDocument:
 
 
 @dataclass(frozen=True)
+class AnyOf:
+    """True when any of ``predicates`` holds (a tuple of predicates must all hold; this is the
+    one way to say "or"): a returned line is one with a refunded quantity or amount."""
+
+    predicates: tuple[Where, ...]
+
+    def __str__(self) -> str:
+        return "(" + " or ".join(str(p) for p in self.predicates) + ")"
+
+
+#: A condition of an event: a predicate, or several of which one must hold.
+Condition = Where | AnyOf
+
+
+@dataclass(frozen=True)
+class Field:
+    """An event field named otherwise than the wide column it carries."""
+
+    name: str
+    column: str
+
+
+@dataclass(frozen=True)
+class FirstOf:
+    """The event's fact is not one entity's but a group's, across entities: of the entities whose
+    root row satisfies the event's ``when``, the first by ``by`` (a root column; ties: the smaller
+    entity id), one per value of the event's ``key`` (root columns: the group).  The relay keeps
+    in the warehouse each entity's candidacy (``entities``: its group, its ``by`` value and the
+    fields, with the wide-row version they came from) and each group's first (``table``: the
+    fields, a revision that is the event's version, and when no entity is left)."""
+
+    by: str
+    table: str
+    entities: str
+
+
+@dataclass(frozen=True)
 class PublishedEvent:
-    """Placeholder: an analytics event the flow publishes, from columns of a wide table."""
+    """An analytics event the flow publishes from the changelog's images.  ``table`` is the
+    root wide table (one fact per entity) or its child (one fact per child row); a fact exists
+    while the root row satisfies ``when`` (and the child row ``row_when``); ``key`` is its
+    natural key (what its id is made from) and ``fields`` what its data carries: in a child
+    table's event, ``root_table.column`` names a column of the root row, a bare name one of the
+    child row; ``Field(name, column)`` carries a column under another name.  A new fact is a
+    ``create``, one whose data changed an ``update``, one gone a ``delete``.  With ``first``, the
+    fact is the first entity of each ``key`` instead (``FirstOf``)."""
 
     name: str
     table: str
-    fields: tuple[str, ...]
+    key: tuple[str, ...]
+    fields: tuple[str | Field, ...]
+    when: tuple[Condition, ...] = ()
+    row_when: tuple[Condition, ...] = ()
+    first: FirstOf | None = None
+
+    def field_names(self) -> dict[str, str]:
+        """Each data field's name -> the column it carries (as declared: maybe ``root.column``)."""
+        return {(f.name if isinstance(f, Field) else f.rpartition(".")[2]): (f.column if isinstance(f, Field) else f)
+                for f in self.fields}
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ from flows.declaration import (
     BusinessDay,
     Chosen,
     Completeness,
+    Condition,
     Copy,
     DetailsSum,
     FlowDeclaration,
     Looked,
     Origin,
     Parent,
+    PublishedEvent,
     Raise,
     RowArrived,
     RowsCounted,
@@ -23,12 +25,11 @@ from flows.declaration import (
     Status,
     Sum,
     ValueMatched,
-    Where,
     WideTable,
 )
 
 
-def _where(when: tuple[Where, ...]) -> str:
+def _where(when: tuple[Condition, ...]) -> str:
     return " and ".join(map(str, when))
 
 
@@ -191,5 +192,24 @@ def describe(flow: FlowDeclaration) -> list[str]:
         lines.append(f"  search: {', '.join(searched) or 'by id only'}; newest first by "
                      f"{index.newest_by or 'id'}")
     if flow.events:
-        lines += ["", "events"] + [f"  {e.name} per {e.table} row: {', '.join(e.fields)}" for e in flow.events]
+        lines += ["", "events"]
+    for event in flow.events:
+        lines += _event(event)
     return lines
+
+
+def _event(event: PublishedEvent) -> list[str]:
+    """An event: what one fact is, when it exists, what it carries."""
+    fields = ", ".join(f"{name}={column}" if name != column.rpartition(".")[2] else column
+                       for name, column in event.field_names().items())
+    if event.first is not None:
+        what = (f"the first by {event.first.by} per {', '.join(event.key)} (kept in {event.first.table}, "
+                f"{event.first.entities})")
+    else:
+        what = f"one per {event.table} row, by {', '.join(event.key)}"
+    lines = [f"  {event.name}  ({what})"]
+    if event.when:
+        lines.append(f"    while {_where(event.when)}")
+    if event.row_when:
+        lines.append(f"    for rows where {_where(event.row_when)}")
+    return lines + [f"    carries {fields}"]

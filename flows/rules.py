@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flows.declaration import FlowDeclaration, Where
+from flows.declaration import AnyOf, Condition, FlowDeclaration, Where
 
 
 def holds(predicate: Where, row: Mapping[str, Any]) -> bool:
@@ -29,8 +29,10 @@ def holds(predicate: Where, row: Mapping[str, Any]) -> bool:
     return ordered[op]
 
 
-def all_hold(predicates: tuple[Where, ...], row: Mapping[str, Any]) -> bool:
-    return all(holds(predicate, row) for predicate in predicates)
+def all_hold(predicates: tuple[Condition, ...], row: Mapping[str, Any]) -> bool:
+    """True when ``row`` satisfies every predicate (an ``AnyOf``: one of its own)."""
+    return all(any(holds(p, row) for p in predicate.predicates) if isinstance(predicate, AnyOf)
+               else holds(predicate, row) for predicate in predicates)
 
 
 def raised_operations(flow: FlowDeclaration, table: str, change: str, row: Mapping[str, Any]) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ from flows.declaration import (
     Where,
     WideTable,
 )
+from flows.event_validation import check_events
 from inputs.columns import column_type
 
 
@@ -64,6 +65,7 @@ def problems_across(flows: Iterable[FlowDeclaration]) -> list[str]:
     prefixes: dict[str, str] = {}
     outputs: dict[str, str] = {}
     aliases: dict[str, str] = {}
+    publishers: dict[str, str] = {}
     for flow in flows:
         found += _alias_problems(flow, aliases)
         if flow.name in owners.values():
@@ -86,6 +88,10 @@ def problems_across(flows: Iterable[FlowDeclaration]) -> list[str]:
             if name in owners and owners[name] != flow.name:
                 found.append(f"flow {flow.name!r}: source {name!r}: already a source of flow {owners[name]!r}")
             owners.setdefault(name, flow.name)
+        for event in flow.events:
+            if publishers.setdefault(event.name, flow.name) != flow.name:
+                found.append(f"flow {flow.name!r}: event {event.name!r}: already published by flow "
+                             f"{publishers[event.name]!r} (an event type and its ids are one for every flow)")
         for dimension in flow.dimensions:
             first = dimensions.setdefault(dimension.name, (flow.name, dimension))
             if first[1] != dimension:
@@ -111,8 +117,10 @@ def _alias_problems(flow: FlowDeclaration, aliases: dict[str, str]) -> list[str]
 
 
 def _outputs(flow: FlowDeclaration) -> list[str]:
-    """The tables a flow writes: wide tables, snapshots, ADS and their ledger."""
+    """The tables a flow writes: wide tables, snapshots, ADS and their ledger, the tables of its
+    first-of events."""
     names = [wide.name for wide in flow.wide] + [a.name for a in flow.aggregates]
+    names += [name for e in flow.events if e.first is not None for name in (e.first.table, e.first.entities)]
     names += list(dict.fromkeys(a.retraction.ledger for a in flow.aggregates))
     return names + ([flow.snapshots.table] if flow.snapshots is not None else [])
 
@@ -476,10 +484,7 @@ class _Checker:
                              aggregate.retraction.version)
         if flow.index is not None:
             self.index_document(flow.index, root)
-        for event in flow.events:
-            for name in event.fields:
-                table, _, column = name.rpartition(".")
-                self.wide_column(f"event {event.name!r} field {name!r}", table or event.table, column)
+        check_events(self)
 
     def index_document(self, index: IndexDocument, root: WideTable) -> None:
         """Every field a column of the wide table it comes from; the id and version there; the

@@ -1,5 +1,5 @@
-"""The changelog outbox of the wide rows (shard databases) and the first paid order of each member
-and channel, with the paid orders it is chosen from (warehouse).
+"""The changelog outbox of the wide rows (shard databases); the first-of events' warehouse tables
+are ``models.firsts``.
 
 A ``changelog_outbox`` row is written by the merge, in the transaction that writes the wide row
 (``record_changes``), when a changelog or events sink is configured; the relay
@@ -14,14 +14,14 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, Date, Index, Integer, String, Table, Text, UniqueConstraint, insert
+from sqlalchemy import Connection, Index, Integer, String, Table, Text, UniqueConstraint, insert
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.digests import kind_of
+from models.firsts import FIRST_TABLES
 from models.orders import ShardBase
 from models.types import BigId, Timestamp
-from models.warehouse import WarehouseBase
 from models.wide import DEFAULT_SCHEMA, SCHEMAS
 
 #: An image of an order with a few lines is 1-3 kB; MySQL's TEXT stops at 64 kB, MEDIUMTEXT at 16 MB.
@@ -65,54 +65,9 @@ class ChangelogOutbox(ShardBase):
     events_published_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
 
-class FirstConsume(WarehouseBase):
-    """The first paid order of each member in each channel (``FirstConsumeDate`` events): the
-    earliest of the member's paid orders there (``FirstConsumeOrder``), recomputed whenever one of
-    them enters, leaves or moves; ``revision`` grows each time it changes (the event's version).
-    When the member has no paid order there any more, the record is kept, ``gone_at`` set, so a
-    later first consumption gets a higher revision than the deletion."""
-
-    __tablename__ = "first_consume"
-
-    member_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
-    order_id: Mapped[str] = mapped_column(String(64))
-    first_paid_at: Mapped[dt.datetime] = mapped_column(Timestamp)
-    first_date: Mapped[dt.date | None] = mapped_column(Date)
-    store_id: Mapped[str | None] = mapped_column(String(32))
-    revision: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[dt.datetime] = mapped_column(Timestamp)
-    #: Set when no paid order of the member in the channel is left (the event was a delete).
-    gone_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
-    #: The change (order, version) that made this revision, so the relay sends its event again
-    #: when it relays that change again (NULL in records an older tdc kept).
-    moved_by_order: Mapped[str | None] = mapped_column(String(64))
-    moved_by_version: Mapped[int | None] = mapped_column(Integer)
-
-
-class FirstConsumeOrder(WarehouseBase):
-    """Each order as the first-consumption records last saw it: its member, channel and payment
-    when it is a paid order, all NULL when it is not (not yet, or no longer: cancelled, payment
-    taken back).  ``version`` is the wide-row version it was taken from: a change relayed again
-    never undoes a newer one."""
-
-    __tablename__ = "first_consume_order"
-    # The earliest paid order of a member in a channel.
-    __table_args__ = (Index("ix_first_consume_order_first", "member_id", "channel", "paid_at", "order_id"),)
-
-    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    version: Mapped[int] = mapped_column(Integer)
-    member_id: Mapped[str | None] = mapped_column(String(32))
-    channel: Mapped[str | None] = mapped_column(String(16))
-    paid_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
-    first_date: Mapped[dt.date | None] = mapped_column(Date)
-    store_id: Mapped[str | None] = mapped_column(String(32))
-    updated_at: Mapped[dt.datetime] = mapped_column(Timestamp)
-
-
 CHANGELOG = cast(Table, ChangelogOutbox.__table__)
-FIRST_CONSUME = cast(Table, FirstConsume.__table__)
-FIRST_CONSUME_ORDERS = cast(Table, FirstConsumeOrder.__table__)
+#: The online orders' first consumptions (``FirstConsumeDate``), as older code names their tables.
+FIRST_CONSUME, FIRST_CONSUME_ORDERS = FIRST_TABLES["FirstConsumeDate"].first, FIRST_TABLES["FirstConsumeDate"].entities
 CENT = Decimal("0.01")
 #: A column of an image: its name, its kind (``models.digests.kind_of``), its decimal places.
 ImageColumn = tuple[str, str, int]

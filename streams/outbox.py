@@ -34,7 +34,7 @@ from intake.receiver import utcnow
 from models.changelog import CHANGELOG
 from models.storage import Storage
 from settings import Settings
-from streams.events import Change, Event, first_consume_events, order_events
+from streams.events import Change, Event, first_events, order_events
 from streams.relay_lock import LockLost, relay_lock
 from streams.sinks import Message, Sink, open_sink
 
@@ -243,7 +243,7 @@ def _relay_database(storage: Storage, database: int, sinks: Sinks, stop: Stop, a
                     continue
                 progressed = True
                 try:
-                    # Events of the whole read at once: one warehouse transaction for its first consumptions.
+                    # Events of the whole read at once: one warehouse transaction for its first-of events.
                     events = _events_of(storage, changes) if kind == "events" else {}
                     for batch in rounds(changes):
                         if stop():
@@ -288,7 +288,7 @@ def _publish_round(kind: str, sink: Sink, batch: list[Change], events: dict[int,
 def _events_of(storage: Storage, changes: list[Change]) -> dict[int, list[Event]]:
     """The events of each change (by change id)."""
     events: dict[int, list[Event]] = {change.id: order_events(change) for change in changes}
-    for change_id, more in first_consume_events(storage, changes, utcnow()).items():
+    for change_id, more in first_events(storage, changes, utcnow()).items():
         events[change_id] += more
     return events
 

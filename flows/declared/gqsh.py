@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from flows.declaration import (
     Aggregate,
+    AnyOf,
     Bookkeeping,
     Business,
     BusinessDay,
@@ -13,6 +14,8 @@ from flows.declaration import (
     Column,
     Copy,
     DetailsSum,
+    Field,
+    FirstOf,
     FlowDeclaration,
     IndexDocument,
     Looked,
@@ -194,6 +197,34 @@ _ITEM_FIELDS = ("item_id", "sku_id", "sku_name", "category", "quantity", "unit_p
                 "refund_amount", "status")
 _ORDER = "dwd_order."
 
+#: A paid order: its payment merged, not cancelled (what a line's PayOrderDetail and a member's
+#: first consumption need).
+_PAID = (Where("paid_at", "not null"), Where("status", "!=", CANCELLED))
+_ORDER_ID = _ORDER + "order_id"
+EVENTS = (
+    # One per line of a paid order.
+    PublishedEvent("PayOrderDetail", "dwd_order_item", key=(_ORDER_ID, "item_id"), when=_PAID, fields=(
+        *(_ORDER + name for name in ("store_id", "member_id", "channel", "biz_date", "paid_at", "pay_channel",
+                                     "pay_txn_id", "total_amount", "discount_amount", "pay_amount")),
+        "item_id", "sku_id", "quantity", "unit_price", "amount")),
+    # One per cancelled order.
+    PublishedEvent("CancelOrder", "dwd_order", key=("order_id",), when=(Where("status", "=", CANCELLED),),
+                   fields=("store_id", "member_id", "channel", "biz_date", "created_at", "item_count",
+                           "total_amount", "pay_amount")),
+    # One per line with anything refunded: what of it was returned so far (refunds are kept per line).
+    PublishedEvent("ApplyReturn", "dwd_order_item", key=(_ORDER_ID, "item_id"),
+                   row_when=(AnyOf((Where("refund_quantity", ">", 0), Where("refund_amount", ">", 0))),), fields=(
+        *(_ORDER + name for name in ("store_id", "member_id", "channel", "biz_date")),
+        "item_id", "sku_id", "quantity", "amount", "refund_quantity", "refund_amount")),
+    # A member's first paid order in a channel, chosen from all of them (the tables older
+    # warehouses hold).
+    PublishedEvent("FirstConsumeDate", "dwd_order", key=("member_id", "channel"),
+                   when=(*_PAID, Where("member_id", "not null"), Where("member_id", "!=", "")),
+                   fields=("member_id", "channel", Field("first_paid_at", "paid_at"), Field("first_date", "biz_date"),
+                           "order_id", "store_id"),
+                   first=FirstOf(by="paid_at", table="first_consume", entities="first_consume_order")),
+)
+
 GQSH = FlowDeclaration(
     name="gqsh",
     description="Online orders of the order centre (source database gqsh) and their payments",
@@ -214,18 +245,5 @@ GQSH = FlowDeclaration(
         newest_by="created_at", amount="pay_amount", day="biz_date",
         conditions={"store_id": "store_id", "status": "status", "member_id": "member_id", "channel": "channel",
                     "sku_id": "items.sku_id"}),
-    events=(
-        PublishedEvent("PayOrderDetail", "dwd_order_item", (
-            *(_ORDER + name for name in ("store_id", "member_id", "channel", "biz_date", "paid_at", "pay_channel",
-                                         "pay_txn_id", "total_amount", "discount_amount", "pay_amount")),
-            "item_id", "sku_id", "quantity", "unit_price", "amount")),
-        PublishedEvent("CancelOrder", "dwd_order", ("store_id", "member_id", "channel", "biz_date", "created_at",
-                                                    "item_count", "total_amount", "pay_amount")),
-        PublishedEvent("ApplyReturn", "dwd_order_item", (
-            *(_ORDER + name for name in ("store_id", "member_id", "channel", "biz_date")),
-            "item_id", "sku_id", "quantity", "amount", "refund_quantity", "refund_amount")),
-        # A member's first paid order in a channel, recomputed from all of them.
-        PublishedEvent("FirstConsumeDate", "dwd_order", ("member_id", "channel", "order_id", "paid_at", "biz_date",
-                                                         "store_id")),
-    ),
+    events=EVENTS,
 )

@@ -17,6 +17,8 @@ from flows.declaration import (
     BusinessDay,
     Column,
     Copy,
+    Field,
+    FirstOf,
     FlowDeclaration,
     IndexDocument,
     Looked,
@@ -24,6 +26,7 @@ from flows.declaration import (
     Measure,
     Operation,
     Parent,
+    PublishedEvent,
     Raise,
     Retraction,
     RowArrived,
@@ -141,6 +144,26 @@ LINE = WideTable(ENTRY_TABLE, key=("FENTRYID",), rows_from=ENTRY, parent=HEADER_
 _CONTRIBUTES = (Where("FDOCUMENTSTATUS", "=", AUDITED), Where("FCANCELSTATUS", "!=", VOIDED),
                 Where("status", "<", DELETED_STATUS), Where("biz_date", "not null"))
 
+#: An audited document that is not voided (Kingdee's re-audit, D, takes it back).
+_AUDITED = (Where("FDOCUMENTSTATUS", "=", AUDITED), Where("FCANCELSTATUS", "!=", VOIDED))
+_DOCUMENT = HEADER_TABLE + "."
+EVENTS = (
+    # One per audited document: its totals as the entries sum them.
+    PublishedEvent("SalesOrderAudited", HEADER_TABLE, key=("FID",), when=_AUDITED, fields=(
+        "FID", "FBILLNO", "FDATE", "FCUSTID", "store_id", "FSALEORGID", "FAPPROVEDATE", "entry_count", "FQTY",
+        "FAMOUNT", "FTAXAMOUNT", "FALLAMOUNT", "biz_date")),
+    # One per entry of an audited document.
+    PublishedEvent("SalesOrderEntryAudited", ENTRY_TABLE, key=(_DOCUMENT + "FID", "FENTRYID"), when=_AUDITED,
+                   fields=(_DOCUMENT + "FID", _DOCUMENT + "FBILLNO", "FCUSTID", "store_id", "biz_date", "FENTRYID",
+                           "FSEQ", "FMATERIALID", "material_number", "FSTOCKID", "FQTY", "FPRICE", "FAMOUNT",
+                           "FALLAMOUNT")),
+    # A customer's first audited document, by audit time, across documents.
+    PublishedEvent("FirstCustomerOrder", HEADER_TABLE, key=("FCUSTID",), when=_AUDITED,
+                   fields=("FCUSTID", Field("first_audited_at", "FAPPROVEDATE"), "FBILLNO", "store_id", "biz_date"),
+                   first=FirstOf(by="FAPPROVEDATE", table="first_jd_customer_order",
+                                 entities="first_jd_customer_order_candidate")),
+)
+
 SAL_ORDER = FlowDeclaration(
     name="sal_order",
     entity_prefix="sal_order:",
@@ -169,4 +192,5 @@ SAL_ORDER = FlowDeclaration(
         newest_by="FDATE", amount="FALLAMOUNT", day="biz_date",
         conditions={"store_id": "store_id", "status": "status", "member_id": "FCUSTID",
                     "sku_id": "entries.material_number"}),
+    events=EVENTS,
 )

@@ -1,5 +1,6 @@
 """Events derived from declarations: the online orders' four events as the hand-written derivation
-made them (kept here as the oracle), over varied images."""
+made them (kept here as the oracle), over varied images; another flow's events from its own
+declaration."""
 
 from __future__ import annotations
 
@@ -138,3 +139,51 @@ def test_a_first_consumption_candidate_is_the_paid_order_the_old_derivation_kept
 
 def _first_consume_date() -> FirstOfEvent:
     return first_of_events(next(e for e in declared_events("gqsh") if e.name == "FirstConsumeDate"))
+
+
+# --- another flow: the Kingdee sales orders ------------------------------------------------------
+
+def _document(status: str = "C", cancel: str = "A", amount: str = "100.0000000000", entries: int = 2) -> dict:
+    order = {"FID": 7, "FBILLNO": "XSDD0007", "FDATE": "2026-11-02T00:00:00.000", "FCUSTID": 11, "store_id": "S001",
+             "FSALEORGID": 1, "FDOCUMENTSTATUS": status, "FCANCELSTATUS": cancel,
+             "FAPPROVEDATE": "2026-11-02T10:00:00.000" if status == "C" else None, "entry_count": entries,
+             "FQTY": "3.0000000000", "FAMOUNT": amount, "FTAXAMOUNT": "13.0000000000", "FALLAMOUNT": "113.0000000000",
+             "biz_date": "2026-11-02", "status": 20 if status == "C" else 10, "version": 2}
+    lines = [{"FENTRYID": 70 + n, "FID": 7, "FSEQ": n, "FMATERIALID": 500 + n, "FSTOCKID": 9,
+              "FQTY": "1.5000000000", "FPRICE": "10.0000000000", "FAMOUNT": amount, "FALLAMOUNT": amount,
+              "material_number": f"M{n}", "store_id": "S001", "biz_date": "2026-11-02"} for n in range(1, entries + 1)]
+    return {"order": order, "items": lines}
+
+
+def _sales_change(before: dict | None, after: dict, version: int = 2) -> Change:
+    return Change(1, "sal_order:7", version, "update" if before else "insert", "AUDIT", before, after, AT)
+
+
+def test_an_audited_sales_document_is_created_updated_and_deleted_from_its_declaration() -> None:
+    # A saved document makes nothing; auditing it makes the document and one fact per entry
+    audited = order_events(_sales_change(_document(status="A"), _document()))
+    assert [(e.type, e.op) for e in audited] == [("SalesOrderAudited", "create")] + [
+        ("SalesOrderEntryAudited", "create")] * 2
+    assert audited[0].data["FBILLNO"] == "XSDD0007" and audited[0].order_id == "sal_order:7"
+    assert audited[1].data["FBILLNO"] == "XSDD0007" and audited[1].data["FENTRYID"] == 71
+    # A corrected amount is an update of the same facts; an entry taken out is a delete
+    corrected = order_events(_sales_change(_document(), _document(amount="90.0000000000", entries=1), 3))
+    assert [(e.type, e.op) for e in corrected] == [
+        ("SalesOrderAudited", "update"), ("SalesOrderEntryAudited", "update"), ("SalesOrderEntryAudited", "delete")]
+    assert {e.event_id for e in corrected} == {e.event_id for e in audited}
+    # Taken back to re-audit (FDOCUMENTSTATUS D), every fact is gone
+    unaudited = order_events(_sales_change(_document(amount="90.0000000000", entries=1), _document(status="D"), 4))
+    assert [(e.type, e.op) for e in unaudited] == [("SalesOrderAudited", "delete"),
+                                                   ("SalesOrderEntryAudited", "delete")]
+
+
+def test_a_customers_first_audited_order_is_a_first_of_event_of_its_own() -> None:
+    first = first_of_events(next(e for e in declared_events("sal_order") if e.event.first is not None))
+    candidate = first.candidate(_document(), "sal_order:7")
+    assert candidate is not None and candidate.group == (11,)
+    assert candidate.by == dt.datetime(2026, 11, 2, 10, 0)
+    assert first.candidate(_document(status="A"), "sal_order:7") is None
+    assert first.candidate(_document(cancel="B"), "sal_order:7") is None
+    event = first.event(candidate.group, candidate, 1, "create", _sales_change(None, _document()))
+    assert (event.key, event.order_id, event.data["FCUSTID"], event.data["first_audited_at"]) == (
+        "11", "sal_order:7", 11, "2026-11-02T10:00:00.000")

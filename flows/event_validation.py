@@ -55,12 +55,12 @@ class _EventChecker:
         for name, count in Counter(carried).items():
             if count > 1:
                 self.error(f" field {name!r}", f"carried {count} times")
-        self.conditions(" when", root.name, event.when)
+        self.conditions("", root.name, event.when)
         if event.row_when and not per_row:
             self.error(" row_when", f"the event is one per root row ({root.name!r}): row_when is for a child "
                                     "table's event")
         elif event.row_when:
-            self.conditions(" row_when", event.table, event.row_when)
+            self.conditions(" row", event.table, event.row_when)
         if event.first is not None:
             self.first(per_row)
 
@@ -76,7 +76,7 @@ class _EventChecker:
         for condition in when:
             if isinstance(condition, AnyOf):
                 if not condition.predicates:
-                    self.error(where, "AnyOf() holds no predicate")
+                    self.error(f"{where} when AnyOf()", "holds no predicate")
                 self.checker.predicates(f"{self.where}{where}", table, condition.predicates, wide=True)
             else:
                 self.checker.predicates(f"{self.where}{where}", table, (condition,), wide=True)

@@ -18,7 +18,7 @@ from flows.registry import flow_of
 from models.storage import Storage
 from reliability.transient import retry_on_contention
 from streams.facts import Change, DeclaredEvent, Event, declared_events, event_id
-from streams.firsts import FirstOfEvent, Move, first_of_events, settle_firsts
+from streams.firsts import Move, first_of, settle_firsts
 
 __all__ = ["Change", "Event", "event_id", "first_events", "order_events"]
 
@@ -55,11 +55,11 @@ def first_events(storage: Storage, changes: list[Change], now: dt.datetime) -> d
         for declared in _declared(change):
             if declared.event.first is None:
                 continue
-            first_of: FirstOfEvent = first_of_events(declared)
-            before = first_of.candidate(change.before, change.order_id)
-            after = first_of.candidate(change.after, change.order_id)
+            event = first_of(declared.flow, declared.name)
+            before = event.candidate(change.before, change.order_id)
+            after = event.candidate(change.after, change.order_id)
             if before != after:
-                moves.append((first_of, change, before, after))
+                moves.append((event, change, before, after))
     if not moves:
         return {}
 

@@ -101,9 +101,10 @@ class DeclaredEvent:
     key: tuple[Ref, ...]
     #: Data field -> where its value comes from.
     fields: tuple[tuple[str, Ref], ...]
-    #: Column -> kind, of the root row and of the child row.
+    #: Column -> kind, of the root row and of the child row; the root's decimal places.
     root_kinds: Mapping[str, str]
     row_kinds: Mapping[str, str]
+    root_places: Mapping[str, int]
 
     @property
     def name(self) -> str:
@@ -148,7 +149,8 @@ def declare(flow: str, event: PublishedEvent) -> DeclaredEvent:
         flow, event, per_row=event.table != BY_NAME[flow].wide[0].name,
         key=tuple(_ref(flow, event, name) for name in event.key),
         fields=tuple((name, _ref(flow, event, column)) for name, column in event.field_names().items()),
-        root_kinds={name: kind for name, kind, _ in root}, row_kinds={name: kind for name, kind, _ in child})
+        root_kinds={name: kind for name, kind, _ in root}, row_kinds={name: kind for name, kind, _ in child},
+        root_places={name: places for name, _, places in root})
 
 
 @cache

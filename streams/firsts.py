@@ -17,14 +17,15 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache, cached_property
 from typing import Any
 
 from sqlalchemy import Connection, and_, select, update
 
-from models.changelog import IMAGES, image_value
+from models.changelog import image_value
 from models.firsts import FIRST_TABLES, FirstTables
 from models.writes import insert_if_absent
-from streams.facts import Change, DeclaredEvent, Event, event_id, typed
+from streams.facts import Change, DeclaredEvent, Event, declared_events, event_id, typed
 
 #: A group: the values of the event's key columns.
 Group = tuple[Any, ...]
@@ -57,11 +58,15 @@ class FirstOfEvent:
     def name(self) -> str:
         return self.declared.name
 
-    def _kind(self, field: str) -> tuple[str, int]:
-        """The kind and decimal places of the root column behind data field ``field``."""
-        column = self.declared.event.field_names()[field].rpartition(".")[2]
-        return next(((kind, places) for name, kind, places in IMAGES[self.declared.flow][0] if name == column),
-                    ("text", 0))
+    @cached_property
+    def columns(self) -> dict[str, str]:
+        """Each data field -> the root column it carries."""
+        return {name: column.rpartition(".")[2] for name, column in self.declared.event.field_names().items()}
+
+    def carried(self, name: str, value: Any) -> Any:
+        """``value`` of field ``name`` as the event carries it: as the images hold its column."""
+        column = self.columns[name]
+        return image_value(self.declared.root_kinds.get(column, "text"), value, self.declared.root_places[column])
 
     def candidate(self, image: Mapping[str, Any] | None, order_id: str) -> Candidate | None:
         """The candidacy an image shows (None: the root row does not satisfy ``when``, or a group
@@ -78,7 +83,7 @@ class FirstOfEvent:
         by = typed(kinds.get(self.tables.by_column, "text"), root.get(self.tables.by_column))
         if by is None:
             return None
-        columns = {name: column.rpartition(".")[2] for name, column in self.declared.event.field_names().items()}
+        columns = self.columns
         return Candidate(tuple(group), order_id, by, tuple(
             (name, typed(kinds.get(columns[name], "text"), root.get(columns[name]))) for name in self.tables.others))
 
@@ -98,15 +103,10 @@ class FirstOfEvent:
     def event(self, group: Group, first: Candidate, revision: int, op: str, change: Change) -> Event:
         stored = dict(zip(self.tables.group, group, strict=True)) | dict(first.others) | {
             self.tables.by_field: first.by, "order_id": first.order_id}
-        data = {name: stored[name] if name == "order_id" else image_value(*self._pair(name, stored[name]))
-                for name in self.declared.event.field_names()}
+        data = {name: stored[name] if name == "order_id" else self.carried(name, stored[name]) for name in self.columns}
         key = tuple(str(value) for value in group)
         return Event(self.name, event_id(self.name, *key), revision, op, change.changed_at, first.order_id,
                      ":".join(key), data)
-
-    def _pair(self, name: str, value: Any) -> tuple[str, Any, int]:
-        kind, places = self._kind(name)
-        return kind, value, places or 2
 
 
 def _record_entity(connection: Connection, first_of: FirstOfEvent, change: Change, now: dt.datetime,
@@ -210,5 +210,8 @@ def settle_firsts(connection: Connection, moves: list[Move], now: dt.datetime) -
     return events
 
 
-def first_of_events(declared: DeclaredEvent) -> FirstOfEvent:
-    return FirstOfEvent(declared, FIRST_TABLES[declared.name])
+@cache
+def first_of(flow: str, name: str) -> FirstOfEvent:
+    """``flow``'s first-of event ``name`` with its tables."""
+    declared = next(event for event in declared_events(flow) if event.name == name)
+    return FirstOfEvent(declared, FIRST_TABLES[name])

@@ -11,8 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from streams.events import Change, order_events
-from streams.facts import declared_events
-from streams.firsts import FirstOfEvent, first_of_events
+from streams.firsts import FirstOfEvent, first_of
 
 AT = dt.datetime(2026, 11, 2, 10, 0, 0, 123456)
 
@@ -138,7 +137,7 @@ def test_a_first_consumption_candidate_is_the_paid_order_the_old_derivation_kept
 
 
 def _first_consume_date() -> FirstOfEvent:
-    return first_of_events(next(e for e in declared_events("gqsh") if e.name == "FirstConsumeDate"))
+    return first_of("gqsh", "FirstConsumeDate")
 
 
 # --- another flow: the Kingdee sales orders ------------------------------------------------------
@@ -178,7 +177,7 @@ def test_an_audited_sales_document_is_created_updated_and_deleted_from_its_decla
 
 
 def test_a_customers_first_audited_order_is_a_first_of_event_of_its_own() -> None:
-    first = first_of_events(next(e for e in declared_events("sal_order") if e.event.first is not None))
+    first = first_of("sal_order", "FirstCustomerOrder")
     candidate = first.candidate(_document(), "sal_order:7")
     assert candidate is not None and candidate.group == (11,)
     assert candidate.by == dt.datetime(2026, 11, 2, 10, 0)

@@ -1,5 +1,6 @@
-"""The facts a changelog image holds for a declared event (``flows.declaration.PublishedEvent``):
-which rows make one, its natural key, the data it carries.
+"""A change as the relay reads it, an event and its stable id, and the facts a changelog image
+holds for a declared event (``flows.declaration.PublishedEvent``): which rows make one, its
+natural key, the data it carries.
 
 An image (``models.changelog.image``) holds the root wide row under ``order`` and the child rows
 under ``items``, every value as JSON carries it (amounts and times as text); the event's

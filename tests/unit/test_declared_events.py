@@ -186,3 +186,27 @@ def test_a_customers_first_audited_order_is_a_first_of_event_of_its_own() -> Non
     event = first.event(candidate.group, candidate, 1, "create", _sales_change(None, _document()))
     assert (event.key, event.order_id, event.data["FCUSTID"], event.data["first_audited_at"]) == (
         "11", "sal_order:7", 11, "2026-11-02T10:00:00.000")
+
+
+def test_gqshs_first_consumption_tables_made_from_the_declaration_are_the_ones_older_warehouses_hold() -> None:
+    from sqlalchemy.dialects import mysql
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    from models.firsts import FIRST_TABLES
+
+    tables = FIRST_TABLES["FirstConsumeDate"]
+
+    def ddl(statement: Any) -> str:
+        return " ".join(str(statement.compile(dialect=mysql.dialect())).split())
+
+    assert ddl(CreateTable(tables.first)) == (
+        "CREATE TABLE first_consume ( member_id VARCHAR(32) NOT NULL, channel VARCHAR(16) NOT NULL, order_id "
+        "VARCHAR(64) NOT NULL, first_paid_at DATETIME(3) NOT NULL, first_date DATE, store_id VARCHAR(32), revision "
+        "INTEGER NOT NULL, updated_at DATETIME(3) NOT NULL, gone_at DATETIME(3), moved_by_order VARCHAR(64), "
+        "moved_by_version INTEGER, PRIMARY KEY (member_id, channel) )")
+    assert ddl(CreateTable(tables.entities)) == (
+        "CREATE TABLE first_consume_order ( order_id VARCHAR(64) NOT NULL, version INTEGER NOT NULL, member_id "
+        "VARCHAR(32), channel VARCHAR(16), paid_at DATETIME(3), first_date DATE, store_id VARCHAR(32), updated_at "
+        "DATETIME(3) NOT NULL, PRIMARY KEY (order_id) )")
+    assert [ddl(CreateIndex(index)) for index in tables.entities.indexes] == [
+        "CREATE INDEX ix_first_consume_order_first ON first_consume_order (member_id, channel, paid_at, order_id)"]

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from sqlalchemy.exc import IntegrityError
 
 from flows.declaration import Bookkeeping, FlowDeclaration, Looked
+from flows.memo import per_flow
 from flows.registry import flow_of
 from models.changelog import record_changes
 from models.digests import Columns, digest_kind, row_digest
@@ -67,14 +68,9 @@ class Layout:
             .values({c.name: bindparam(c.name) for c in root.columns if c.name != schema.entity}))
 
 
-_LAYOUTS: dict[str, Layout] = {}
-
-
+@per_flow
 def layout_of(flow: FlowDeclaration) -> Layout:
-    layout = _LAYOUTS.get(flow.name)
-    if layout is None:
-        layout = _LAYOUTS[flow.name] = Layout.of(flow)
-    return layout
+    return Layout.of(flow)
 
 
 _DEFAULT = layout_of(DEFAULT_SCHEMA.flow)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from flows.declaration import Aggregate, BusinessDay, FlowDeclaration
 from flows.declared import DECLARATIONS
+from flows.memo import per_flow
 from inputs.columns import ColumnType, column_type
 
 
@@ -32,15 +33,10 @@ class Declared:
 def declared_aggregates(flow: FlowDeclaration) -> list[Declared]:
     """The flow's aggregates in declaration order (worked out once per flow: every merged entity
     asks)."""
-    cached = _CACHE.get(flow.name)
-    if cached is None or cached[0] is not flow:
-        cached = _CACHE[flow.name] = (flow, _declared(flow))
-    return cached[1]
+    return _declared(flow)
 
 
-_CACHE: dict[str, tuple[FlowDeclaration, list[Declared]]] = {}
-
-
+@per_flow
 def _declared(flow: FlowDeclaration) -> list[Declared]:
     wide = {table.name: table for table in flow.wide}
     assert flow.root is not None

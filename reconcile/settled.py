@@ -20,6 +20,7 @@ from sqlalchemy import cast as sql_cast
 from chain.wide_rows import Layout, layout_of
 from flows.ads import declared_aggregates
 from flows.declaration import BusinessDay, FlowDeclaration, Where
+from flows.memo import per_flow
 from flows.registry import running
 from flows.rules import all_hold
 from models.digests import sql_bucket
@@ -96,15 +97,10 @@ class Settled:
 def settled_of(flow: FlowDeclaration) -> Settled | None:
     """How ``flow`` is reconciled; None for a flow whose root has no business day (worked out
     once per flow: every compared entity asks)."""
-    cached = _CACHE.get(flow.name)
-    if cached is None or cached[0] is not flow:
-        cached = _CACHE[flow.name] = (flow, _settled(flow))
-    return cached[1]
+    return _settled(flow)
 
 
-_CACHE: dict[str, tuple[FlowDeclaration, Settled | None]] = {}
-
-
+@per_flow
 def _settled(flow: FlowDeclaration) -> Settled | None:
     assert flow.root is not None
     day = next((c.name for c in flow.root.columns if isinstance(c.origin, BusinessDay)), None)

@@ -17,6 +17,7 @@ from sqlalchemy import Column, Numeric, Table
 
 from flows.declaration import FlowDeclaration, IndexDocument
 from flows.declared import DECLARATIONS
+from flows.memo import per_flow
 from flows.registry import flow_of
 from models.digests import kind_of
 from models.wide import schema_of
@@ -167,15 +168,10 @@ def table_columns(document: SearchDocument) -> list[tuple[str, str, str]]:
             if (name := fields.get(part)) is not None and "." not in name]
 
 
-_DOCUMENTS: dict[str, SearchDocument] = {}
-
-
+@per_flow
 def search_document(flow: FlowDeclaration) -> SearchDocument:
     """The flow's document (ValueError when it declares none)."""
-    found = _DOCUMENTS.get(flow.name)
-    if found is None:
-        found = _DOCUMENTS[flow.name] = SearchDocument.of(flow)
-    return found
+    return SearchDocument.of(flow)
 
 
 def indexed_flows(flows: Iterable[FlowDeclaration] = DECLARATIONS) -> tuple[FlowDeclaration, ...]:

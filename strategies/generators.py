@@ -36,6 +36,7 @@ from flows.declaration import (
     Where,
     WideTable,
 )
+from flows.memo import per_flow
 from flows.rules import all_hold
 from inputs.columns import ColumnType, column_type
 from strategies.checkers import same_value
@@ -159,14 +160,9 @@ class Shape:
         return read(row.get(column))
 
 
-_SHAPES: dict[str, Shape] = {}
-
-
+@per_flow
 def shape_of(flow: FlowDeclaration) -> Shape:
-    shape = _SHAPES.get(flow.name)
-    if shape is None or shape.flow is not flow:
-        shape = _SHAPES[flow.name] = Shape.of(flow)
-    return shape
+    return Shape.of(flow)
 
 
 class _Rows:

@@ -33,6 +33,7 @@ from flows.registry import flow_of
 from intake.receiver import utcnow
 from models.changelog import CHANGELOG
 from models.storage import Storage
+from models.wide import schema_of
 from settings import Settings
 from streams.events import Change, Event, first_events, order_events
 from streams.relay_lock import LockLost, relay_lock
@@ -42,8 +43,13 @@ log = logging.getLogger(__name__)
 
 #: Published rows deleted per statement by the purge: short transactions on a busy database.
 PURGE_CHUNK = 5000
-#: The kind of every changelog message (AMQP routing key, Kafka header).
-CHANGELOG_TOPIC = "dwd_order"
+
+def changelog_topic(change: Change) -> str:
+    """The kind of a changelog message (AMQP routing key, Kafka header, NATS and Redis field):
+    the name of the root wide table that changed (``dwd_order`` for an online order,
+    ``dwd_t_sal_order`` for a Kingdee sales order), so a consumer can bind to one flow's changes."""
+    return schema_of(flow_of(change.order_id)).root.name
+
 #: Sink kind -> the outbox column that marks a change published to it.
 SINK_MARKS = {"changelog": CHANGELOG.c.changelog_published_at, "events": CHANGELOG.c.events_published_at}
 
@@ -132,7 +138,7 @@ def change_document(change: Change) -> dict[str, Any]:
 
 
 def change_message(change: Change) -> Message:
-    return Message(key=change.order_id, dedup_id=f"{change.order_id}:{change.version}", topic=CHANGELOG_TOPIC,
+    return Message(key=change.order_id, dedup_id=f"{change.order_id}:{change.version}", topic=changelog_topic(change),
                    body=json.dumps(change_document(change), separators=(",", ":"), sort_keys=True))
 
 

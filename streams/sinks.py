@@ -13,8 +13,8 @@ URL forms (``settings.SINK_TARGETS``):
 - ``nats://HOST:4222?subject=NAME[&stream=STREAM]``: JetStream publish with ``Nats-Msg-Id`` set to
   the de-duplication id; with ``stream=``, the stream is created over the subject when missing;
 - ``amqp://USER:PASSWORD@HOST:5672/VHOST?exchange=NAME[&queue=Q]``: persistent messages to a durable
-  topic exchange, confirmed by publisher confirms, routing key = the message's topic (``dwd_order``, the
-  event type), ``message_id`` = the de-duplication id; with ``queue=``, a durable queue bound to
+  topic exchange, confirmed by publisher confirms, routing key = the message's topic (the changed root
+  wide table such as ``dwd_order``, or the event type), ``message_id`` = the de-duplication id; with ``queue=``, a durable queue bound to
   everything is declared, so nothing is dropped before the first consumer binds;
 - ``kafka://[USER:PASSWORD@]HOST:9092[,HOST:9092]?topic=NAME[&sasl_mechanism=M][&security_protocol=P]``:
   idempotent producer (acks=all), key = the message key (the order), so one order's messages stay
@@ -57,7 +57,8 @@ class Message:
     key: str
     #: What consumers de-duplicate on: ``ORDER:VERSION`` for a change, ``EVENT_ID:VERSION`` for an event.
     dedup_id: str
-    #: The kind of message: ``dwd_order`` or the event type (AMQP's routing key, a Kafka header).
+    #: The kind of message: the changed root wide table (``dwd_order``) or the event type (AMQP's
+    #: routing key, a Kafka header).
     topic: str
     #: The JSON.
     body: str

@@ -103,6 +103,8 @@ def test_the_changelog_carries_a_till_sales_changes_with_its_own_tables_images(f
             row, lines = read_wide_rows(connection, order_id)
         assert change.after == image(row, lines.values(), "pos"), order_id
         assert json.loads(change_message(change).body)["flow"] == "pos"
+        # (its kind, the AMQP routing key, names the till sale's table: a consumer binds to one flow)
+        assert change_message(change).topic == "dwd_gqsh_pos_order_t_order_info"
         assert order_events(change) == []
     storage.dispose()
 

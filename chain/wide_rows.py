@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Column, Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from flows.declaration import Bookkeeping, FlowDeclaration, Looked
@@ -40,13 +40,14 @@ class Layout:
     root_columns: tuple[str, ...]
     child_columns: tuple[str, ...]
     #: The columns that come from the entity's source (not dimensions, not bookkeeping), in the
-    #: order they are digested (``models.digests``).
-    source_root: Columns
-    source_child: Columns
+    #: order they are digested (``models.digests``); their kinds: ``digested``.
+    source_root: tuple[Column[Any], ...]
+    source_child: tuple[Column[Any], ...]
     #: Columns that record the write, not the entity: a merge changing only these is a no-op.
     bookkeeping: frozenset[str]
     #: The optimistic write of a known root row: every column, where it still has the version read.
     update: Any
+    _digested: dict[str, tuple[Columns, Columns]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, flow: FlowDeclaration) -> Layout:
@@ -59,13 +60,22 @@ class Layout:
             schema=schema,
             root_columns=tuple(c.name for c in root.columns),
             child_columns=tuple(c.name for c in child.columns) if child is not None else (),
-            source_root=[(c.name, digest_kind(c)) for c in root.columns if c.name not in bookkeeping | looked],
-            source_child=[(c.name, digest_kind(c)) for c in child.columns if c.name not in looked]
-            if child is not None else [],
+            source_root=tuple(c for c in root.columns if c.name not in bookkeeping | looked),
+            source_child=tuple(c for c in child.columns if c.name not in looked) if child is not None else (),
             bookkeeping=bookkeeping,
             update=update(root).where((root.c[schema.entity] == bindparam("key_entity"))
                                       & (root.c.version == bindparam("key_version")))
             .values({c.name: bindparam(c.name) for c in root.columns if c.name != schema.entity}))
+
+
+    def digested(self, dialect: str) -> tuple[Columns, Columns]:
+        """The source columns of the root and of a child row with the kinds they are digested and
+        compared as in a database of ``dialect`` (``models.digests.digest_kind``)."""
+        found = self._digested.get(dialect)
+        if found is None:
+            found = self._digested[dialect] = ([(c.name, digest_kind(c, dialect)) for c in self.source_root],
+                                               [(c.name, digest_kind(c, dialect)) for c in self.source_child])
+        return found
 
 
 @per_flow
@@ -77,18 +87,17 @@ _DEFAULT = layout_of(DEFAULT_SCHEMA.flow)
 #: The online order flow's tables and columns, for the readers written for it alone.
 ORDER_TABLE: Table = DEFAULT_SCHEMA.root
 ITEM_TABLE: Table = cast(Table, DEFAULT_SCHEMA.child)
-SOURCE_ORDER_COLUMNS: Columns = _DEFAULT.source_root
-SOURCE_ITEM_COLUMNS: Columns = _DEFAULT.source_child
 DIMENSION_COLUMNS = frozenset(name for name in _DEFAULT.root_columns + _DEFAULT.child_columns
-                              if name not in {n for n, _ in [*SOURCE_ORDER_COLUMNS, *SOURCE_ITEM_COLUMNS]}
+                              if name not in {c.name for c in [*_DEFAULT.source_root, *_DEFAULT.source_child]}
                               and name not in _DEFAULT.bookkeeping)
 
 
-def source_digest(order: dict[str, Any], items: Iterable[dict[str, Any]], flow: FlowDeclaration | None = None) -> int:
-    """The digest of an entity's source columns and its child rows: the row's digest plus its
-    children's (``models.digests``), so a database can add up the same from the stored rows."""
-    layout = layout_of(flow) if flow is not None else _DEFAULT
-    return row_digest(layout.source_root, order) + sum(row_digest(layout.source_child, item) for item in items)
+def source_digest(order: dict[str, Any], items: Iterable[dict[str, Any]], flow: FlowDeclaration, dialect: str) -> int:
+    """The digest of an entity's source columns and its child rows, as a database of ``dialect``
+    keeps them: the row's digest plus its children's (``models.digests``), so the database can add
+    up the same from the stored rows."""
+    root, child = layout_of(flow).digested(dialect)
+    return row_digest(root, order) + sum(row_digest(child, item) for item in items)
 
 
 class OptimisticLockConflict(Exception):
@@ -351,7 +360,7 @@ def _write_orders(connection: Connection, merges: list[Merge]) -> None:
         order["version"] = max(order.get("version") or 0, (current["version"] if current else 0) + 1)
         values = {c: order.get(c) for c in layout.root_columns}
         if "source_digest" in values:
-            values["source_digest"] = source_digest(order, merge.items.values(), flow)
+            values["source_digest"] = source_digest(order, merge.items.values(), flow, connection.dialect.name)
         if current is None:
             new.append(values)
         else:

@@ -49,13 +49,16 @@ def kind_of(column: Column[Any]) -> str:
 DECIMAL = "decimal:"
 
 
-def digest_kind(column: Column[Any]) -> str:
-    """The kind a column is digested and compared as: ``kind_of``, except that a decimal with
-    more than two places (Kingdee's decimal(23,10) quantities) keeps every place (``decimal:10``),
-    so a change in the fifth place is a difference, not rounded away with the cents."""
+def digest_kind(column: Column[Any], dialect: str) -> str:
+    """The kind a column is digested and compared as in a database of ``dialect``: ``kind_of``,
+    except that a decimal with more than two places (Kingdee's decimal(23,10) quantities) keeps
+    every place (``decimal:10``), so a change in the fifth place is a difference, not rounded away
+    with the cents.  Not on SQLite, which keeps decimals as floats: past the cents a large amount
+    reads back with float noise (1234567.89 as 1234567.8899999999), so there it is the cents."""
     kind = kind_of(column)
     scale = getattr(column.type, "scale", None)
-    return f"{DECIMAL}{scale}" if kind == "money" and scale is not None and scale > 2 else kind
+    exact = kind == "money" and scale is not None and scale > 2 and dialect != "sqlite"
+    return f"{DECIMAL}{scale}" if exact else kind
 
 
 def _places(kind: str) -> int:

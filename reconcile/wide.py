@@ -69,9 +69,9 @@ class BucketSums:
     unknown: int = 0
     counted: int = 0
 
-    def add_order(self, order: Row, items: Iterable[Row], settled: Settled) -> None:
+    def add_order(self, order: Row, items: Iterable[Row], settled: Settled, dialect: str) -> None:
         self.orders += 1
-        self.digest += source_digest(order, items, settled.flow)
+        self.digest += source_digest(order, items, settled.flow, dialect)
 
     @property
     def as_written(self) -> bool:
@@ -133,8 +133,9 @@ def _database_buckets(storage: Storage, database: int, flows: Sequence[Settled],
     found = []
     with engine.connect() as connection:
         for flow in flows:
-            schema, layout = flow.schema, flow.layout
+            schema = flow.schema
             root, child = schema.root, schema.child
+            source_root, source_child = flow.layout.digested(dialect)
             bucket, day, where = flow.bucket(dialect, BUCKETS), root.c[flow.day], flow.settled_where(first, last)
             stored: Any
             unknown: Any
@@ -143,7 +144,7 @@ def _database_buckets(storage: Storage, database: int, flows: Sequence[Settled],
             else:  # a flow that keeps no digest: every bucket is read row by row
                 stored, unknown = literal(0), literal(1)
             roots = (select(day, bucket, func.count(),
-                            func.sum(sql_row_digest(dialect, [(root.c[n], k) for n, k in layout.source_root])),
+                            func.sum(sql_row_digest(dialect, [(root.c[n], k) for n, k in source_root])),
                             func.sum(stored), func.sum(unknown), func.sum(case((flow.contributes(), 1), else_=0)))
                      .where(where).group_by(text("1"), text("2")))
             children: list[Any] = []
@@ -151,7 +152,7 @@ def _database_buckets(storage: Storage, database: int, flows: Sequence[Settled],
                 linked = child.c[cast(str, schema.child_entity)] == root.c[schema.entity]
                 children = list(connection.execute(
                     select(day, bucket, func.sum(sql_row_digest(dialect, [(child.c[n], k)
-                                                                          for n, k in layout.source_child])))
+                                                                          for n, k in source_child])))
                     .select_from(child.join(root, linked)).where(where).group_by(text("1"), text("2"))))
             found.append((list(connection.execute(roots)), children))
     return found
@@ -285,11 +286,13 @@ def root_table(order_id: str) -> str:
 
 
 def row_differences(order_id: str, bucket: str, want: Expected, have: Row | None,
-                    have_items: dict[Any, Row]) -> list[Diff]:
-    """Column by column, the root row and each child row, expected against found."""
+                    have_items: dict[Any, Row], dialect: str) -> list[Diff]:
+    """Column by column, the root row and each child row, expected against found (the columns'
+    kinds as a database of ``dialect`` keeps them)."""
     flow = _settled(order_id)
     assert flow is not None
-    schema, layout = flow.schema, flow.layout
+    schema = flow.schema
+    source_root, source_child = flow.layout.digested(dialect)
     day = as_date(want.order[flow.day]) if want.order and want.order.get(flow.day) else (
         as_date(have[flow.day]) if have and have.get(flow.day) else None)
     note = f"still on its way: {', '.join(want.in_flight)}" if want.in_flight else None
@@ -306,7 +309,7 @@ def row_differences(order_id: str, bucket: str, want: Expected, have: Row | None
     if have is None:
         diffs.append(diff(root, "*", "row", None))
     else:
-        for name, kind in layout.source_root:
+        for name, kind in source_root:
             expected, found = canonical(kind, want.order.get(name)), canonical(kind, have.get(name))
             if expected != found:
                 diffs.append(diff(root, name, expected, found))
@@ -317,7 +320,7 @@ def row_differences(order_id: str, bucket: str, want: Expected, have: Row | None
         if wanted is None or stored is None:
             diffs.append(diff(target, "*", "row" if wanted else None, "row" if stored else None))
             continue
-        for name, kind in layout.source_child:
+        for name, kind in source_child:
             expected, found = canonical(kind, wanted.get(name)), canonical(kind, stored.get(name))
             if expected != found:
                 diffs.append(diff(target, name, expected, found))
@@ -331,6 +334,7 @@ def compare_wide(storage: Storage, first: dt.date, last: dt.date, progress: Prog
     result = LayerResult(LAYER)
     clock = time.perf_counter()
     flows = reconciled_flows(storage.settings.flows)
+    dialect = storage.read_engine(storage.distinct_databases()[0]).dialect.name
 
     def lap(phase: str) -> None:
         nonlocal clock
@@ -355,7 +359,7 @@ def compare_wide(storage: Storage, first: dt.date, last: dt.date, progress: Prog
                 assert entry.order is not None
                 flow = _settled(order_id)
                 assert flow is not None
-                want[key].add_order(entry.order, entry.items.values(), flow)
+                want[key].add_order(entry.order, entry.items.values(), flow, dialect)
         differing = {key for key in want.keys() | have.keys()
                      if (want[key].orders, want[key].digest) != (have.get(key, BucketSums()).orders,
                                                                  have.get(key, BucketSums()).digest)}
@@ -386,7 +390,7 @@ def compare_wide(storage: Storage, first: dt.date, last: dt.date, progress: Prog
         entry = expected[order_id]
         if not (settled(order_id, entry.order, first, last) or settled(order_id, order, first, last)):
             continue  # neither side counts it on these days
-        diffs[order_id] = row_differences(order_id, str(bucket_of(order_id, BUCKETS)), entry, order, items)
+        diffs[order_id] = row_differences(order_id, str(bucket_of(order_id, BUCKETS)), entry, order, items, dialect)
     result.diffs = [d for order_id in sorted(diffs) for d in diffs[order_id]]
     result.counts["orders_differing"] = sum(1 for found in diffs.values() if found)
     lap("rows")

@@ -14,8 +14,9 @@ URL forms (``settings.SINK_TARGETS``):
   the de-duplication id; with ``stream=``, the stream is created over the subject when missing;
 - ``amqp://USER:PASSWORD@HOST:5672/VHOST?exchange=NAME[&queue=Q]``: persistent messages to a durable
   topic exchange, confirmed by publisher confirms, routing key = the message's topic (the changed root
-  wide table such as ``dwd_order``, or the event type), ``message_id`` = the de-duplication id; with ``queue=``, a durable queue bound to
-  everything is declared, so nothing is dropped before the first consumer binds;
+  wide table such as ``dwd_order``, or the event type), ``message_id`` = the de-duplication id;
+  with ``queue=``, a durable queue bound to everything is declared, so nothing is dropped before
+  the first consumer binds;
 - ``kafka://[USER:PASSWORD@]HOST:9092[,HOST:9092]?topic=NAME[&sasl_mechanism=M][&security_protocol=P]``:
   idempotent producer (acks=all), key = the message key (the order), so one order's messages stay
   in one partition, in order; a user and password log in with SASL (``kafka_config``).

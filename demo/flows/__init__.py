@@ -90,7 +90,7 @@ def scaled(value: Decimal, places: int) -> Decimal:
 KINGDEE_PLACES = 10
 #: Kingdee's FDOCUMENTSTATUS of a created, submitted (under review) and audited document, and
 #: FCANCELSTATUS of a normal and a voided one.
-KINGDEE_CREATED, KINGDEE_UNDER_REVIEW, KINGDEE_AUDITED = "A", "B", "C"
+KINGDEE_CREATED, KINGDEE_UNDER_REVIEW, KINGDEE_AUDITED, KINGDEE_REAUDITED = "A", "B", "C", "D"
 KINGDEE_NORMAL, KINGDEE_VOIDED = "A", "B"
 #: A finance entry's amounts, which the header sums.
 KINGDEE_AMOUNTS = ("FAMOUNT", "FTAXAMOUNT", "FALLAMOUNT")
@@ -228,6 +228,12 @@ class KingdeeDocument(Life):
         self._tick(300, 24 * 3600)
         self._update(self.HEADER, self.header, FCANCELSTATUS=KINGDEE_VOIDED, FMODIFYDATE=self.now)
         self.statuses.append(self.VOIDED)
+
+    def reaudit(self) -> None:
+        """An audited document taken back (反审核, re-audit): D, editable again, and no longer
+        counted; its status stays the highest it reached until it is voided or deleted."""
+        self._tick(300, 24 * 3600)
+        self._update(self.HEADER, self.header, FDOCUMENTSTATUS=KINGDEE_REAUDITED, FMODIFYDATE=self.now)
 
     def withdraw(self) -> None:
         """A submitted document taken back from review (撤销): created again."""

@@ -86,12 +86,12 @@ OPERATIONS = (
     Operation(SAVE, status=SAVED_STATUS, complete_when=(RowArrived(MRB), RowArrived(ENTRY),
                                                         RowsPaired(ENTRY, ENTRY_F, "FENTRYID"))),
     Operation(AUDIT, after=(SAVE,), status=AUDITED_STATUS, complete_when=(RowArrived(MRB, when=_AUDITED),)),
-    # Kingdee voids only a return that is not audited (unaudit it first).
-    Operation(CANCEL, after=(SAVE,), illegal_after=(AUDIT,), status=VOIDED_STATUS,
-              complete_when=(RowArrived(MRB, when=_VOIDED),)),
-    # And deletes only one that is not audited.  Once the header is deleted (deletes_entity)
-    # nothing waits for data: SAVE takes what is left, DELETE marks the document deleted.
-    Operation(DELETE, after=(SAVE,), illegal_after=(AUDIT,), status=DELETED_STATUS),
+    # Kingdee voids and deletes only a return that is not audited, but an audited one can be
+    # taken back (re-audit, D) and then voided or deleted: neither is illegal after AUDIT.
+    Operation(CANCEL, after=(SAVE,), status=VOIDED_STATUS, complete_when=(RowArrived(MRB, when=_VOIDED),)),
+    # Once the header is deleted (deletes_entity) nothing waits for data: SAVE takes what is
+    # left, DELETE marks the document deleted.
+    Operation(DELETE, after=(SAVE,), status=DELETED_STATUS),
 )
 
 HEADER_TABLE, ENTRY_TABLE = "dwd_t_pur_mrb", "dwd_t_pur_mrb_entry"

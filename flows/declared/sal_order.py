@@ -78,12 +78,13 @@ OPERATIONS = (
                                                         RowsPaired(ENTRY, ENTRY_F, "FENTRYID"))),
     Operation(AUDIT, after=(SAVE,), status=AUDITED_STATUS, complete_when=(
         RowArrived(ORDER, when=(Where("FDOCUMENTSTATUS", "=", AUDITED),)),)),
-    # Kingdee voids only a document that is not audited.
-    Operation(CANCEL, after=(SAVE,), illegal_after=(AUDIT,), status=VOIDED_STATUS, complete_when=(
+    # Kingdee voids and deletes only a document that is not audited, but an audited one can be
+    # taken back (re-audit, D) and then voided or deleted: neither is illegal after AUDIT.
+    Operation(CANCEL, after=(SAVE,), status=VOIDED_STATUS, complete_when=(
         RowArrived(ORDER, when=(Where("FCANCELSTATUS", "=", VOIDED),)),)),
-    # And deletes only one that is not audited.  Once the header is deleted (deletes_entity)
-    # nothing waits for data: SAVE takes what is left, DELETE marks the document deleted.
-    Operation(DELETE, after=(SAVE,), illegal_after=(AUDIT,), status=DELETED_STATUS),
+    # Once the header is deleted (deletes_entity) nothing waits for data: SAVE takes what is
+    # left, DELETE marks the document deleted.
+    Operation(DELETE, after=(SAVE,), status=DELETED_STATUS),
 )
 
 HEADER_TABLE, ENTRY_TABLE = "dwd_t_sal_order", "dwd_t_sal_order_entry"

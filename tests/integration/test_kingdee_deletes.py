@@ -241,3 +241,37 @@ def test_an_entry_deleted_from_a_kept_document_leaves_its_row_and_its_ads_cell(
     assert documents.ads() != counted
     entries = documents.history().expected[documents.declaration.wide[1].name]
     assert len(entries) == len(before) - 2 and set(entries) < before
+
+
+@pytest.mark.parametrize("flow", DEMOS)
+def test_an_audited_document_taken_back_then_voided_or_deleted_is_no_data_error(
+        fresh_storage, redis_client, flow: str) -> None:
+    # Given four audited documents, counted in the ADS
+    storage = fresh_storage("postgresql", TDC_SOURCE_DATABASES="jd_erp")
+    documents = Documents(flow, storage, redis_client, "canal")
+    deleted, voided, backlog, kept = (documents.new(entries=2) for _ in range(4))
+    for document in (deleted, voided, kept):
+        document.submit()
+        document.audit()
+    documents.deliver(*(documents.lines(document) for document in (deleted, voided, kept)))
+    assert documents.drain([deleted, voided, kept]) == {}
+    counted = documents.ads()
+    assert counted != documents.before
+    # When Kingdee takes three back (re-audit, D) and deletes one, voids another, takes the third
+    # back only; and a fourth is audited, taken back and deleted before tdc hears of any of it
+    for document in (deleted, voided, kept):
+        document.reaudit()
+    deleted.delete()
+    voided.void()
+    backlog.submit()
+    backlog.audit()
+    backlog.reaudit()
+    backlog.delete()
+    documents.deliver(*([line] for document in (deleted, voided, kept) for line in documents.lines(document)),
+                      documents.lines(backlog))
+    # Then every task is DONE (none failed as a data error) and each is exact: deleted (90) or
+    # voided (50), the one only taken back still audited (20) but no longer counted
+    assert documents.problems() == []
+    roots = documents.history().expected[documents.declaration.wide[0].name]
+    assert [roots[d.fid]["status"] for d in (deleted, voided, backlog, kept)] == [90, 50, 90, 20]
+    assert documents.ads() == documents.before  # (nothing counts any more: the model says so too)

@@ -539,9 +539,9 @@ def test_pur_mrb_raises_by_document_and_cancel_status() -> None:
     assert raised_operations(flow, "t_pur_mrbentry", "delete", {}) == ("SAVE",)
     assert [s.name for s in flow.sources if s.deletes_entity] == ["t_pur_mrb"]
     assert raised_operations(flow, "t_pur_mrbentry_f", "update", {}) == ("SAVE",)
-    # and Kingdee's rule: neither void nor delete after the audit
+    # and an audited return taken back (re-audit, D) may be voided or deleted: neither is illegal
     operations = {o.name: o for o in flow.operations}
-    assert operations["CANCEL"].illegal_after == operations["DELETE"].illegal_after == ("AUDIT",)
+    assert operations["CANCEL"].illegal_after == operations["DELETE"].illegal_after == ()
     ads = flow.aggregates[0]
     assert all_hold(ads.when, {**audited, "status": 20, "biz_date": "2026-01-05"})
     for row in (created, voided, {**audited, "status": 90}):
@@ -560,7 +560,7 @@ def test_sal_order_deletes_like_pur_mrb_and_a_deleted_order_leaves_the_ads() -> 
     assert [s.name for s in flow.sources if s.deletes_entity] == ["t_sal_order"]
     operations = {o.name: o for o in flow.operations}
     assert (operations["DELETE"].after, operations["DELETE"].illegal_after, operations["DELETE"].status) == (
-        ("SAVE",), ("AUDIT",), 90)
+        ("SAVE",), (), 90)
     ads = flow.aggregates[0]
     assert all_hold(ads.when, {**audited, "status": 20, "biz_date": "2026-01-05"})
     assert not all_hold(ads.when, {**audited, "status": 90, "biz_date": "2026-01-05"})
@@ -598,8 +598,7 @@ def test_stk_inventory_raises_a_balance_per_change_and_counts_each_row_once() ->
 def test_tdc_flow_show_draws_the_kingdee_state_machines() -> None:
     returns = _tdc("show", "pur_mrb")
     assert returns.returncode == 0, returns.stderr
-    assert "\n".join(["  SAVE", "  ├── AUDIT", "  ├── CANCEL  (illegal after AUDIT)",
-                      "  └── DELETE  (illegal after AUDIT)"]) in returns.stdout
+    assert "\n".join(["  SAVE", "  ├── AUDIT", "  ├── CANCEL", "  └── DELETE"]) in returns.stdout
     assert "  t_pur_mrb (delete) -> DELETE" in returns.stdout
     assert "    complete when a t_pur_mrbentry_f row for every t_pur_mrbentry row (by FENTRYID)" in returns.stdout
     inventory = _tdc("show", "stk_inventory")

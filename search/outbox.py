@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, select, update
+from sqlalchemy import Table, and_, bindparam, delete, false, or_, select, true, update
 
+from flows.declared import BY_NAME, DECLARATIONS
 from flows.registry import flow_of
 from intake.receiver import utcnow
 from models.orders import IndexOutbox
@@ -31,24 +32,43 @@ BATCH = 500
 RETRY_SECONDS, RETRY_CAP_SECONDS = 5.0, 600.0
 
 
-def due_orders(storage: Storage, limit: int = BATCH, now: dt.datetime | None = None) -> list[str]:
-    """Entities whose entry is due, oldest first, from every shard database."""
+def of_flows(flows: Iterable[str] | None) -> Any:
+    """A condition on the outbox: entries of the entities of ``flows`` (None: every flow), by
+    their ids' prefixes (an entry of a flow no longer indexed here must not hold up the others)."""
+    if flows is None:
+        return true()
+    declared = [BY_NAME[name] for name in flows]
+    prefixes = [flow.entity_prefix for flow in DECLARATIONS if flow.entity_prefix]
+    chosen = [OUTBOX.c.order_id.startswith(flow.entity_prefix, autoescape=True) if flow.entity_prefix
+              else and_(*(~OUTBOX.c.order_id.startswith(p, autoescape=True) for p in prefixes))
+              for flow in declared]
+    return or_(*chosen) if chosen else false()
+
+
+def due_orders(storage: Storage, limit: int = BATCH, now: dt.datetime | None = None,
+               flows: Iterable[str] | None = None) -> list[str]:
+    """Entities (of ``flows``; None: every flow) whose entry is due, oldest first, from every
+    shard database."""
     now = now or utcnow()
+    wanted = of_flows(flows)
     found: list[tuple[dt.datetime, str]] = []
     for database in storage.distinct_databases():
         with storage.read_engine(database).connect() as connection:
             found += [(row.due_at, row.order_id) for row in connection.execute(
-                select(OUTBOX.c.order_id, OUTBOX.c.due_at).where(OUTBOX.c.due_at <= now)
+                select(OUTBOX.c.order_id, OUTBOX.c.due_at).where((OUTBOX.c.due_at <= now) & wanted)
                 .order_by(OUTBOX.c.due_at).limit(limit))]
     return [order_id for _, order_id in sorted(found)[:limit]]
 
 
-def oldest_due(storage: Storage) -> dt.datetime | None:
-    """When the longest-waiting entry became due (None: nothing waits)."""
+def oldest_due(storage: Storage, flows: Iterable[str] | None = None) -> dt.datetime | None:
+    """When the longest-waiting entry (of ``flows``; None: every flow) became due (None: nothing
+    waits)."""
+    wanted = of_flows(flows)
     oldest: list[dt.datetime] = []
     for database in storage.distinct_databases():
         with storage.read_engine(database).connect() as connection:
-            first = connection.execute(select(OUTBOX.c.due_at).order_by(OUTBOX.c.due_at).limit(1)).scalar()
+            first = connection.execute(select(OUTBOX.c.due_at).where(wanted).order_by(OUTBOX.c.due_at)
+                                       .limit(1)).scalar()
             if first is not None:
                 oldest.append(first)
     return min(oldest) if oldest else None

@@ -73,11 +73,11 @@ def index_pending() -> dict[str, Any]:
     if not indexes:
         return {"indexed": 0}
     storage = get_storage()
-    oldest = oldest_due(storage)
+    oldest = oldest_due(storage, indexes)
     if oldest is not None and utcnow() - oldest > LAG_ALARM:
         raise_alarm(get_redis(), "index_lagging", f"an order has waited since {oldest:%Y-%m-%d %H:%M:%S} UTC for its "
                     "index document; search answers from older documents meanwhile")
-    return _send(indexes, due_orders(storage))
+    return _send(indexes, due_orders(storage, flows=indexes))
 
 
 def after_chain(order_ids: list[str]) -> None:

@@ -422,3 +422,30 @@ def test_documents_are_never_written_without_the_alias(fresh_storage, redis_clie
     assert "index_not_found" in report.failed[order["order_id"]]
     with pytest.raises(NotFoundError):
         order_index.client.indices.get(index=order_index.alias)
+
+
+def test_entries_of_flows_not_indexed_here_never_hold_up_the_others(fresh_storage) -> None:
+    # Given an outbox whose oldest due entries are of flows this deployment does not index (a
+    # flow taken out of TDC_FLOWS while its entries waited), more of them than one batch takes,
+    # and online orders' entries behind them (one id with an underscore where a prefix has one)
+    from sqlalchemy import update
+
+    from search.outbox import OUTBOX, due_orders, enqueue, oldest_due
+
+    storage = fresh_storage()
+    stale = {f"pos:P{n:03d}": 1 for n in range(6)} | {f"sal_order:{n}": 1 for n in range(4)}
+    online = {"T-ONLINE-1": 1, "salXorder:7": 1}
+    enqueue(storage, stale | online)
+    long_ago = utcnow() - dt.timedelta(hours=2)
+    for order_id in stale:
+        with storage.order_transaction(order_id) as connection:
+            connection.execute(update(OUTBOX).where(OUTBOX.c.order_id == order_id).values(due_at=long_ago))
+    # When the online orders' sender asks for a batch smaller than the stale entries
+    mine = due_orders(storage, limit=5, flows=["gqsh"])
+    # Then it gets the online orders' entries, not the stale ones every batch would start with
+    assert sorted(mine) == sorted(online)
+    assert set(due_orders(storage, limit=5)) <= set(stale)
+    assert set(due_orders(storage, limit=100, flows=["pos"])) == {o for o in stale if o.startswith("pos:")}
+    # and the lag alarm looks at the flows indexed here only
+    assert oldest_due(storage, ["gqsh"]) > long_ago + dt.timedelta(hours=1)
+    assert oldest_due(storage) <= long_ago + dt.timedelta(seconds=1)

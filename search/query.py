@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 DEFAULT_LIMIT, MAX_LIMIT = 50, 10_000
 
 
+def _typed(document: SearchDocument, field: str, value: Any) -> Any:
+    table, name = (document.child, field.split(".", 1)[1]) if "." in field else (document.root, field)
+    assert table is not None
+    if getattr(table.c[name].type, "python_type", str) is int and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise QueryError(f"{field} {value!r} is not a whole number") from None
+    return value
+
+
 def newest_first(found: dict[str, Any], document: SearchDocument) -> tuple[bool, Any, Any]:
     """The sort key, used with ``reverse=True``, that puts found entities newest first (by the
     document's ``newest_by``, then its key; those without a time last) on every path."""
@@ -135,7 +146,9 @@ class OrderQuery:
 
     def fields(self, document: SearchDocument) -> list[tuple[str, Any]]:
         """(field, value) of each condition given but the ranges: the key first (the entity
-        id without its flow's prefix), nested fields dotted (``items.sku_id``)."""
+        id without its flow's prefix), nested fields dotted (``items.sku_id``), each value as its
+        column holds it (QueryError for text given for a number: Elasticsearch would refuse the
+        query, a database compare it unportably)."""
         found: list[tuple[str, Any]] = []
         if self.order_id is not None:
             found.append((document.key, document.key_of(self.order_id)))
@@ -143,7 +156,7 @@ class OrderQuery:
             value = getattr(self, name)
             if value is not None:
                 found.append((document.declared.conditions[name], value))
-        return found
+        return [(field, _typed(document, field, value)) for field, value in found]
 
     def elasticsearch(self, document: SearchDocument | None = None) -> dict[str, Any]:
         """The request body for the flow's index: filters only (no scoring), newest first."""

@@ -11,17 +11,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from chain.wide_rows import read_orders
 from models.storage import Storage
 from search.documents import SearchDocument
-from search.query import OrderQuery, QueryError, newest_first
-
-
-def _typed(column: Any, name: str, value: Any) -> Any:
-    """``value`` as the column holds it: a number column compared with text is not portable."""
-    if getattr(column.type, "python_type", str) is int and isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            raise QueryError(f"{name} {value!r} is not a whole number") from None
-    return value
+from search.query import OrderQuery, newest_first
 
 
 def conditions(query: OrderQuery, document: SearchDocument | None = None) -> list[ColumnElement[bool]]:
@@ -33,9 +23,9 @@ def conditions(query: OrderQuery, document: SearchDocument | None = None) -> lis
             assert child is not None
             column = child.c[name.split(".", 1)[1]]
             found.append(exists().where((child.c[document.child_entity] == root.c[document.key])
-                                        & (column == _typed(column, name, value))))
+                                        & (column == value)))
         else:
-            found.append(root.c[name] == _typed(root.c[name], name, value))
+            found.append(root.c[name] == value)
     if declared.amount is not None:
         if query.min_amount is not None:
             found.append(root.c[declared.amount] >= query.min_amount)

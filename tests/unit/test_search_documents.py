@@ -78,7 +78,7 @@ def test_other_flows_search_their_own_fields_and_refuse_conditions_they_lack() -
             {"nested": {"path": "items", "query": {"term": {"items.sku_code": "K1"}}}}]}},
         "sort": [{"order_time": {"order": "desc"}}, {"order_no": {"order": "desc"}}], "size": 50}
     assert kingdee.elasticsearch()["query"]["bool"]["filter"] == [
-        {"term": {"FCUSTID": "300004"}},
+        {"term": {"FCUSTID": 300004}},
         {"nested": {"path": "entries", "query": {"term": {"entries.material_number": "M01"}}}}]
     assert search_document(BY_NAME["sal_order"]).key_of("sal_order:42") == 42
     # And a condition the flow does not declare, a flow without an index, an unknown flow are refused
@@ -88,6 +88,11 @@ def test_other_flows_search_their_own_fields_and_refuse_conditions_they_lack() -
                            (OrderQuery(flow="nope"), "no flow 'nope'")):
         with pytest.raises(QueryError, match=message):
             query.document()
+    # And text for a number column is refused before Elasticsearch (a 400) or a database sees it
+    for query, message in ((OrderQuery(flow="sal_order", member_id="abc"), "FCUSTID 'abc' is not a whole number"),
+                           (OrderQuery(order_id="sal_order:abc"), "FID 'abc' is not a whole number")):
+        with pytest.raises(QueryError, match=message):
+            query.elasticsearch()
 
 
 def test_decimals_keep_their_scale_and_wide_ones_are_doubles() -> None:

@@ -185,21 +185,3 @@ def bare_flow() -> FlowDeclaration:
     return flow_of("")
 
 
-def mappings() -> dict[str, Any]:
-    """The mappings of the index of the flow without an entity prefix."""
-    return search_document(bare_flow()).mappings()
-
-
-def document(order: dict[str, Any], items: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """A document of the flow without an entity prefix (``SearchDocument.document``)."""
-    return search_document(bare_flow()).document(order, items)
-
-
-def found_order(source: dict[str, Any]) -> dict[str, Any]:
-    """A found document of the flow without an entity prefix (``SearchDocument.found``)."""
-    return search_document(bare_flow()).found(source)
-
-
-#: The nested fields of the flow without an entity prefix (its lines), for the readers written
-#: before indexes were declared.
-ITEM_FIELDS = search_document(bare_flow()).child_fields

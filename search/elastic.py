@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError
+from elasticsearch import Elasticsearch, NotFoundError, TransportError
 from sqlalchemy import select
 
 from chain.wide_rows import read_wide
@@ -28,13 +28,10 @@ from flows.registry import flow_of
 from models.storage import Storage
 from search.documents import SearchDocument, bare_flow, indexed_flows, search_document
 from search.query import OrderQuery
-from settings import ES_ALIAS_STEM, Settings
+from settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: The stem of the declared aliases (``settings.ES_ALIAS_STEM``); a template has its alias's
-#: name, its indices add -v1, -v2, ...
-ALIAS = ES_ALIAS_STEM
 #: Documents per bulk request.
 BULK = 500
 #: How far back the catch-up after a reindex looks before the reindex started (clock skew
@@ -229,5 +226,5 @@ def _documents_of(storage: Storage, document: SearchDocument, order_ids: list[st
                 yield [document.document(rows[i], children.get(i, {}).values()) for i in ids if i in rows]
 
 
-__all__ = ["ALIAS", "ApiError", "BulkReport", "OrderIndex", "UNAVAILABLE", "configured_indexes", "connect",
+__all__ = ["BulkReport", "OrderIndex", "UNAVAILABLE", "configured_indexes", "connect",
            "wide_documents"]

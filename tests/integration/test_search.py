@@ -149,7 +149,10 @@ def test_elasticsearch_and_the_sql_fallback_find_the_same_orders(fresh_storage, 
 def test_a_stale_write_is_counted_and_never_overwrites_a_newer_document(fresh_storage, redis_client,
                                                                        order_index) -> None:
     # Given an indexed order at its wide row's version
-    from search.documents import document
+    from flows.declared import BY_NAME
+    from search.documents import search_document
+
+    document = search_document(BY_NAME["gqsh"]).document
 
     storage = fresh_storage()
     history = generate_history(5, seed=3, malformed=0)
@@ -408,7 +411,10 @@ def test_documents_are_never_written_without_the_alias(fresh_storage, redis_clie
     # Given an index alias that was never made (no `tdc search init`)
     from elasticsearch import NotFoundError
 
-    from search.documents import document
+    from flows.declared import BY_NAME
+    from search.documents import search_document
+
+    document = search_document(BY_NAME["gqsh"]).document
 
     storage = fresh_storage()
     history = generate_history(2, seed=4, malformed=0)

@@ -14,7 +14,7 @@ import pytest
 from chain.wide_rows import ITEM_TABLE, ORDER_TABLE
 from flows.declared import BY_NAME
 from models.digests import kind_of
-from search.documents import document, found_order, mappings, search_document
+from search.documents import search_document
 from search.query import OrderQuery, QueryError
 from settings import load_settings
 
@@ -45,13 +45,14 @@ def test_the_online_orders_mappings_and_documents_are_as_before() -> None:
     lines = [{c.name: None for c in ITEM_TABLE.columns} | {"item_id": i, "order_id": "D1", "sku_id": f"K{i}",
                                                            "amount": Decimal("6.25")} for i in (2, 1)]
     # Then the declaration gives the same mappings, document and found order
-    assert mappings() == {"dynamic": "strict", "properties": before}
-    doc = document(row, lines)
+    online = search_document(BY_NAME["gqsh"])
+    assert online.mappings() == {"dynamic": "strict", "properties": before}
+    doc = online.document(row, lines)
     assert doc == {k: v for k, v in row.items() if k != "source_digest"} | {
         "pay_amount": "12.50", "created_at": "2026-11-01T08:00:01.250", "biz_date": "2026-11-01",
         "items": [{name: lines[1].get(name) for name in _ITEMS} | {"amount": "6.25"},
                   {name: lines[0].get(name) for name in _ITEMS} | {"amount": "6.25"}]}
-    found = found_order(doc)
+    found = online.found(doc)
     assert found["pay_amount"] == Decimal("12.50") and found["created_at"] == row["created_at"]
     assert [i["item_id"] for i in found["items"]] == [1, 2] and found["items"][0]["amount"] == Decimal("6.25")
 

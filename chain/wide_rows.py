@@ -23,7 +23,7 @@ from models.changelog import record_changes
 from models.digests import Columns, digest_kind, row_digest
 from models.orders import DimensionUse, IndexOutbox
 from models.storage import Storage
-from models.wide import DEFAULT_SCHEMA, SCHEMAS, WideSchema, schema_of
+from models.wide import SCHEMAS, WideSchema, schema_of
 from models.writes import is_duplicate_key, upsert
 from strategies.facts import OrderFacts
 from strategies.generators import UTC, Dimensions, apply_operation, shape_of
@@ -81,15 +81,6 @@ class Layout:
 @per_flow
 def layout_of(flow: FlowDeclaration) -> Layout:
     return Layout.of(flow)
-
-
-_DEFAULT = layout_of(DEFAULT_SCHEMA.flow)
-#: The online order flow's tables and columns, for the readers written for it alone.
-ORDER_TABLE: Table = DEFAULT_SCHEMA.root
-ITEM_TABLE: Table = cast(Table, DEFAULT_SCHEMA.child)
-DIMENSION_COLUMNS = frozenset(name for name in _DEFAULT.root_columns + _DEFAULT.child_columns
-                              if name not in {c.name for c in [*_DEFAULT.source_root, *_DEFAULT.source_child]}
-                              and name not in _DEFAULT.bookkeeping)
 
 
 def source_digest(order: dict[str, Any], items: Iterable[dict[str, Any]], flow: FlowDeclaration, dialect: str) -> int:

@@ -17,10 +17,10 @@ from chain.inline import run_inline
 from cli.bench_intake import measure_intake
 from cli.progress import progress
 from demo.history import generate_history
+from demo.tables import ORDER_TABLE
 from dimensions.lookup import RedisDimensions
 from models.redis_store import get_redis
 from models.storage import get_storage
-from models.wide import DEFAULT_SCHEMA
 from reconcile.run import Outcome, reconcile
 
 #: DESIGN target for a day with no differences.
@@ -72,7 +72,7 @@ def bench_reconcile(orders: int, seed: int) -> int:
 
     counted = sorted(o for o, row in history.expected_orders.items() if row["paid_at"] and row["status"] != 50)
     damaged = counted[:: max(1, 100 // DAMAGED_PERCENT)]
-    wide = DEFAULT_SCHEMA.root
+    wide = ORDER_TABLE
     for order_id in damaged:
         with storage.order_transaction(order_id) as connection:
             connection.execute(update(wide).where(wide.c.order_id == order_id).values(member_id="BENCH-EDIT"))

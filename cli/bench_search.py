@@ -19,8 +19,8 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 
-from chain.wide_rows import ITEM_TABLE, ORDER_TABLE
 from cli.progress import Progress, progress
+from demo.tables import ITEM_TABLE, ORDER_TABLE
 from models.storage import Storage, get_storage
 from search.query import OrderQuery
 from search.sql import search_sql

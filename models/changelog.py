@@ -22,7 +22,7 @@ from models.digests import kind_of
 from models.firsts import FIRST_TABLES
 from models.orders import ShardBase
 from models.types import BigId, Timestamp
-from models.wide import DEFAULT_SCHEMA, SCHEMAS
+from models.wide import SCHEMAS
 
 #: An image of an order with a few lines is 1-3 kB; MySQL's TEXT stops at 64 kB, MEDIUMTEXT at 16 MB.
 Image = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
@@ -125,11 +125,11 @@ def image_value(kind: str, value: Any, places: int = 2) -> Any:
     return int(value) if kind == "int" else value
 
 
-def image(order: Mapping[str, Any], items: Iterable[Mapping[str, Any]], flow: str | None = None) -> dict[str, Any]:
+def image(order: Mapping[str, Any], items: Iterable[Mapping[str, Any]], flow: str) -> dict[str, Any]:
     """An entity's wide rows as JSON-ready data: ``{"order": {root row}, "items": [child rows
     by key]}`` (the online order flow's names, for every flow).  Also how a reader compares the
-    wide rows with a change's after-image.  ``flow``: the flow's name (None: the online orders)."""
-    root, child, key = IMAGES[flow or DEFAULT_SCHEMA.flow.name]
+    wide rows with a change's after-image.  ``flow``: the flow's name."""
+    root, child, key = IMAGES[flow]
     return {"order": {name: image_value(kind, order.get(name), places) for name, kind, places in root},
             "items": [{name: image_value(kind, item.get(name), places) for name, kind, places in child}
                       for item in sorted(items, key=lambda item: item[key])] if key else []}

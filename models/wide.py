@@ -109,9 +109,6 @@ def schema_of(flow: FlowDeclaration) -> WideSchema:
     return SCHEMAS[flow.name]
 
 
-#: The online order flow's wide tables: the changelog images, search and reconciliation are
-#: still written for it alone.
-DEFAULT_SCHEMA = SCHEMAS["gqsh"]
 
 
 def where_clause(table: Table, predicate: Where) -> Any:

@@ -12,7 +12,6 @@ from sqlalchemy import select
 
 from chain.lineage import order_lineage
 from chain.steps import merge_orders
-from chain.wide_rows import ORDER_TABLE as DwdOrder
 from chain.wide_rows import (
     Merge,
     OptimisticLockConflict,
@@ -23,11 +22,12 @@ from chain.wide_rows import (
 )
 from demo.check import differences
 from demo.history import generate_history
+from demo.tables import ONLINE as DEFAULT_SCHEMA
+from demo.tables import ORDER_TABLE as DwdOrder
 from flows.registry import ACCEPTED as ORDER_FLOW
 from inputs.positions import Position, encode
 from intake.receiver import IntakeReport
 from models.sharded import meta_table
-from models.wide import DEFAULT_SCHEMA
 from reliability.leases import OrderLeases
 from strategies.facts import OrderFacts
 from tests.factories import T0, OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal

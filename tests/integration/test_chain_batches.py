@@ -15,10 +15,10 @@ from chain.task_state import load_task
 from chain.wide_rows import read_orders
 from demo.check import ORDER_ADS, aggregate_differences, expected_aggregates, matching_orders
 from demo.history import generate_history
+from demo.tables import ONLINE as DEFAULT_SCHEMA
 from dimensions.lookup import RedisDimensions
 from flows.registry import ACCEPTED as ORDER_FLOW
 from models.sharded import TaskStatus
-from models.wide import DEFAULT_SCHEMA
 from reliability.leases import OrderLeases
 from tests.conftest import env_of, new_order_id
 from tests.factories import OrderHeaderFactory, OrderItemFactory, PaymentWriteFactory, business, canal

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from chain.wide_rows import ORDER_TABLE as DwdOrder
+from demo.tables import ORDER_TABLE as DwdOrder
 from flows.registry import ACCEPTED
 from inputs.positions import Position, encode
 from intake.receiver import accept_lines

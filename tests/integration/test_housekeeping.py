@@ -6,7 +6,7 @@ import uuid
 import pytest
 from sqlalchemy import insert, select
 
-from models.wide import DEFAULT_SCHEMA
+from demo.tables import ONLINE as DEFAULT_SCHEMA
 from reliability.alarms import ALARM_COUNTERS
 from reliability.housekeeping import failed_digest, once_per_period, purge_snapshots
 from tests.conftest import new_order_id

@@ -8,13 +8,13 @@ import pytest
 from sqlalchemy import select
 
 from chain.steps import aggregate_orders, check_tasks, finish_tasks, merge_orders
-from chain.wide_rows import ORDER_TABLE as DwdOrder
 from demo.history import generate_history
+from demo.tables import ONLINE as DEFAULT_SCHEMA
+from demo.tables import ORDER_TABLE as DwdOrder
 from dimensions.lookup import RedisDimensions
 from flows.registry import ACCEPTED as ORDER_FLOW
 from models.sharded import TaskStatus, task_table
 from models.warehouse import LEDGERS
-from models.wide import DEFAULT_SCHEMA
 from reliability.counters import COUNTERS, FENCED
 from reliability.leases import FENCE_KEY, OrderLeases, lease_name
 from settings import load_settings

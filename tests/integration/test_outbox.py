@@ -73,7 +73,7 @@ def assert_last_after_images_are_the_wide_rows(storage: Storage, changes: list[d
     assert set(orders) == set(last)
     for order_id, change in last.items():
         lines = [item for item in items.values() if item["order_id"] == order_id]
-        assert change["after"] == image(orders[order_id], lines), order_id
+        assert change["after"] == image(orders[order_id], lines, "gqsh"), order_id
 
 
 @pytest.fixture(params=["redis", "nats", "amqp"])
@@ -438,7 +438,7 @@ def test_every_writer_of_wide_rows_says_whether_changes_go_to_the_changelog(stor
     (row,) = outbox_rows(storage)
     assert (row.order_id, row.version, row.operation, row.operations) == (order_id, 1, "insert", "SUBMIT")
     orders, _ = read_orders(storage, [order_id])
-    assert json.loads(row.after_image) == image(orders[order_id], [])
+    assert json.loads(row.after_image) == image(orders[order_id], [], "gqsh")
 
 
 class WriteFailed(RuntimeError):

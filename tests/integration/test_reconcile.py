@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, event, select, update
 
-from chain.wide_rows import ITEM_TABLE as DwdOrderItem
-from chain.wide_rows import ORDER_TABLE as DwdOrder
 from demo.check import differences, expected_aggregates, matching_orders
 from demo.history import generate_history
+from demo.tables import ITEM_TABLE as DwdOrderItem
+from demo.tables import ORDER_TABLE as DwdOrder
 from models.digests import bucket_of
 from models.reconcile import ReconcileAction, ReconcileDiff, ReconcileRun
 from models.sharded import meta_table

@@ -179,7 +179,7 @@ def test_a_reindex_during_writes_loses_nothing_and_readers_never_see_it_half_bui
     # Given an indexed history
     from sqlalchemy import update
 
-    from chain.wide_rows import ORDER_TABLE as DwdOrder
+    from demo.tables import ORDER_TABLE as DwdOrder
     from search.elastic import wide_documents
 
     storage = fresh_storage()

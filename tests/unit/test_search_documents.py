@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chain.wide_rows import ITEM_TABLE, ORDER_TABLE
+from demo.tables import ITEM_TABLE, ORDER_TABLE
 from flows.declared import BY_NAME
 from models.digests import kind_of
 from search.documents import search_document

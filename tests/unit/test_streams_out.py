@@ -70,7 +70,7 @@ def test_an_event_message_is_deduplicated_on_its_id_and_version() -> None:
 def test_images_hold_money_with_two_decimals_and_times_to_the_millisecond() -> None:
     order = {"order_id": "O1", "pay_amount": Decimal("12.5"), "paid_at": AT, "biz_date": dt.date(2026, 11, 2),
              "status": 20, "source_digest": 7}
-    made = image(order, [{"item_id": 2, "amount": "3"}, {"item_id": 1, "amount": Decimal("1.10")}])
+    made = image(order, [{"item_id": 2, "amount": "3"}, {"item_id": 1, "amount": Decimal("1.10")}], "gqsh")
     assert made["order"]["pay_amount"] == "12.50" and made["order"]["paid_at"] == "2026-11-02T10:00:00.123"
     assert made["order"]["biz_date"] == "2026-11-02" and "source_digest" not in made["order"]
     assert [(i["item_id"], i["amount"]) for i in made["items"]] == [(1, "1.10"), (2, "3.00")]

@@ -94,14 +94,10 @@ class Settled:
         return sql_bucket(dialect, self.entity_text(), buckets)
 
 
+@per_flow
 def settled_of(flow: FlowDeclaration) -> Settled | None:
     """How ``flow`` is reconciled; None for a flow whose root has no business day (worked out
     once per flow: every compared entity asks)."""
-    return _settled(flow)
-
-
-@per_flow
-def _settled(flow: FlowDeclaration) -> Settled | None:
     assert flow.root is not None
     day = next((c.name for c in flow.root.columns if isinstance(c.origin, BusinessDay)), None)
     if day is None:

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import case, func, literal, select, text
+from sqlalchemy import case, func, select, text
 
 from chain.task_state import facts_of, tasks_of
 from chain.wide_rows import entity_id, entity_values, merge_operations, read_wide, source_digest
@@ -137,12 +137,8 @@ def _database_buckets(storage: Storage, database: int, flows: Sequence[Settled],
             root, child = schema.root, schema.child
             source_root, source_child = flow.layout.digested(dialect)
             bucket, day, where = flow.bucket(dialect, BUCKETS), root.c[flow.day], flow.settled_where(first, last)
-            stored: Any
-            unknown: Any
-            if "source_digest" in root.c:
-                stored, unknown = root.c.source_digest, case((root.c.source_digest.is_(None), 1), else_=0)
-            else:  # a flow that keeps no digest: every bucket is read row by row
-                stored, unknown = literal(0), literal(1)
+            # (every root keeps one: flows.validation)
+            stored, unknown = root.c.source_digest, case((root.c.source_digest.is_(None), 1), else_=0)
             roots = (select(day, bucket, func.count(),
                             func.sum(sql_row_digest(dialect, [(root.c[n], k) for n, k in source_root])),
                             func.sum(stored), func.sum(unknown), func.sum(case((flow.contributes(), 1), else_=0)))

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
-from sqlalchemy import Connection
 
 from chain.keys import Key, has_token, owned, well_formed
 from chain.task_state import (
+    CompareAndSets,
     facts_of,
     fail,
     load_facts,
@@ -249,25 +249,30 @@ def _check_database(storage: Storage, settings: Settings, keys: list[Key]) -> _C
         shards = {order_id: storage.shard_of(order_id) for order_id in tokens if order_id in ours}
         tasks = tasks_of(connection, shards)
         facts = facts_of(connection, shards)
+        sets = CompareAndSets(connection)
         for (order_id, token), group in _in_lock_order(storage, keys):
             if order_id not in ours:
                 result.fenced += group
                 continue
-            ready = _check_order(connection, settings, shards[order_id], token, group, tasks[order_id],
+            ready = _check_order(sets, settings, shards[order_id], token, group, tasks[order_id],
                                  facts[order_id], now, result.alarms)
             if ready:
                 result.ready += ready
             else:
                 result.stopped[order_id] = token
+        sets.flush()
     return result
 
 
-def _check_order(connection: Connection, settings: Settings, shard: int, token: int, keys: list[Key],
+def _check_order(sets: CompareAndSets, settings: Settings, shard: int, token: int, keys: list[Key],
                  tasks: dict[str, Any], facts: tuple[Any, list[Any]], now: dt.datetime,
                  alarms: list[Alarm]) -> list[Key]:
     """Check one order's keys in state-machine order against one read of its tasks and facts.
     A key that passes counts as done for the keys after it: the chain merges and finishes them
-    in this order, so an order's due operations take one chain, not one chain each."""
+    in this order, so an order's due operations take one chain, not one chain each.  Its
+    RUNNING mark joins ``sets``; a task parked or failed here is written at once (after what
+    ``sets`` holds, so task rows are still taken in lock order)."""
+    connection = sets.connection
     order_facts, sources = facts
     flow, machine = flow_of(order_facts.order_id), machine_of(order_facts.order_id)
     done = {op for op, t in tasks.items() if t.status == TaskStatus.DONE}
@@ -284,12 +289,14 @@ def _check_order(connection: Connection, settings: Settings, shard: int, token: 
         except Illegal as illegal:
             reason = f"data error: {illegal}"
             # The order stays as it is: the task fails, its input is kept in quarantine.
+            sets.flush()
             if fail(connection, shard, task, reason, now, sources):
                 quarantine(connection, "task", _operation_input(sources, operation),
                            BadInput(reason, key["order_id"]), now)
                 alarms.append(("data_error", reason, key["order_id"], operation))
             continue
         if reason is not None:
+            sets.flush()
             if park(connection, shard, task, reason, settings, now, sources, token):
                 alarms.append(("task_failed", f"out of attempts: {reason}", key["order_id"], operation))
             continue
@@ -300,7 +307,7 @@ def _check_order(connection: Connection, settings: Settings, shard: int, token: 
         ready.append({**key, "version": task.version, "event_ms": newest_event_ms(sources, operation)})
         done.add(operation)
         ever_done.add(operation)
-    mark_running(connection, shard, running, settings, now)
+    mark_running(sets, shard, running, settings, now)
     return ready
 
 
@@ -444,6 +451,7 @@ def _finish_database(storage: Storage, keys: list[Key]) -> tuple[list[TaskKey], 
         held = held_orders(connection, tokens)
         shards = {order_id: storage.shard_of(order_id) for order_id in tokens if order_id in held}
         tasks = tasks_of(connection, shards)
+        sets = CompareAndSets(connection)
         for (order_id, token), group in _in_lock_order(storage, keys):
             if order_id not in held:
                 fenced += group
@@ -461,6 +469,7 @@ def _finish_database(storage: Storage, keys: list[Key]) -> tuple[list[TaskKey], 
                     # Its predecessor ran in this chain but newer data stopped it from finishing:
                     # this one waits for it, as it would have in a chain of its own.
                     if operation in read and read[operation].version == key["version"]:
+                        sets.flush()
                         park(connection, shard, read[operation], f"{WAITING_FOR}{predecessor}", storage.settings,
                              now, [], token)
                     continue
@@ -471,14 +480,17 @@ def _finish_database(storage: Storage, keys: list[Key]) -> tuple[list[TaskKey], 
                     marked.append(operation)
                     complete.add(operation)
                     done_keys.append(key)
-            mark_done(connection, shard, order_id, [(op, read[op].version) for op in marked], now)
+            mark_done(sets, shard, order_id, [(op, read[op].version) for op in marked], now)
             done += [(order_id, operation) for operation in marked]
             # A successor this chain parked was checked with its predecessor done: waking it
             # would only check it again.
             waiting = [op for op in wakeable(read, tuple(
                 dict.fromkeys(s for operation in marked for s in machine.successors[operation])))
                 if op not in marked and parked_by(read[op]) != token]
-            woken += [(order_id, op) for op in wake(connection, shard, order_id, tuple(waiting), now)]
+            if waiting:
+                sets.flush()
+                woken += [(order_id, op) for op in wake(connection, shard, order_id, tuple(waiting), now)]
+        sets.flush()
         resolve_failures(connection, done, now)
     return woken, finished, fenced, done_keys
 

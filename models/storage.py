@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from models.digests import register_sqlite
+from models.driver_sql import MULTI_STATEMENTS, MYSQL_CLIENT_FLAGS, read_row_counts
 from models.shards import database_for, database_for_shard, shard_for
 from settings import SHARD_DATABASES, Settings, get_settings
 
@@ -42,13 +43,22 @@ def make_engine(url: str, reading: bool = False) -> Engine:
         return engine
     if backend in ("mysql", "mariadb"):
         # READ COMMITTED: idempotent upserts from many workers must not deadlock on gap locks.
-        return create_engine(
+        engine = create_engine(
             url,
             isolation_level="READ COMMITTED",
             pool_pre_ping=True,
             pool_recycle=3600,
-            connect_args={"charset": "utf8mb4"},
+            # Several statements per round trip for the chain's per-order compare-and-sets
+            # (models.driver_sql.run_together); every value is still escaped by the driver.
+            connect_args={"charset": "utf8mb4", "client_flag": MYSQL_CLIENT_FLAGS},
         )
+
+        @event.listens_for(engine, "connect")
+        def _multi_statements(_dbapi_connection, record):  # type: ignore[no-untyped-def]
+            record.info[MULTI_STATEMENTS] = True
+
+        event.listen(engine, "do_execute", read_row_counts)
+        return engine
     return create_engine(url, pool_pre_ping=True)
 
 

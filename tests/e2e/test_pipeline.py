@@ -117,6 +117,8 @@ def test_bench_throughput_runs_both_sides_and_checks_the_outputs(fresh_storage, 
     env = worker_env(storage, rabbitmq_vhost, tmp_path)
     result = run_tdc(env, "bench", "throughput", "--orders", "20", "--tasks", "300", "--timeout", "240")
     assert result.returncode == 0, result.stdout + result.stderr
+    # (timed from the moment the workers are ready, which the bench says)
+    assert re.search(r"workers ready \d+\.\ds after their start \(not timed, on either side\)", result.stdout)
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"throughput: ratio \d+\.\d\d \(tdc [\d,]+ ops/s vs no-op [\d,]+ tasks/s; "
                         r"intake [\d,]+ lines/s\)", last), last

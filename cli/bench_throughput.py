@@ -57,23 +57,22 @@ def _ready(processes: list, logs: Path, sizes: list[int], timeout: float) -> flo
     Celery's ``<node> ready.``) past what its log held before it started; the monotonic time."""
     started = time.monotonic()
     waiting = dict(enumerate(sizes))
-    while waiting:
+    while True:
         for worker, size in list(waiting.items()):
             with open(_log(logs, worker), "rb") as log:
                 log.seek(size)
                 if b" ready." in log.read():
                     del waiting[worker]
         if not waiting:
-            break
+            return time.monotonic()
         if time.monotonic() - started > timeout or any(p.poll() is not None for p in processes):
             raise RuntimeError(f"the workers did not start within {timeout:.0f}s; see {logs}")
         time.sleep(0.02)
-    return time.monotonic()
 
 
 def _noop_rate(env: dict[str, str], logs: Path, tasks: int, workers: int, concurrency: int,
                timeout: float) -> tuple[float, float]:
-    """Empty tasks per second once the workers answer, and the seconds they took to start."""
+    """Empty tasks per second once the workers are ready, and the seconds they took to start."""
     from models.redis_store import get_redis
     from tasks.bench import noop
 

@@ -1,5 +1,6 @@
 """``tdc init`` on real servers: 4096 shards over four MariaDB databases, ADS tables in PostgreSQL."""
 
+import ssl
 import subprocess
 import sys
 
@@ -117,3 +118,39 @@ def test_init_warns_when_the_server_table_caches_cannot_hold_tdcs_tables(storage
         finally:
             connection.exec_driver_sql(f"SET GLOBAL table_open_cache = {int(saved)}")
     admin.dispose()
+
+
+def test_connections_share_one_tls_context_unless_the_url_asks_for_tls_options(mariadb) -> None:
+    # Given two engines on MariaDB, as two shard databases of one worker process have
+    from models.storage import make_engine
+
+    url = fresh_mariadb_databases("tdc_it_tls")[0]
+    engines = [make_engine(url), make_engine(url)]
+    try:
+        # When each opens a connection (with no TLS option: PyMySQL's default, TLS if offered)
+        with engines[0].connect() as first, engines[1].connect() as second:
+            contexts = [c.connection.dbapi_connection.ctx for c in (first, second)]  # type: ignore[union-attr]
+            assert first.execute(text("SELECT 1")).scalar() == 1
+        # Then they share one context, as PyMySQL itself would have built it (no certificate check)
+        assert contexts[0] is contexts[1]
+        assert contexts[0].verify_mode == ssl.CERT_NONE and not contexts[0].check_hostname
+        # And a URL that turns TLS off still turns it off
+        plain = make_engine(url + "?ssl_disabled=true")
+        try:
+            with plain.connect() as connection:
+                assert connection.connection.dbapi_connection.ssl is False  # type: ignore[union-attr]
+        finally:
+            plain.dispose()
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def test_a_tls_option_in_the_url_builds_its_own_context(tmp_path) -> None:
+    # (No server needed: the context is built before the connection is attempted.)
+    from models.storage import SharedTlsConnection
+
+    shared = SharedTlsConnection._create_ssl_ctx(SharedTlsConnection.__new__(SharedTlsConnection), {})
+    own = SharedTlsConnection._create_ssl_ctx(SharedTlsConnection.__new__(SharedTlsConnection),
+                                              {"ca": None, "check_hostname": False, "verify_mode": True})
+    assert own is not shared and own.verify_mode == ssl.CERT_REQUIRED

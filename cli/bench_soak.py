@@ -22,7 +22,7 @@ from subprocess import Popen
 
 import psutil
 
-from cli.bench_throughput import bench_setup
+from cli.bench_throughput import BACKLOG_ENVIRONMENT, bench_setup
 from cli.progress import progress
 from demo.check import matching_orders
 from demo.history import generate_history
@@ -65,7 +65,7 @@ def _wait_exact(history, processes: list[Popen[bytes]], timeout: float) -> bool:
 
 
 def bench_soak(events: int, workers: int, concurrency: int, timeout: float, chunk: int = CHUNK_ORDERS) -> int:
-    with bench_setup() as settings:
+    with bench_setup(environment=BACKLOG_ENVIRONMENT) as settings:
         from cli.bench_intake import measure_intake
         from models.storage import get_storage
         from tasks.submit import submit_tasks

@@ -174,9 +174,13 @@ def fresh_storage(mariadb, postgres, redis_client):  # type: ignore[no-untyped-d
 
     made: list[tuple[Storage, str]] = []
 
-    def make(warehouse: str = "postgresql", **settings: str) -> Storage:
+    def make(warehouse: str = "postgresql", driver: str = "pymysql", **settings: str) -> Storage:
+        """``driver``: the shard databases' DB-API driver, PyMySQL or mysqlclient ("mysqldb")."""
+        if driver != "pymysql":
+            require("mysqlclient (pip install 'tdc[mysqlclient]')", lambda: __import__("MySQLdb"))
         tag = uuid.uuid4().hex[:6]
-        urls = fresh_mariadb_databases(f"tdc_it_{tag}_shard")
+        urls = [url.replace("+pymysql://", f"+{driver}://", 1)
+                for url in fresh_mariadb_databases(f"tdc_it_{tag}_shard")]
         if warehouse == "mariadb":
             dws = fresh_mariadb_databases(f"tdc_it_{tag}_dws", 1)[0]
         else:

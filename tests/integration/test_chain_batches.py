@@ -135,9 +135,10 @@ def _drain(env: dict[str, str], keys: list[tuple[str, str]]) -> None:
     run_chains(get_storage(), get_redis(), keys, rounds=200)
 
 
-def test_processes_draining_the_same_orders_at_once_leave_exact_outputs(fresh_storage, redis_client) -> None:
-    # Given a history ingested with no chain run yet
-    storage = fresh_storage()
+@pytest.mark.parametrize("driver", ["pymysql", "mysqldb"])
+def test_processes_draining_the_same_orders_at_once_leave_exact_outputs(fresh_storage, redis_client, driver) -> None:
+    # Given a history ingested with no chain run yet (shard databases through either driver)
+    storage = fresh_storage(driver=driver)
     history = generate_history(40, seed=11)
     touched: set = set()
     for fmt in dict.fromkeys(f for f, _ in history.lines):

@@ -22,6 +22,14 @@ from tests.conftest import new_order_id
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(params=["pymysql", "mysqldb"])
+def drivers_storage(request, storage):  # type: ignore[no-untyped-def]
+    """Storage on MariaDB through PyMySQL (the shared one) and through mysqlclient."""
+    if request.param == "pymysql":
+        return storage
+    return request.getfixturevalue("fresh_storage")(driver=request.param)
+
+
 def _running_tasks(storage: Storage, database: int, count: int) -> list[tuple[int, str]]:
     """``count`` orders with one RUNNING SUBMIT task each, spread over the task tables of
     ``database``: (shard, order)."""
@@ -61,7 +69,8 @@ def _done(storage: Storage, database: int, made: list[tuple[int, str]]) -> list[
             task_table(shard).c.order_id == order_id)).scalar_one() for shard, order_id in made]
 
 
-def test_marks_of_more_orders_than_a_round_trip_carries_go_in_two_with_each_row_count(storage) -> None:
+def test_marks_of_more_orders_than_a_round_trip_carries_go_in_two_with_each_row_count(drivers_storage) -> None:
+    storage = drivers_storage
     # Given more RUNNING tasks, over every task table of a database, than one round trip carries
     count = TOGETHER_CHUNK + 50
     made = _running_tasks(storage, 0, count)
@@ -79,7 +88,8 @@ def test_marks_of_more_orders_than_a_round_trip_carries_go_in_two_with_each_row_
     assert statuses[1] == TaskStatus.RUNNING and statuses.count(TaskStatus.DONE) == count - 1
 
 
-def test_a_task_changed_since_its_read_names_its_order_and_nothing_of_the_batch_commits(storage) -> None:
+def test_a_task_changed_since_its_read_names_its_order_and_nothing_of_the_batch_commits(drivers_storage) -> None:
+    storage = drivers_storage
     # Given three orders whose RUNNING tasks a finish read at version 1, and new data that has
     # bumped the second one since
     made = _running_tasks(storage, 1, 3)
@@ -98,7 +108,8 @@ def test_a_task_changed_since_its_read_names_its_order_and_nothing_of_the_batch_
     assert _done(storage, 1, made) == [TaskStatus.RUNNING] * 3
 
 
-def test_an_error_part_way_stops_the_rest_and_is_sqlalchemys(storage) -> None:
+def test_an_error_part_way_stops_the_rest_and_is_sqlalchemys(drivers_storage) -> None:
+    storage = drivers_storage
     # Given two tasks, and a batch whose middle statement breaks a unique key
     made = _running_tasks(storage, 2, 2)
     engine = storage.shard_engine(2)

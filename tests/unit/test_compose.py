@@ -120,6 +120,12 @@ def test_dockerfile_copies_every_package_the_project_installs() -> None:
         assert f"{module}.py" in dockerfile
 
 
+def test_the_shard_databases_go_through_the_c_driver_the_image_builds() -> None:
+    urls = COMPOSE["services"]["worker"]["environment"]["TDC_DB_URLS"].split(",")
+    assert len(urls) == 4 and all(url.startswith("mysql+mysqldb://") for url in urls)
+    assert '".[mysqlclient]"' in (ROOT / "compose" / "Dockerfile").read_text()
+
+
 # -- Prometheus and Grafana ---------------------------------------------------------------------
 
 PROMETHEUS = yaml.safe_load((COMPOSE_DIR / "prometheus" / "prometheus.yml").read_text())

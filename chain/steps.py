@@ -47,7 +47,7 @@ from chain.task_state import (
     wake,
     wakeable,
 )
-from chain.timings import newest_event_ms, timed, timed_step
+from chain.timings import newest_event_times, timed, timed_step
 from chain.wide_rows import OptimisticLockConflict, merge_operations, read_wide, write_merges
 from flows.machine import WAITING_FOR, Illegal
 from flows.registry import flow_of, machine_of
@@ -279,6 +279,7 @@ def _check_order(sets: CompareAndSets, settings: Settings, shard: int, token: in
     ever_done = {op for op, t in tasks.items() if t.done_version > 0}
     ready: list[Key] = []
     running: list[Any] = []
+    event_times: dict[str, int] | None = None
     for key in _in_order(keys):
         operation = key["operation_type"]
         task = tasks.get(operation)
@@ -304,7 +305,9 @@ def _check_order(sets: CompareAndSets, settings: Settings, shard: int, token: in
         # if one changed since the read, the whole transaction runs again (TasksChanged).
         running.append(task)
         # The newest event behind it goes along, for the end-to-end lag finish records.
-        ready.append({**key, "version": task.version, "event_ms": newest_event_ms(sources, operation)})
+        if event_times is None:
+            event_times = newest_event_times(sources)
+        ready.append({**key, "version": task.version, "event_ms": event_times.get(operation)})
         done.add(operation)
         ever_done.add(operation)
     mark_running(sets, shard, running, settings, now)

@@ -78,14 +78,21 @@ def cumulative(bounds: tuple[float, ...], fields: Mapping[Any, Any]) -> tuple[li
     return buckets, float(text.get("sum", 0.0))
 
 
-def newest_event_ms(sources: Iterable[Any], operation: str) -> int | None:
-    """Epoch ms of the newest event behind ``operation`` among an order's metadata rows (their
-    positions carry the source's commit or event time); None when it has none or one cannot be read."""
-    try:
-        return max((decode(row.position).time_ms for row in sources if row.operation_type == operation),
-                   default=None)
-    except ValueError:
-        return None
+def newest_event_times(sources: Iterable[Any]) -> dict[str, int]:
+    """Epoch ms of the newest event behind each operation among an order's metadata rows (their
+    positions carry the source's commit or event time), in one pass; an operation with a
+    position that cannot be read is left out."""
+    newest: dict[str, int] = {}
+    unreadable: set[str] = set()
+    for row in sources:
+        try:
+            time_ms = decode(row.position).time_ms
+        except ValueError:
+            unreadable.add(row.operation_type)
+            continue
+        if time_ms > newest.get(row.operation_type, -1):
+            newest[row.operation_type] = time_ms
+    return {operation: ms for operation, ms in newest.items() if operation not in unreadable}
 
 
 @dataclass

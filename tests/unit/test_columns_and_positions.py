@@ -212,3 +212,20 @@ def test_review_cases_of_decoding() -> None:
         route(ORDER_FLOW, parsed, "business")
     # 28 integer digits are a valid decimal(30,2)
     assert column_type("decimal(30,2)").read("1" * 28 + ".5", Reading()) == "1" * 28 + ".50"
+
+
+def test_the_newest_event_behind_each_operation_is_read_in_one_pass() -> None:
+    from types import SimpleNamespace
+
+    from chain.timings import newest_event_times
+    from inputs.positions import Position, encode
+
+    def row(operation: str, time_ms: int) -> SimpleNamespace:
+        return SimpleNamespace(operation_type=operation, position=encode(Position(time_ms, binlog=(3, time_ms))))
+
+    # Given an order's metadata rows: two behind SUBMIT, one behind PAY, and a CANCEL whose
+    # second position cannot be read
+    sources = [row("SUBMIT", 2_000), row("SUBMIT", 5_000), row("PAY", 4_000), row("CANCEL", 9_000),
+               SimpleNamespace(operation_type="CANCEL", position="garbage")]
+    # Then each operation has its newest time, and the unreadable one none (no lag recorded)
+    assert newest_event_times(sources) == {"SUBMIT": 5_000, "PAY": 4_000}

@@ -21,6 +21,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import redis
 
@@ -28,44 +29,73 @@ from settings import Settings
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: The one counter every token is drawn from (tokens grow per order because they grow overall).
 FENCE_KEY = "tdc:fence"
 
-# KEYS: lease, fence counter.  ARGV: expiry ms.  Returns the new token, or 0 when the lease is held.
+# Each script below takes a batch of orders, one lease key each, and answers one value per key:
+# a step's 500 orders cost one script call, not 500.
+
+# KEYS: leases, then the fence counter last.  ARGV: expiry ms.  Returns, per lease, the new token,
+# or 0 when the lease is held.  Tokens grow by one within the batch.
 _ACQUIRE = """
-if redis.call('exists', KEYS[1]) == 1 then return 0 end
 local clock = redis.call('time')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local token = math.max(tonumber(redis.call('get', KEYS[2]) or '0') + 1, now)
-redis.call('set', KEYS[2], string.format('%d', token))
-redis.call('hset', KEYS[1], 'token', string.format('%d', token), 'since', clock[1])
-redis.call('pexpire', KEYS[1], ARGV[1])
-return token
+local fence = KEYS[#KEYS]
+local last = tonumber(redis.call('get', fence) or '0')
+local tokens = {}
+local taken = false
+for i = 1, #KEYS - 1 do
+    if redis.call('exists', KEYS[i]) == 1 then
+        tokens[i] = 0
+    else
+        last = math.max(last + 1, now)
+        redis.call('hset', KEYS[i], 'token', string.format('%d', last), 'since', clock[1])
+        redis.call('pexpire', KEYS[i], ARGV[1])
+        tokens[i] = last
+        taken = true
+    end
+end
+if taken then redis.call('set', fence, string.format('%d', last)) end
+return tokens
 """
 
-# KEYS: lease.  ARGV: token, expiry ms, ceiling s, revive (1 or 0), queued (1 or 0).  Returns 1
-# renewed, 0 lost to another holder (or gone, when not reviving), -1 past the ceiling (left to
-# expire).  With revive, a lease that expired with nobody taking it over is taken back under the
-# same token: if anyone had claimed the order since, our writes are fenced anyway.  A queued
-# renewal records when (ms), a running one clears it.
+# KEYS: leases.  ARGV: expiry ms, ceiling s, revive (1 or 0), queued (1 or 0), then one token per
+# lease.  Returns, per lease, 1 renewed, 0 lost to another holder (or gone, when not reviving),
+# -1 past the ceiling (left to expire).  With revive, a lease that expired with nobody taking it
+# over is taken back under the same token: if anyone had claimed the order since, our writes are
+# fenced anyway.  A queued renewal records when (ms), a running one clears it.
 _RENEW = """
-local token = redis.call('hget', KEYS[1], 'token')
 local clock = redis.call('time')
-if not token then
-    if ARGV[4] ~= '1' then return 0 end
-    redis.call('hset', KEYS[1], 'token', ARGV[1], 'since', clock[1])
-elseif token ~= ARGV[1] then
-    return 0
-elseif tonumber(clock[1]) - tonumber(redis.call('hget', KEYS[1], 'since')) >= tonumber(ARGV[3]) then
-    return -1
+local queued_at = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local results = {}
+for i = 1, #KEYS do
+    local mine = ARGV[4 + i]
+    local token = redis.call('hget', KEYS[i], 'token')
+    local result = 1
+    if not token then
+        if ARGV[3] ~= '1' then
+            result = 0
+        else
+            redis.call('hset', KEYS[i], 'token', mine, 'since', clock[1])
+        end
+    elseif token ~= mine then
+        result = 0
+    elseif tonumber(clock[1]) - tonumber(redis.call('hget', KEYS[i], 'since')) >= tonumber(ARGV[2]) then
+        result = -1
+    end
+    if result == 1 then
+        if ARGV[4] == '1' then
+            redis.call('hset', KEYS[i], 'queued_at', queued_at)
+        else
+            redis.call('hdel', KEYS[i], 'queued_at')
+        end
+        redis.call('pexpire', KEYS[i], ARGV[1])
+    end
+    results[i] = result
 end
-if ARGV[5] == '1' then
-    redis.call('hset', KEYS[1], 'queued_at', tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
-else
-    redis.call('hdel', KEYS[1], 'queued_at')
-end
-redis.call('pexpire', KEYS[1], ARGV[2])
-return 1
+return results
 """
 
 # KEYS: lease.  ARGV: age ms.  Drops a lease that has waited queued for longer than the age;
@@ -77,13 +107,23 @@ if tonumber(queued_at) > tonumber(ARGV[1]) then return 0 end
 return redis.call('del', KEYS[1])
 """
 
-# KEYS: lease.  ARGV: token.  Only the holder releases.
+# KEYS: leases.  ARGV: one token per lease.  Only the holder releases.
 _RELEASE = """
-if redis.call('hget', KEYS[1], 'token') == ARGV[1] then
-    return redis.call('del', KEYS[1])
+for i = 1, #KEYS do
+    if redis.call('hget', KEYS[i], 'token') == ARGV[i] then
+        redis.call('del', KEYS[i])
+    end
 end
 return 0
 """
+
+#: Orders per script call (a call holds Redis for its duration: about a millisecond per 200).
+SCRIPT_BATCH = 500
+
+
+def _batches(items: list[T]) -> Iterator[list[T]]:
+    for start in range(0, len(items), SCRIPT_BATCH):
+        yield items[start:start + SCRIPT_BATCH]
 
 
 def lease_name(order_id: str) -> str:
@@ -91,7 +131,7 @@ def lease_name(order_id: str) -> str:
 
 
 class OrderLeases:
-    """Take, renew and release per-order leases; each call is one pipelined round trip."""
+    """Take, renew and release per-order leases; each call is one script call per SCRIPT_BATCH orders."""
 
     def __init__(self, client: redis.Redis, settings: Settings):
         self.client = client
@@ -108,11 +148,12 @@ class OrderLeases:
         for the running lease (or the queued one): a submitter renews them with the queued lease
         once its chain is in the broker, so one that dies in between holds them a lease only."""
         orders = list(dict.fromkeys(order_ids))
-        pipe = self.client.pipeline(transaction=False)
-        for order_id in orders:
-            self._acquire(keys=[lease_name(order_id), FENCE_KEY], args=[self.queued_ms if queued else self.lease_ms],
-                          client=pipe)
-        return {order_id: int(token) for order_id, token in zip(orders, pipe.execute(), strict=True) if token}
+        expiry = self.queued_ms if queued else self.lease_ms
+        taken: dict[str, int] = {}
+        for batch in _batches(orders):
+            tokens = self._acquire(keys=[*map(lease_name, batch), FENCE_KEY], args=[expiry])
+            taken.update((order_id, int(token)) for order_id, token in zip(batch, tokens, strict=True) if token)
+        return taken
 
     def renew(self, owned: dict[str, int], queued: bool = False, revive: bool = True) -> set[str]:
         """Extend the leases ``owned`` (order -> token) by the running lease, or the queued one;
@@ -124,12 +165,13 @@ class OrderLeases:
         not hold the order for nobody."""
         if not owned:
             return set()
-        pipe = self.client.pipeline(transaction=False)
-        for order_id, token in owned.items():
-            self._renew(keys=[lease_name(order_id)], client=pipe,
-                        args=[str(token), self.queued_ms if queued else self.lease_ms, self.ceiling_seconds,
-                              "1" if revive else "0", "1" if queued else "0"])
-        lost = {order_id for order_id, held in zip(owned, pipe.execute(), strict=True) if held == 0}
+        settings = [self.queued_ms if queued else self.lease_ms, self.ceiling_seconds, "1" if revive else "0",
+                    "1" if queued else "0"]
+        lost: set[str] = set()
+        for batch in _batches(list(owned.items())):
+            held = self._renew(keys=[lease_name(order_id) for order_id, _ in batch],
+                               args=[*settings, *(str(token) for _, token in batch)])
+            lost.update(order_id for (order_id, _), one in zip(batch, held, strict=True) if one == 0)
         if lost:
             log.info("%d orders were taken over by another holder: %s", len(lost), sorted(lost)[:5])
         return lost
@@ -138,10 +180,8 @@ class OrderLeases:
         """Release the leases ``owned`` (order -> token); a lease another holder took stays."""
         if not owned:
             return
-        pipe = self.client.pipeline(transaction=False)
-        for order_id, token in owned.items():
-            self._release(keys=[lease_name(order_id)], args=[str(token)], client=pipe)
-        pipe.execute()
+        for batch in _batches(list(owned.items())):
+            self._release(keys=[lease_name(order_id) for order_id, _ in batch], args=[str(token) for _, token in batch])
 
     def clock_ms(self) -> int:
         """Redis's clock, in ms: the clock ``queued_at`` is kept in."""

@@ -55,6 +55,43 @@ def test_a_lease_is_held_once_renewed_and_released_only_by_its_holder(redis_clie
     assert again[order_id] > max(first.values())
 
 
+def test_a_batch_of_leases_takes_one_script_call_per_batch_and_answers_for_each_order(redis_client) -> None:
+    from reliability.leases import SCRIPT_BATCH
+
+    leases = _leases(redis_client)
+    # Given more orders than one script call carries, one of them held by another chain already
+    orders = [new_order_id("LB") for _ in range(SCRIPT_BATCH + 20)]
+    held_elsewhere = leases.acquire([orders[7]])
+    warm = leases.acquire([new_order_id("LW")])  # (each script loaded: a fresh Redis would add a load)
+    leases.renew(warm)
+    leases.release(warm)
+    calls: list[str] = []
+    real = redis_client.execute_command
+
+    def counted(*args, **options):  # type: ignore[no-untyped-def]
+        calls.append(str(args[0]))
+        return real(*args, **options)
+
+    redis_client.execute_command = counted
+    try:
+        # When a step takes, renews and releases them
+        taken = leases.acquire(orders)
+        script_calls = len(calls)
+        lost = leases.renew({**taken, orders[7]: held_elsewhere[orders[7]] - 1})
+        leases.release({order_id: token for order_id, token in taken.items() if order_id != orders[-1]})
+    finally:
+        del redis_client.execute_command
+    # Then each was two script calls, not one per order
+    assert script_calls == 2 and [c for c in calls if c != "EVALSHA"] == [] and len(calls) == 6
+    # And every order got its own answer: all but the held one taken, with distinct growing
+    # tokens above the other holder's; the held one lost on renewal; only what was released is gone
+    assert set(taken) == set(orders) - {orders[7]}
+    assert len(set(taken.values())) == len(taken) and min(taken.values()) > held_elsewhere[orders[7]]
+    assert lost == {orders[7]}
+    assert redis_client.exists(lease_name(orders[-1])) and redis_client.exists(lease_name(orders[7]))
+    assert not any(redis_client.exists(lease_name(o)) for o in orders[:7] + orders[8:-1])
+
+
 def test_tokens_keep_growing_when_redis_loses_the_counter(redis_client) -> None:
     leases = _leases(redis_client)
     order_id = new_order_id()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import ssl
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,15 +37,15 @@ class SharedTlsConnection(pymysql.connections.Connection):
     step opens one per shard database).  Options given in the URL build their own as before."""
 
     _preferred: ssl.SSLContext | None = None
-    _making = threading.Lock()
 
     def _create_ssl_ctx(self, sslp: Any) -> ssl.SSLContext:
         if sslp != {}:
             return super()._create_ssl_ctx(sslp)  # type: ignore[no-any-return]
-        with SharedTlsConnection._making:
-            if SharedTlsConnection._preferred is None:
-                SharedTlsConnection._preferred = super()._create_ssl_ctx({})
-            return SharedTlsConnection._preferred
+        # No lock (one held across a fork would hang the child): two threads racing at first
+        # use build one each, and the last one stays.
+        if SharedTlsConnection._preferred is None:
+            SharedTlsConnection._preferred = super()._create_ssl_ctx({})
+        return SharedTlsConnection._preferred
 
 
 def _shared_tls(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> pymysql.connections.Connection:

@@ -45,19 +45,19 @@ local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local fence = KEYS[#KEYS]
 local last = tonumber(redis.call('get', fence) or '0')
 local tokens = {}
-local taken = false
 for i = 1, #KEYS - 1 do
     if redis.call('exists', KEYS[i]) == 1 then
         tokens[i] = 0
     else
         last = math.max(last + 1, now)
+        -- The counter first: a script stopped part-way (Redis keeps what it wrote) never leaves
+        -- a lease with a token the counter has not passed.
+        redis.call('set', fence, string.format('%d', last))
         redis.call('hset', KEYS[i], 'token', string.format('%d', last), 'since', clock[1])
         redis.call('pexpire', KEYS[i], ARGV[1])
         tokens[i] = last
-        taken = true
     end
 end
-if taken then redis.call('set', fence, string.format('%d', last)) end
 return tokens
 """
 

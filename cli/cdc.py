@@ -31,7 +31,7 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def tail_binlog(args: argparse.Namespace) -> int:
     import worker  # noqa: F401 - configures the Celery app the chains are sent with
-    from cdc.binlog import BinlogTail, start_position
+    from cdc.binlog import BinlogTail, DecodingFailed, start_position
     from flows.registry import ACCEPTED
     from models.redis_store import get_redis
     from models.storage import get_storage
@@ -56,6 +56,11 @@ def tail_binlog(args: argparse.Namespace) -> int:
         report = tail.run(position, stop_when_idle=args.stop_when_idle, progress=_progress if args.progress else None)
     except KeyboardInterrupt:
         report = tail.report  # everything up to the stored position is safely ingested
+    except DecodingFailed as error:
+        at = tail.report.position or position
+        print(f"tdc: {error}; everything up to {at.log_file}:{at.log_pos} is in, and a restart resumes "
+              f"there", file=sys.stderr)
+        return 1
     at = report.position or position
     print(f"{report.transactions} transactions, {report.changes} row changes in {time.monotonic() - started:.1f}s; "
           f"{report.intake.summary()}; {report.submitted} tasks submitted; position {at.log_file}:{at.log_pos}"

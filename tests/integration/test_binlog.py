@@ -5,6 +5,7 @@ server without the needed settings, and a purged position, are refused plainly."
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, select
 
-from cdc.binlog import BinlogTail, start_position
+from cdc.binlog import BinlogTail, DecodingFailed, start_position
 from cdc.snapshot import take_snapshot
 from cdc.source import (
     Checkpoint,
@@ -64,11 +65,11 @@ def _collector():  # type: ignore[no-untyped-def]
     return touched, submit
 
 
-def _tail(storage, client, url: str, start: str | None = None):  # type: ignore[no-untyped-def]
-    """Tail until caught up, in this process; returns the report and the task keys it touched."""
+def _tail(storage, client, url: str, start: str | None = None, decoding: str = "process"):  # type: ignore[no-untyped-def]
+    """Tail until caught up, from this process; returns the report and the task keys it touched."""
     source = source_of(url)
     touched, submit = _collector()
-    tail = BinlogTail(storage, client, ORDER_FLOW, source, NAME, 4242, submit)
+    tail = BinlogTail(storage, client, ORDER_FLOW, source, NAME, 4242, submit, decoding=decoding)
     report = tail.run(start_position(storage, source, NAME, start), stop_when_idle=True)
     return report, touched
 
@@ -84,16 +85,18 @@ def _problems(storage, history: History) -> list[str]:  # type: ignore[no-untype
             + differences(history.expected_items, items, "dwd_order_item"))
 
 
+@pytest.mark.parametrize("decoding", ["process", "thread"])
 def test_a_history_run_as_sql_and_tailed_gives_the_rows_its_canal_messages_give(
-        fresh_storage, redis_client, source_database) -> None:
+        fresh_storage, redis_client, source_database, decoding) -> None:
     # Given one history, fed once as Canal messages and once as SQL statements on a source database
     history = generate_history(80, seed=71, displacement=0, duplicate_rate=0)
     by_canal, by_binlog = fresh_storage(), fresh_storage()
     process_history(by_canal, redis_client, history)
     _tail(by_binlog, redis_client, source_database, start="now")
     _play(source_database, history.changes)
-    # When the tail reads the binlog and the payments arrive as usual
-    report, touched = _tail(by_binlog, redis_client, source_database)
+    # When the tail reads the binlog (decoding in a process of its own, or on this one) and the
+    # payments arrive as usual
+    report, touched = _tail(by_binlog, redis_client, source_database, decoding=decoding)
     run_chains(by_binlog, redis_client, touched | _payments(by_binlog, redis_client, history))
     # Then both give the expected rows, and the same dwd_order rows
     assert report.changes == len(history.changes) and report.intake.quarantined == 0
@@ -136,6 +139,88 @@ def test_a_batch_that_cannot_be_stored_stops_the_tail_before_any_later_position_
     # The failed batch was committed by intake before its submit failed: read again, it is a
     # duplicate, never lost
     assert report.intake.duplicated >= batches[1]
+    # And the decoding process stopped with the tail
+    assert multiprocessing.active_children() == []
+
+
+def test_a_decoding_process_that_fails_stops_the_tail_with_its_error(storage, redis_client, source_database) -> None:
+    # Given a tail asked to start in a binlog file the server does not have
+    tail = BinlogTail(storage, redis_client, ORDER_FLOW, source_of(source_database), NAME, 4245, lambda keys: 0)
+    # Then the error the decoding process met stops the tail, named, and nothing is stored
+    with pytest.raises(DecodingFailed, match="decoding the binlog failed: OperationalError"):
+        tail.run(Checkpoint("no-such-binlog.000042", 4, None, 0), stop_when_idle=True)
+    assert tail.report.position is None and multiprocessing.active_children() == []
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return [int(child) for child in children.read().split()]
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_decoding_process_killed_mid_stream_stops_the_tail_and_a_restart_loses_nothing(
+        fresh_storage, redis_client, source_database) -> None:
+    # Given a history in the binlog after a tail's stored position, and the tail started
+    storage = fresh_storage()
+    history = generate_history(150, seed=74, displacement=0, duplicate_rate=0)
+    env = {**env_of(storage), "TDC_BROKER_URL": REDIS.rsplit("/", 1)[0] + "/12", "TDC_CDC_SOURCE_URL": source_database}
+    with source_of(source_database).connect() as connection:
+        log_file, log_pos = current_coordinates(connection)
+    store_checkpoint(storage, NAME, Checkpoint(log_file, log_pos, None, 0), "tail")
+    _play(source_database, history.changes, per_transaction=3)
+    tail = subprocess.Popen([sys.executable, "-m", "cli.main", "cdc", "binlog", "--name", NAME],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # When its decoding process is killed once the tail has stored a position part of the way
+    deadline = time.monotonic() + 60
+    while True:
+        stored = load_checkpoint(storage, NAME)
+        if stored is not None and stored[0].log_pos != log_pos and _children(tail.pid):
+            break
+        assert time.monotonic() < deadline and tail.poll() is None, tail.communicate()[1].decode()[-2000:]
+        time.sleep(0.02)
+    (decoder,) = _children(tail.pid)
+    os.kill(decoder, signal.SIGKILL)
+    # Then the tail stops with an error that says where a restart resumes
+    _, stderr = tail.communicate(timeout=60)
+    assert tail.returncode == 1, stderr.decode()[-2000:]
+    assert "the binlog decoding process exited" in stderr.decode() and "a restart resumes there" in stderr.decode()
+    # And started again it catches up: every row exact, nothing lost or doubled
+    result = run_tdc(env, "cdc", "binlog", "--name", NAME, "--stop-when-idle")
+    assert result.returncode == 0, result.stderr
+    for key in redis_client.scan_iter(f"tdc:lease:D{history.run_id}*"):
+        redis_client.delete(key)
+    redis.Redis.from_url(env["TDC_BROKER_URL"]).flushdb()
+    run_chains(storage, redis_client, _payments(storage, redis_client, history))
+    run_chains(storage, redis_client, [])
+    assert "0 quarantined" in result.stdout
+    assert _problems(storage, history) == []
+
+
+def test_a_tail_killed_outright_takes_its_decoding_process_with_it(storage, source_database) -> None:
+    # Given a tail following an idle source (the server sends a heartbeat a second)
+    env = {**env_of(storage), "TDC_BROKER_URL": REDIS.rsplit("/", 1)[0] + "/12", "TDC_CDC_SOURCE_URL": source_database}
+    command = [sys.executable, "-m", "cli.main", "cdc", "binlog", "--name", "orphan-check", "--from", "now"]
+    tail = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not _children(tail.pid):
+        assert time.monotonic() < deadline and tail.poll() is None, tail.communicate()[1].decode()[-2000:]
+        time.sleep(0.02)
+    (decoder,) = _children(tail.pid)
+    # When the tail is killed with SIGKILL (no chance to stop its child)
+    os.kill(tail.pid, signal.SIGKILL)
+    tail.wait()
+    # Then the decoding process notices within a few heartbeats and exits
+    deadline = time.monotonic() + 15
+    while _running(decoder):
+        assert time.monotonic() < deadline, "the decoding process outlived its tail"
+        time.sleep(0.1)
 
 
 def test_a_tail_killed_mid_stream_resumes_from_its_position_losing_and_doubling_nothing(

@@ -165,35 +165,39 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_a_decoding_process_killed_mid_stream_stops_the_tail_and_a_restart_loses_nothing(
-        fresh_storage, redis_client, source_database) -> None:
-    # Given a history in the binlog after a tail's stored position, and the tail started
-    storage = fresh_storage()
-    history = generate_history(150, seed=74, displacement=0, duplicate_rate=0)
+def _tail_started_after(storage, source_database: str, seed: int):  # type: ignore[no-untyped-def]
+    """A history played on the source after a stored position, and ``tdc cdc binlog`` started on
+    it: (history, env, stored position, the tail's process).  The tail sends its chains to a
+    broker of its own: they are not for the e2e tests' workers."""
+    history = generate_history(150, seed=seed, displacement=0, duplicate_rate=0)
     env = {**env_of(storage), "TDC_BROKER_URL": REDIS.rsplit("/", 1)[0] + "/12", "TDC_CDC_SOURCE_URL": source_database}
     with source_of(source_database).connect() as connection:
-        log_file, log_pos = current_coordinates(connection)
-    store_checkpoint(storage, NAME, Checkpoint(log_file, log_pos, None, 0), "tail")
+        start = current_coordinates(connection)
+    store_checkpoint(storage, NAME, Checkpoint(*start, None, 0), "tail")
     _play(source_database, history.changes, per_transaction=3)
     tail = subprocess.Popen([sys.executable, "-m", "cli.main", "cdc", "binlog", "--name", NAME],
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # When its decoding process is killed once the tail has stored a position part of the way
+    return history, env, start, tail
+
+
+def _until_stored_past(storage, start: tuple[str, int], tail, ready=lambda: True) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the tail has stored a position past ``start`` (and ``ready()`` holds)."""
     deadline = time.monotonic() + 60
     while True:
         stored = load_checkpoint(storage, NAME)
-        if stored is not None and stored[0].log_pos != log_pos and _children(tail.pid):
-            break
+        if stored is not None and stored[0].log_pos != start[1] and ready():
+            return
         assert time.monotonic() < deadline and tail.poll() is None, tail.communicate()[1].decode()[-2000:]
         time.sleep(0.02)
-    (decoder,) = _children(tail.pid)
-    os.kill(decoder, signal.SIGKILL)
-    # Then the tail stops with an error that says where a restart resumes
-    _, stderr = tail.communicate(timeout=60)
-    assert tail.returncode == 1, stderr.decode()[-2000:]
-    assert "the binlog decoding process exited" in stderr.decode() and "a restart resumes there" in stderr.decode()
-    # And started again it catches up: every row exact, nothing lost or doubled
+
+
+def _resumed_exactly(storage, redis_client, env: dict[str, str], history: History):  # type: ignore[no-untyped-def]
+    """Start the tail again until it has caught up and run the chains it made; its result, once
+    every row is exact."""
     result = run_tdc(env, "cdc", "binlog", "--name", NAME, "--stop-when-idle")
     assert result.returncode == 0, result.stderr
+    # (its chains went to a broker no worker reads: free their leases, as their expiry would,
+    # and let the rescan take the tasks)
     for key in redis_client.scan_iter(f"tdc:lease:D{history.run_id}*"):
         redis_client.delete(key)
     redis.Redis.from_url(env["TDC_BROKER_URL"]).flushdb()
@@ -201,6 +205,24 @@ def test_a_decoding_process_killed_mid_stream_stops_the_tail_and_a_restart_loses
     run_chains(storage, redis_client, [])
     assert "0 quarantined" in result.stdout
     assert _problems(storage, history) == []
+    return result
+
+
+def test_a_decoding_process_killed_mid_stream_stops_the_tail_and_a_restart_loses_nothing(
+        fresh_storage, redis_client, source_database) -> None:
+    # Given a history in the binlog after a tail's stored position, and the tail started
+    storage = fresh_storage()
+    history, env, start, tail = _tail_started_after(storage, source_database, seed=74)
+    # When its decoding process is killed once the tail has stored a position part of the way
+    _until_stored_past(storage, start, tail, ready=lambda: bool(_children(tail.pid)))
+    (decoder,) = _children(tail.pid)
+    os.kill(decoder, signal.SIGKILL)
+    # Then the tail stops with an error that says where a restart resumes
+    _, stderr = tail.communicate(timeout=60)
+    assert tail.returncode == 1, stderr.decode()[-2000:]
+    assert "the binlog decoding process exited" in stderr.decode() and "a restart resumes there" in stderr.decode()
+    # And started again it catches up: every row exact, nothing lost or doubled
+    _resumed_exactly(storage, redis_client, env, history)
 
 
 def test_a_tail_killed_outright_takes_its_decoding_process_with_it(storage, source_database) -> None:
@@ -227,42 +249,15 @@ def test_a_tail_killed_mid_stream_resumes_from_its_position_losing_and_doubling_
         fresh_storage, redis_client, source_database, tmp_path) -> None:
     # Given a source with a history in its binlog after a tail's stored position, and the tail started
     storage = fresh_storage()
-    history = generate_history(150, seed=72, displacement=0, duplicate_rate=0)
-    # A broker of its own: the chains it submits are not for the e2e tests' workers.
-    env = {**env_of(storage), "TDC_BROKER_URL": REDIS.rsplit("/", 1)[0] + "/12", "TDC_CDC_SOURCE_URL": source_database}
-    start = source_of(source_database)
-    with start.connect() as connection, connection.cursor() as cursor:
-        cursor.execute("SHOW MASTER STATUS")
-        log_file, log_pos = cursor.fetchone()[:2]
-    store_checkpoint(storage, NAME, Checkpoint(log_file, log_pos, None, 0), "tail")
-    _play(source_database, history.changes, per_transaction=3)
-    tail = subprocess.Popen([sys.executable, "-m", "cli.main", "cdc", "binlog", "--name", NAME],
-                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    history, env, start, tail = _tail_started_after(storage, source_database, seed=72)
     # When it is killed with SIGKILL once it has stored a position part of the way through
-    deadline = time.monotonic() + 60
-    while True:
-        stored = load_checkpoint(storage, NAME)
-        if stored is not None and stored[0].log_pos != log_pos:
-            break
-        assert time.monotonic() < deadline and tail.poll() is None, tail.communicate()[1].decode()[-2000:]
-        time.sleep(0.02)
+    _until_stored_past(storage, start, tail)
     os.kill(tail.pid, signal.SIGKILL)
     tail.wait()
     killed_at = load_checkpoint(storage, NAME)[0]  # type: ignore[index]
-    # And started again until it has caught up
-    result = run_tdc(env, "cdc", "binlog", "--name", NAME, "--stop-when-idle")
-    assert result.returncode == 0, result.stderr
-    # (its chains went to a broker no worker reads: free their leases, as their expiry would,
-    # and let the rescan take the tasks)
-    for key in redis_client.scan_iter(f"tdc:lease:D{history.run_id}*"):
-        redis_client.delete(key)
-    redis.Redis.from_url(env["TDC_BROKER_URL"]).flushdb()
-    run_chains(storage, redis_client, _payments(storage, redis_client, history))
-    run_chains(storage, redis_client, [])
-    # Then it resumed where it had stored, and every row is exact
-    assert (killed_at.log_file, killed_at.log_pos) > (log_file, log_pos)
-    assert "0 quarantined" in result.stdout
-    assert _problems(storage, history) == []
+    # Then, started again until it has caught up, it resumed where it had stored and every row is exact
+    _resumed_exactly(storage, redis_client, env, history)
+    assert (killed_at.log_file, killed_at.log_pos) > start
     final = load_checkpoint(storage, NAME)[0]  # type: ignore[index]
     assert (final.log_file, final.log_pos) > (killed_at.log_file, killed_at.log_pos)
 

@@ -26,7 +26,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -154,7 +154,7 @@ class Decoder:
         self.source_server_id, self.batch = source_server_id, batch
 
     def batches(self, position: Checkpoint, stop_when_idle: bool,
-                alive: Callable[[], bool] = lambda: True) -> Iterator[Batch]:
+                alive: Callable[[], bool] = lambda: True) -> Generator[Batch, None, None]:
         """Batches from ``position`` on, until caught up (``stop_when_idle``) or, tailing, until
         ``alive()`` turns false."""
         stream = BinLogStreamReader(
@@ -253,7 +253,7 @@ class DecodingFailed(RuntimeError):
     """The decoding process failed or exited; the stored position is where a restart resumes."""
 
 
-def _decoded_elsewhere(decoder: Decoder, position: Checkpoint, stop_when_idle: bool) -> Iterator[Batch]:
+def _decoded_elsewhere(decoder: Decoder, position: Checkpoint, stop_when_idle: bool) -> Generator[Batch, None, None]:
     """``decoder``'s batches, decoded in a process of its own (forked: it needs nothing set up
     again, and it touches nothing of this process's connections)."""
     context = multiprocessing.get_context("fork")
@@ -296,8 +296,6 @@ class BinlogTail:
         self.name, self.server_id, self.submit, self.batch = name, server_id, submit, batch
         self.decoding = decoding
         self.report = TailReport()
-        #: The position of the newest batch handed to the writer (stored once it is in).
-        self.flushed: Checkpoint | None = None
 
     def run(self, position: Checkpoint, stop_when_idle: bool = False, progress: Callable[[str], None] | None = None,
             ) -> TailReport:
@@ -306,10 +304,10 @@ class BinlogTail:
         Raises SourceError when no flow follows the source's database, DecodingFailed when the
         decoding process fails."""
         require_followed(self.storage, self.flow, self.source)
-        self.flushed = self.report.position
         decoder = Decoder(self.source, tuple(self.flow.tables), self.server_id, server_id_of(self.source), self.batch)
-        batches = (_decoded_elsewhere(decoder, position, stop_when_idle) if self.decoding == "process"
-                   else decoder.batches(position, stop_when_idle))
+        batches: Generator[Batch, None, None] = (
+            _decoded_elsewhere(decoder, position, stop_when_idle) if self.decoding == "process"
+            else decoder.batches(position, stop_when_idle))
         # One batch is stored (intake, then its position) on a writer thread while the next is
         # decoded (or received): decoding and the database round trips overlap.  Batches are
         # stored in order, one at a time, and a position is stored only after its batch committed.
@@ -319,19 +317,17 @@ class BinlogTail:
             for batch in batches:
                 if storing is not None:
                     storing.result()  # the batch before must be in (and raises what it raised)
-                storing, self.flushed = writer.submit(self._flush, batch, progress), batch.boundary
+                storing = writer.submit(self._flush, batch, progress)
             if storing is not None:
                 storing.result()
         finally:
             writer.shutdown(wait=True)
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
+            batches.close()  # (the decoding process, if any, goes with it)
         return self.report
 
     def _flush(self, batch: Batch, progress: Callable[[str], None] | None) -> None:
         """Ingest whole transactions, submit their tasks, then store the position after them (on
-        the writer thread; ``flushed`` is what was handed to it, ``report.position`` what is in)."""
+        the writer thread; ``report.position`` is what is in)."""
         if batch.lines:
             report = accept_lines(self.storage, self.client, self.flow, "debezium", batch.lines)
             self.report.submitted += self.submit(report.touched)

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -114,22 +115,27 @@ class MetadataRecord:
     #: What the operation reads of ``content`` (None: all of it).
     reads: Mapping[str, Any] | None = field(default=None, compare=False)
 
-    @property
+    # Computed once per record (intake judges, stores and compares each record several times);
+    # the record and its content are not changed once made.
+    @cached_property
     def position_text(self) -> str:
         return encode(self.position)
 
-    @property
+    @cached_property
     def content_json(self) -> str:
         return json.dumps(self.content, sort_keys=True, separators=(",", ":"))
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
         """Two halves: what the operation reads (``reads``), then the whole content.  Records
         with the same first half differ in nothing their operation reads."""
-        read = self.content if self.reads is None else self.reads
         # An insert and an update of the same values read the same; a delete does not.
-        return (_digest("gone" if self.kind == "delete" else "row", read)[:20]
-                + _digest(self.kind, self.content)[:20])
+        read_kind = "gone" if self.kind == "delete" else "row"
+        if self.reads is None:
+            read = _sha1(f"{read_kind}|{self.content_json}")
+        else:
+            read = _digest(read_kind, self.reads)
+        return read[:20] + _sha1(f"{self.kind}|{self.content_json}")[:20]
 
     @property
     def legacy_hash(self) -> str:
@@ -147,8 +153,11 @@ class MetadataRecord:
 
 
 def _digest(kind: str, content: Mapping[str, Any]) -> str:
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha1(f"{kind}|{text}".encode()).hexdigest()
+    return _sha1(f"{kind}|{json.dumps(content, sort_keys=True, separators=(',', ':'), default=str)}")
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 from typing import Any, cast
 
 import redis
@@ -26,7 +27,7 @@ from inputs.events import BadInput, SchemaChange
 from inputs.formats import parse_line
 from inputs.positions import compare, decode, encode
 from models.cdc import SchemaChangeRecord
-from models.driver_sql import driver_time, marks, statement, union_all
+from models.driver_sql import driver_time, marks, statement, union_all_of
 from models.driver_sql import insert_if_absent as driver_insert_if_absent
 from models.orders import QuarantinedInput
 from models.sharded import TaskStatus
@@ -127,12 +128,35 @@ def _contended(error: Exception) -> bool:
 Stored = tuple[int, str, str] | None
 def read_stored(connection: Connection, keys: list[tuple[int, tuple[str, str, str, str]]]) -> list[Stored]:
     """The stored row of each (shard, metadata key), in a few round trips: one indexed select per
-    key, joined with UNION ALL."""
+    metadata table naming all of its keys, joined with UNION ALL.  One select per table, not per
+    key: MySQL opens a table once for every time a statement names it, and a batch names each
+    table for several keys, which filled the server's table cache with copies and evicted tables
+    the next batch needed."""
     found: list[Stored] = [None] * len(keys)
-    terms = [({"meta": meta_table_name(shard), "at": str(n)}, key) for n, (shard, key) in enumerate(keys)]
-    for at, row_id, content_hash, position in union_all(connection, _READ_STORED_AT, terms):
-        found[int(at)] = (row_id, content_hash, position)
+    at: dict[tuple[int, tuple[str, str, str, str]], list[int]] = defaultdict(list)
+    for n, key in enumerate(keys):
+        at[key].append(n)
+    by_shard: dict[int, list[tuple[str, str, str, str]]] = defaultdict(list)
+    for shard, meta_key in at:
+        by_shard[shard].append(meta_key)
+    terms = [(_read_stored_of(len(part)), {"meta": meta_table_name(shard)}, tuple(v for key in part for v in key))
+             for shard, shard_keys in by_shard.items()
+             for part in (shard_keys[i:i + KEYS_PER_SELECT] for i in range(0, len(shard_keys), KEYS_PER_SELECT))]
+    shard_of = {meta_table_name(shard): shard for shard in by_shard}
+    for row in union_all_of(connection, terms):
+        for n in at.get((shard_of[row.meta], (row.order_id, row.operation_type, row.source, row.unique_key)), ()):
+            found[n] = (row.id, row.content_hash, row.position)
     return found
+
+
+#: Keys one select names at most: a bounded OR list stays an index range scan on MySQL
+#: (``range_optimizer_max_mem_size``) and within SQLite's expression depth.
+KEYS_PER_SELECT = 50
+
+
+@lru_cache(maxsize=KEYS_PER_SELECT)
+def _read_stored_of(count: int) -> str:
+    return _READ_STORED_KEYS + " OR ".join([_KEY_IS] * count)
 
 
 def store_record(connection: Connection, shard: int, record: MetadataRecord, now: dt.datetime,
@@ -204,8 +228,9 @@ def judge(record: MetadataRecord, stored_hash: str, stored_position: str) -> tup
 
 _READ_STORED = ("SELECT id, content_hash, position FROM {meta} "
                 "WHERE order_id = ? AND operation_type = ? AND source = ? AND unique_key = ?")
-_READ_STORED_AT = ("SELECT {at} AS at, id, content_hash, position FROM {meta} "
-                   "WHERE order_id = ? AND operation_type = ? AND source = ? AND unique_key = ?")
+_READ_STORED_KEYS = ("SELECT '{meta}' AS meta, id, order_id, operation_type, source, unique_key, content_hash, "
+                     "position FROM {meta} WHERE ")
+_KEY_IS = "(order_id = ? AND operation_type = ? AND source = ? AND unique_key = ?)"
 _UNCHANGED = "WHERE id = ? AND position = ? AND content_hash = ?"
 _ADVANCE = "UPDATE {meta} SET position = ? " + _UNCHANGED
 _CORRECT = ("UPDATE {meta} SET kind = ?, content = ?, content_hash = ?, position = ?, input_format = ?, "

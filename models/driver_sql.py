@@ -76,11 +76,17 @@ def union_all(connection: Connection, template: str, terms: list[tuple[dict[str,
     """Run ``template`` once per term (its table names, its parameters), joined with UNION ALL in
     statements of at most UNION_CHUNK terms: a batch read over many sharded tables in a few round
     trips.  The rows of every term, in no particular order."""
+    return union_all_of(connection, [(template, names, parameters) for names, parameters in terms])
+
+
+def union_all_of(connection: Connection, terms: list[tuple[str, dict[str, str], tuple[Any, ...]]]) -> list[Any]:
+    """``union_all`` where each term brings its own template (selects of the same columns)."""
     rows: list[Any] = []
     for start in range(0, len(terms), UNION_CHUNK):
         chunk = terms[start:start + UNION_CHUNK]
-        sql = " UNION ALL ".join(statement(connection, template, **names) for names, _ in chunk)
-        rows += connection.exec_driver_sql(sql, tuple(value for _, parameters in chunk for value in parameters)).all()
+        sql = " UNION ALL ".join(statement(connection, template, **names) for template, names, _ in chunk)
+        parameters = tuple(value for _, _, values in chunk for value in values)
+        rows += connection.exec_driver_sql(sql, parameters).all()
     return rows
 
 

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import math
 
 import pytest
 from sqlalchemy import event, select
 
 from demo.history import generate_history
 from flows.registry import ACCEPTED as ORDER_FLOW
-from intake.receiver import accept_lines, store_record, utcnow
+from intake.receiver import KEYS_PER_SELECT, accept_lines, store_record, utcnow
 from models.sharded import meta_table
 from tests.conftest import new_order_id
-from tests.factories import OrderHeaderFactory, canal
+from tests.factories import OrderHeaderFactory, OrderItemFactory, canal
 from tests.integration.helpers import ingest
 
 pytestmark = pytest.mark.integration
@@ -172,3 +173,34 @@ def test_a_record_stored_by_an_older_tdc_is_recognised_as_the_same_content(stora
     report = ingest(storage, redis_client, ORDER_FLOW, "canal", [line])
     # Then it is a duplicate, not a correction that runs SUBMIT and PAY again
     assert (report.duplicated, report.accepted, report.touched) == (1, 0, set())
+
+
+def test_a_batch_with_many_keys_in_one_table_reads_them_in_bounded_selects(storage, redis_client) -> None:
+    # Given an order with 120 lines stored, each its own key in the order's metadata table
+    order_id = new_order_id()
+    header = OrderHeaderFactory(order_id=order_id)
+    items = [OrderItemFactory(order_id=order_id, item_id=10_000 + n, sku_id=f"K{n:04d}") for n in range(120)]
+    lines = [canal("gqsh_order", header, sequence=1)]
+    lines += [canal("gqsh_order_item", item, sequence=2 + n) for n, item in enumerate(items)]
+    assert ingest(storage, redis_client, ORDER_FLOW, "canal", lines).accepted == 121
+    # When the same lines come again in one batch, with one item changed at a later position
+    changed = {**items[77], "quantity": 3, "amount": items[77]["unit_price"] * 3}
+    again = [*lines, canal("gqsh_order_item", changed, kind="update", before=items[77], sequence=500)]
+    meta = f"meta_{storage.shard_of(order_id):04d}"
+    reads: list[str] = []
+
+    def seen(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        if statement.startswith("SELECT") and meta in statement:
+            reads.append(statement)
+
+    engine = storage.engine_for_order(order_id)
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        report = ingest(storage, redis_client, ORDER_FLOW, "canal", again)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    # Then every stored key was found (121 duplicates, the change accepted) by reads that name the
+    # table once per KEYS_PER_SELECT keys, not once per key
+    assert (report.duplicated, report.accepted, report.stale) == (121, 1, 0)
+    named = sum(statement.count(f"FROM {meta} ") for statement in reads)
+    assert named == math.ceil(121 / KEYS_PER_SELECT) == 3

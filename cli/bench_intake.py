@@ -66,11 +66,11 @@ def measure_intake(storage: Storage, lines: list[tuple[str, str]], batch: int = 
 
 def bench_intake(orders: int, input_format: str) -> int:
     import worker  # noqa: F401 - starts the embedded Redis in the default setup
-    from models.schema import init_storage, table_cache_advice
+    from models.schema import init_storage, sizing_advice
 
     storage = get_storage()
     init_storage(storage)  # safe to run again
-    for advice in table_cache_advice(storage):
+    for advice in sizing_advice(storage):
         print(f"warning: {advice}")
     history = generate_history(orders, input_format=input_format)
     lines = history.lines

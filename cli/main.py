@@ -14,7 +14,7 @@ from settings import SettingsError
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from models.schema import init_storage, table_cache_advice
+    from models.schema import init_storage, sizing_advice
     from models.storage import get_storage
 
     storage = get_storage()
@@ -23,7 +23,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     report = init_storage(storage, progress=print if args.verbose else lambda _: None)
     print(f"done in {time.monotonic() - started:.1f}s: {report.created} sharded tables created, "
           f"{report.existing} already there")
-    for advice in table_cache_advice(storage):
+    for advice in sizing_advice(storage):
         print(f"warning: {advice}", file=sys.stderr)
     return 0
 

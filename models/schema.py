@@ -7,7 +7,7 @@ MariaDB, the renamed template about half that.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -147,9 +147,10 @@ def init_storage(storage: Storage, progress: Progress = lambda _: None) -> InitR
 TABLE_CACHES = ("table_definition_cache", "table_open_cache")
 
 
-def table_cache_advice(storage: Storage) -> list[str]:
-    """What to raise on each MySQL/MariaDB server whose table caches are smaller than the tables
-    tdc keeps there (in all its shard databases on that server); empty when every server is sized."""
+def sizing_advice(storage: Storage) -> list[str]:
+    """What to raise on each MySQL/MariaDB server whose table caches, InnoDB file handles or
+    buffer pool are smaller than the tables tdc keeps there (in all its shard databases on that
+    server); empty when every server is sized."""
     servers: dict[tuple[str | None, int | None], tuple[Engine, set[str]]] = {}
     for database in range(len(storage.settings.db_urls)):
         engine = storage.shard_engine(database)
@@ -160,15 +161,41 @@ def table_cache_advice(storage: Storage) -> list[str]:
     for engine, schemas in servers.values():
         names = sorted(schemas)
         with engine.connect() as connection:
-            tables = connection.exec_driver_sql("SELECT COUNT(*) FROM information_schema.tables "
-                                                f"WHERE table_schema IN ({marks(connection, len(names))})",
-                                                tuple(names)).scalar_one()
+            tables, size = connection.exec_driver_sql(
+                "SELECT COUNT(*), COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables "
+                f"WHERE table_schema IN ({marks(connection, len(names))})", tuple(names)).one()
             values: dict[str, str] = {str(name): str(value) for name, value in connection.exec_driver_sql(
-                "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('table_definition_cache', 'table_open_cache')")}
-        small = [f"{name}={values.get(name)}" for name in TABLE_CACHES if int(values.get(name) or 0) < tables]
-        if small:
-            where = engine.url.render_as_string(hide_password=True).rsplit("/", 1)[0]
-            advice.append(f"{where}: {', '.join(small)} holds fewer than tdc's {tables} tables there; set both to at "
-                          f"least {tables + 512} ([mysqld] section, or SET GLOBAL), or every statement on a table "
-                          f"that fell out of the cache reopens it")
+                "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('table_definition_cache', 'table_open_cache', "
+                "'innodb_open_files', 'innodb_buffer_pool_size')")}
+        where = engine.url.render_as_string(hide_password=True).rsplit("/", 1)[0]
+        advice += [f"{where}: {text}" for text in server_advice(int(tables), int(size), values)]
+    return advice
+
+
+#: Buffer pool per tdc table at least: an InnoDB table's clustered index and its secondary
+#: indexes each take a 16 KiB page even empty, and a statement reads the root of each it uses.
+POOL_PER_TABLE = 3 * 16 * 1024
+
+
+def server_advice(tables: int, size: int, values: Mapping[str, str]) -> list[str]:
+    """What to raise on one server holding ``tables`` of tdc's tables, ``size`` bytes of data and
+    indexes, with these global variables."""
+    def value(name: str) -> int:
+        return int(values.get(name) or 0)
+
+    advice = []
+    small = [f"{name}={values.get(name)}" for name in TABLE_CACHES if value(name) < tables]
+    if small:
+        advice.append(f"{', '.join(small)} holds fewer than tdc's {tables} tables there; set both to at least "
+                      f"{tables + 512} ([mysqld] section, or SET GLOBAL), or every statement on a table that fell out "
+                      f"of the cache reopens it")
+    if "innodb_open_files" in values and value("innodb_open_files") < tables:
+        advice.append(f"innodb_open_files={values['innodb_open_files']} is fewer than tdc's {tables} tables there; "
+                      f"set it to at least {tables + 512} ([mysqld] section, then restart: it is not dynamic), or "
+                      f"InnoDB closes and reopens table files as statements move between tables")
+    pool, needed = value("innodb_buffer_pool_size"), max(size, tables * POOL_PER_TABLE)
+    if "innodb_buffer_pool_size" in values and pool < needed:
+        advice.append(f"innodb_buffer_pool_size={pool // 2**20}M holds less than tdc's tables there "
+                      f"({needed // 2**20}M of data and indexes now, more as they grow); set it to at least "
+                      f"{-(-needed * 2 // 2**30)}G (SET GLOBAL works), or statements read evicted pages from disk")
     return advice

@@ -102,7 +102,7 @@ def test_init_brings_tables_of_an_older_tdc_up_to_date(mariadb, tmp_path, backen
 def test_init_warns_when_the_server_table_caches_cannot_hold_tdcs_tables(storage, mariadb) -> None:
     from sqlalchemy import create_engine
 
-    from models.schema import table_cache_advice
+    from models.schema import sizing_advice
     from tests.conftest import MARIADB
 
     admin = create_engine(MARIADB + "/", isolation_level="AUTOCOMMIT")
@@ -111,13 +111,31 @@ def test_init_warns_when_the_server_table_caches_cannot_hold_tdcs_tables(storage
         saved = connection.exec_driver_sql("SELECT @@GLOBAL.table_open_cache").scalar_one()
         try:
             connection.exec_driver_sql("SET GLOBAL table_open_cache = 20")
-            [advice] = table_cache_advice(storage)
+            [advice] = sizing_advice(storage)
             assert "table_open_cache=20 holds fewer than tdc's" in advice and "set both to at least" in advice
             connection.exec_driver_sql("SET GLOBAL table_open_cache = 20000")
-            assert all("table_open_cache" not in advice for advice in table_cache_advice(storage))
+            assert all("table_open_cache" not in advice for advice in sizing_advice(storage))
         finally:
             connection.exec_driver_sql(f"SET GLOBAL table_open_cache = {int(saved)}")
     admin.dispose()
+
+
+def test_init_warns_when_innodb_cannot_hold_tdcs_tables() -> None:
+    from models.schema import POOL_PER_TABLE, server_advice
+
+    sized = {"table_definition_cache": "9000", "table_open_cache": "9000", "innodb_open_files": "9000",
+             "innodb_buffer_pool_size": str(2 * 2**30)}
+    # 8,280 tables, empty: each takes its pages' worth of the buffer pool, which 2G holds
+    assert server_advice(8280, 8280 * 32 * 1024, sized) == []
+    # MariaDB's defaults (innodb_open_files 2000, a 128M buffer pool) do not
+    defaults = {**sized, "innodb_open_files": "2000", "innodb_buffer_pool_size": str(128 * 2**20)}
+    files, pool = server_advice(8280, 8280 * 32 * 1024, defaults)
+    assert "innodb_open_files=2000 is fewer than tdc's 8280 tables" in files and "restart" in files
+    assert f"innodb_buffer_pool_size=128M holds less than tdc's tables there ({8280 * POOL_PER_TABLE // 2**20}M" in pool
+    assert "set it to at least 1G" in pool
+    # Tables grown past the pool: the advice follows their size
+    [grown] = server_advice(8280, 5 * 2**30, sized)
+    assert "(5120M of data and indexes now" in grown and "at least 10G" in grown
 
 
 def test_connections_share_one_tls_context_unless_the_url_asks_for_tls_options(mariadb) -> None:

@@ -45,11 +45,12 @@ def tail_binlog(args: argparse.Namespace) -> int:
     except SourceError as error:
         print(f"tdc: {error}", file=sys.stderr)
         return 2
-    print(f"tailing {source.host}:{source.port}/{source.database} as {name} from "
-          f"{position.log_file}:{position.log_pos}" + (" until caught up" if args.stop_when_idle else ""),
-          file=sys.stderr)
     tail = BinlogTail(get_storage(), get_redis(), ACCEPTED, source, name,
-                      args.server_id or default_server_id(name), submit_tasks)
+                      args.server_id or default_server_id(name), submit_tasks, decoding=args.decode_in)
+    print(f"tailing {source.host}:{source.port}/{source.database} as {name} from "
+          f"{position.log_file}:{position.log_pos}" + (" until caught up" if args.stop_when_idle else "")
+          + ", decoding " + ("in a process of its own" if tail.decoding == "process" else "in a thread of this one"),
+          file=sys.stderr)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     started = time.monotonic()
     try:
@@ -108,6 +109,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     binlog.add_argument("--server-id", type=int, help="replica id to register with (default: derived from --name)")
     binlog.add_argument("--stop-when-idle", action="store_true", help="exit once caught up instead of waiting")
     binlog.add_argument("--progress", action="store_true", help="print the position after each batch")
+    binlog.add_argument("--decode-in", choices=["process", "thread"], default="process",
+                        help="decode the binlog in a process of its own, on a second core (the default), or in a "
+                             "thread of the tail's process (one core, one process to watch)")
     binlog.set_defaults(run=tail_binlog)
 
     snap = cdc.add_parser("snapshot", parents=[common], help="ingest current source rows consistently",

@@ -191,10 +191,11 @@ def _until_stored_past(storage, start: tuple[str, int], tail, ready=lambda: True
         time.sleep(0.02)
 
 
-def _resumed_exactly(storage, redis_client, env: dict[str, str], history: History):  # type: ignore[no-untyped-def]
-    """Start the tail again until it has caught up and run the chains it made; its result, once
-    every row is exact."""
-    result = run_tdc(env, "cdc", "binlog", "--name", NAME, "--stop-when-idle")
+def _resumed_exactly(storage, redis_client, env: dict[str, str], history: History,  # type: ignore[no-untyped-def]
+                     *options: str):
+    """Start the tail again (with ``options``) until it has caught up and run the chains it made;
+    its result, once every row is exact."""
+    result = run_tdc(env, "cdc", "binlog", "--name", NAME, "--stop-when-idle", *options)
     assert result.returncode == 0, result.stderr
     # (its chains went to a broker no worker reads: free their leases, as their expiry would,
     # and let the rescan take the tasks)
@@ -206,6 +207,22 @@ def _resumed_exactly(storage, redis_client, env: dict[str, str], history: Histor
     assert "0 quarantined" in result.stdout
     assert _problems(storage, history) == []
     return result
+
+
+@pytest.mark.parametrize("decode_in", ["thread", "process"])
+def test_tdc_cdc_binlog_decodes_where_it_is_told(fresh_storage, redis_client, source_database, decode_in: str) -> None:
+    # Given a history played into the source after the tail's stored position
+    storage = fresh_storage()
+    history = generate_history(40, seed=76, displacement=0, duplicate_rate=0)
+    env = {**env_of(storage), "TDC_BROKER_URL": REDIS.rsplit("/", 1)[0] + "/12", "TDC_CDC_SOURCE_URL": source_database}
+    with source_of(source_database).connect() as connection:
+        store_checkpoint(storage, NAME, Checkpoint(*current_coordinates(connection), None, 0), "tail")
+    _play(source_database, history.changes)
+    # When `tdc cdc binlog --decode-in thread|process` runs until caught up
+    result = _resumed_exactly(storage, redis_client, env, history, "--decode-in", decode_in)
+    # Then every row is exact, decoded where it was told
+    where = "in a thread of this one" if decode_in == "thread" else "in a process of its own"
+    assert f"decoding {where}" in result.stderr
 
 
 def test_a_decoding_process_killed_mid_stream_stops_the_tail_and_a_restart_loses_nothing(

@@ -70,24 +70,45 @@ def _insert_sql(table: str, columns: tuple[str, ...], dialect: str, paramstyle: 
 
 #: Selects per UNION ALL statement of a batch read (SQLite allows 500 terms).
 UNION_CHUNK = 200
+#: Bound parameters per UNION ALL statement at most (SQLite's default limit is 32,766), unless
+#: one term alone holds more.
+UNION_PARAMETERS = 8000
 
 
 def union_all(connection: Connection, template: str, terms: list[tuple[dict[str, str], tuple[Any, ...]]]) -> list[Any]:
     """Run ``template`` once per term (its table names, its parameters), joined with UNION ALL in
-    statements of at most UNION_CHUNK terms: a batch read over many sharded tables in a few round
-    trips.  The rows of every term, in no particular order."""
+    statements of at most UNION_CHUNK terms and UNION_PARAMETERS parameters: a batch read over
+    many sharded tables in a few round trips.  The rows of every term, in no particular order."""
     return union_all_of(connection, [(template, names, parameters) for names, parameters in terms])
 
 
-def union_all_of(connection: Connection, terms: list[tuple[str, dict[str, str], tuple[Any, ...]]]) -> list[Any]:
+#: One select of a UNION ALL: its template, its table names, its parameters.
+UnionTerm = tuple[str, dict[str, str], tuple[Any, ...]]
+
+
+def union_all_of(connection: Connection, terms: list[UnionTerm]) -> list[Any]:
     """``union_all`` where each term brings its own template (selects of the same columns)."""
     rows: list[Any] = []
-    for start in range(0, len(terms), UNION_CHUNK):
-        chunk = terms[start:start + UNION_CHUNK]
+    for chunk in union_chunks(terms):
         sql = " UNION ALL ".join(statement(connection, template, **names) for template, names, _ in chunk)
         parameters = tuple(value for _, _, values in chunk for value in values)
         rows += connection.exec_driver_sql(sql, parameters).all()
     return rows
+
+
+def union_chunks(terms: list[UnionTerm]) -> list[list[UnionTerm]]:
+    """``terms`` in order, cut into statements of at most UNION_CHUNK terms and UNION_PARAMETERS
+    parameters."""
+    chunks: list[list[UnionTerm]] = [[]]
+    held = 0
+    for term in terms:
+        size = len(term[2])
+        if chunks[-1] and (len(chunks[-1]) >= UNION_CHUNK or held + size > UNION_PARAMETERS):
+            chunks.append([])
+            held = 0
+        chunks[-1].append(term)
+        held += size
+    return [chunk for chunk in chunks if chunk]
 
 
 #: MySQL protocol capability flags (the same numbers in PyMySQL and mysqlclient): row counts are

@@ -162,6 +162,11 @@ class Decoder:
             resume_stream=True, log_file=position.log_file, log_pos=position.log_pos,
             # is_mariadb only selects GTID-based resumption, which would ignore the file and offset.
             blocking=not stop_when_idle, is_mariadb=False, slave_heartbeat=HEARTBEAT_SECONDS,
+            # A table's map is parsed once per table id, not before every row event (that parse was
+            # half of decoding).  Safe: the server gives a table a new id when its definition
+            # changes, the reader forgets every id at each new binlog file (a restart starts one),
+            # and so do we at each DDL statement it passes us.
+            freeze_schema=True,
             only_schemas=[self.source.database], only_tables=list(self.tables),
             only_events=[RotateEvent, GtidEvent, MariadbGtidEvent, QueryEvent, XidEvent, HeartbeatLogEvent,
                          *_ROW_EVENTS],
@@ -189,6 +194,7 @@ class Decoder:
                     if query.upper() == "BEGIN":
                         continue
                     if query.upper() != "COMMIT":  # DDL commits by itself
+                        stream.table_map.clear()
                         clock = max(clock, event.timestamp * 1000)
                         pending += self._ddl_lines(event, query, stream.log_file, stream.log_pos, clock)
                 if isinstance(event, (XidEvent, QueryEvent, RotateEvent)):  # between transactions

@@ -381,9 +381,10 @@ def test_bench_cdc_prints_both_rates_and_their_ratio(service_env, binlog_server)
     assert result.returncode == 0, result.stderr
     [played] = [int(line.split(": ")[1].split()[0]) for line in result.stdout.splitlines() if "played as SQL" in line]
     loop = next(line for line in result.stdout.splitlines() if "python-mysql-replication loop" in line)
+    frozen = next(line for line in result.stdout.splitlines() if "freeze_schema=True" in line)
     tail = next(line for line in result.stdout.splitlines() if "tdc cdc binlog" in line)
-    assert f"{played} rows" in loop and f"{played} rows" in tail
-    assert "ratio tail/loop: " in result.stdout
+    assert f"{played} rows" in loop and f"{played} rows" in frozen and f"{played} rows" in tail
+    assert "ratio tail/loop: " in result.stdout and "against the loop reading as the tail does: " in result.stdout
 
 
 def test_a_canal_ddl_message_on_a_followed_table_is_recorded_and_alarmed(storage, redis_client) -> None:

@@ -5,8 +5,8 @@ A generated history is played as SQL into a fresh database on the source (the on
 throwaway MariaDB started for the run).  The bare loop only decodes the rows, once with the
 library's defaults and once parsing each table map once per table id (``freeze_schema``), as
 the tail does; the tail also turns them into lines, routes and stores them idempotently in the
-configured storage and stores its position.  Chains are not submitted (no broker is needed), so the figure is the
-tail's own cost.
+configured storage and stores its position.  Chains are not submitted (no broker is needed),
+so the figure is the tail's own cost.
 """
 
 from __future__ import annotations

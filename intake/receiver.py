@@ -139,12 +139,12 @@ def read_stored(connection: Connection, keys: list[tuple[int, tuple[str, str, st
     by_shard: dict[int, list[tuple[str, str, str, str]]] = defaultdict(list)
     for shard, meta_key in at:
         by_shard[shard].append(meta_key)
-    terms = [(_read_stored_of(len(part)), {"meta": meta_table_name(shard)}, tuple(v for key in part for v in key))
+    terms = [(_read_stored_of(len(part)), {"meta": meta_table_name(shard), "shard": str(shard)},
+              tuple(v for key in part for v in key))
              for shard, shard_keys in by_shard.items()
              for part in (shard_keys[i:i + KEYS_PER_SELECT] for i in range(0, len(shard_keys), KEYS_PER_SELECT))]
-    shard_of = {meta_table_name(shard): shard for shard in by_shard}
     for row in union_all_of(connection, terms):
-        for n in at.get((shard_of[row.meta], (row.order_id, row.operation_type, row.source, row.unique_key)), ()):
+        for n in at.get((row.shard, (row.order_id, row.operation_type, row.source, row.unique_key)), ()):
             found[n] = (row.id, row.content_hash, row.position)
     return found
 
@@ -226,11 +226,10 @@ def judge(record: MetadataRecord, stored_hash: str, stored_position: str) -> tup
     return (Effect.REFRESHED if record.reads_as(stored_hash) else Effect.CORRECTED), REPLACE
 
 
-_READ_STORED = ("SELECT id, content_hash, position FROM {meta} "
-                "WHERE order_id = ? AND operation_type = ? AND source = ? AND unique_key = ?")
-_READ_STORED_KEYS = ("SELECT '{meta}' AS meta, id, order_id, operation_type, source, unique_key, content_hash, "
-                     "position FROM {meta} WHERE ")
 _KEY_IS = "(order_id = ? AND operation_type = ? AND source = ? AND unique_key = ?)"
+_READ_STORED = "SELECT id, content_hash, position FROM {meta} WHERE " + _KEY_IS
+_READ_STORED_KEYS = ("SELECT {shard} AS shard, id, order_id, operation_type, source, unique_key, content_hash, "
+                     "position FROM {meta} WHERE ")
 _UNCHANGED = "WHERE id = ? AND position = ? AND content_hash = ?"
 _ADVANCE = "UPDATE {meta} SET position = ? " + _UNCHANGED
 _CORRECT = ("UPDATE {meta} SET kind = ?, content = ?, content_hash = ?, position = ?, input_format = ?, "

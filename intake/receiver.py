@@ -128,10 +128,10 @@ def _contended(error: Exception) -> bool:
 Stored = tuple[int, str, str] | None
 def read_stored(connection: Connection, keys: list[tuple[int, tuple[str, str, str, str]]]) -> list[Stored]:
     """The stored row of each (shard, metadata key), in a few round trips: one indexed select per
-    metadata table naming all of its keys, joined with UNION ALL.  One select per table, not per
-    key: MySQL opens a table once for every time a statement names it, and a batch names each
-    table for several keys, which filled the server's table cache with copies and evicted tables
-    the next batch needed."""
+    metadata table naming its keys (KEYS_PER_SELECT at most), joined with UNION ALL.  Per table,
+    not per key: MySQL opens a table once for every time a statement names it, and a batch names
+    each table for several keys, which filled the server's table cache with copies and evicted
+    tables the next batch needed."""
     found: list[Stored] = [None] * len(keys)
     at: dict[tuple[int, tuple[str, str, str, str]], list[int]] = defaultdict(list)
     for n, key in enumerate(keys):

@@ -107,6 +107,22 @@ def upgrade_tables(engine: Engine, metadata: MetaData) -> list[str]:
     return done
 
 
+def keep_statistics_in_memory(engine: Engine, shards: range) -> list[str]:
+    """On MySQL/MariaDB, switch the sharded tables of ``shards`` that an older tdc created with
+    persistent InnoDB statistics to statistics kept in memory (``SHARD_TABLE_OPTIONS``: a
+    metadata-only change); the names switched.  Elsewhere nothing to do."""
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        return []
+    wanted = {name_of(shard) for shard in shards for name_of in (task_table_name, meta_table_name)}
+    with engine.begin() as connection:
+        persistent = [name for name, options in connection.exec_driver_sql(
+            "SELECT table_name, create_options FROM information_schema.tables WHERE table_schema = DATABASE()")
+            if name in wanted and "stats_persistent=0" not in str(options or "").lower()]
+        for name in sorted(persistent):  # a name from the shard map (checked against it above)
+            connection.exec_driver_sql(f"ALTER TABLE {name} STATS_PERSISTENT=0")
+    return sorted(persistent)
+
+
 def init_storage(storage: Storage, progress: Progress = lambda _: None) -> InitReport:
     """Create the shard tables in every shard database and the ADS tables in the warehouse.
 
@@ -128,6 +144,10 @@ def init_storage(storage: Storage, progress: Progress = lambda _: None) -> InitR
             part = _create_sharded(engine, shards_of_database(database, shards), existing, progress)
             total.created += part.created
             total.existing += part.existing
+            switched = keep_statistics_in_memory(engine, shards_of_database(database, shards))
+            if switched:
+                progress(f"  {engine.url.render_as_string(hide_password=True)}: {len(switched)} sharded tables now "
+                         f"keep InnoDB statistics in memory (STATS_PERSISTENT=0)")
         return total
 
     for change in upgrade_tables(storage.dws_engine, WarehouseBase.metadata):

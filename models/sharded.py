@@ -9,6 +9,7 @@ only ``tdc init`` builds the full tables, one at a time.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -74,6 +75,18 @@ def _meta_columns() -> list[Column]:
     ]
 
 
+#: Table options of the sharded tables.  On MySQL/MariaDB, InnoDB keeps their optimizer
+#: statistics in memory (``STATS_PERSISTENT=0``, recomputed from a few sampled pages when a
+#: table is opened or a sixteenth of it changed) instead of in ``mysql.innodb_*_stats``: with
+#: persistent statistics, every write to a small table changes more than the tenth of it that
+#: queues a recalculation, and each recalculation is a transaction of its own on the server,
+#: with an fsync.  Measured: a transaction writing 100 different task tables cost 103 fsyncs
+#: instead of 1, and the server spent 1.1 CPU-s instead of 0.45 on the binlog tail's 7,922 rows.
+#: Every statement on these tables goes by the primary key, the unique key or the due index,
+#: which need no more than sampled statistics.
+SHARD_TABLE_OPTIONS: dict[str, Any] = {"mysql_stats_persistent": "0"}
+
+
 def build_task_table(shard: int, metadata: MetaData) -> Table:
     """The full task table for DDL."""
     name = task_table_name(shard)
@@ -83,6 +96,7 @@ def build_task_table(shard: int, metadata: MetaData) -> Table:
         *_task_columns(),
         UniqueConstraint("order_id", "operation_type", name=f"uq_{name}"),
         Index(f"ix_{name}_due", "status", "next_run_at"),
+        **SHARD_TABLE_OPTIONS,
     )
 
 
@@ -94,6 +108,7 @@ def build_meta_table(shard: int, metadata: MetaData) -> Table:
         metadata,
         *_meta_columns(),
         UniqueConstraint("order_id", "operation_type", "source", "unique_key", name=f"uq_{name}"),
+        **SHARD_TABLE_OPTIONS,
     )
 
 

@@ -42,7 +42,48 @@ def test_init_twice_leaves_exactly_1024_task_tables_in_each_of_four_databases(ma
         assert tasks[0] == f"task_{database * 1024:04d}" and tasks[-1] == f"task_{database * 1024 + 1023:04d}"
         assert len([t for t in tables if t.startswith("meta_")]) == 1024
         assert {"dwd_order", "dwd_order_item", "dwd_order_snapshot", "failed_task", "quarantine"} <= set(tables)
+        # and every sharded table keeps its InnoDB statistics in memory
+        assert _persistent_statistics(url) == []
     assert {"ads_order_sales", "ads_order_item_sales", "ads_order_sales_sum"} <= set(_tables(dws))
+
+
+def _persistent_statistics(url: str) -> list[str]:
+    """The sharded tables in ``url``'s database that keep persistent InnoDB statistics."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return sorted(name for name, options in connection.execute(text(
+                "SELECT table_name, create_options FROM information_schema.tables WHERE table_schema = DATABASE()"))
+                if name.startswith(("task_", "meta_")) and "stats_persistent=0" not in (options or "").lower())
+    finally:
+        engine.dispose()
+
+
+def test_init_moves_sharded_tables_of_an_older_tdc_to_statistics_in_memory(mariadb) -> None:
+    # Given a shard database whose first tables an older tdc made with persistent statistics
+    from sqlalchemy import MetaData
+    from sqlalchemy.schema import CreateTable
+
+    from models.schema import keep_statistics_in_memory
+    from models.sharded import build_meta_table, build_task_table
+
+    url = fresh_mariadb_databases("tdc_it_stats", 1)[0]
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for shard in (0, 1):
+            for build in (build_task_table, build_meta_table):
+                connection.execute(CreateTable(build(shard, MetaData())))
+        connection.execute(text("ALTER TABLE task_0001 STATS_PERSISTENT=DEFAULT"))
+        connection.execute(text("ALTER TABLE meta_0000 STATS_PERSISTENT=1"))
+        connection.execute(text("CREATE TABLE task_9999_other (id INTEGER PRIMARY KEY)"))  # not tdc's
+    assert _persistent_statistics(url) == ["meta_0000", "task_0001", "task_9999_other"]
+    # When tdc init switches them (twice)
+    first = keep_statistics_in_memory(engine, range(0, 1024))
+    second = keep_statistics_in_memory(engine, range(0, 1024))
+    # Then exactly the shard map's tables that kept persistent statistics were switched, once
+    assert first == ["meta_0000", "task_0001"] and second == []
+    assert _persistent_statistics(url) == ["task_9999_other"]
+    engine.dispose()
 
 
 def test_task_table_has_the_due_index_rescans_rely_on(storage) -> None:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -191,8 +191,13 @@ class Route:
         return Reading(self.zone, debezium=input_format == "debezium")
 
     def follows(self, flow: Flow, database: str) -> bool:
-        names = self.databases if self.databases is not None else flow.databases
-        return any(fnmatchcase(database, name) for name in names)
+        return _matches(self.databases if self.databases is not None else flow.databases, database)
+
+
+@lru_cache(maxsize=4096)
+def _matches(names: tuple[str, ...], database: str) -> bool:
+    """Whether ``database`` matches one of ``names`` (``*`` wildcards); asked of every row."""
+    return any(fnmatchcase(database, name) for name in names)
 
 
 DEFAULT_READING = Reading()

@@ -17,7 +17,7 @@ from flows import BusinessSource, Flow, SourceTable
 from flows.declaration import FlowDeclaration, Source
 from flows.declared import BY_NAME, DECLARATIONS
 from flows.machine import StateMachine
-from flows.rules import raised_operations
+from flows.rules import raising
 from settings import flow_names
 
 
@@ -40,10 +40,8 @@ def routing(flow: FlowDeclaration) -> Flow:
         if len(source.key) != 1:
             raise ValueError(f"flow {flow.name!r} source {source.name!r}: a key of several columns is not routed yet")
 
-        def operations(row: Mapping[str, Any], change: str, table: str = source.name) -> tuple[str, ...]:
-            return raised_operations(flow, table, change, row)
         tables[source.name] = SourceTable(source.name, key=source.key[0], columns=source.columns,
-                                          operations=operations, order_key=source.entity_key,
+                                          operations=raising(flow, source.name), order_key=source.entity_key,
                                           reads=_reads(source), settled_at=source.settled_at,
                                           entity_prefix=flow.entity_prefix)
     for dimension in flow.dimensions:

@@ -27,7 +27,8 @@ import binascii
 import datetime as dt
 import re
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, localcontext
+from decimal import ROUND_HALF_UP, Context, Decimal
+from functools import cache, cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -81,7 +82,7 @@ class ColumnType:
                 raise
             raise BadInput(f"{value!r} does not read as {self.declaration}: {error}") from None
 
-    @property
+    @cached_property
     def kind(self) -> str:
         if self.name in _INT_BITS:
             return "int"
@@ -170,8 +171,16 @@ def _read_decimal(kind: ColumnType, value: Any, reading: Reading) -> str:
     digits = (kind.size or 65) - kind.scale
     if amount.adjusted() >= digits:
         raise BadInput(f"{_show(value)} is out of range for {kind.declaration}")
-    with localcontext(prec=80):
-        return str(amount.quantize(Decimal(1).scaleb(-kind.scale), rounding=ROUND_HALF_UP))
+    return str(amount.quantize(_quantum(kind.scale), rounding=ROUND_HALF_UP, context=_WIDE))
+
+
+#: Room for every decimal(65, s) when quantizing (the default context holds 28 digits).
+_WIDE = Context(prec=80)
+
+
+@cache
+def _quantum(scale: int) -> Decimal:
+    return Decimal(1).scaleb(-scale)
 
 
 def _base64_decimal(text: str, kind: ColumnType) -> bool:

@@ -6,6 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import event
 
 from chain.inline import ChainsDidNotSettle, run_inline
 from dimensions.lookup import RedisDimensions
@@ -65,3 +69,18 @@ def tdc_output(env: dict[str, str], *arguments: str) -> str:
     result = run_tdc(env, *arguments)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+@contextmanager
+def round_trips(engine) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
+    """The statement text of every round trip ``engine`` makes inside the block."""
+    sent: list[str] = []
+
+    def seen(*args) -> None:  # type: ignore[no-untyped-def]
+        sent.append(args[2])
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)

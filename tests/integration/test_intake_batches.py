@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+from contextlib import ExitStack
 
 import pytest
 from sqlalchemy import event, select
@@ -15,10 +16,10 @@ from demo.history import generate_history
 from dimensions.lookup import dimension_key
 from flows.registry import ACCEPTED as ORDER_FLOW
 from intake.receiver import KEYS_PER_SELECT, accept_lines, store_record, utcnow
-from models.sharded import meta_table
+from models.sharded import meta_table, task_table
 from tests.conftest import new_order_id
 from tests.factories import OrderHeaderFactory, OrderItemFactory, canal
-from tests.integration.helpers import ingest
+from tests.integration.helpers import ingest, round_trips
 
 pytestmark = pytest.mark.integration
 
@@ -210,3 +211,30 @@ def test_a_batch_with_many_keys_in_one_table_reads_them_in_bounded_selects(stora
     assert (report.duplicated, report.accepted, report.stale) == (121, 1, 0)
     named = sum(statement.count(f"FROM {meta} ") for statement in reads)
     assert named == math.ceil(121 / KEYS_PER_SELECT) == 3
+
+
+def test_a_batch_bumps_the_tasks_of_all_its_task_tables_in_one_round_trip_per_database(storage, redis_client) -> None:
+    # Given a batch of 60 new orders, spread over many task tables of every shard database
+    headers = [OrderHeaderFactory(order_id=new_order_id()) for _ in range(60)]
+    lines = [canal("gqsh_order", header, sequence=1) for header in headers]
+    databases = range(len(storage.settings.db_urls))
+    tables = {storage.shard_of(h["order_id"]) for h in headers}
+    assert len(tables) > 20
+    # When it is ingested, and then the same orders again, changed
+    upserts = []
+    for version, batch in ((1, lines), (2, [canal("gqsh_order", {**h, "member_id": "M9"}, kind="update", before=h,
+                                                  sequence=2) for h in headers])):
+        with ExitStack() as stack:
+            sent = [stack.enter_context(round_trips(storage.shard_engine(d))) for d in databases]
+            report = accept_lines(storage, redis_client, ORDER_FLOW, "canal", batch)
+        upserts.append([len([sql for sql in part if "INSERT INTO task_" in sql]) for part in sent])
+        # Then every order's task is there at that version, due
+        assert report.accepted == 60
+        for header in headers:
+            table = task_table(storage.shard_of(header["order_id"]))
+            with storage.engine_for_order(header["order_id"]).connect() as connection:
+                assert connection.execute(select(table.c.version, table.c.status).where(
+                    table.c.order_id == header["order_id"], table.c.operation_type == "SUBMIT")).one() == (
+                    version, "PENDING")
+    # And each shard database had the upserts of all its task tables in one round trip
+    assert upserts == [[1] * len(databases)] * 2

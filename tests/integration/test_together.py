@@ -3,11 +3,8 @@ counts, errors and TasksChanged as one statement at a time, in a few round trips
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
-from sqlalchemy import event, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from chain.task_state import CompareAndSets, TasksChanged, mark_done
@@ -18,6 +15,7 @@ from models.shards import database_for_shard, task_table_name
 from models.storage import Storage
 from settings import load_settings
 from tests.conftest import new_order_id
+from tests.integration.helpers import round_trips
 
 pytestmark = pytest.mark.integration
 
@@ -48,21 +46,6 @@ def _running_tasks(storage: Storage, database: int, count: int) -> list[tuple[in
     return made
 
 
-@contextmanager
-def _round_trips(engine) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
-    """The statement text of every round trip ``engine`` makes inside the block."""
-    sent: list[str] = []
-
-    def seen(*args) -> None:  # type: ignore[no-untyped-def]
-        sent.append(args[2])
-
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
-        yield sent
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
-
-
 def _done(storage: Storage, database: int, made: list[tuple[int, str]]) -> list[str]:
     with storage.shard_engine(database).connect() as connection:
         return [connection.execute(select(task_table(shard).c.status).where(
@@ -76,7 +59,7 @@ def test_marks_of_more_orders_than_a_round_trip_carries_go_in_two_with_each_row_
     made = _running_tasks(storage, 0, count)
     engine = storage.shard_engine(0)
     # When they are marked DONE together, the second one at a version it does not have
-    with _round_trips(engine) as sent, engine.begin() as connection:
+    with round_trips(engine) as sent, engine.begin() as connection:
         writes = [(statement(connection, "UPDATE {task} SET status = 'DONE', updated_at = ? "
                              "WHERE order_id = ? AND version = ?", task=task_table_name(shard)),
                    (utcnow(), order_id, 2 if n == 1 else 1)) for n, (shard, order_id) in enumerate(made)]
@@ -142,7 +125,7 @@ def test_sqlite_runs_them_one_at_a_time_with_the_same_counts(tmp_path) -> None:
     init_storage(storage)
     made = _running_tasks(storage, 0, 2)
     engine = storage.shard_engine(0)
-    with _round_trips(engine) as sent, engine.begin() as connection:
+    with round_trips(engine) as sent, engine.begin() as connection:
         writes = [(statement(connection, "UPDATE {task} SET status = 'DONE' WHERE order_id = ? AND version = ?",
                              task=task_table_name(shard)), (order_id, version))
                   for (shard, order_id), version in zip(made, (1, 5), strict=True)]

@@ -27,7 +27,14 @@ from inputs.events import BadInput, SchemaChange
 from inputs.formats import parse_line
 from inputs.positions import compare, decode, encode
 from models.cdc import SchemaChangeRecord
-from models.driver_sql import driver_time, marks, run_together, statement, union_all_of
+from models.driver_sql import (
+    driver_time,
+    marks,
+    run_together,
+    run_together_unless_present,
+    statement,
+    union_all_of,
+)
 from models.driver_sql import insert_if_absent as driver_insert_if_absent
 from models.orders import QuarantinedInput
 from models.sharded import TaskStatus
@@ -264,6 +271,9 @@ def store_records(connection: Connection, records: list[tuple[int, MetadataRecor
         by_shard[shard].append((meta_key, indexes))
     # Shard by shard in lock order, as store_record one by one would: the new keys, then the
     # stored ones, then whatever a concurrent writer got to first.
+    mysql = connection.dialect.name in ("mysql", "mariadb")
+    writes: list[tuple[str, tuple[Any, ...]]] = []  # (on MySQL/MariaDB, sent together at the end)
+    written: list[tuple[int, list[int]]] = []  # the shard and the records of each write
     for shard, keyed in by_shard.items():
         absent: list[tuple[MetadataRecord, str, list[int]]] = []
         known: list[tuple[Stored, _Outcome, list[int]]] = []
@@ -277,11 +287,27 @@ def store_records(connection: Connection, records: list[tuple[int, MetadataRecor
                 absent.append((outcome.content, outcome.position, indexes))
             elif outcome.changed:
                 known.append((stored, outcome, indexes))
+        if mysql:
+            if absent:
+                writes.append(_insert_new_of(connection, shard, [(r, position) for r, position, _ in absent], now))
+                written.append((shard, [i for _, _, indexes in absent for i in indexes]))
+            for stored, outcome, indexes in known:
+                writes.append(_write_known_of(connection, shard, stored, outcome, now))
+                written.append((shard, indexes))
+            continue
         inserted = insert_new(connection, shard, [(record, position) for record, position, _ in absent], now)
         again = [indexes for record, _, indexes in absent if _key(record) not in inserted]
         again += [indexes for stored, outcome, indexes in known
                   if not _write_known(connection, shard, stored, outcome, now)]
         for i in sorted(i for indexes in again for i in indexes):
+            effects[i] = store_record(connection, shard, records[i][1], now)
+    if writes:
+        # A multi-row INSERT that met a key another writer stored since the read failed whole (its
+        # count is None), a compare-and-set that found the key changed matched nothing (0): their
+        # records are judged again, one by one, against what is there now.
+        again_at = sorted((i, shard) for (shard, indexes), count in zip(
+            written, run_together_unless_present(connection, writes), strict=True) if not count for i in indexes)
+        for i, shard in again_at:
             effects[i] = store_record(connection, shard, records[i][1], now)
     return cast(list[Effect], effects)
 
@@ -323,9 +349,14 @@ def _judge_in_order(stored: Stored, records: list[MetadataRecord]) -> _Outcome:
 
 def _write_known(connection: Connection, shard: int, stored: Stored, outcome: _Outcome, now: dt.datetime) -> bool:
     """Write a stored key's outcome if the key still holds what was read; False when it does not."""
+    return bool(connection.exec_driver_sql(*_write_known_of(connection, shard, stored, outcome, now)).rowcount)
+
+
+def _write_known_of(connection: Connection, shard: int, stored: Stored, outcome: _Outcome,
+                    now: dt.datetime) -> tuple[str, tuple[Any, ...]]:
+    """The compare-and-set ``_write_known`` sends, and its parameters."""
     assert stored is not None
     unchanged = (stored[0], stored[2], stored[1])
-    meta = meta_table_name(shard)
     record = outcome.content
     parameters: tuple[Any, ...]
     if record is None:
@@ -333,7 +364,7 @@ def _write_known(connection: Connection, shard: int, stored: Stored, outcome: _O
     else:
         sql, parameters = _CORRECT, (record.kind, record.content_json, record.content_hash, outcome.position,
                                      record.input_format, driver_time(connection, now), *unchanged)
-    return bool(connection.exec_driver_sql(statement(connection, sql, meta=meta), parameters).rowcount)
+    return statement(connection, sql, meta=meta_table_name(shard)), parameters
 
 
 _META_COLUMNS = ("order_id", "operation_type", "source", "unique_key", "kind", "content", "content_hash",
@@ -348,12 +379,7 @@ def insert_new(connection: Connection, shard: int, records: list[tuple[MetadataR
     inserted and every record is judged again."""
     if not records:
         return set()
-    at = driver_time(connection, now)
-    rows = [(r.order_id, r.operation_type, r.source, r.unique_key, r.kind, r.content_json, r.content_hash,
-             position, r.input_format, at, at) for r, position in records]
-    values = ", ".join([f"({marks(connection, len(_META_COLUMNS))})"] * len(rows))
-    sql = f"INSERT INTO {meta_table_name(shard)} ({', '.join(_META_COLUMNS)}) VALUES {values}"
-    parameters = tuple(value for row in rows for value in row)
+    sql, parameters = _insert_new_of(connection, shard, records, now)
     if connection.dialect.name in ("mysql", "mariadb"):
         try:
             connection.exec_driver_sql(sql, parameters)
@@ -361,10 +387,21 @@ def insert_new(connection: Connection, shard: int, records: list[tuple[MetadataR
             if not is_duplicate_key(error):
                 raise
             return set()
-        return {row[:4] for row in rows}
+        return {_key(record) for record, _ in records}
     returned = connection.exec_driver_sql(
         sql + " ON CONFLICT DO NOTHING RETURNING order_id, operation_type, source, unique_key", parameters)
     return {tuple(row) for row in returned}  # type: ignore[misc]
+
+
+def _insert_new_of(connection: Connection, shard: int, records: list[tuple[MetadataRecord, str]],
+                   now: dt.datetime) -> tuple[str, tuple[Any, ...]]:
+    """The multi-row INSERT ``insert_new`` sends (without its conflict clause), and its parameters."""
+    at = driver_time(connection, now)
+    values = ", ".join([f"({marks(connection, len(_META_COLUMNS))})"] * len(records))
+    parameters = tuple(value for r, position in records
+                       for value in (r.order_id, r.operation_type, r.source, r.unique_key, r.kind, r.content_json,
+                                     r.content_hash, position, r.input_format, at, at))
+    return f"INSERT INTO {meta_table_name(shard)} ({', '.join(_META_COLUMNS)}) VALUES {values}", parameters
 
 
 def bump_tasks(connection: Connection, tasks: list[tuple[int, str, str]], now: dt.datetime) -> None:

@@ -137,16 +137,43 @@ def run_together(connection: Connection, writes: Sequence[tuple[str, tuple[Any, 
     ``read_row_counts`` collects the count of each statement.  The first statement that fails
     stops the rest.  Elsewhere (SQLite, PostgreSQL, an engine not made by ``make_engine``) one at
     a time."""
-    if not writes:
-        return []
-    if not connection.connection.info.get(MULTI_STATEMENTS):
-        return [connection.exec_driver_sql(sql, parameters).rowcount for sql, parameters in writes]
     counts: list[int] = []
+    _run_into(connection, writes, counts)
+    return counts
+
+
+def _run_into(connection: Connection, writes: Sequence[tuple[str, tuple[Any, ...]]], counts: list[int]) -> None:
+    """``run_together``, appending each statement's row count to ``counts`` as it completes (so
+    when one fails, ``counts`` holds those before it)."""
+    if not writes:
+        return
+    if not connection.connection.info.get(MULTI_STATEMENTS):
+        for sql, parameters in writes:
+            counts.append(connection.exec_driver_sql(sql, parameters).rowcount)
+        return
     for start in range(0, len(writes), TOGETHER_CHUNK):
         chunk = writes[start:start + TOGETHER_CHUNK]
         connection.exec_driver_sql(";\n".join(text for text, _ in chunk),
                                    tuple(value for _, values in chunk for value in values),
                                    execution_options={ROW_COUNTS: counts})
+
+
+def run_together_unless_present(connection: Connection, writes: Sequence[tuple[str, tuple[Any, ...]]],
+                                ) -> list[int | None]:
+    """``run_together`` for writes among which an INSERT may meet a unique key another writer
+    stored first: that statement's count is None (on MySQL/MariaDB it failed alone, and the
+    writes after it are sent again; elsewhere an INSERT is expected to say ``ON CONFLICT DO
+    NOTHING`` and counts 0).  Any other error is raised."""
+    counts: list[int | None] = []
+    while len(counts) < len(writes):
+        done: list[int] = []
+        try:
+            _run_into(connection, writes[len(counts):], done)
+            counts += done
+        except IntegrityError as error:
+            if not is_duplicate_key(error):
+                raise
+            counts += [*done, None]
     return counts
 
 

@@ -213,7 +213,8 @@ def test_a_batch_with_many_keys_in_one_table_reads_them_in_bounded_selects(stora
     assert named == math.ceil(121 / KEYS_PER_SELECT) == 3
 
 
-def test_a_batch_bumps_the_tasks_of_all_its_task_tables_in_one_round_trip_per_database(storage, redis_client) -> None:
+def test_a_batch_writes_all_its_metadata_and_task_tables_in_a_round_trip_each_per_database(
+        storage, redis_client) -> None:
     # Given a batch of 60 new orders, spread over many task tables of every shard database
     headers = [OrderHeaderFactory(order_id=new_order_id()) for _ in range(60)]
     lines = [canal("gqsh_order", header, sequence=1) for header in headers]
@@ -221,13 +222,15 @@ def test_a_batch_bumps_the_tasks_of_all_its_task_tables_in_one_round_trip_per_da
     tables = {storage.shard_of(h["order_id"]) for h in headers}
     assert len(tables) > 20
     # When it is ingested, and then the same orders again, changed
-    upserts = []
+    upserts, writes = [], []
     for version, batch in ((1, lines), (2, [canal("gqsh_order", {**h, "member_id": "M9"}, kind="update", before=h,
                                                   sequence=2) for h in headers])):
         with ExitStack() as stack:
             sent = [stack.enter_context(round_trips(storage.shard_engine(d))) for d in databases]
             report = accept_lines(storage, redis_client, ORDER_FLOW, "canal", batch)
         upserts.append([len([sql for sql in part if "INSERT INTO task_" in sql]) for part in sent])
+        writes.append([len([sql for sql in part if sql.startswith(("INSERT INTO meta_", "UPDATE meta_"))])
+                       for part in sent])
         # Then every order's task is there at that version, due
         assert report.accepted == 60
         for header in headers:
@@ -236,5 +239,7 @@ def test_a_batch_bumps_the_tasks_of_all_its_task_tables_in_one_round_trip_per_da
                 assert connection.execute(select(table.c.version, table.c.status).where(
                     table.c.order_id == header["order_id"], table.c.operation_type == "SUBMIT")).one() == (
                     version, "PENDING")
-    # And each shard database had the upserts of all its task tables in one round trip
+    # And each shard database had the metadata inserts (then the compare-and-sets) of all its
+    # metadata tables in one round trip, and the upserts of all its task tables in another
+    assert writes == [[1] * len(databases)] * 2
     assert upserts == [[1] * len(databases)] * 2

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from chain.task_state import CompareAndSets, TasksChanged, mark_done
 from intake.receiver import utcnow
-from models.driver_sql import TOGETHER_CHUNK, run_together, statement
+from models.driver_sql import TOGETHER_CHUNK, run_together, run_together_unless_present, statement
 from models.sharded import TaskStatus, task_table
 from models.shards import database_for_shard, task_table_name
 from models.storage import Storage
@@ -149,3 +149,31 @@ def test_an_engine_not_made_for_multi_statements_falls_back(mariadb, storage) ->
             assert run_together(connection, writes) == [1, 1]
     finally:
         plain.dispose()
+
+
+def test_an_insert_of_a_key_already_there_fails_alone_and_the_writes_after_it_still_run(drivers_storage) -> None:
+    storage = drivers_storage
+    # Given two RUNNING tasks, and writes whose second INSERT repeats the first task's key, in a
+    # batch longer than one round trip
+    made = _running_tasks(storage, 3, 2)
+    engine = storage.shard_engine(3)
+    (first_shard, first), (second_shard, second) = made
+    fresh = [(first_shard, new_order_id("TG")) for _ in range(TOGETHER_CHUNK)]
+    with round_trips(engine) as sent, engine.begin() as connection:
+        now = utcnow()
+        add = ("INSERT INTO {task} (order_id, operation_type, status, version, done_version, attempts, next_run_at, "
+               "created_at, updated_at) VALUES (?, 'SUBMIT', 'PENDING', 1, 0, 0, ?, ?, ?)")
+        writes = [(statement(connection, add, task=task_table_name(shard)), (order_id, now, now, now))
+                  for shard, order_id in fresh[:1] + [(first_shard, first)] + fresh[1:]]
+        writes.append((statement(connection, "UPDATE {task} SET status = 'DONE' WHERE order_id = ?",
+                                 task=task_table_name(second_shard)), (second,)))
+        counts = run_together_unless_present(connection, writes)
+    # Then only the repeated key's INSERT failed (None); every write before and after it counted
+    # and committed with the transaction, in two round trips (the first stopped at the failure;
+    # the writes after it were sent again)
+    assert counts == [1, None] + [1] * (TOGETHER_CHUNK - 1) + [1]
+    assert len([sql for sql in sent if "INSERT" in sql]) == 2
+    assert _done(storage, 3, made) == [TaskStatus.RUNNING, TaskStatus.DONE]
+    with engine.connect() as connection:
+        assert all(connection.execute(select(task_table(shard).c.status).where(
+            task_table(shard).c.order_id == order_id)).scalar_one() == TaskStatus.PENDING for shard, order_id in fresh)

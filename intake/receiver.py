@@ -270,7 +270,8 @@ def store_records(connection: Connection, records: list[tuple[int, MetadataRecor
     for (shard, meta_key), indexes in by_key.items():
         by_shard[shard].append((meta_key, indexes))
     # Shard by shard in lock order, as store_record one by one would: the new keys, then the
-    # stored ones, then whatever a concurrent writer got to first.
+    # stored ones; then whatever a concurrent writer got to first (on MySQL/MariaDB after every
+    # shard's writes, which go together; elsewhere after each shard's).
     mysql = connection.dialect.name in ("mysql", "mariadb")
     writes: list[tuple[str, tuple[Any, ...]]] = []  # (on MySQL/MariaDB, sent together at the end)
     written: list[tuple[int, list[int]]] = []  # the shard and the records of each write

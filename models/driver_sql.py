@@ -124,15 +124,21 @@ MULTI_STATEMENTS = "tdc_multi_statements"
 
 #: Statements per multi-statement round trip.
 TOGETHER_CHUNK = 200
+#: Bytes of statement text and values per round trip at most (about: a value's text counts, any
+#: other value as a number's width), unless one statement alone is larger.  A round trip is one
+#: packet, which the server refuses above ``max_allowed_packet`` (16 MB by default on MariaDB
+#: 10.11, 4 MB on MySQL 5.7, 64 MB on 8.0): together, statements that each fit must still fit.
+TOGETHER_BYTES = 2 * 1024 * 1024
 
 
 def run_together(connection: Connection, writes: Sequence[tuple[str, tuple[Any, ...]]]) -> list[int]:
     """Run ``writes`` (driver SQL from ``statement``, each with its parameters) in this order in
     ``connection``'s transaction; the row count of each.
 
-    On MySQL/MariaDB they go TOGETHER_CHUNK to a round trip as one multi-statement text (the
-    driver escapes every value, as for one statement): a step's per-order compare-and-sets on
-    hundreds of differently named task tables cost a few round trips instead of one each.  It
+    On MySQL/MariaDB they go TOGETHER_CHUNK (and TOGETHER_BYTES) to a round trip as one
+    multi-statement text (the driver escapes every value, as for one statement): a step's
+    per-order compare-and-sets on hundreds of differently named task tables cost a few round
+    trips instead of one each.  It
     is an ordinary ``exec_driver_sql`` (events, error wrapping, a lost connection invalidated);
     ``read_row_counts`` collects the count of each statement.  The first statement that fails
     stops the rest.  Elsewhere (SQLite, PostgreSQL, an engine not made by ``make_engine``) one at
@@ -151,11 +157,26 @@ def _run_into(connection: Connection, writes: Sequence[tuple[str, tuple[Any, ...
         for sql, parameters in writes:
             counts.append(connection.exec_driver_sql(sql, parameters).rowcount)
         return
-    for start in range(0, len(writes), TOGETHER_CHUNK):
-        chunk = writes[start:start + TOGETHER_CHUNK]
+    for chunk in together_chunks(writes):
         connection.exec_driver_sql(";\n".join(text for text, _ in chunk),
                                    tuple(value for _, values in chunk for value in values),
                                    execution_options={ROW_COUNTS: counts})
+
+
+def together_chunks(writes: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Sequence[tuple[str, tuple[Any, ...]]]]:
+    """``writes`` in order, cut into round trips of at most TOGETHER_CHUNK statements and
+    TOGETHER_BYTES bytes (a statement larger than that goes alone, as it would by itself)."""
+    chunks: list[Sequence[tuple[str, tuple[Any, ...]]]] = []
+    start, held = 0, 0
+    for end, (text, values) in enumerate(writes):
+        size = len(text) + sum(len(v) if isinstance(v, str | bytes) else 24 for v in values)
+        if end > start and (end - start >= TOGETHER_CHUNK or held + size > TOGETHER_BYTES):
+            chunks.append(writes[start:end])
+            start, held = end, 0
+        held += size
+    if start < len(writes):
+        chunks.append(writes[start:])
+    return chunks
 
 
 def run_together_unless_present(connection: Connection, writes: Sequence[tuple[str, tuple[Any, ...]]],

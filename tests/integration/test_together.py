@@ -177,3 +177,24 @@ def test_an_insert_of_a_key_already_there_fails_alone_and_the_writes_after_it_st
     with engine.connect() as connection:
         assert all(connection.execute(select(task_table(shard).c.status).where(
             task_table(shard).c.order_id == order_id)).scalar_one() == TaskStatus.PENDING for shard, order_id in fresh)
+
+
+def test_writes_larger_together_than_a_server_packet_still_run(drivers_storage) -> None:
+    storage = drivers_storage
+    # Given 300 RUNNING tasks, and an error text and a history of 60 KB each for every one: 24 MB
+    # in a round trip of TOGETHER_CHUNK statements, more than MariaDB's default
+    # max_allowed_packet (16 MB), though each statement fits
+    made = _running_tasks(storage, 0, 300)
+    engine = storage.shard_engine(0)
+    with engine.connect() as connection:
+        packet = int(connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar_one())
+    assert TOGETHER_CHUNK * 120_000 > packet
+    # When they are written together
+    update = "UPDATE {task} SET last_error = ?, history = ? WHERE order_id = ?"
+    with round_trips(engine) as sent, engine.begin() as connection:
+        counts = run_together(connection, [
+            (statement(connection, update, task=task_table_name(shard)), ("e" * 60_000, "h" * 60_000, order_id))
+            for shard, order_id in made])
+    # Then every write ran, in several round trips that each fit
+    assert counts == [1] * 300
+    assert len([sql for sql in sent if "UPDATE" in sql]) > 1

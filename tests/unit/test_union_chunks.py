@@ -38,3 +38,18 @@ def test_chunks_keep_order_and_bounds() -> None:
     many = union_chunks([("x", {}, (n,)) for n in range(2 * UNION_CHUNK + 1)])
     assert [len(chunk) for chunk in many] == [UNION_CHUNK, UNION_CHUNK, 1]
     assert all(sum(len(t[2]) for t in chunk) <= UNION_PARAMETERS for chunk in chunks if len(chunk) > 1)
+
+
+def test_writes_sent_together_are_cut_by_size_as_well_as_by_count() -> None:
+    from models.driver_sql import TOGETHER_BYTES, TOGETHER_CHUNK, together_chunks
+
+    small = [("UPDATE t SET a = ? WHERE id = ?", ("x", n)) for n in range(TOGETHER_CHUNK + 1)]
+    big = [("INSERT INTO t (a) VALUES (?)", ("y" * (TOGETHER_BYTES // 3),)) for _ in range(7)]
+    huge = [("INSERT INTO t (a) VALUES (?)", ("z" * (TOGETHER_BYTES * 2),))]
+    # Small writes go TOGETHER_CHUNK at a time; big ones two at a time (three would pass the
+    # size); one larger than the size goes alone; nothing is lost or reordered
+    assert [len(chunk) for chunk in together_chunks(small)] == [TOGETHER_CHUNK, 1]
+    assert [len(chunk) for chunk in together_chunks(big)] == [2, 2, 2, 1]
+    assert [len(chunk) for chunk in together_chunks(small[:3] + huge + small[:3])] == [3, 1, 3]
+    assert [w for chunk in together_chunks(big + small) for w in chunk] == big + small
+    assert together_chunks([]) == []

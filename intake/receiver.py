@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import redis
 from sqlalchemy import Connection, Table
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 
 from dimensions.lookup import Verdict, put_dimension_changes
 from flows import Flow, MetadataRecord, Route, route
@@ -40,7 +40,7 @@ from models.orders import QuarantinedInput
 from models.sharded import TaskStatus
 from models.shards import meta_table_name, task_table_name
 from models.storage import Storage
-from models.writes import insert_if_absent, is_duplicate_key
+from models.writes import insert_if_absent
 from reliability.alarms import raise_alarm
 from reliability.counters import count
 from reliability.transient import CONTENTION_ATTEMPTS, RetryCount, is_contention, retry_on_contention
@@ -375,20 +375,12 @@ _META_COLUMNS = ("order_id", "operation_type", "source", "unique_key", "kind", "
 def insert_new(connection: Connection, shard: int, records: list[tuple[MetadataRecord, str]],
                now: dt.datetime) -> set[tuple[str, str, str, str]]:
     """Insert ``records`` (keys found absent; each with the position to store) into their
-    metadata table in one statement; the keys it inserted.  On MySQL/MariaDB a key another
-    writer inserted since the read fails the whole statement (rolled back alone): nothing is
-    inserted and every record is judged again."""
+    metadata table in one statement, skipping keys another writer inserted since the read; the
+    keys it inserted.  SQLite and PostgreSQL (``ON CONFLICT DO NOTHING RETURNING``); on
+    MySQL/MariaDB ``store_records`` sends ``_insert_new_of`` together with its other writes."""
     if not records:
         return set()
     sql, parameters = _insert_new_of(connection, shard, records, now)
-    if connection.dialect.name in ("mysql", "mariadb"):
-        try:
-            connection.exec_driver_sql(sql, parameters)
-        except IntegrityError as error:
-            if not is_duplicate_key(error):
-                raise
-            return set()
-        return {_key(record) for record, _ in records}
     returned = connection.exec_driver_sql(
         sql + " ON CONFLICT DO NOTHING RETURNING order_id, operation_type, source, unique_key", parameters)
     return {tuple(row) for row in returned}  # type: ignore[misc]

@@ -138,11 +138,10 @@ def run_together(connection: Connection, writes: Sequence[tuple[str, tuple[Any, 
     On MySQL/MariaDB they go TOGETHER_CHUNK (and TOGETHER_BYTES) to a round trip as one
     multi-statement text (the driver escapes every value, as for one statement): a step's
     per-order compare-and-sets on hundreds of differently named task tables cost a few round
-    trips instead of one each.  It
-    is an ordinary ``exec_driver_sql`` (events, error wrapping, a lost connection invalidated);
-    ``read_row_counts`` collects the count of each statement.  The first statement that fails
-    stops the rest.  Elsewhere (SQLite, PostgreSQL, an engine not made by ``make_engine``) one at
-    a time."""
+    trips instead of one each.  It is an ordinary ``exec_driver_sql`` (events, error wrapping,
+    a lost connection invalidated); ``read_row_counts`` collects the count of each statement.
+    The first statement that fails stops the rest.  Elsewhere (SQLite, PostgreSQL, an engine not
+    made by ``make_engine``) one at a time."""
     counts: list[int] = []
     _run_into(connection, writes, counts)
     return counts

@@ -115,12 +115,12 @@ def keep_statistics_in_memory(engine: Engine, shards: range) -> list[str]:
         return []
     wanted = {name_of(shard) for shard in shards for name_of in (task_table_name, meta_table_name)}
     with engine.begin() as connection:
-        persistent = [name for name, options in connection.exec_driver_sql(
+        persistent = sorted(name for name, options in connection.exec_driver_sql(
             "SELECT table_name, create_options FROM information_schema.tables WHERE table_schema = DATABASE()")
-            if name in wanted and "stats_persistent=0" not in str(options or "").lower()]
-        for name in sorted(persistent):  # a name from the shard map (checked against it above)
+            if name in wanted and "stats_persistent=0" not in str(options or "").lower())
+        for name in persistent:  # a name from the shard map (checked against it above)
             connection.exec_driver_sql(f"ALTER TABLE {name} STATS_PERSISTENT=0")
-    return sorted(persistent)
+    return persistent
 
 
 def init_storage(storage: Storage, progress: Progress = lambda _: None) -> InitReport:
